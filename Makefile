@@ -1,0 +1,50 @@
+# cpp-dagster: two commands from a fresh clone, `make demo` and `make test`.
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+VENV := .venv
+CP_VENV := .venv-cp
+UV := $(VENV)/bin/uv
+CPP := $(VENV)/bin/cpp-dagster
+
+.PHONY: install demo dev test pipeline clean-local clean
+
+install: $(VENV)/.installed $(CP_VENV)/.installed
+
+# The project's own environment: locked versions (requirements.lock, made by
+# `uv pip compile pyproject.toml --extra dev -o requirements.lock`).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
+	touch $@
+
+# CellProfiler lives in its own virtualenv (numpy<2). cellprofiler-nightly goes in
+# with --no-deps: its declared dependencies include wxPython and mysqlclient.
+$(CP_VENV)/.installed: requirements-cellprofiler.lock $(VENV)/.installed
+	test -x $(CP_VENV)/bin/python || $(UV) venv --quiet -p $(PYTHON) $(CP_VENV)
+	VIRTUAL_ENV=$(CP_VENV) $(UV) pip sync --quiet requirements-cellprofiler.lock
+	VIRTUAL_ENV=$(CP_VENV) $(UV) pip install --quiet --no-deps cellprofiler-nightly==5.0.0.dev784
+	$(CP_VENV)/bin/cellprofiler --version
+	touch $@
+
+demo: install
+	$(CPP) demo
+
+dev: install
+	$(CPP) dev
+
+test: install
+	$(VENV)/bin/python -m pytest -p no:cacheprovider
+
+# Rebuild the bundled demo pipeline with the cellprofiler_core API.
+pipeline: install
+	$(CP_VENV)/bin/python cpp_dagster/demo/build_pipeline.py cpp_dagster/demo/pipelines/demo_features.cppipe
+
+# Stop the local embedded PostgreSQL and forget the local imagedb, NAS and Dagster instance.
+clean-local: $(VENV)/.installed
+	$(CPP) local stop || true
+	rm -rf .cpp
+
+clean: clean-local
+	rm -rf $(VENV) $(CP_VENV)
