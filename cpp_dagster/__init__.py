@@ -1,0 +1,1 @@
+"""cpp-dagster: continuous Cell Painting analysis on Dagster."""

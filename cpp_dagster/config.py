@@ -1,0 +1,66 @@
+"""Settings, all from the environment, with embedded local defaults.
+
+| variable            | meaning                                             | local default                        |
+|---------------------|-----------------------------------------------------|--------------------------------------|
+| CPP_IMAGEDB_URL     | PostgreSQL URL of imagedb                            | embedded server in $CPP_LOCAL_DIR     |
+| CPP_NAS_ROOT        | NAS root: images, pipelines/, results/               | $CPP_LOCAL_DIR/nas                   |
+| CPP_WORK_ROOT       | shared work area: LoadData CSVs, batch outputs, IO   | $CPP_NAS_ROOT/work                   |
+| CPP_PIPELINES_DIR   | folder that `pipeline_file` is relative to           | $CPP_NAS_ROOT/pipelines              |
+| CPP_CELLPROFILER    | the cellprofiler executable                          | <repo>/.venv-cp/bin/cellprofiler     |
+| CPP_LOCAL_DIR       | where the embedded PostgreSQL and local NAS live     | <repo>/.cpp                          |
+
+Nothing here holds a secret: a password travels inside CPP_IMAGEDB_URL, which comes
+from the environment (on Kubernetes from a Secret) and is never logged (see `redact_url`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_dir() -> Path:
+    return Path(os.environ.get("CPP_LOCAL_DIR", PROJECT_ROOT / ".cpp")).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things are on the NAS and which CellProfiler runs (imagedb: `imagedb_url()`)."""
+
+    nas_root: Path
+    work_root: Path
+    pipelines_dir: Path
+    cellprofiler: str
+
+    @property
+    def results_root(self) -> Path:
+        return self.nas_root / "results"
+
+
+def imagedb_url() -> str:
+    url = os.environ.get("CPP_IMAGEDB_URL")
+    if url:
+        return url
+    from cpp_dagster import local_postgres
+
+    return local_postgres.database_url("imagedb")
+
+
+def load_settings() -> Settings:
+    nas_root = Path(os.environ.get("CPP_NAS_ROOT", local_dir() / "nas")).resolve()
+    return Settings(
+        nas_root=nas_root,
+        work_root=Path(os.environ.get("CPP_WORK_ROOT", nas_root / "work")).resolve(),
+        pipelines_dir=Path(os.environ.get("CPP_PIPELINES_DIR", nas_root / "pipelines")).resolve(),
+        cellprofiler=os.environ.get(
+            "CPP_CELLPROFILER", str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler")
+        ),
+    )
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

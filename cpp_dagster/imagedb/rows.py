@@ -1,0 +1,62 @@
+"""Typed rows of imagedb: what the query module takes and returns."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PlateAcquisition:
+    id: int
+    plate_barcode: str
+    name: str | None
+    project: str | None
+    channel_map_id: int | None
+    timepoint: int | None
+    folder: str | None
+    finished: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Image:
+    """One registered image file: one (timepoint, well, site, z, channel)."""
+
+    well: str
+    site: int
+    channel: int
+    path: str
+    z: int | None = 0
+    timepoint: int | None = 1
+
+
+@dataclass(frozen=True)
+class SubAnalysis:
+    sub_id: int
+    analysis_id: int
+    plate_acquisition_id: int
+    meta: dict[str, Any]
+    depends_on_sub_id: list[int]
+    priority: int | None
+    start: dt.datetime | None
+    finish: dt.datetime | None
+    error: dt.datetime | None
+    status: Any
+    result: Any
+
+
+@dataclass(frozen=True)
+class ReadySubAnalysis:
+    """A sub-analysis the sensor may launch: submitted, acquisition finished, dependencies done."""
+
+    sub_id: int
+    analysis_id: int
+    plate_acquisition_id: int
+    plate_barcode: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class SubmittedAnalysis:
+    analysis_id: int
+    sub_ids: list[int] = field(default_factory=list)

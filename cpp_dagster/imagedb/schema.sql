@@ -1,0 +1,90 @@
+-- imagedb: the tables cpp-dagster reads and writes, with the production names.
+-- Idempotent: safe to apply to an existing database (CREATE ... IF NOT EXISTS).
+
+CREATE TABLE IF NOT EXISTS channel_map (
+    map_id  integer NOT NULL,
+    channel integer NOT NULL,
+    dye     text    NOT NULL,
+    name    text,
+    PRIMARY KEY (map_id, channel)
+);
+
+CREATE TABLE IF NOT EXISTS plate_acquisition (
+    id             serial PRIMARY KEY,
+    plate_barcode  text NOT NULL,
+    name           text,
+    project        text,
+    imaged         timestamp,
+    microscope     text,
+    channel_map_id integer,
+    timepoint      integer,
+    folder         text,
+    finished       timestamp,
+    comment        text
+);
+
+CREATE TABLE IF NOT EXISTS images (
+    id                   bigserial PRIMARY KEY,
+    plate_acquisition_id integer NOT NULL,
+    plate_barcode        text,
+    timepoint            integer,
+    well                 text NOT NULL,
+    site                 integer NOT NULL,
+    z                    integer,
+    channel              integer NOT NULL,
+    path                 text NOT NULL,
+    metadata             jsonb
+);
+-- Planning reads all images of one acquisition.
+CREATE INDEX IF NOT EXISTS images_plate_acquisition_id_idx ON images (plate_acquisition_id);
+
+CREATE TABLE IF NOT EXISTS analysis_pipelines (
+    name text PRIMARY KEY,
+    meta jsonb NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS image_analyses (
+    id                   serial PRIMARY KEY,
+    plate_acquisition_id integer NOT NULL,
+    pipeline_name        text,
+    start                timestamp,
+    finish               timestamp,
+    error                timestamp,
+    meta                 jsonb,
+    depends_on_id        jsonb,
+    result               jsonb,
+    submitted            timestamp DEFAULT now(),
+    priority             integer,
+    status               jsonb
+);
+CREATE INDEX IF NOT EXISTS image_analyses_plate_acquisition_id_idx ON image_analyses (plate_acquisition_id);
+
+CREATE TABLE IF NOT EXISTS image_sub_analyses (
+    sub_id               serial PRIMARY KEY,
+    analysis_id          integer NOT NULL,
+    plate_acquisition_id integer NOT NULL,
+    start                timestamp,
+    finish               timestamp,
+    error                timestamp,
+    meta                 jsonb,
+    depends_on_sub_id    jsonb,
+    result               jsonb,
+    priority             integer,
+    status               jsonb
+);
+CREATE INDEX IF NOT EXISTS image_sub_analyses_analysis_id_idx ON image_sub_analyses (analysis_id);
+-- The sensor's query: sub-analyses not yet started nor failed, by priority.
+CREATE INDEX IF NOT EXISTS image_sub_analyses_pending_idx
+    ON image_sub_analyses (priority, sub_id) WHERE start IS NULL AND error IS NULL;
+
+CREATE TABLE IF NOT EXISTS image_analyses_automation (
+    project       text,
+    cell_line     text,
+    pipeline_name text,
+    channel_map   integer
+);
+
+CREATE TABLE IF NOT EXISTS image_analyses_automation_submitted (
+    plate_acq_id integer PRIMARY KEY,
+    time         timestamp DEFAULT now()
+);

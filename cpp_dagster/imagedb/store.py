@@ -1,0 +1,318 @@
+"""The one module that talks to imagedb. Every query of the project lives here.
+
+Values always travel as query parameters; the few identifiers are composed with
+psycopg2.sql. Each public method is one transaction.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Iterable, Iterator
+
+import psycopg2
+import psycopg2.extras
+from psycopg2.extras import Json
+
+from cpp_dagster.imagedb.rows import (
+    Image,
+    PlateAcquisition,
+    ReadySubAnalysis,
+    SubAnalysis,
+    SubmittedAnalysis,
+)
+
+DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
+
+
+class ImageDBError(Exception):
+    """imagedb does not hold what an operation needs (unknown id, missing pipeline...)."""
+
+
+def progress_message(finished: int, total: int, elapsed_s: float) -> str:
+    """`"N / M batches finished, ~H h left"`, the remaining time from the rate so far."""
+    if finished <= 0 or finished >= total:
+        left_h = 0.0 if finished >= total else float("nan")
+    else:
+        left_h = elapsed_s / finished * (total - finished) / 3600
+    left = "?" if left_h != left_h else f"{left_h:.1f}"
+    return f"{finished} / {total} batches finished, ~{left} h left"
+
+
+class ImageDB:
+    def __init__(self, url: str):
+        self.url = url
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg2.extras.RealDictCursor]:
+        conn = psycopg2.connect(self.url)
+        try:
+            with conn:  # commit on success, roll back on error
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    yield cur
+        finally:
+            conn.close()
+
+    # --- schema and registration (the ingest service's side, used by the demo and tests)
+
+    def apply_schema(self) -> None:
+        ddl = resources.files("cpp_dagster.imagedb").joinpath("schema.sql").read_text()
+        with self._cursor() as cur:
+            cur.execute(ddl)
+
+    def put_channel_map(self, map_id: int, dyes: dict[int, str]) -> None:
+        with self._cursor() as cur:
+            cur.execute("DELETE FROM channel_map WHERE map_id = %s", (map_id,))
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO channel_map (map_id, channel, dye, name) VALUES %s",
+                [(map_id, ch, dye, dye) for ch, dye in sorted(dyes.items())],
+            )
+
+    def add_plate_acquisition(
+        self,
+        plate_barcode: str,
+        *,
+        channel_map_id: int,
+        folder: str,
+        name: str | None = None,
+        project: str | None = None,
+        microscope: str | None = None,
+        timepoint: int = 1,
+    ) -> int:
+        with self._cursor() as cur:
+            cur.execute(
+                """INSERT INTO plate_acquisition
+                       (plate_barcode, name, project, imaged, microscope, channel_map_id, timepoint, folder)
+                   VALUES (%s, %s, %s, now(), %s, %s, %s, %s) RETURNING id""",
+                (plate_barcode, name or plate_barcode, project, microscope, channel_map_id, timepoint, folder),
+            )
+            return cur.fetchone()["id"]
+
+    def add_images(self, plate_acquisition_id: int, plate_barcode: str, images: Iterable[Image]) -> int:
+        rows = [
+            (plate_acquisition_id, plate_barcode, im.timepoint, im.well, im.site, im.z, im.channel, im.path)
+            for im in images
+        ]
+        with self._cursor() as cur:
+            psycopg2.extras.execute_values(
+                cur,
+                """INSERT INTO images (plate_acquisition_id, plate_barcode, timepoint, well, site, z, channel, path)
+                   VALUES %s""",
+                rows,
+                page_size=5000,
+            )
+        return len(rows)
+
+    def finish_plate_acquisition(self, plate_acquisition_id: int) -> None:
+        with self._cursor() as cur:
+            cur.execute("UPDATE plate_acquisition SET finished = now() WHERE id = %s", (plate_acquisition_id,))
+
+    def put_pipeline(self, name: str, meta: dict[str, Any]) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                """INSERT INTO analysis_pipelines (name, meta) VALUES (%s, %s)
+                   ON CONFLICT (name) DO UPDATE SET meta = EXCLUDED.meta""",
+                (name, Json(meta)),
+            )
+
+    def submit_analysis(
+        self, plate_acquisition_id: int, pipeline_name: str, *, priority: int | None = None
+    ) -> SubmittedAnalysis:
+        """What a pipeline submission creates: one analysis row and one sub-analysis per
+        entry of the pipeline's `sub_analyses`, each depending on the previous one."""
+        with self._cursor() as cur:
+            cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
+            row = cur.fetchone()
+            if row is None:
+                raise ImageDBError(f"no analysis pipeline named {pipeline_name!r}")
+            meta = row["meta"]
+            cur.execute(
+                """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted, priority)
+                   VALUES (%s, %s, %s, now(), %s) RETURNING id""",
+                (plate_acquisition_id, pipeline_name, Json(meta.get("analysis_meta", {})), priority),
+            )
+            analysis_id = cur.fetchone()["id"]
+            sub_ids: list[int] = []
+            for sub_meta in meta.get("sub_analyses", []):
+                sub_priority = sub_meta.get("priority", priority)
+                cur.execute(
+                    """INSERT INTO image_sub_analyses
+                           (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
+                       VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
+                    (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_priority),
+                )
+                sub_ids.append(cur.fetchone()["sub_id"])
+            return SubmittedAnalysis(analysis_id, sub_ids)
+
+    # --- reads for the sensor and for planning
+
+    def ready_sub_analyses(
+        self, *, limit: int = 500, after: tuple[int, int] | None = None
+    ) -> list[ReadySubAnalysis]:
+        """Submitted sub-analyses (no start, no error, no finish) whose acquisition is
+        finished and whose dependencies are all finished, by priority (1 first) then id.
+        Keyset-paged: pass the (priority, sub_id) of the last row as `after`."""
+        after_priority, after_id = after if after else (-(2**31), -1)
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
+                          COALESCE(s.priority, a.priority, %(default)s) AS priority
+                   FROM image_sub_analyses s
+                   JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
+                   JOIN image_analyses a ON a.id = s.analysis_id
+                   WHERE s.start IS NULL AND s.error IS NULL AND s.finish IS NULL
+                     AND a.error IS NULL
+                     AND p.finished IS NOT NULL
+                     AND NOT EXISTS (
+                         SELECT 1
+                         FROM jsonb_array_elements_text(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) AS d(dep_id)
+                         LEFT JOIN image_sub_analyses dep ON dep.sub_id = d.dep_id::integer
+                         WHERE dep.finish IS NULL)
+                     AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
+                   ORDER BY 5, 1
+                   LIMIT %(limit)s""",
+                {"default": DEFAULT_PRIORITY, "ap": after_priority, "aid": after_id, "limit": limit},
+            )
+            return [ReadySubAnalysis(**r) for r in cur.fetchall()]
+
+    def plate_acquisition(self, plate_acquisition_id: int) -> PlateAcquisition:
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT id, plate_barcode, name, project, channel_map_id, timepoint, folder, finished
+                   FROM plate_acquisition WHERE id = %s""",
+                (plate_acquisition_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise ImageDBError(f"no plate acquisition {plate_acquisition_id}")
+        return PlateAcquisition(**row)
+
+    def sub_analysis(self, sub_id: int) -> SubAnalysis:
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT sub_id, analysis_id, plate_acquisition_id, meta,
+                          COALESCE(depends_on_sub_id, '[]'::jsonb) AS depends_on_sub_id,
+                          priority, start, finish, error, status, result
+                   FROM image_sub_analyses WHERE sub_id = %s""",
+                (sub_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise ImageDBError(f"no sub-analysis {sub_id}")
+        return SubAnalysis(**{**row, "meta": row["meta"] or {}})
+
+    def images(self, plate_acquisition_id: int) -> list[Image]:
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT well, site, channel, path, z, timepoint FROM images
+                   WHERE plate_acquisition_id = %s""",
+                (plate_acquisition_id,),
+            )
+            return [Image(**r) for r in cur.fetchall()]
+
+    def channel_map(self, map_id: int | None) -> dict[int, str]:
+        with self._cursor() as cur:
+            cur.execute("SELECT channel, dye FROM channel_map WHERE map_id = %s ORDER BY channel", (map_id,))
+            return {r["channel"]: r["dye"] for r in cur.fetchall()}
+
+    def sub_analyses_of(self, analysis_id: int) -> list[SubAnalysis]:
+        with self._cursor() as cur:
+            cur.execute("SELECT sub_id FROM image_sub_analyses WHERE analysis_id = %s ORDER BY sub_id", (analysis_id,))
+            ids = [r["sub_id"] for r in cur.fetchall()]
+        return [self.sub_analysis(i) for i in ids]
+
+    def analysis(self, analysis_id: int) -> dict[str, Any]:
+        with self._cursor() as cur:
+            cur.execute("SELECT * FROM image_analyses WHERE id = %s", (analysis_id,))
+            row = cur.fetchone()
+        if row is None:
+            raise ImageDBError(f"no analysis {analysis_id}")
+        return dict(row)
+
+    # --- write-back of a sub-analysis's outcome
+
+    def mark_sub_started(self, sub_id: int, *, batches: int, image_sets: int) -> None:
+        """The run has started: `start` set, an earlier outcome cleared (a re-run)."""
+        status = {"state": "running", "message": progress_message(0, batches, 0), "batches": batches,
+                  "image_sets": image_sets, "finished_batches": []}
+        with self._cursor() as cur:
+            cur.execute(
+                """UPDATE image_sub_analyses
+                   SET start = now(), finish = NULL, error = NULL, result = NULL, status = %s
+                   WHERE sub_id = %s RETURNING analysis_id""",
+                (Json(status), sub_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise ImageDBError(f"no sub-analysis {sub_id}")
+            cur.execute(
+                """UPDATE image_analyses SET start = COALESCE(start, now()), error = NULL, finish = NULL
+                   WHERE id = %s""",
+                (row["analysis_id"],),
+            )
+
+    def record_batch_finished(self, sub_id: int, batch_key: str) -> str:
+        """Count one more finished batch (idempotent per batch) and return the progress text."""
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT status, start FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (sub_id,)
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise ImageDBError(f"no sub-analysis {sub_id}")
+            status = dict(row["status"] or {})
+            done = sorted(set(status.get("finished_batches", [])) | {batch_key})
+            total = int(status.get("batches") or len(done))
+            start = row["start"] or dt.datetime.now()
+            cur.execute("SELECT now()::timestamp AS now")
+            elapsed = (cur.fetchone()["now"] - start).total_seconds()
+            status.update(finished_batches=done, message=progress_message(len(done), total, elapsed))
+            cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
+            return status["message"]
+
+    def mark_sub_finished(self, sub_id: int, result: dict[str, Any]) -> None:
+        """Success: `finish` and `result`; the analysis finishes with its last sub-analysis."""
+        with self._cursor() as cur:
+            cur.execute(
+                """UPDATE image_sub_analyses
+                   SET finish = now(), error = NULL, result = %s,
+                       status = COALESCE(status, '{}'::jsonb) || jsonb_build_object('state', 'finished')
+                   WHERE sub_id = %s RETURNING analysis_id""",
+                (Json(result), sub_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise ImageDBError(f"no sub-analysis {sub_id}")
+            cur.execute(
+                """UPDATE image_analyses a SET finish = now(), result = %s
+                   WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
+                       SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)""",
+                (Json(result), row["analysis_id"]),
+            )
+
+    def mark_sub_failed(self, sub_id: int, message: str) -> bool:
+        """Failure: `error` and a readable message in `status`; the parent analysis fails too.
+        Only the first report of a failure is recorded (a hook and the run-status sensor may
+        both see it); returns whether this call recorded it."""
+        with self._cursor() as cur:
+            cur.execute(
+                """UPDATE image_sub_analyses
+                   SET error = now(), start = COALESCE(start, now()),
+                       status = COALESCE(status, '{}'::jsonb)
+                                || jsonb_build_object('state', 'failed', 'message', %s::text)
+                   WHERE sub_id = %s AND error IS NULL AND finish IS NULL RETURNING analysis_id""",
+                (message, sub_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            cur.execute(
+                """UPDATE image_analyses
+                   SET error = COALESCE(error, now()),
+                       status = COALESCE(status, '{}'::jsonb)
+                                || jsonb_build_object('state', 'failed', 'message', %s::text)
+                   WHERE id = %s""",
+                (f"sub-analysis {sub_id} failed: {message}", row["analysis_id"]),
+            )
+            return True

