@@ -1,0 +1,133 @@
+"""What happens to one sub-analysis, step by step: prepare (plan and write LoadData CSVs),
+run one batch, finish (merge and record the outcome). The Dagster ops in `defs/` are
+thin wrappers around these functions, so the CLI and tests use the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cpp_dagster import cellprofiler, planning
+from cpp_dagster.config import Settings
+from cpp_dagster.features.merge import MergeResult, merge_batches
+from cpp_dagster.imagedb.rows import PlateAcquisition, SubAnalysis
+from cpp_dagster.imagedb.store import ImageDB
+
+IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Everything a batch step needs; small, pickled between steps."""
+
+    sub_id: int
+    name: str
+    index: int
+    batch_dir: str
+    pipeline: str
+    image_sets: int
+    job_timeout: int
+    cp_version: str | None
+    sub_type: str | None
+    priority: int | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    sub_analysis: SubAnalysis
+    acquisition: PlateAcquisition
+    results_dir: Path
+    batches: list[BatchSpec]
+
+    @property
+    def image_sets(self) -> int:
+        return sum(b.image_sets for b in self.batches)
+
+
+@dataclass(frozen=True)
+class Finished:
+    results_dir: Path
+    merge: MergeResult
+    result: dict
+
+
+def results_dir(settings: Settings, acquisition: PlateAcquisition, analysis_id: int) -> Path:
+    """`results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/` under the NAS root."""
+    return settings.results_root / acquisition.plate_barcode / str(acquisition.id) / str(analysis_id)
+
+
+def work_dir(settings: Settings, sub_id: int) -> Path:
+    return settings.work_root / f"sub_{sub_id}"
+
+
+def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
+    """Plan a sub-analysis, write one LoadData CSV per batch and mark it started.
+    Raises planning.PlanningError or cellprofiler.CellProfilerError with a readable
+    message for anything wrong with the analysis as submitted."""
+    sub = db.sub_analysis(sub_id)
+    acq = db.plate_acquisition(sub.plate_acquisition_id)
+    options = planning.SubAnalysisOptions.from_meta(sub.meta)
+    pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
+    plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
+    out_dir = results_dir(settings, acq, sub.analysis_id)
+    icf_folder = str(out_dir) if options.use_icf else None
+    if icf_folder is not None:
+        missing = [d for d in plan.dyes if not (out_dir / planning.icf_file_name(d)).is_file()]
+        if missing:
+            raise planning.PlanningError(
+                f"use_icf is set but {', '.join(planning.icf_file_name(d) for d in missing)} "
+                f"are not in {out_dir} (did the illumination step run?)"
+            )
+    specs = []
+    for batch in plan.batches:
+        batch_dir = work_dir(settings, sub_id) / batch.name
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
+                                     plate_acquisition_id=acq.id, icf_folder=icf_folder)
+        _write_atomically(batch_dir / "loaddata.csv", text)
+        specs.append(BatchSpec(sub_id, batch.name, batch.index, str(batch_dir), str(pipeline),
+                               len(batch.image_sets), options.job_timeout, options.cp_version,
+                               options.sub_type, options.priority))
+    db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count)
+    return Prepared(sub, acq, out_dir, specs)
+
+
+def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
+    return cellprofiler.run_batch(
+        cellprofiler=settings.cellprofiler,
+        pipeline=Path(spec.pipeline),
+        batch_dir=Path(spec.batch_dir),
+        expected_image_sets=spec.image_sets,
+        timeout_s=spec.job_timeout,
+        echo=echo,
+    )
+
+
+def finish(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Finished:
+    """Merge the batches' outputs into the results folder and record success in imagedb."""
+    sub = db.sub_analysis(sub_id)
+    acq = db.plate_acquisition(sub.plate_acquisition_id)
+    out_dir = results_dir(settings, acq, sub.analysis_id)
+    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir)
+    result = {
+        "job_folder": str(out_dir.relative_to(settings.nas_root)),
+        "file_list": file_list(merged.files, settings.nas_root),
+    }
+    db.mark_sub_finished(sub_id, result)
+    return Finished(out_dir, merged, result)
+
+
+def file_list(files: Sequence[Path], nas_root: Path) -> list[str]:
+    """Paths relative to the NAS root, image files collapsed to their folder."""
+    entries = set()
+    for f in files:
+        rel = Path(f).relative_to(nas_root)
+        entries.add(str(rel.parent) + "/" if rel.suffix.lower() in IMAGE_SUFFIXES else str(rel))
+    return sorted(entries)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

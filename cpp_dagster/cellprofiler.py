@@ -1,0 +1,142 @@
+"""Run real CellProfiler headless on one batch and verify what it wrote.
+
+The same function runs in a local step process and in a Kubernetes step pod. Layout
+of a batch's work folder (on the shared work area, never a step-local disk):
+
+    <batch_dir>/loaddata.csv        the batch's image sets (written by planning)
+    <batch_dir>/cellprofiler.log    stdout+stderr of the last attempt
+    <batch_dir>/output/             complete outputs of the successful attempt only
+
+Outputs are written to `output.partial/` and renamed to `output/` once verified, so
+a retried or killed batch never leaves files that look finished.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+LOG_TAIL_LINES = 30
+
+
+class CellProfilerError(RuntimeError):
+    """A batch failed: the message names the exit code and ends with the log's last lines."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    batch: str
+    exit_code: int
+    seconds: float
+    output_dir: str
+    log_path: str
+    image_sets: int
+    files: list[str] = field(default_factory=list)
+
+
+def resolve_pipeline_file(pipelines_dir: Path, pipeline_file: str) -> Path:
+    """The `.cppipe` a sub-analysis names, which must exist inside the pipelines folder."""
+    root = pipelines_dir.resolve()
+    path = (root / pipeline_file).resolve()
+    if not path.is_relative_to(root):
+        raise CellProfilerError(f"pipeline file {pipeline_file!r} resolves outside the pipelines folder {root}")
+    if not path.is_file():
+        raise CellProfilerError(f"pipeline file {pipeline_file!r} does not exist in {root}")
+    return path
+
+
+def command(cellprofiler: str, pipeline: Path, data_file: Path, output_dir: Path) -> list[str]:
+    # -c headless, -r run; imageio_reader instead of Bio-Formats, which would try to
+    # download Java artifacts at start-up.
+    return [cellprofiler, "-c", "-r", "-p", str(pipeline), "--data-file", str(data_file),
+            "-o", str(output_dir), "-e", "imageio_reader"]
+
+
+def run_batch(
+    *,
+    cellprofiler: str,
+    pipeline: Path,
+    batch_dir: Path,
+    expected_image_sets: int,
+    timeout_s: float,
+    echo: Callable[[str], None] | None = None,
+) -> BatchOutcome:
+    """Run CellProfiler on `batch_dir/loaddata.csv`; raise CellProfilerError on a non-zero
+    exit, a timeout (a timeout is a failure, never a success) or incomplete outputs."""
+    echo = echo or (lambda line: print(line, end="", file=sys.stdout, flush=True))
+    batch_dir = Path(batch_dir)
+    staging, final = batch_dir / "output.partial", batch_dir / "output"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log_path = batch_dir / "cellprofiler.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    args = command(cellprofiler, pipeline, batch_dir / "loaddata.csv", staging)
+
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    started = time.monotonic()
+    timed_out = threading.Event()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(args) + "\n")
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    env=env, start_new_session=True)
+        except OSError as e:
+            raise CellProfilerError(f"cannot start CellProfiler {cellprofiler!r}: {e}") from e
+
+        def kill_on_timeout() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill_on_timeout)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line)
+                echo(line)
+            exit_code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    seconds = time.monotonic() - started
+    last_lines = "".join(tail).rstrip()
+
+    if timed_out.is_set():
+        raise CellProfilerError(
+            f"CellProfiler did not finish within the job timeout of {timeout_s:.0f} s and was killed; "
+            f"last lines of its log:\n{last_lines}"
+        )
+    if exit_code != 0:
+        raise CellProfilerError(
+            f"CellProfiler exited with code {exit_code} after {seconds:.0f} s; last lines of its log:\n{last_lines}"
+        )
+    rows = image_table_rows(staging)
+    if rows is not None and rows != expected_image_sets:
+        raise CellProfilerError(
+            f"CellProfiler exited 0 but its Image table has {rows} rows for {expected_image_sets} image sets; "
+            f"last lines of its log:\n{last_lines}"
+        )
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    return BatchOutcome(batch_dir.name, exit_code, seconds, str(final), str(log_path), expected_image_sets, files)
+
+
+def image_table_rows(output_dir: Path) -> int | None:
+    """Rows of the ExportToSpreadsheet Image table (`*Image.csv`), None when there is none."""
+    tables = sorted(Path(output_dir).glob("*Image.csv"))
+    if not tables:
+        return None
+    with open(tables[0], newline="") as f:
+        return sum(1 for _ in csv.reader(f)) - 1

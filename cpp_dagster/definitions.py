@@ -1,0 +1,28 @@
+"""The code location: `defs`, loaded by workspace.yaml and by [tool.dagster] in pyproject."""
+from __future__ import annotations
+
+import dagster as dg
+
+from cpp_dagster.config import load_settings
+from cpp_dagster.defs.assets import feature_tables, plate_acquisitions
+from cpp_dagster.defs.executor import executor_for_deployment
+from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.defs.sensors import analysis_job, pending_sub_analyses, record_run_cancellation, record_run_failure
+
+defs = dg.Definitions(
+    assets=[plate_acquisitions, feature_tables],
+    jobs=[analysis_job],
+    sensors=[pending_sub_analyses, record_run_failure, record_run_cancellation],
+    resources={
+        "imagedb": ImageDBResource(),
+        "nas": NasResource(),
+        # Step outputs (small descriptors) live on the shared work area, not a step-local disk.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(load_settings().work_root / "dagster-io")),
+    },
+    executor=executor_for_deployment(),
+)
+
+
+def analysis_job_def() -> dg.JobDefinition:
+    """For dg.reconstructable(...) in tests and the demo."""
+    return defs.resolve_job_def("analysis_job")

@@ -1,0 +1,25 @@
+"""Step-level outcome in imagedb: a failed step (after its retries) fails the sub-analysis.
+
+Hooks run inside the step's process; what they cannot see (a killed worker, a cancelled
+run, a run that never started) is covered by the run-status sensors in sensors.py.
+"""
+
+import dagster as dg
+
+from cpp_dagster.defs.partitions import sub_id_of
+
+
+def failure_message(step_key: str, error: object) -> str:
+    return f"step {step_key} failed: {error}"
+
+
+@dg.failure_hook(required_resource_keys={"imagedb"})
+def record_failure_in_imagedb(context: dg.HookContext) -> None:
+    run = context.instance.get_run_by_id(context.run_id)
+    sub_id = sub_id_of(run.tags.get("dagster/partition") if run else None)
+    if sub_id is None:
+        return
+    error = context.op_exception
+    message = failure_message(context.step_key, getattr(error, "description", None) or error)
+    if context.resources.imagedb.db().mark_sub_failed(sub_id, message):
+        context.log.error(f"sub-analysis {sub_id} marked failed in imagedb: {message}")

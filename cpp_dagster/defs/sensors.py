@@ -1,0 +1,103 @@
+"""Sensors: launch ready sub-analyses exactly once; record what hooks cannot see."""
+
+import os
+
+import dagster as dg
+
+from cpp_dagster.defs.assets import plate_acquisitions
+from cpp_dagster.defs.hooks import failure_message
+from cpp_dagster.defs.partitions import partition_key, sub_analysis_partitions, sub_id_of
+from cpp_dagster.defs.resources import ImageDBResource
+from cpp_dagster.imagedb.rows import ReadySubAnalysis
+
+analysis_job = dg.define_asset_job(
+    "analysis_job",
+    selection=dg.AssetSelection.keys("feature_tables"),
+    partitions_def=sub_analysis_partitions,
+    description="One sub-analysis: plan, CellProfiler per batch, merge, write-back.",
+)
+
+PAGE_SIZE = 500
+MAX_REQUESTS_PER_TICK = int(os.getenv("CPP_SENSOR_MAX_REQUESTS", "2000"))
+
+
+def run_request(r: ReadySubAnalysis) -> dg.RunRequest:
+    key = partition_key(r.plate_acquisition_id, r.analysis_id, r.sub_id)
+    return dg.RunRequest(
+        run_key=key,  # one run per sub-analysis, ever (a re-run is launched on purpose)
+        partition_key=key,
+        tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
+              "imagedb/sub_id": str(r.sub_id), "imagedb/analysis_id": str(r.analysis_id)},
+    )
+
+
+@dg.sensor(
+    job=analysis_job,
+    minimum_interval_seconds=int(os.getenv("CPP_SENSOR_INTERVAL_S", "30")),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
+    """Sub-analyses that are submitted, whose acquisition is finished and whose
+    dependencies are finished, by priority. The run key makes each one run once across
+    ticks and daemon restarts; a sub-analysis leaves the query once its run starts."""
+    db = imagedb.db()
+    ready: list[ReadySubAnalysis] = []
+    after = None
+    while len(ready) < MAX_REQUESTS_PER_TICK:
+        page = db.ready_sub_analyses(limit=PAGE_SIZE, after=after)
+        ready += page
+        if len(page) < PAGE_SIZE:
+            break
+        after = (page[-1].priority, page[-1].sub_id)
+    if not ready:
+        return dg.SkipReason("no submitted sub-analysis is ready")
+    requests = [run_request(r) for r in ready]
+    acquisitions = {r.plate_acquisition_id: r.plate_barcode for r in ready}
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[sub_analysis_partitions.build_add_request([r.partition_key for r in requests])],
+        asset_events=[
+            dg.AssetObservation(
+                asset_key=plate_acquisitions.key,
+                metadata={"plate_acquisition_id": acq_id, "plate_barcode": barcode,
+                          "ready_sub_analyses": sum(r.plate_acquisition_id == acq_id for r in ready)},
+            )
+            for acq_id, barcode in sorted(acquisitions.items())
+        ],
+    )
+
+
+def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str) -> None:
+    sub_id = sub_id_of(context.dagster_run.tags.get("dagster/partition"))
+    if sub_id is None:
+        return
+    if imagedb.db().mark_sub_failed(sub_id, message):
+        context.log.info(f"sub-analysis {sub_id} marked failed: {message}")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.FAILURE,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+)
+def record_run_failure(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+    """A failed run whose failure no hook recorded (killed worker, start timeout, a step
+    that failed without running its hook): the sub-analysis fails with the steps' errors."""
+    steps = context.get_step_failure_events()
+    if steps:
+        message = "; ".join(
+            failure_message(e.step_key, e.event_specific_data.error.message.strip() if e.event_specific_data.error else "")
+            for e in steps
+        )
+    else:
+        message = f"run {context.dagster_run.run_id} failed: {context.dagster_event.message}"
+    _record(context, imagedb, message)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+)
+def record_run_cancellation(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+    _record(context, imagedb, f"cancelled: run {context.dagster_run.run_id} was cancelled in Dagster")

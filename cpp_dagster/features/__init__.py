@@ -1,0 +1,1 @@
+"""Feature tables: merging per-batch CellProfiler outputs into Parquet."""

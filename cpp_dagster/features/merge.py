@@ -1,0 +1,219 @@
+"""One streaming merge of per-batch CellProfiler ExportToSpreadsheet CSVs into Parquet.
+
+Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
+
+- One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
+- Rows of different batches never collide: `Metadata_Batch` (the batch folder's name)
+  and `Metadata_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate)
+  are added to every table. `Metadata_*` columns are kept as CellProfiler wrote them.
+- Schema drift between batches (the rule): the merged table has the union of the
+  batches' columns, in order of first appearance; a column missing from a batch is null
+  there. A column is text if any batch has text in it; otherwise it is numeric
+  (an all-empty column in one batch takes the type the other batches give it).
+  Numeric columns are float32, except ImageNumber/ObjectNumber and CellProfiler's
+  integer bookkeeping columns, which stay int64. `nan` is read as null.
+- The Experiment table (run-level key/value) is kept once, from the first batch.
+- Files other than the tables (QC images, ICF .npy) are copied into the destination.
+- Memory is bounded by one CSV block, not by the plate: batches are streamed.
+- Writes are atomic: everything is written under a hidden staging folder inside DEST
+  and moved into place with os.replace, so a reader never sees a half-written file and
+  a re-merge replaces the old files.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+NULL_VALUES = ["", "nan", "NaN", "NA", "null", "None", "inf", "-inf"]
+IMAGE_KEY_STRIDE = 1_000_000
+BATCH_COLUMN, IMAGE_KEY_COLUMN = "Metadata_Batch", "Metadata_ImageKey"
+_INTEGER_COLUMN = re.compile(
+    r"^(ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+_Count|Count_\w+|Group_(Number|Index)|ModuleError_\w+)$"
+)
+EXPERIMENT = "Experiment"
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class MergedTable:
+    name: str
+    path: Path
+    rows: int
+    columns: int
+    drift: tuple[str, ...] = ()  # columns not present in every batch
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    tables: dict[str, MergedTable]
+    files: list[Path]  # every file written or copied into DEST
+
+
+def table_files(output_dir: Path) -> dict[str, Path]:
+    """Object table name -> CSV in one batch's ExportToSpreadsheet output."""
+    csvs = sorted(Path(output_dir).glob("*.csv"))
+    image = [p for p in csvs if p.stem.endswith("Image")]
+    prefix = image[0].stem[: -len("Image")] if image else None
+    tables = {}
+    for p in csvs:
+        if prefix is not None and p.stem.startswith(prefix):
+            name = p.stem[len(prefix):]
+        else:
+            name = p.stem.rsplit("_", 1)[-1]
+        tables[name] = p
+    return tables
+
+
+def _probe_schema(path: Path) -> pa.Schema:
+    """Column names and types CSV inference gives the first block of a file."""
+    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES,
+                                                                       strings_can_be_null=True))
+    try:
+        return reader.schema
+    finally:
+        reader.close()
+
+
+def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, ...]]:
+    """The merged table's schema by the drift rule above, and the drifting columns."""
+    order: list[str] = []
+    kinds: dict[str, set[str]] = {}
+    present: dict[str, int] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name not in kinds:
+                order.append(f.name)
+                kinds[f.name] = set()
+                present[f.name] = 0
+            present[f.name] += 1
+            t = f.type
+            kinds[f.name].add("text" if pa.types.is_string(t) or pa.types.is_large_string(t)
+                              else "null" if pa.types.is_null(t)
+                              else "int" if pa.types.is_integer(t) or pa.types.is_boolean(t)
+                              else "float")
+    fields = []
+    for name in order:
+        k = kinds[name] - {"null"}
+        if "text" in k:
+            t = pa.string()
+        elif k <= {"int"} and _INTEGER_COLUMN.match(name):
+            t = pa.int64()
+        elif k == {"int"} and name.startswith("Metadata_"):
+            t = pa.int64()
+        else:
+            t = pa.float32()
+        fields.append(pa.field(name, t))
+    drift = tuple(n for n in order if present[n] != len(schemas))
+    return pa.schema(fields), drift
+
+
+def _read_type(t: pa.DataType) -> pa.DataType:
+    return pa.float64() if pa.types.is_floating(t) else t
+
+
+def merge_table(
+    name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path
+) -> MergedTable:
+    """Stream one object table of every batch into one Parquet file at `dest_file`.
+    `sources` are (batch number, batch name, csv path) in batch order."""
+    schemas = [_probe_schema(p) for _, _, p in sources]
+    schema, drift = unified_schema(schemas)
+    out_schema = pa.schema([pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()),
+                            *schema])
+    rows = 0
+    with pq.ParquetWriter(dest_file, out_schema, use_dictionary=[BATCH_COLUMN],
+                          compression="snappy") as writer:
+        for (number, batch, path), file_schema in zip(sources, schemas):
+            column_types = {f.name: _read_type(schema.field(f.name).type) for f in file_schema}
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=16 << 20),
+                convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
+                                                     strings_can_be_null=True),
+            )
+            for block in reader:
+                n = block.num_rows
+                if n == 0:
+                    continue
+                if "ImageNumber" not in block.schema.names:
+                    raise MergeError(f"{path} has no ImageNumber column")
+                image_number = block.column("ImageNumber").cast(pa.int64())
+                key = pa.compute.add(image_number, number * IMAGE_KEY_STRIDE)
+                columns = [pa.array([batch] * n, pa.string()), key]
+                for f in schema:
+                    col = block.column(f.name) if f.name in block.schema.names else pa.nulls(n, f.type)
+                    columns.append(col.cast(f.type))
+                writer.write_table(pa.Table.from_arrays(columns, schema=out_schema))
+                rows += n
+    return MergedTable(name, dest_file, rows, len(out_schema), drift)
+
+
+def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path) -> MergeResult:
+    """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
+    outputs, in batch order) into `dest_dir`."""
+    import pyarrow.compute  # noqa: F401 - makes pa.compute available
+
+    if not batch_dirs:
+        raise MergeError("nothing to merge: no batch folders")
+    per_batch = [(i, Path(d).name if Path(d).name != "output" else Path(d).parent.name, Path(d))
+                 for i, d in enumerate(batch_dirs)]
+    names: list[str] = []
+    for _, _, d in per_batch:
+        for name in table_files(d):
+            if name not in names:
+                names.append(name)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    staging = dest_dir / f".merge-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        tables: dict[str, MergedTable] = {}
+        staged: list[tuple[Path, Path]] = []  # (staged file, final path)
+        for name in names:
+            sources = [(i, b, table_files(d)[name]) for i, b, d in per_batch if name in table_files(d)]
+            if name == EXPERIMENT:
+                shutil.copyfile(sources[0][2], staging / "Experiment.csv")
+                staged.append((staging / "Experiment.csv", dest_dir / "Experiment.csv"))
+                continue
+            staged_file = staging / f"{name}.parquet"
+            t = merge_table(name, sources, staged_file)
+            final = dest_dir / staged_file.name
+            tables[name] = MergedTable(t.name, final, t.rows, t.columns, t.drift)
+            staged.append((staged_file, final))
+        staged += _stage_other_files(per_batch, staging, dest_dir)
+        for src, final in staged:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, final)
+        return MergeResult(tables, [final for _, final in staged])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path, dest_dir: Path):
+    seen: dict[Path, str] = {}
+    staged = []
+    for _, batch, d in per_batch:
+        for p in sorted(d.rglob("*")):
+            if not p.is_file() or p.suffix == ".csv" and p.parent == d:
+                continue
+            rel = p.relative_to(d)
+            if rel in seen:
+                raise MergeError(f"batches {seen[rel]} and {batch} both wrote {rel}")
+            seen[rel] = batch
+            target = staging / "files" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, target)
+            staged.append((target, dest_dir / rel))
+    return staged
