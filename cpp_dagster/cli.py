@@ -1,0 +1,112 @@
+"""The `cpp-dagster` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cpp_dagster.demo.run import run_demo
+
+    result = run_demo(wells=args.wells, sites=args.sites, batch_size=args.batch_size, seed=args.seed,
+                      timeout_s=args.timeout, echo=_echo)
+    print(json.dumps(result), flush=True)
+    return 0 if result["db"]["finish"] and not result["db"]["error"] else 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cpp_dagster import local
+    from cpp_dagster.config import PROJECT_ROOT, imagedb_url
+    from cpp_dagster.imagedb.store import ImageDB
+
+    env = {**os.environ, **local.environment()}
+    ImageDB(imagedb_url()).apply_schema()
+    exe = str(Path(sys.executable).with_name("dagster"))
+    argv = [exe, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    _echo(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    os.chdir(PROJECT_ROOT)
+    os.execve(exe, argv, env)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from cpp_dagster.features.merge import merge_batches
+
+    src = Path(args.src)
+    batch_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    result = merge_batches(batch_dirs, Path(args.dest))
+    print(json.dumps({name: {"path": str(t.path), "rows": t.rows, "columns": t.columns, "drift": list(t.drift)}
+                      for name, t in result.tables.items()}))
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    from cpp_dagster.config import imagedb_url, redact_url
+    from cpp_dagster.imagedb.store import ImageDB
+
+    url = imagedb_url()
+    ImageDB(url).apply_schema()
+    _echo(f"imagedb schema applied at {redact_url(url)}")
+    return 0
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    from cpp_dagster import local
+
+    for key, value in local.environment().items():
+        print(f"export {key}='{value}'")
+    return 0
+
+
+def cmd_local_stop(args: argparse.Namespace) -> int:
+    from cpp_dagster import local_postgres
+
+    local_postgres.stop()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpp-dagster", description="Continuous Cell Painting analysis on Dagster")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="register a synthetic plate, let the sensor run it, print the outcome as JSON")
+    demo.add_argument("--wells", type=int, default=4)
+    demo.add_argument("--sites", type=int, default=4)
+    demo.add_argument("--batch-size", type=int, default=4)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
+    demo.set_defaults(fn=cmd_demo)
+
+    dev = sub.add_parser("dev", help="Dagster UI (webserver + daemon) over the local instance")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(fn=cmd_dev)
+
+    merge = sub.add_parser("merge", help="merge per-batch CellProfiler CSV folders into Parquet feature tables")
+    merge.add_argument("src", help="folder with one sub-folder per batch")
+    merge.add_argument("dest", help="destination folder for the Parquet files")
+    merge.set_defaults(fn=cmd_merge)
+
+    db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
+    db.add_parser("init", help="create the imagedb tables (idempotent)").set_defaults(fn=cmd_db_init)
+
+    loc = sub.add_parser("local", help="the embedded local deployment").add_subparsers(dest="local_command",
+                                                                                        required=True)
+    loc.add_parser("env", help="print the environment of the local deployment").set_defaults(fn=cmd_local_env)
+    loc.add_parser("stop", help="stop the embedded PostgreSQL").set_defaults(fn=cmd_local_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

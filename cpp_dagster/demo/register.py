@@ -1,0 +1,75 @@
+"""Register a synthetic plate acquisition and the demo pipeline in imagedb, as the
+lab's ingest service and pipeline GUI would."""
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from cpp_dagster.config import Settings
+from cpp_dagster.demo.synthetic_plate import DYES, write_plate
+from cpp_dagster.imagedb.rows import Image
+from cpp_dagster.imagedb.store import ImageDB
+
+DEMO_PIPELINE = "demo-cellpainting"
+DEMO_PIPELINE_FILE = "demo/demo_features.cppipe"
+DEMO_CHANNEL_MAP = 1
+DEMO_CP_VERSION = "5.0.0.dev784"
+
+
+def demo_pipeline_meta(batch_size: int = 4) -> dict:
+    return {
+        "analysis_meta": {"description": "Demo Cell Painting features: nuclei, cells, cytoplasm"},
+        "sub_analyses": [
+            {
+                "type": "cellprofiler",
+                "sub_type": "features",
+                "pipeline_file": DEMO_PIPELINE_FILE,
+                "cp_version": DEMO_CP_VERSION,
+                "batch_size": batch_size,
+                "job_timeout": 1800,
+            }
+        ],
+    }
+
+
+def install_demo_pipeline(db: ImageDB, settings: Settings, *, batch_size: int = 4) -> None:
+    """The bundled .cppipe into the NAS pipelines folder; the pipeline into imagedb."""
+    target = settings.pipelines_dir / DEMO_PIPELINE_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = resources.files("cpp_dagster.demo").joinpath("pipelines/demo_features.cppipe")
+    with resources.as_file(source) as path:
+        shutil.copyfile(path, target)
+    db.put_channel_map(DEMO_CHANNEL_MAP, {i + 1: dye for i, dye in enumerate(DYES)})
+    db.put_pipeline(DEMO_PIPELINE, demo_pipeline_meta(batch_size))
+
+
+def register_plate(
+    db: ImageDB,
+    settings: Settings,
+    *,
+    barcode: str,
+    wells: list[str],
+    sites: list[int],
+    seed: int = 1,
+    z_planes: int = 1,
+    finished: bool = True,
+) -> int:
+    """Generate the plate's images under `<NAS>/images/<barcode>/` and register them;
+    returns the plate acquisition id."""
+    folder = settings.nas_root / "images" / barcode
+    files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes)
+    acq_id = db.add_plate_acquisition(barcode, channel_map_id=DEMO_CHANNEL_MAP, folder=str(folder),
+                                      project="demo", microscope="synthetic")
+    db.add_images(acq_id, barcode, [
+        Image(well=f["well"], site=f["site"], channel=f["channel"], path=f["path"], z=f["z"], timepoint=1)
+        for f in files
+    ])
+    if finished:
+        db.finish_plate_acquisition(acq_id)
+    return acq_id
+
+
+def plate_wells(count: int) -> list[str]:
+    """The first `count` wells of a 384-well plate from B02, row by row (B02, B03, ...)."""
+    return [f"{row}{col:02d}" for row in "BCDEFGHIJKLMNO" for col in range(2, 24)][:count]

@@ -1,0 +1,134 @@
+"""`make demo`: the whole flow on embedded defaults, driven by the real Dagster daemon.
+
+Registers a synthetic plate and a submitted analysis in imagedb, starts
+`dagster-daemon` (sensors, run queue, run monitoring), waits until the sensor's run
+has recorded its outcome in imagedb and finished in Dagster, and returns the summary.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow.parquet as pq
+
+from cpp_dagster import local
+from cpp_dagster.config import PROJECT_ROOT, load_settings, local_dir
+from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, plate_wells, register_plate
+from cpp_dagster.imagedb.store import ImageDB
+
+
+@contextmanager
+def dagster_daemon(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` over workspace.yaml, stopped (with its code server and run
+    workers) on exit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).with_name("dagster-daemon")
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([str(exe), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+                                cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_for_outcome(db: ImageDB, sub_id: int, timeout_s: float, echo: Callable[[str], None],
+                     daemon: subprocess.Popen | None = None):
+    """Poll imagedb until the sub-analysis has `finish` or `error`; echo progress."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        sub = db.sub_analysis(sub_id)
+        message = (sub.status or {}).get("message") if isinstance(sub.status, dict) else None
+        if message and message != last:
+            echo(f"imagedb status: {message}")
+            last = message
+        if sub.finish or sub.error:
+            return sub
+        if daemon is not None and daemon.poll() is not None:
+            raise RuntimeError(f"dagster-daemon exited with code {daemon.returncode}; see its log")
+        time.sleep(1)
+    raise TimeoutError(f"sub-analysis {sub_id} has no outcome after {timeout_s:.0f} s")
+
+
+def wait_for_run(partition_key: str, timeout_s: float):
+    """The Dagster run of a partition, once it has reached a terminal status."""
+    import dagster as dg
+
+    deadline = time.monotonic() + timeout_s
+    with dg.DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": partition_key}), limit=1)
+            if runs and runs[0].is_finished:
+                return runs[0]
+            time.sleep(1)
+    raise TimeoutError(f"the run of partition {partition_key} did not finish in {timeout_s:.0f} s")
+
+
+def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None) -> dict:
+    status = sub.status if isinstance(sub.status, dict) else {}
+    tables = {}
+    for f in (sub.result or {}).get("file_list", []):
+        path = settings.nas_root / f
+        if path.suffix == ".parquet":
+            meta = pq.read_metadata(path)
+            tables[path.stem] = {"path": str(path), "rows": meta.num_rows, "columns": meta.num_columns}
+    out = {
+        "plate_acquisition_id": acq_id,
+        "analysis_id": analysis_id,
+        "sub_analysis_id": sub.sub_id,
+        "batches": status.get("batches"),
+        "image_sets": status.get("image_sets"),
+        "tables": tables,
+        "db": {"finish": sub.finish.isoformat(sep=" ") if sub.finish else None,
+               "error": sub.error.isoformat(sep=" ") if sub.error else None},
+    }
+    if sub.error:
+        out["db"]["message"] = status.get("message")
+    if run is not None:
+        out["dagster_run"] = {"run_id": run.run_id, "status": run.status.value}
+    return out
+
+
+def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int = 1,
+             timeout_s: float = 1800, echo: Callable[[str], None] = print) -> dict:
+    from cpp_dagster.defs.partitions import partition_key
+
+    env = local.environment()
+    env.setdefault("CPP_SENSOR_INTERVAL_S", os.environ.get("CPP_SENSOR_INTERVAL_S", "5"))
+    os.environ.update(env)
+    db = ImageDB(env["CPP_IMAGEDB_URL"])
+    db.apply_schema()
+    settings = load_settings()
+    install_demo_pipeline(db, settings, batch_size=batch_size)
+    started = time.monotonic()
+    acq_id = register_plate(db, settings, barcode=f"DEMO-{seed:04d}", wells=plate_wells(wells),
+                            sites=list(range(1, sites + 1)), seed=seed)
+    submitted = db.submit_analysis(acq_id, DEMO_PIPELINE)
+    sub_id = submitted.sub_ids[0]
+    echo(f"registered plate acquisition {acq_id} ({wells} wells x {sites} sites x 5 channels) "
+         f"and submitted analysis {submitted.analysis_id} (sub-analysis {sub_id}); starting dagster-daemon")
+    with dagster_daemon(env, local_dir() / "logs" / "dagster-daemon.log") as daemon:
+        sub = wait_for_outcome(db, sub_id, timeout_s, echo, daemon)
+        run = wait_for_run(partition_key(acq_id, submitted.analysis_id, sub_id), 120)
+    echo(f"done in {time.monotonic() - started:.0f} s (Dagster run {run.run_id}: {run.status.value})")
+    return summary(db, settings, acq_id, submitted.analysis_id, sub, run)
