@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cpp_dagster.config import load_settings
 from cpp_dagster.defs.assets import feature_tables, plate_acquisitions
 from cpp_dagster.defs.executor import executor_for_deployment
-from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
 from cpp_dagster.defs.sensors import analysis_job, pending_sub_analyses, record_run_cancellation, record_run_failure
 
 defs = dg.Definitions(
@@ -17,7 +16,7 @@ defs = dg.Definitions(
         "imagedb": ImageDBResource(),
         "nas": NasResource(),
         # Step outputs (small descriptors) live on the shared work area, not a step-local disk.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(load_settings().work_root / "dagster-io")),
+        "io_manager": WorkAreaIOManager(),
     },
     executor=executor_for_deployment(),
 )

@@ -1,6 +1,8 @@
-"""Resources: imagedb and the NAS paths, configured from the environment (cpp_dagster.config)."""
+"""Resources: imagedb, the NAS paths and the IO manager, configured from the environment
+(cpp_dagster.config) when the run starts, not when the code location loads."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -28,11 +30,21 @@ class NasResource(dg.ConfigurableResource):
 
     def settings(self) -> config.Settings:
         base = config.load_settings()
-        from pathlib import Path
-
         return config.Settings(
             nas_root=Path(self.nas_root) if self.nas_root else base.nas_root,
             work_root=Path(self.work_root) if self.work_root else base.work_root,
             pipelines_dir=Path(self.pipelines_dir) if self.pipelines_dir else base.pipelines_dir,
             cellprofiler=self.cellprofiler or base.cellprofiler,
         )
+
+
+class WorkAreaIOManager(dg.ConfigurableIOManagerFactory):
+    """Pickled step outputs (small descriptors) on the shared work area,
+    `$CPP_WORK_ROOT/dagster-io` by default: never on a step-local disk, since under the
+    k8s executor every step is its own pod."""
+
+    base_dir: Optional[str] = None
+
+    def create_io_manager(self, context) -> dg.IOManager:
+        base = self.base_dir or str(config.load_settings().work_root / "dagster-io")
+        return dg.FilesystemIOManager(base_dir=base).create_io_manager(context)

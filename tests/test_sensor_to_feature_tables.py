@@ -1,0 +1,70 @@
+"""End to end with real parts: a plate registered in imagedb is picked up by the sensor,
+run batch by batch by real CellProfiler (each batch its own process), merged into
+Parquet feature tables on the NAS, and the outcome is recorded in imagedb."""
+from __future__ import annotations
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import dagster as dg
+
+from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
+from dagster_helpers import events, launch, tick
+
+
+def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, dagster_instance):
+    acq = register_plate(lab.db, lab.settings, barcode="E2E-1", wells=["B02", "C03"], sites=[1, 2], seed=7)
+    submitted = lab.db.submit_analysis(acq, DEMO_PIPELINE)
+    sub_id = submitted.sub_ids[0]
+
+    first = tick(dagster_instance)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    key = f"acq{acq}_an{submitted.analysis_id}_sub{sub_id}"
+    assert request.partition_key == key and request.run_key == key
+    assert dagster_instance.has_dynamic_partition("sub_analysis", key)
+
+    run = launch(dagster_instance, request)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+
+    # Two batches of two image sets, each run by CellProfiler in its own step process.
+    batch_steps = [e for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
+                   if ".run_cellprofiler[" in e.step_key]
+    assert sorted(e.step_key for e in batch_steps) == [
+        "feature_tables.run_cellprofiler[batch_0000]", "feature_tables.run_cellprofiler[batch_0001]"]
+    assert len({e.pid for e in batch_steps}) == 2
+
+    # imagedb: start, finish, result, progress; the analysis finished with it.
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.start and sub.finish and sub.error is None
+    results = lab.nas / "results" / "E2E-1" / str(acq) / str(submitted.analysis_id)
+    assert sub.result["job_folder"] == f"results/E2E-1/{acq}/{submitted.analysis_id}"
+    for table in ("Image", "Nuclei", "Cells", "Cytoplasm"):
+        assert f"{sub.result['job_folder']}/{table}.parquet" in sub.result["file_list"]
+    assert sub.status["message"] == "2 / 2 batches finished, ~0.0 h left"
+    assert lab.db.analysis(submitted.analysis_id)["finish"] is not None
+
+    # Feature tables: one Image row per image set; object rows match the nuclei counted.
+    image = pq.read_table(results / "Image.parquet")
+    assert image.num_rows == 4
+    assert sorted(zip(image["Metadata_Well"].to_pylist(), image["Metadata_Site"].to_pylist())) == [
+        ("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
+    assert set(image["Metadata_Batch"].to_pylist()) == {"batch_0000", "batch_0001"}
+    nuclei = pq.read_table(results / "Nuclei.parquet")
+    assert nuclei.num_rows == int(pc.sum(image["Count_Nuclei"]).as_py()) > 4 * 10
+    for table in ("Cells", "Cytoplasm"):
+        t = pq.read_table(results / f"{table}.parquet")
+        assert t.num_rows > 0
+        assert set(t["Metadata_ImageKey"].to_pylist()) <= set(image["Metadata_ImageKey"].to_pylist())
+    keys = list(zip(nuclei["Metadata_ImageKey"].to_pylist(), nuclei["ObjectNumber"].to_pylist()))
+    assert len(set(keys)) == len(keys)  # ImageNumber restarts per batch, rows never collide
+    assert nuclei.schema.field("Intensity_MeanIntensity_HOECHST").type == "float"  # float32
+    assert (results / "Experiment.csv").is_file()
+
+    # Dagster: the partition's materialization carries the tables' metadata.
+    mat = dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")).asset_materialization
+    assert mat.partition == key
+    assert mat.metadata["Image_rows"].value == 4 and mat.metadata["Nuclei_rows"].value == nuclei.num_rows
+    assert mat.metadata["results_path"].value == str(results)
+
+    # A second tick finds nothing: the sub-analysis is never requested twice.
+    assert tick(dagster_instance).run_requests == []
