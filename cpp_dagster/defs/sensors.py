@@ -75,12 +75,8 @@ def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, messag
         context.log.info(f"sub-analysis {sub_id} marked failed: {message}")
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.FAILURE,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
-)
-def record_run_failure(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBResource):
     """A failed run whose failure no hook recorded (killed worker, start timeout, a step
     that failed without running its hook): the sub-analysis fails with the steps' errors."""
     steps = context.get_step_failure_events()

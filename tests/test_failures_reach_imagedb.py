@@ -1,0 +1,126 @@
+"""Every failure of an analysis ends as an `error` timestamp and a readable message in
+imagedb (and a failed run in Dagster); nothing half-written becomes visible."""
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+import pytest
+
+from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta, register_plate
+from cpp_dagster.demo.synthetic_plate import write_plate
+from cpp_dagster.imagedb.rows import Image
+from dagster_helpers import events, launch, run_request_tags, tick
+
+
+def submit(lab, acq: int, **sub_meta) -> int:
+    meta = demo_pipeline_meta(batch_size=2)
+    meta["sub_analyses"][0].update(sub_meta)
+    name = f"custom-{uuid.uuid4().hex[:6]}"
+    lab.db.put_pipeline(name, meta)
+    return lab.db.submit_analysis(acq, name).sub_ids[0]
+
+
+def run_once(lab, instance, sub_id: int) -> dg.DagsterRun:
+    requests = [r for r in tick(instance).run_requests if r.tags["imagedb/sub_id"] == str(sub_id)]
+    assert len(requests) == 1
+    return launch(instance, requests[0])
+
+
+def assert_failed(lab, sub_id: int, run: dg.DagsterRun, *fragments: str) -> str:
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.error is not None and sub.finish is None and sub.status["state"] == "failed"
+    message = sub.status["message"]
+    for fragment in fragments:
+        assert fragment in message
+    analysis = lab.db.analysis(sub.analysis_id)
+    assert analysis["error"] is not None and analysis["finish"] is None
+    return message
+
+
+@pytest.mark.parametrize(
+    "pipeline_file, why",
+    [("missing/nope.cppipe", "does not exist"), ("../../../etc/passwd", "resolves outside the pipelines folder")],
+)
+def test_bad_pipeline_file_fails_before_any_batch(lab, dagster_instance, pipeline_file, why):
+    acq = register_plate(lab.db, lab.settings, barcode="BADPIPE", wells=["B02"], sites=[1], seed=2)
+    sub_id = submit(lab, acq, pipeline_file=pipeline_file)
+    run = run_once(lab, dagster_instance, sub_id)
+    message = assert_failed(lab, sub_id, run, "step feature_tables.plan_batches failed", why)
+    assert pipeline_file in message
+    assert not events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)[1:]  # only the plan step
+
+
+def test_filters_that_leave_no_images_are_a_clear_error(lab, dagster_instance):
+    acq = register_plate(lab.db, lab.settings, barcode="NOIMG", wells=["B02"], sites=[1], seed=2)
+    sub_id = submit(lab, acq, well_filter=["P24"])
+    run = run_once(lab, dagster_instance, sub_id)
+    assert_failed(lab, sub_id, run, "no images left after the filters", "P24")
+
+
+def test_image_set_missing_a_channel_is_reported_not_guessed(lab, dagster_instance):
+    folder = lab.nas / "images" / "GAP"
+    files = write_plate(folder, "GAP", ["B02"], [1, 2], seed=4)
+    acq = lab.db.add_plate_acquisition("GAP", channel_map_id=1, folder=str(folder))
+    lab.db.add_images(acq, "GAP", [Image(f["well"], f["site"], f["channel"], f["path"], f["z"])
+                                   for f in files if not (f["site"] == 2 and f["dye"] == "MITO")])
+    lab.db.finish_plate_acquisition(acq)
+    sub_id = submit(lab, acq)
+    run = run_once(lab, dagster_instance, sub_id)
+    assert_failed(lab, sub_id, run, "image set well B02 site 2", "missing channel(s) MITO")
+
+
+def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, dagster_instance):
+    acq = register_plate(lab.db, lab.settings, barcode="CORRUPT", wells=["B02"], sites=[1, 2, 3, 4], seed=5)
+    corrupt = next(im for im in lab.db.images(acq) if im.site == 3 and im.channel == 4)
+    with open(corrupt.path, "wb") as f:
+        f.write(b"this is not a TIFF")
+    sub_id = submit(lab, acq)
+    run = run_once(lab, dagster_instance, sub_id)
+
+    retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert [e.step_key for e in retried] == ["feature_tables.run_cellprofiler[batch_0001]"]
+    message = assert_failed(lab, sub_id, run, "run_cellprofiler[batch_0001]", "CellProfiler exited with code 1",
+                            "last lines of its log")
+    assert "Traceback" in message or "Error" in message
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.status["finished_batches"] == ["batch_0000"]  # the good batch finished, and only it
+    results = lab.nas / "results" / "CORRUPT"
+    assert not list(results.rglob("*.parquet"))  # no merge of a half-done analysis
+    # The failed attempt left no output folder that could pass for finished.
+    batch_dir = lab.nas / "work" / f"sub_{sub_id}" / "batch_0001"
+    assert not (batch_dir / "output").exists() and (batch_dir / "cellprofiler.log").is_file()
+
+
+def _finished_run(instance, sub_id: int, report) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
+    run = instance.add_run(dg.DagsterRun(job_name="analysis_job", run_id=str(uuid.uuid4()),
+                                         tags={"dagster/partition": f"acq1_an1_sub{sub_id}"}))
+    report(run)
+    event_type = (dg.DagsterEventType.RUN_CANCELED if report == instance.report_run_canceled
+                  else dg.DagsterEventType.RUN_FAILURE)
+    return run, events(instance, run.run_id, event_type)[0]
+
+
+@pytest.mark.parametrize("outcome", ["canceled", "failed"])
+def test_run_status_sensors_record_what_hooks_cannot_see(lab, dagster_instance, outcome):
+    """A cancelled run, or a run whose worker died (no step ran a hook): the run-status
+    sensors still give the sub-analysis an outcome."""
+    from cpp_dagster.definitions import defs
+    from cpp_dagster.defs.sensors import record_run_cancellation, record_run_failure
+
+    acq = register_plate(lab.db, lab.settings, barcode="LOST", wells=["B02"], sites=[1], seed=2)
+    sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
+    lab.db.mark_sub_started(sub_id, batches=1, image_sets=1)
+    report = dagster_instance.report_run_canceled if outcome == "canceled" else dagster_instance.report_run_failed
+    run, event = _finished_run(dagster_instance, sub_id, report)
+    sensor = record_run_cancellation if outcome == "canceled" else record_run_failure
+    context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=event,
+                                                 dagster_instance=dagster_instance, dagster_run=run,
+                                                 resources=defs.resources)
+    sensor(context if outcome == "canceled" else context.for_run_failure())
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.error is not None and sub.status["state"] == "failed"
+    expected = "cancelled: run" if outcome == "canceled" else f"run {run.run_id} failed"
+    assert sub.status["message"].startswith(expected)
+    assert lab.db.analysis(sub.analysis_id)["error"] is not None
