@@ -54,20 +54,30 @@ class SubAnalysisOptions:
 
         sites = meta.get("site_filter")
         if sites not in (None, []):
+            # a string is iterable too: "12" must not become sites (1, 2)
+            if not isinstance(sites, list):
+                raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}")
             try:
-                sites = tuple(int(s) for s in sites)
+                sites = tuple(_as_int(s) for s in sites)
             except (TypeError, ValueError):
                 raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}") from None
         else:
             sites = None
         try:
-            batch_size = int(meta.get("batch_size") or 0)
-            job_timeout = int(meta.get("job_timeout") or DEFAULT_JOB_TIMEOUT_S)
-            priority = None if meta.get("priority") is None else int(meta["priority"])
+            batch_size = _as_int(meta.get("batch_size") or 0)
+            job_timeout = _as_int(meta.get("job_timeout") or DEFAULT_JOB_TIMEOUT_S)
+            priority = None if meta.get("priority") is None else _as_int(meta["priority"])
         except (TypeError, ValueError) as e:
             raise PlanningError(f"bad number in sub-analysis meta: {e}") from None
+        use_icf = meta.get("use_icf", False)
+        if use_icf is None:
+            use_icf = False
+        if not isinstance(use_icf, bool):  # bool("false") is True
+            raise PlanningError(f"'use_icf' must be true or false, got {use_icf!r}")
         z = meta.get("z")
-        if z is not None:
+        if z in (None, ""):
+            z = None
+        else:
             parse_z_spec(str(z))  # fail early on bad syntax
         wells = str_list("well_filter")
         return cls(
@@ -78,11 +88,18 @@ class SubAnalysisOptions:
             site_filter=sites,
             channels=str_list("channels"),
             z=None if z is None else str(z),
-            use_icf=bool(meta.get("use_icf", False)),
+            use_icf=use_icf,
             job_timeout=job_timeout,
             priority=priority,
             sub_type=meta.get("sub_type"),
         )
+
+
+def _as_int(value: Any) -> int:
+    """An integer from an int or a string of one; bools and fractional numbers are refused."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,11 @@ def select_dyes(channel_map: Mapping[int, str], channels: Sequence[str] | None) 
                 f"channels {unknown} are not in the channel map ({', '.join(selected.values())})"
             )
         selected = {ch: dye for ch, dye in selected.items() if dye in channels}
+    dyes = list(selected.values())
+    repeated = sorted({d for d in dyes if dyes.count(d) > 1})
+    if repeated:
+        # the LoadData CSV would get two FileName_<dye> columns
+        raise PlanningError(f"dye(s) {', '.join(repeated)} name more than one channel in the channel map")
     return selected
 
 
@@ -185,9 +207,13 @@ def build_image_sets(
     channel_order = list(dyes_by_channel)
     groups: dict[tuple[int, str, int, int], dict[int, str]] = defaultdict(dict)
     for im in kept:
-        key = (im.timepoint or 1, im.well.upper(), im.site, z_of(im))
+        # NULL timepoint is 1; a real timepoint 0 stays 0 (`or 1` merged it into timepoint 1)
+        key = (1 if im.timepoint is None else im.timepoint, im.well.upper(), im.site, z_of(im))
         if im.channel in groups[key]:
-            raise PlanningError(f"two images for channel {im.channel} in image set {_describe(key)}")
+            raise PlanningError(
+                f"two images for channel {im.channel} ({dyes_by_channel[im.channel]}) in image set "
+                f"{_describe(key)}: {groups[key][im.channel]} and {im.path}"
+            )
         groups[key][im.channel] = im.path
     image_sets = []
     for key in sorted(groups):
@@ -245,12 +271,12 @@ def loaddata_csv(
         if icf_folder is not None:
             for dye in dyes:
                 p = PurePosixPath(icf_folder) / icf_file_name(dye)
-                row += [p.name, str(p.parent), _file_url(p)]
+                row += [p.name, str(p.parent), _file_url(p, "ICF file path")]
         writer.writerow(row)
     return out.getvalue()
 
 
-def _file_url(path: PurePosixPath) -> str:
+def _file_url(path: PurePosixPath, what: str = "image path") -> str:
     if not path.is_absolute():
-        raise PlanningError(f"image path {str(path)!r} is not absolute")
+        raise PlanningError(f"{what} {str(path)!r} is not absolute")
     return path.as_uri()

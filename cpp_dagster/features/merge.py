@@ -4,7 +4,8 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
 
 - One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
 - Rows of different batches never collide: `Metadata_Batch` (the batch folder's name)
-  and `Metadata_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate)
+  and `Metadata_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate;
+  the batch number is the one in `batch_NNNN`, else the folder's position)
   are added to every table. `Metadata_*` columns are kept as CellProfiler wrote them.
 - Schema drift between batches (the rule): the merged table has the union of the
   batches' columns, in order of first appearance; a column missing from a batch is null
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -64,26 +66,66 @@ class MergeResult:
 def table_files(output_dir: Path) -> dict[str, Path]:
     """Object table name -> CSV in one batch's ExportToSpreadsheet output."""
     csvs = sorted(Path(output_dir).glob("*.csv"))
-    image = [p for p in csvs if p.stem.endswith("Image")]
+    # the shortest: with `MyExpt_Image` and `MyExpt_FilteredImage` the prefix is `MyExpt_`
+    image = sorted((p for p in csvs if p.stem.endswith("Image")), key=lambda p: (len(p.stem), p.stem))
     prefix = image[0].stem[: -len("Image")] if image else None
-    tables = {}
+    tables: dict[str, Path] = {}
     for p in csvs:
         if prefix is not None and p.stem.startswith(prefix):
             name = p.stem[len(prefix):]
         else:
             name = p.stem.rsplit("_", 1)[-1]
+        if name in tables:
+            raise MergeError(f"{tables[name].name} and {p.name} in {output_dir} are both the {name!r} table")
         tables[name] = p
     return tables
 
 
 def _probe_schema(path: Path) -> pa.Schema:
     """Column names and types CSV inference gives the first block of a file."""
-    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES,
-                                                                       strings_can_be_null=True))
+    try:
+        reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(null_values=NULL_VALUES,
+                                                                           strings_can_be_null=True))
+    except pa.ArrowInvalid as e:
+        raise MergeError(f"cannot read {path}: {e}") from None
     try:
         return reader.schema
     finally:
         reader.close()
+
+
+def _scan_schema(path: Path) -> pa.Schema:
+    """Column types from every row of a file, not just the first block (the slow path,
+    used when a column changes type after the first block): each column is read as text
+    and is int64 if every value is an integer, float64 if every value is a number, null
+    if it has no value, else string."""
+    names = _probe_schema(path).names
+    rank = {"null": 0, "int": 1, "float": 2, "text": 3}
+    kinds = dict.fromkeys(names, "null")
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=16 << 20),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             null_values=NULL_VALUES, strings_can_be_null=True),
+    )
+    for block in reader:
+        for n in names:
+            values = block.column(n).drop_null()
+            if kinds[n] == "text" or len(values) == 0:
+                continue
+            for kind, t in (("int", pa.int64()), ("float", pa.float64())):
+                if rank[kind] < rank[kinds[n]]:
+                    continue
+                try:
+                    pc.cast(values, t)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+                kinds[n] = kind
+                break
+            else:
+                kinds[n] = "text"
+    types = {"null": pa.null(), "int": pa.int64(), "float": pa.float64(), "text": pa.string()}
+    return pa.schema([pa.field(n, types[kinds[n]]) for n in names])
 
 
 def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, ...]]:
@@ -99,10 +141,12 @@ def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, 
                 present[f.name] = 0
             present[f.name] += 1
             t = f.type
-            kinds[f.name].add("text" if pa.types.is_string(t) or pa.types.is_large_string(t)
-                              else "null" if pa.types.is_null(t)
+            # anything not numeric (text, but also inferred dates and times) is text:
+            # a date column cannot be cast to float32
+            kinds[f.name].add("null" if pa.types.is_null(t)
                               else "int" if pa.types.is_integer(t) or pa.types.is_boolean(t)
-                              else "float")
+                              else "float" if pa.types.is_floating(t)
+                              else "text")
     fields = []
     for name in order:
         k = kinds[name] - {"null"}
@@ -129,6 +173,26 @@ def merge_table(
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order."""
     schemas = [_probe_schema(p) for _, _, p in sources]
+    for (_, _, path), file_schema in zip(sources, schemas):
+        if "ImageNumber" not in file_schema.names:
+            raise MergeError(f"{path} has no ImageNumber column")
+    try:
+        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=False)
+    except _LateTypeChange:
+        # the types of some column's first block do not hold for the whole file:
+        # find the types from every row and write again
+        schemas = [_scan_schema(p) for _, _, p in sources]
+        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
+
+
+class _LateTypeChange(Exception):
+    pass
+
+
+def _write_table(
+    name: str, sources: Sequence[tuple[int, str, Path]], schemas: Sequence[pa.Schema], dest_file: Path,
+    *, late_type_change_ok: bool,
+) -> MergedTable:
     schema, drift = unified_schema(schemas)
     out_schema = pa.schema([pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()),
                             *schema])
@@ -137,38 +201,49 @@ def merge_table(
                           compression="snappy") as writer:
         for (number, batch, path), file_schema in zip(sources, schemas):
             column_types = {f.name: _read_type(schema.field(f.name).type) for f in file_schema}
-            reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(block_size=16 << 20),
-                convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
-                                                     strings_can_be_null=True),
-            )
-            for block in reader:
-                n = block.num_rows
-                if n == 0:
-                    continue
-                if "ImageNumber" not in block.schema.names:
-                    raise MergeError(f"{path} has no ImageNumber column")
-                image_number = block.column("ImageNumber").cast(pa.int64())
-                key = pa.compute.add(image_number, number * IMAGE_KEY_STRIDE)
-                columns = [pa.array([batch] * n, pa.string()), key]
-                for f in schema:
-                    col = block.column(f.name) if f.name in block.schema.names else pa.nulls(n, f.type)
-                    columns.append(col.cast(f.type))
-                writer.write_table(pa.Table.from_arrays(columns, schema=out_schema))
-                rows += n
+            try:
+                for block in pacsv.open_csv(
+                    path,
+                    read_options=pacsv.ReadOptions(block_size=16 << 20),
+                    convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
+                                                         strings_can_be_null=True),
+                ):
+                    n = block.num_rows
+                    if n == 0:
+                        continue
+                    image_number = block.column("ImageNumber").cast(pa.int64())
+                    key = pc.add(image_number, number * IMAGE_KEY_STRIDE)
+                    columns = [pa.array([batch] * n, pa.string()), key]
+                    for f in schema:
+                        col = block.column(f.name) if f.name in block.schema.names else pa.nulls(n, f.type)
+                        columns.append(col.cast(f.type))
+                    writer.write_table(pa.Table.from_arrays(columns, schema=out_schema))
+                    rows += n
+            except pa.ArrowInvalid as e:
+                if "conversion error" in str(e) and not late_type_change_ok:
+                    raise _LateTypeChange() from e
+                raise MergeError(f"cannot merge {path}: {e}") from None
     return MergedTable(name, dest_file, rows, len(out_schema), drift)
+
+
+def batch_number(name: str, position: int) -> int:
+    """The number in a planned batch's name (`batch_0003` -> 3), so a batch's image keys
+    do not depend on which other batches are merged with it; else its position."""
+    m = re.fullmatch(r"batch_(\d+)", name)
+    return int(m.group(1)) if m else position
 
 
 def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
     outputs, in batch order) into `dest_dir`."""
-    import pyarrow.compute  # noqa: F401 - makes pa.compute available
-
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
-    per_batch = [(i, Path(d).name if Path(d).name != "output" else Path(d).parent.name, Path(d))
-                 for i, d in enumerate(batch_dirs)]
+    per_batch = []
+    for position, d in enumerate(batch_dirs):
+        name = Path(d).name if Path(d).name != "output" else Path(d).parent.name
+        per_batch.append((batch_number(name, position), name, Path(d)))
+    if len({number for number, _, _ in per_batch}) != len(per_batch):
+        raise MergeError(f"batch numbers are not unique: {[name for _, name, _ in per_batch]}")
     names: list[str] = []
     for _, _, d in per_batch:
         for name in table_files(d):
