@@ -124,3 +124,24 @@ def test_run_status_sensors_record_what_hooks_cannot_see(lab, dagster_instance, 
     expected = "cancelled: run" if outcome == "canceled" else f"run {run.run_id} failed"
     assert sub.status["message"].startswith(expected)
     assert lab.db.analysis(sub.analysis_id)["error"] is not None
+
+
+@pytest.mark.parametrize(
+    "deployment, sub_meta, why",
+    [("multiprocess", {"site_filter": ["one"]}, "'site_filter' must be a list of integers"),
+     ("k8s", {"cp_version": "4.2.8"}, "cp_version '4.2.8' has no container image configured")],
+)
+def test_analysis_that_cannot_run_here_fails_without_a_run(lab, dagster_instance, monkeypatch, deployment,
+                                                           sub_meta, why):
+    from cpp_dagster.config import PROJECT_ROOT
+
+    monkeypatch.setenv("CPP_EXECUTOR", deployment)
+    monkeypatch.setenv("CPP_K8S_CONFIG", str(PROJECT_ROOT / "deploy" / "k8s-pods.yaml"))
+    acq = register_plate(lab.db, lab.settings, barcode="PREFLIGHT", wells=["B02"], sites=[1], seed=2)
+    sub_id = submit(lab, acq, **sub_meta)
+    data = tick(dagster_instance)
+    assert data.run_requests == []
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.error is not None and sub.status["message"].startswith("not launched: ")
+    assert why in sub.status["message"]
+    assert lab.db.analysis(sub.analysis_id)["error"] is not None

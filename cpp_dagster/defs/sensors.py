@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from cpp_dagster.defs.assets import plate_acquisitions
+from cpp_dagster.defs.executor import preflight
 from cpp_dagster.defs.hooks import failure_message
 from cpp_dagster.defs.partitions import partition_key, sub_analysis_partitions, sub_id_of
 from cpp_dagster.defs.resources import ImageDBResource
@@ -39,7 +40,9 @@ def run_request(r: ReadySubAnalysis) -> dg.RunRequest:
 def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
     """Sub-analyses that are submitted, whose acquisition is finished and whose
     dependencies are finished, by priority. The run key makes each one run once across
-    ticks and daemon restarts; a sub-analysis leaves the query once its run starts."""
+    ticks and daemon restarts; a sub-analysis leaves the query once its run starts.
+    One whose meta cannot run here (bad options, no image for its cp_version) fails in
+    imagedb with the reason instead of being launched."""
     db = imagedb.db()
     ready: list[ReadySubAnalysis] = []
     after = None
@@ -49,6 +52,16 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
         if len(page) < PAGE_SIZE:
             break
         after = (page[-1].priority, page[-1].sub_id)
+    launchable = []
+    for r in ready:
+        try:
+            preflight(r.meta)
+        except ValueError as e:  # PlanningError, PodConfigError: the analysis as submitted cannot run
+            if db.mark_sub_failed(r.sub_id, f"not launched: {e}"):
+                context.log.warning(f"sub-analysis {r.sub_id} not launched: {e}")
+            continue
+        launchable.append(r)
+    ready = launchable
     if not ready:
         return dg.SkipReason("no submitted sub-analysis is ready")
     requests = [run_request(r) for r in ready]

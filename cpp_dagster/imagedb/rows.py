@@ -54,6 +54,7 @@ class ReadySubAnalysis:
     plate_acquisition_id: int
     plate_barcode: str
     priority: int
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ class ImageDB:
         with self._cursor() as cur:
             cur.execute(
                 """SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
-                          COALESCE(s.priority, a.priority, %(default)s) AS priority
+                          COALESCE(s.priority, a.priority, %(default)s) AS priority,
+                          COALESCE(s.meta, '{}'::jsonb) AS meta
                    FROM image_sub_analyses s
                    JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
                    JOIN image_analyses a ON a.id = s.analysis_id

@@ -1,0 +1,1 @@
+"""Kubernetes: per-analysis pod configuration and the k8s executor that applies it."""

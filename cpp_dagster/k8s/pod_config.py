@@ -1,0 +1,140 @@
+"""Pod configuration of an analysis's steps, from the analysis meta and the deployment's
+settings. Pure: returns dagster-k8s "raw k8s config" dicts
+(`container_config`, `pod_spec_config`, `pod_template_spec_metadata`, `job_spec_config`,
+`job_metadata`), the shape `dagster-k8s/config` op tags take.
+
+The deployment settings are a YAML file named by CPP_K8S_CONFIG (on Kubernetes a
+ConfigMap mounted into the user-code pods); `deploy/k8s-pods.yaml` is the documented
+example.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from cpp_dagster.planning import SubAnalysisOptions
+
+BATCH_OP = "run_cellprofiler"
+LABEL_PREFIX = "cpp-dagster"
+
+
+class PodConfigError(ValueError):
+    """The deployment cannot run this analysis (e.g. no image for its cp_version)."""
+
+
+@dataclass(frozen=True)
+class NasVolume:
+    name: str
+    claim: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    images: Mapping[str, str] = field(default_factory=dict)  # cp_version -> image
+    default_cp_version: str | None = None
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # sub_type -> resources
+    step_resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # op name -> resources
+    volumes: tuple[NasVolume, ...] = ()
+    high_priority_class: str | None = None
+    priority_class: str | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    tmp_size_limit: str = "1Gi"
+    startup_grace_seconds: int = 300
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    fs_group: int = 1000
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "PodSettings":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise PodConfigError(f"unknown keys in the pod settings: {unknown}")
+        values = dict(raw)
+        values["volumes"] = tuple(NasVolume(**v) for v in raw.get("volumes", []))
+        values["tolerations"] = tuple(raw.get("tolerations", []))
+        values["images"] = {str(k): str(v) for k, v in raw.get("images", {}).items()}
+        if values.get("default_cp_version") is not None:
+            values["default_cp_version"] = str(values["default_cp_version"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "PodSettings":
+        path = path or os.environ.get("CPP_K8S_CONFIG")
+        if not path:
+            raise PodConfigError("CPP_K8S_CONFIG is not set: it names the pod settings file (see deploy/k8s-pods.yaml)")
+        return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
+
+    def image_for(self, cp_version: str | None) -> str:
+        version = cp_version or self.default_cp_version
+        if version is None:
+            raise PodConfigError("the analysis names no cp_version and the deployment has no default_cp_version")
+        if version not in self.images:
+            known = ", ".join(sorted(self.images)) or "none"
+            raise PodConfigError(f"cp_version {version!r} has no container image configured (known: {known})")
+        return self.images[version]
+
+
+@dataclass(frozen=True)
+class AnalysisIds:
+    plate_acquisition_id: int
+    analysis_id: int
+    sub_id: int
+
+
+def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, op_name: str) -> dict:
+    """Raw k8s config for one step of a sub-analysis's run. Every step gets the image of
+    the analysis's cp_version, the NAS volumes, a memory-backed /tmp, the security
+    context and placement; the batch step also gets resources by sub_type and the
+    analysis's job_timeout as a hard deadline."""
+    labels = {
+        f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
+        f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
+        f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
+        f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
+    }
+    mounts = [{"name": v.name, "mount_path": v.mount_path, "read_only": v.read_only} for v in settings.volumes]
+    volumes = [{"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
+               for v in settings.volumes]
+    container: dict[str, Any] = {
+        "image": settings.image_for(options.cp_version),
+        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+        "volume_mounts": [*mounts, {"name": "tmp", "mount_path": "/tmp"}],
+        "security_context": {"allow_privilege_escalation": False, "run_as_non_root": True,
+                             "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_spec: dict[str, Any] = {
+        "volumes": [*volumes, {"name": "tmp", "empty_dir": {"medium": "Memory", "size_limit": settings.tmp_size_limit}}],
+        "security_context": {"run_as_non_root": True, "run_as_user": settings.run_as_user,
+                             "run_as_group": settings.run_as_group, "fs_group": settings.fs_group},
+    }
+    if settings.node_selector:
+        pod_spec["node_selector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    priority_class = settings.high_priority_class if options.priority == 1 else settings.priority_class
+    if priority_class:
+        pod_spec["priority_class_name"] = priority_class
+    config: dict[str, Any] = {
+        "container_config": container,
+        "pod_spec_config": pod_spec,
+        "pod_template_spec_metadata": {"labels": labels},
+        "job_metadata": {"labels": labels},
+    }
+    if op_name == BATCH_OP:
+        resources = settings.resources.get(options.sub_type or "default") or settings.resources.get("default")
+        if resources:
+            container["resources"] = dict(resources)
+        # The batch's own timer kills CellProfiler at job_timeout; the Job's deadline is the
+        # hard limit behind it (pod start and imports get a grace period).
+        config["job_spec_config"] = {"active_deadline_seconds": options.job_timeout + settings.startup_grace_seconds}
+    elif settings.step_resources.get(op_name):
+        container["resources"] = dict(settings.step_resources[op_name])
+    return config
