@@ -87,7 +87,7 @@ def run_batch(
         log.write("$ " + " ".join(args) + "\n")
         try:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=env, start_new_session=True)
+                                    env=env)
         except OSError as e:
             raise CellProfilerError(f"cannot start CellProfiler {cellprofiler!r}: {e}") from e
 
