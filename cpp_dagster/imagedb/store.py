@@ -39,6 +39,14 @@ def progress_message(finished: int, total: int, elapsed_s: float) -> str:
     return f"{finished} / {total} batches finished, ~{left} h left"
 
 
+def _one(cur, missing: str) -> dict:
+    """The row the last statement returned; ImageDBError(`missing`) when there is none."""
+    row = cur.fetchone()
+    if row is None:
+        raise ImageDBError(missing)
+    return row
+
+
 class ImageDB:
     def __init__(self, url: str):
         self.url = url
@@ -244,9 +252,7 @@ class ImageDB:
                    WHERE sub_id = %s RETURNING analysis_id""",
                 (Json(status), sub_id),
             )
-            row = cur.fetchone()
-            if row is None:
-                raise ImageDBError(f"no sub-analysis {sub_id}")
+            row = _one(cur, f"no sub-analysis {sub_id}")
             cur.execute(
                 """UPDATE image_analyses SET start = COALESCE(start, now()), error = NULL, finish = NULL
                    WHERE id = %s""",
@@ -259,9 +265,7 @@ class ImageDB:
             cur.execute(
                 "SELECT status, start FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (sub_id,)
             )
-            row = cur.fetchone()
-            if row is None:
-                raise ImageDBError(f"no sub-analysis {sub_id}")
+            row = _one(cur, f"no sub-analysis {sub_id}")
             status = dict(row["status"] or {})
             done = sorted(set(status.get("finished_batches", [])) | {batch_key})
             total = int(status.get("batches") or len(done))
@@ -282,9 +286,7 @@ class ImageDB:
                    WHERE sub_id = %s RETURNING analysis_id""",
                 (Json(result), sub_id),
             )
-            row = cur.fetchone()
-            if row is None:
-                raise ImageDBError(f"no sub-analysis {sub_id}")
+            row = _one(cur, f"no sub-analysis {sub_id}")
             cur.execute(
                 """UPDATE image_analyses a SET finish = now(), result = %s
                    WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
