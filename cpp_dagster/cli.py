@@ -67,7 +67,7 @@ def cmd_local_env(args: argparse.Namespace) -> int:
 def cmd_local_stop(args: argparse.Namespace) -> int:
     from cpp_dagster import local_postgres
 
-    local_postgres.stop()
+    _echo("embedded PostgreSQL stopped" if local_postgres.stop() else "embedded PostgreSQL was not running")
     return 0
 
 

