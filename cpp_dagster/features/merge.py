@@ -45,7 +45,7 @@ EXPERIMENT = "Experiment"
 
 
 class MergeError(RuntimeError):
-    pass
+    """The batches' outputs cannot be merged as they are; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def merge_table(
 
 
 class _LateTypeChange(Exception):
-    pass
+    """A column's type from the first block does not hold for the whole file."""
 
 
 def _write_table(
