@@ -95,8 +95,9 @@ def test_executor_is_chosen_by_deployment_for_every_way_a_run_starts(kind, name)
 
 
 def test_helm_values_pass_the_official_chart_schema():
-    tool = PROJECT_ROOT.parent / "shared" / "tools" / "validate-helm-values"
-    assert tool.is_file(), f"{tool} is missing: the chart-schema validator lives in ../shared/tools"
+    shared = Path(os.environ.get("CPP_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+    tool = shared / "tools" / "validate-helm-values"
+    assert tool.is_file(), f"{tool} is missing: the chart-schema validator lives in ../shared/tools (or $CPP_SHARED_DIR)"
     out = subprocess.run([sys.executable, str(tool), str(PROJECT_ROOT / "helm-values.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
