@@ -1,5 +1,6 @@
 """What happens to one sub-analysis, step by step: prepare (plan and write LoadData CSVs),
-run one batch, finish (merge and record the outcome). The Dagster ops in `defs/` are
+run one batch, merge, derive the single-cell table and well profiles, complete (record
+the outcome). The Dagster ops in `defs/` are
 thin wrappers around these functions, so the CLI and tests use the same code.
 """
 from __future__ import annotations
@@ -10,11 +11,16 @@ from typing import Callable, Sequence
 
 from cpp_dagster import cellprofiler, planning
 from cpp_dagster.config import Settings
+from cpp_dagster.features import profiles, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
+from cpp_dagster.features.profiles import ProfilesResult
+from cpp_dagster.features.single_cell import SingleCellResult
 from cpp_dagster.imagedb.rows import PlateAcquisition, SubAnalysis
 from cpp_dagster.imagedb.store import ImageDB
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
+SINGLE_CELL_FILE = "single_cell.parquet"
+PROFILES_FILE = "well_profiles.parquet"
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,9 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class Finished:
+class Merged:
     results_dir: Path
     merge: MergeResult
-    result: dict
 
 
 def results_dir(settings: Settings, acquisition: PlateAcquisition, analysis_id: int) -> Path:
@@ -104,18 +109,44 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
     )
 
 
-def finish(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Finished:
-    """Merge the batches' outputs into the results folder and record success in imagedb."""
-    sub = db.sub_analysis(sub_id)
-    acq = db.plate_acquisition(sub.plate_acquisition_id)
-    out_dir = results_dir(settings, acq, sub.analysis_id)
+def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Merged:
+    """Merge the batches' outputs into the results folder; the files become outputs of
+    the sub-analysis (it finishes once the derived tables are written too)."""
+    out_dir = results_dir_of(db, settings, sub_id)
     merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir)
-    result = {
-        "job_folder": str(out_dir.relative_to(settings.nas_root)),
-        "file_list": file_list(merged.files, settings.nas_root),
-    }
+    db.add_outputs(sub_id, file_list(merged.files, settings.nas_root))
+    return Merged(out_dir, merged)
+
+
+def write_single_cell(db: ImageDB, settings: Settings, sub_id: int) -> SingleCellResult:
+    """The joined single-cell table (pycytominer layout) from the merged tables."""
+    out_dir = results_dir_of(db, settings, sub_id)
+    result = single_cell.write_single_cell(out_dir, out_dir / SINGLE_CELL_FILE)
+    db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
+    return result
+
+
+def write_well_profiles(db: ImageDB, settings: Settings, sub_id: int) -> ProfilesResult:
+    """Per-well median profiles from the single-cell table."""
+    out_dir = results_dir_of(db, settings, sub_id)
+    result = profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, out_dir / PROFILES_FILE)
+    db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
+    return result
+
+
+def complete(db: ImageDB, settings: Settings, sub_id: int) -> dict:
+    """Record success: `finish` and `result = {"job_folder", "file_list"}` with every
+    output the steps recorded."""
+    out_dir = results_dir_of(db, settings, sub_id)
+    outputs = db.add_outputs(sub_id, [])
+    result = {"job_folder": str(out_dir.relative_to(settings.nas_root)), "file_list": sorted(outputs)}
     db.mark_sub_finished(sub_id, result)
-    return Finished(out_dir, merged, result)
+    return result
+
+
+def results_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
+    sub = db.sub_analysis(sub_id)
+    return results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
 
 
 def file_list(files: Sequence[Path], nas_root: Path) -> list[str]:

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cpp_dagster.defs.assets import feature_tables, plate_acquisitions
+from cpp_dagster.defs.assets import feature_tables, plate_acquisitions, single_cell_table, well_profiles
 from cpp_dagster.defs.executor import executor_for_deployment
 from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
-from cpp_dagster.defs.sensors import analysis_job, pending_sub_analyses, record_run_cancellation, record_run_failure
+from cpp_dagster.defs.sensors import (
+    analysis_job,
+    pending_sub_analyses,
+    record_run_cancellation,
+    record_run_failure,
+    record_run_without_outcome,
+)
 
 defs = dg.Definitions(
-    assets=[plate_acquisitions, feature_tables],
+    assets=[plate_acquisitions, feature_tables, single_cell_table, well_profiles],
     jobs=[analysis_job],
-    sensors=[pending_sub_analyses, record_run_failure, record_run_cancellation],
+    sensors=[pending_sub_analyses, record_run_failure, record_run_cancellation, record_run_without_outcome],
     resources={
         "imagedb": ImageDBResource(),
         "nas": NasResource(),

@@ -145,3 +145,22 @@ def test_analysis_that_cannot_run_here_fails_without_a_run(lab, dagster_instance
     assert sub.error is not None and sub.status["message"].startswith("not launched: ")
     assert why in sub.status["message"]
     assert lab.db.analysis(sub.analysis_id)["error"] is not None
+
+
+def test_successful_run_that_did_not_complete_the_analysis_is_reported(lab, dagster_instance):
+    """E.g. only feature_tables materialized from the UI: the sub-analysis is not left started."""
+    from cpp_dagster.definitions import defs
+    from cpp_dagster.defs.sensors import record_run_without_outcome
+
+    acq = register_plate(lab.db, lab.settings, barcode="PARTIAL", wells=["B02"], sites=[1], seed=2)
+    sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
+    lab.db.mark_sub_started(sub_id, batches=1, image_sets=1)
+    run = dagster_instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()),
+                                                 tags={"dagster/partition": f"acq{acq}_an1_sub{sub_id}"}))
+    dagster_instance.report_run_canceled(run)  # any terminal event to build the context from
+    event = events(dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED)[0]
+    record_run_without_outcome(dg.build_run_status_sensor_context(
+        sensor_name=record_run_without_outcome.name, dagster_event=event, dagster_instance=dagster_instance,
+        dagster_run=dagster_instance.get_run_by_id(run.run_id), resources=defs.resources))
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.error is not None and "did not write all outputs" in sub.status["message"]

@@ -156,3 +156,14 @@ def test_indexes_the_queries_use_exist(db):
         names = {r[0] for r in cur.fetchall()}
     assert {"images_plate_acquisition_id_idx", "image_sub_analyses_pending_idx",
             "image_sub_analyses_analysis_id_idx"} <= names
+
+
+def test_outputs_recorded_while_running_are_kept_once_in_order(db):
+    db.put_pipeline("one", {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "a.cppipe"}]})
+    sub = db.submit_analysis(plate(db), "one").sub_ids[0]
+    db.mark_sub_started(sub, batches=1, image_sets=1)
+    db.add_outputs(sub, ["r/Image.parquet", "r/Cells.parquet"])
+    assert db.add_outputs(sub, ["r/Cells.parquet", "r/single_cell.parquet"]) == [
+        "r/Image.parquet", "r/Cells.parquet", "r/single_cell.parquet"]
+    db.mark_sub_started(sub, batches=1, image_sets=1)  # a re-run starts from nothing
+    assert db.add_outputs(sub, []) == []

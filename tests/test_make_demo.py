@@ -28,7 +28,9 @@ def test_demo_command_prints_the_outcome_read_back_from_imagedb():
         assert proc.returncode == 0, proc.stderr[-3000:] + (daemon_log.read_text()[-3000:] if daemon_log.exists() else "")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["batches"] == 2 and result["image_sets"] == 4
-        assert set(result["tables"]) == {"Image", "Nuclei", "Cells", "Cytoplasm"}
+        assert set(result["tables"]) == {"Image", "Nuclei", "Cells", "Cytoplasm", "single_cell", "well_profiles"}
+        assert result["tables"]["single_cell"]["rows"] == result["tables"]["Cells"]["rows"]
+        assert result["tables"]["well_profiles"]["rows"] == 2
         assert result["tables"]["Image"]["rows"] == 4
         for table in result["tables"].values():
             assert table["rows"] > 0 and table["columns"] > 2

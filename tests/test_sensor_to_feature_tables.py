@@ -38,7 +38,7 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert sub.start and sub.finish and sub.error is None
     results = lab.nas / "results" / "E2E-1" / str(acq) / str(submitted.analysis_id)
     assert sub.result["job_folder"] == f"results/E2E-1/{acq}/{submitted.analysis_id}"
-    for table in ("Image", "Nuclei", "Cells", "Cytoplasm"):
+    for table in ("Image", "Nuclei", "Cells", "Cytoplasm", "single_cell", "well_profiles"):
         assert f"{sub.result['job_folder']}/{table}.parquet" in sub.result["file_list"]
     assert sub.status["message"] == "2 / 2 batches finished, ~0.0 h left"
     assert lab.db.analysis(submitted.analysis_id)["finish"] is not None
@@ -65,6 +65,25 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert mat.partition == key
     assert mat.metadata["Image_rows"].value == 4 and mat.metadata["Nuclei_rows"].value == nuclei.num_rows
     assert mat.metadata["results_path"].value == str(results)
+
+    # Quality checks ran on the merged tables and passed; the plate map is in the metadata.
+    evaluations = {e.check_name: e.passed for e in events(dagster_instance, run.run_id,
+                                                          dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+                   for e in [e.event_specific_data]}
+    assert evaluations == {"image_rows_match_plan": True, "all_batches_present": True,
+                           "well_cell_counts": True, "nan_share": True, "column_drift": True}
+    assert mat.metadata["plate_map"].value.startswith("![")
+
+    # The joined single-cell table: one row per cell; per-well profiles: one row per well.
+    cells = pq.read_table(results / "Cells.parquet")
+    single = pq.read_table(results / "single_cell.parquet")
+    assert single.num_rows == cells.num_rows
+    assert any(c.startswith("Nuclei_") for c in single.column_names)
+    assert any(c.startswith("Cytoplasm_") for c in single.column_names)
+    profiles = pq.read_table(results / "well_profiles.parquet")
+    assert sorted(profiles["Metadata_Well"].to_pylist()) == ["B02", "C03"]
+    for name in ("single_cell_table", "well_profiles"):
+        assert dagster_instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.partition == key
 
     # A second tick finds nothing: the sub-analysis is never requested twice.
     assert tick(dagster_instance).run_requests == []

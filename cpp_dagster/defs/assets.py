@@ -1,4 +1,6 @@
-"""The feature-table asset: plan -> one CellProfiler step per batch -> merge.
+"""The analysis assets of a sub-analysis partition:
+feature_tables (plan -> one CellProfiler step per batch -> merge, with quality checks and
+the plate map) -> single_cell_table -> well_profiles (which completes it in imagedb).
 
 Partitioned by sub-analysis. Under the multiprocess executor each batch is its own
 process; under the k8s executor its own pod. Outputs between steps are small
@@ -15,6 +17,7 @@ from cpp_dagster.cellprofiler import BatchOutcome
 from cpp_dagster.defs.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.partitions import sub_analysis_partitions, sub_id_of
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.features import checks, plate_map
 
 plate_acquisitions = dg.AssetSpec(
     ["imagedb", "plate_acquisitions"],
@@ -70,19 +73,34 @@ def run_cellprofiler(
     return outcome
 
 
-@dg.op
+FEATURE_TABLES = dg.AssetKey("feature_tables")
+CHECKS = {
+    "image_rows_match_plan": "The Image table has one row per planned image set",
+    "all_batches_present": "Every planned batch is in the merged tables",
+    "well_cell_counts": "Cells per well near the plate median (empty or over-seeded wells flagged)",
+    "nan_share": "Share of NaN per feature under the threshold (features over it listed)",
+    "column_drift": "Columns identical across batches (drift reported)",
+}
+
+
+@dg.op(out={"feature_tables": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing) for name in CHECKS}})
 def merge_feature_tables(
     context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource, outcomes: list[BatchOutcome]
-) -> dg.MaterializeResult:
-    """Streaming merge into one Parquet per object table; success recorded in imagedb."""
-    settings = nas.settings()
+):
+    """Streaming merge into one Parquet per object table, then the quality checks and
+    the plate map on the merged tables (in this step: no extra pods)."""
+    db, sub_id = imagedb.db(), _sub_id(context)
     batch_dirs = [os.path.dirname(o.output_dir) for o in sorted(outcomes, key=lambda o: o.batch)]
-    done = analysis.finish(imagedb.db(), settings, _sub_id(context), batch_dirs)
-    tables = done.merge.tables
+    merged = analysis.merge(db, nas.settings(), sub_id, batch_dirs)
+    tables = merged.merge.tables
+    status = db.sub_analysis(sub_id).status or {}
+    checks = feature_checks(merged.results_dir, planned_image_sets=int(status.get("image_sets") or 0),
+                            batches=[o.batch for o in outcomes],
+                            drift={t.name: list(t.drift) for t in tables.values()})
     lines = ["| table | rows | columns | file |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.rows} | {t.columns} | {t.path.name} |" for t in tables.values()]
     metadata: dict = {
-        "results_path": dg.MetadataValue.path(str(done.results_dir)),
+        "results_path": dg.MetadataValue.path(str(merged.results_dir)),
         "tables": dg.MetadataValue.md("\n".join(lines)),
         "batches": len(outcomes),
         "image_sets": sum(o.image_sets for o in outcomes),
@@ -93,17 +111,71 @@ def merge_feature_tables(
     main = tables.get("Cells") or next(iter(tables.values()), None)
     if main is not None:
         metadata["dagster/row_count"] = main.rows
-    return dg.MaterializeResult(metadata=metadata)
+    counts = checks["well_cell_counts"].metadata.get("counts")
+    if counts:
+        metadata["plate_map"] = dg.MetadataValue.md(plate_map.plate_map_markdown(plate_map.plate_map_png(counts)))
+    yield dg.Output(None, "feature_tables", metadata=metadata)
+    for name, outcome in checks.items():
+        yield dg.AssetCheckResult(
+            asset_key=FEATURE_TABLES, check_name=name, passed=outcome.passed, description=outcome.description,
+            severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+            metadata={k: _metadata_value(v) for k, v in outcome.metadata.items()},
+        )
 
 
-@dg.graph_asset(
+def feature_checks(results_dir, *, planned_image_sets: int, batches: list[str], drift: dict) -> dict:
+    return {
+        "image_rows_match_plan": checks.image_rows_match_plan(results_dir, planned_image_sets),
+        "all_batches_present": checks.all_batches_present(results_dir, batches),
+        "well_cell_counts": checks.well_counts_outliers(results_dir),
+        "nan_share": checks.nan_share(results_dir),
+        "column_drift": checks.column_drift(drift),
+    }
+
+
+def _metadata_value(value):
+    return dg.MetadataValue.json(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+@dg.graph_multi_asset(
+    outs={"feature_tables": dg.AssetOut(
+        key=FEATURE_TABLES, dagster_type=dg.Nothing, group_name="cellprofiler", kinds={"parquet"},
+        description="One Parquet per CellProfiler object table of a sub-analysis, in "
+                    "results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/ on the NAS.")},
     partitions_def=sub_analysis_partitions,
     ins={"acquisitions": dg.AssetIn(key=plate_acquisitions.key, dagster_type=dg.Nothing)},
     hooks={record_failure_in_imagedb},
-    group_name="cellprofiler",
-    kinds={"parquet"},
-    description="One Parquet per CellProfiler object table of a sub-analysis, in "
-    "results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/ on the NAS.",
+    check_specs=[dg.AssetCheckSpec(name, asset=FEATURE_TABLES, description=text) for name, text in CHECKS.items()],
 )
 def feature_tables(acquisitions):
-    return merge_feature_tables(plan_batches(acquisitions).map(run_cellprofiler).collect())
+    merged = merge_feature_tables(plan_batches(acquisitions).map(run_cellprofiler).collect())
+    return {"feature_tables": merged.feature_tables,
+            **{f"feature_tables_{name}": getattr(merged, name) for name in CHECKS}}
+
+
+@dg.asset(
+    partitions_def=sub_analysis_partitions, deps=[FEATURE_TABLES], hooks={record_failure_in_imagedb},
+    group_name="cellprofiler", kinds={"parquet"},
+    description="Joined single-cell table (pycytominer/CytoTable layout: Cells_*, Cytoplasm_*, "
+                "Nuclei_*, Image_*, Metadata_*), one row per cell.",
+)
+def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
+    result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context))
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns})
+
+
+@dg.asset(
+    partitions_def=sub_analysis_partitions, deps=[single_cell_table], hooks={record_failure_in_imagedb},
+    group_name="cellprofiler", kinds={"parquet"},
+    description="Per-well profiles: median of each feature per well, with object counts. "
+                "Writing them completes the sub-analysis in imagedb.",
+)
+def well_profiles(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
+    db, sub_id = imagedb.db(), _sub_id(context)
+    result = analysis.write_well_profiles(db, nas.settings(), sub_id)
+    outcome = analysis.complete(db, nas.settings(), sub_id)
+    context.log.info(f"sub-analysis {sub_id} finished: {len(outcome['file_list'])} result files")
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(result.path)), "wells": result.wells, "columns": result.columns,
+        "dagster/row_count": result.wells})

@@ -13,9 +13,10 @@ from cpp_dagster.imagedb.rows import ReadySubAnalysis
 
 analysis_job = dg.define_asset_job(
     "analysis_job",
-    selection=dg.AssetSelection.keys("feature_tables"),
+    selection=dg.AssetSelection.keys("feature_tables").downstream(),
     partitions_def=sub_analysis_partitions,
-    description="One sub-analysis: plan, CellProfiler per batch, merge, write-back.",
+    description="One sub-analysis: plan, CellProfiler per batch, merge and checks, "
+    "single-cell table, well profiles, write-back.",
 )
 
 PAGE_SIZE = 500
@@ -110,3 +111,25 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
 )
 def record_run_cancellation(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
     _record(context, imagedb, f"cancelled: run {context.dagster_run.run_id} was cancelled in Dagster")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+def record_run_without_outcome(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+    """A run that succeeded without completing its sub-analysis (e.g. only feature_tables
+    was materialized from the UI) must not leave it started forever."""
+    key = context.dagster_run.tags.get("dagster/partition")
+    sub_id = sub_id_of(key)
+    if sub_id is None:
+        return
+    newest = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
+    if newest and newest[0].run_id != context.dagster_run.run_id:
+        return  # a later run of this sub-analysis decides its outcome
+    sub = imagedb.db().sub_analysis(sub_id)
+    if sub.start and not sub.finish and not sub.error:
+        _record(context, imagedb, f"run {context.dagster_run.run_id} succeeded but did not write all outputs; "
+                                  "materialize feature_tables, single_cell_table and well_profiles together "
+                                  "(the analysis_job) to complete it")

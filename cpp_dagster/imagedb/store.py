@@ -276,6 +276,18 @@ class ImageDB:
             cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
             return status["message"]
 
+    def add_outputs(self, sub_id: int, files: list[str]) -> list[str]:
+        """Record files a step of the running sub-analysis wrote (`status.outputs`, kept in
+        order, without repeats); returns all recorded so far. They become `result.file_list`
+        when the sub-analysis finishes."""
+        with self._cursor() as cur:
+            cur.execute("SELECT status FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (sub_id,))
+            status = dict(_one(cur, f"no sub-analysis {sub_id}")["status"] or {})
+            outputs = list(dict.fromkeys([*status.get("outputs", []), *files]))
+            status["outputs"] = outputs
+            cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
+            return outputs
+
     def mark_sub_finished(self, sub_id: int, result: dict[str, Any]) -> None:
         """Success: `finish` and `result`; the analysis finishes with its last sub-analysis."""
         with self._cursor() as cur:
