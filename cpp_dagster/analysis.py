@@ -5,6 +5,9 @@ thin wrappers around these functions, so the CLI and tests use the same code.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -99,14 +102,34 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
 
 
 def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
-    return cellprofiler.run_batch(
+    """Run CellProfiler on one batch, unless a previous run of this sub-analysis already
+    finished this very batch (same LoadData CSV, pipeline and CellProfiler): a re-run
+    then reuses its verified outputs, so only failed batches run again."""
+    batch_dir = Path(spec.batch_dir)
+    marker, fingerprint = batch_dir / "done.json", batch_fingerprint(settings, spec)
+    if marker.is_file() and (batch_dir / "output").is_dir():
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fingerprint:
+            return cellprofiler.BatchOutcome(**{**done["outcome"], "reused": True})
+    marker.unlink(missing_ok=True)
+    outcome = cellprofiler.run_batch(
         cellprofiler=settings.cellprofiler,
         pipeline=Path(spec.pipeline),
-        batch_dir=Path(spec.batch_dir),
+        batch_dir=batch_dir,
         expected_image_sets=spec.image_sets,
         timeout_s=spec.job_timeout,
         echo=echo,
     )
+    _write_atomically(marker, json.dumps({"fingerprint": fingerprint, "outcome": dataclasses.asdict(outcome)}))
+    return outcome
+
+
+def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
+    digest = hashlib.sha256()
+    for part in (Path(spec.batch_dir) / "loaddata.csv", Path(spec.pipeline)):
+        digest.update(part.read_bytes())
+    digest.update(settings.cellprofiler.encode())
+    return digest.hexdigest()
 
 
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Merged:

@@ -40,6 +40,7 @@ class BatchOutcome:
     log_path: str
     image_sets: int
     files: list[str] = field(default_factory=list)
+    reused: bool = False  # outputs of an earlier run of the same batch, not run again
 
 
 def resolve_pipeline_file(pipelines_dir: Path, pipeline_file: str) -> Path:

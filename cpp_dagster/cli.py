@@ -46,6 +46,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cpp_dagster.config import imagedb_url
+    from cpp_dagster.defs.submission import overrides
+    from cpp_dagster.imagedb.store import ImageDB
+
+    submitted = ImageDB(imagedb_url()).submit_analysis(
+        args.plate_acquisition, args.pipeline, priority=args.priority,
+        overrides=overrides(args.wells or [], args.sites or [], args.cp_version))
+    print(json.dumps({"analysis_id": submitted.analysis_id, "sub_analysis_ids": submitted.sub_ids}))
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from cpp_dagster.config import imagedb_url
+    from cpp_dagster.imagedb.store import ImageDB
+
+    generation = ImageDB(imagedb_url()).rerun_sub_analysis(args.sub_id)
+    _echo(f"sub-analysis {args.sub_id} re-submitted (re-run {generation}); the sensor launches it, "
+          "reusing the outputs of batches that finished before")
+    return 0
+
+
 def cmd_db_init(args: argparse.Namespace) -> int:
     from cpp_dagster.config import imagedb_url, redact_url
     from cpp_dagster.imagedb.store import ImageDB
@@ -93,6 +115,19 @@ def parser() -> argparse.ArgumentParser:
     merge.add_argument("dest", help="destination folder for the Parquet files")
     merge.set_defaults(fn=cmd_merge)
 
+    submit = sub.add_parser("submit", help="submit an analysis pipeline for a plate acquisition")
+    submit.add_argument("--plate-acquisition", type=int, required=True)
+    submit.add_argument("--pipeline", required=True)
+    submit.add_argument("--wells", nargs="+", help="only these wells, e.g. B02 B03")
+    submit.add_argument("--sites", nargs="+", type=int, help="only these sites")
+    submit.add_argument("--cp-version", help="CellProfiler version (container image) to run it with")
+    submit.add_argument("--priority", type=int, help="1 = high")
+    submit.set_defaults(fn=cmd_submit)
+
+    rerun = sub.add_parser("rerun", help="re-run a failed sub-analysis (only its failed batches run again)")
+    rerun.add_argument("sub_id", type=int)
+    rerun.set_defaults(fn=cmd_rerun)
+
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="create the imagedb tables (idempotent)").set_defaults(fn=cmd_db_init)
 
@@ -104,8 +139,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cpp_dagster.imagedb.store import ImageDBError
+
     args = parser().parse_args(argv)
-    return args.fn(args) or 0
+    try:
+        return args.fn(args) or 0
+    except ImageDBError as e:
+        _echo(f"cpp-dagster {args.command}: {e}")
+        return 2
 
 
 if __name__ == "__main__":

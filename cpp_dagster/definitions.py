@@ -6,8 +6,10 @@ import dagster as dg
 from cpp_dagster.defs.assets import feature_tables, plate_acquisitions, single_cell_table, well_profiles
 from cpp_dagster.defs.executor import executor_for_deployment
 from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
+from cpp_dagster.defs.submission import submit_analyses
 from cpp_dagster.defs.sensors import (
     analysis_job,
+    automation_rules,
     pending_sub_analyses,
     record_run_cancellation,
     record_run_failure,
@@ -16,8 +18,9 @@ from cpp_dagster.defs.sensors import (
 
 defs = dg.Definitions(
     assets=[plate_acquisitions, feature_tables, single_cell_table, well_profiles],
-    jobs=[analysis_job],
-    sensors=[pending_sub_analyses, record_run_failure, record_run_cancellation, record_run_without_outcome],
+    jobs=[analysis_job, submit_analyses],
+    sensors=[pending_sub_analyses, automation_rules, record_run_failure, record_run_cancellation,
+             record_run_without_outcome],
     resources={
         "imagedb": ImageDBResource(),
         "nas": NasResource(),

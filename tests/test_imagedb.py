@@ -71,12 +71,14 @@ def test_ready_waits_for_finished_acquisition_and_dependencies(db):
     assert [r.sub_id for r in ready] == [second] and ready[0].plate_barcode == "READY"
 
 
-def test_failed_dependency_blocks_dependents(db):
+def test_failed_dependency_fails_dependents_with_the_reason(db):
     db.put_pipeline("two-step", TWO_STEP)
     first, second = db.submit_analysis(plate(db), "two-step").sub_ids
     db.mark_sub_failed(first, "boom")
     assert db.ready_sub_analyses() == []
-    assert db.sub_analysis(second).error is None  # not started, not failed by itself
+    dependent = db.sub_analysis(second)
+    assert dependent.error is not None and dependent.start is None  # never started
+    assert dependent.status["message"] == f"not started: it depends on sub-analysis {first}, which failed"
 
 
 def test_ready_is_ordered_by_priority_then_id_and_pages(db):
@@ -167,3 +169,57 @@ def test_outputs_recorded_while_running_are_kept_once_in_order(db):
         "r/Image.parquet", "r/Cells.parquet", "r/single_cell.parquet"]
     db.mark_sub_started(sub, batches=1, image_sets=1)  # a re-run starts from nothing
     assert db.add_outputs(sub, []) == []
+
+
+def test_submission_overrides_reach_every_sub_analysis(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    submitted = db.submit_analysis(plate(db), "two-step", priority=1,
+                                   overrides={"well_filter": ["B02"], "site_filter": [1, 2], "cp_version": "4.2.8"})
+    for sub_id in submitted.sub_ids:
+        sub = db.sub_analysis(sub_id)
+        assert sub.meta["well_filter"] == ["B02"] and sub.meta["site_filter"] == [1, 2]
+        assert sub.meta["cp_version"] == "4.2.8" and sub.meta["priority"] == 1 and sub.priority == 1
+    with pytest.raises(ImageDBError, match="no plate acquisition 999"):
+        db.submit_analysis(999, "two-step")
+
+
+def test_automation_rules_submit_once_per_finished_acquisition(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    db.put_pipeline("other", TWO_STEP)
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO image_analyses_automation (project, cell_line, pipeline_name, channel_map) VALUES (%s, %s, %s, %s)",
+            [("screen", None, "two-step", 1), (None, None, "other", 2), ("screen", "U2OS", "other", 1)])
+        cur.execute("UPDATE plate_acquisition SET project = 'screen'")
+    matching = plate(db, "MATCH")
+    waiting = plate(db, "WAITING", finished=False)
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE plate_acquisition SET project = 'screen'")
+    first = db.submit_by_automation()
+    assert [(acq, pipeline) for acq, pipeline, _ in first] == [(matching, "two-step")]  # cell-line rule not applied
+    assert len(first[0][2].sub_ids) == 2
+    assert db.submit_by_automation() == []  # a repeated tick (or a restarted daemon) submits nothing
+    db.finish_plate_acquisition(waiting)
+    assert [acq for acq, _, _ in db.submit_by_automation()] == [waiting]
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT plate_acq_id FROM image_analyses_automation_submitted ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == [matching, waiting]
+        cur.execute("SELECT count(*) FROM image_analyses")
+        assert cur.fetchone()[0] == 2
+
+
+def test_rerun_puts_a_failed_sub_analysis_back_with_a_new_generation(db):
+    db.put_pipeline("two-step", TWO_STEP)
+    submitted = db.submit_analysis(plate(db), "two-step")
+    first, second = submitted.sub_ids
+    with pytest.raises(ImageDBError, match="not started yet"):
+        db.rerun_sub_analysis(first)
+    db.mark_sub_started(first, batches=1, image_sets=1)
+    db.mark_sub_failed(first, "boom")
+    assert db.rerun_generations([first, second]) == {first: 0, second: 0}
+    assert db.rerun_sub_analysis(first) == 1
+    assert [r.sub_id for r in db.ready_sub_analyses()] == [first]
+    assert db.sub_analysis(second).error is None  # the dependent waits again
+    assert db.analysis(submitted.analysis_id)["error"] is None
+    db.mark_sub_started(first, batches=1, image_sets=1)
+    assert db.rerun_generations([first]) == {first: 1}  # kept while it runs again

@@ -62,9 +62,11 @@ def run_cellprofiler(
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
     outcome = analysis.run_batch(nas.settings(), batch)
     progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name)
-    context.log.info(f"{batch.name} done in {outcome.seconds:.1f} s; sub-analysis {batch.sub_id}: {progress}")
+    how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"
+    context.log.info(f"{batch.name} {how}; sub-analysis {batch.sub_id}: {progress}")
     context.add_output_metadata({
         "exit_code": outcome.exit_code,
+        "reused": outcome.reused,
         "seconds": round(outcome.seconds, 2),
         "image_sets": outcome.image_sets,
         "cellprofiler_log": dg.MetadataValue.path(outcome.log_path),

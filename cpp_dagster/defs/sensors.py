@@ -23,10 +23,12 @@ PAGE_SIZE = 500
 MAX_REQUESTS_PER_TICK = int(os.getenv("CPP_SENSOR_MAX_REQUESTS", "2000"))
 
 
-def run_request(r: ReadySubAnalysis) -> dg.RunRequest:
+def run_request(r: ReadySubAnalysis, rerun: int = 0) -> dg.RunRequest:
     key = partition_key(r.plate_acquisition_id, r.analysis_id, r.sub_id)
     return dg.RunRequest(
-        run_key=key,  # one run per sub-analysis, ever (a re-run is launched on purpose)
+        # One run per sub-analysis and re-run generation, ever: a failed run is not
+        # requested again by itself; `cpp-dagster rerun` bumps the generation.
+        run_key=key if rerun == 0 else f"{key}:rerun{rerun}",
         partition_key=key,
         tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
               "imagedb/sub_id": str(r.sub_id), "imagedb/analysis_id": str(r.analysis_id)},
@@ -65,7 +67,8 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
     ready = launchable
     if not ready:
         return dg.SkipReason("no submitted sub-analysis is ready")
-    requests = [run_request(r) for r in ready]
+    reruns = db.rerun_generations([r.sub_id for r in ready])
+    requests = [run_request(r, reruns.get(r.sub_id, 0)) for r in ready]
     acquisitions = {r.plate_acquisition_id: r.plate_barcode for r in ready}
     return dg.SensorResult(
         run_requests=requests,
@@ -79,6 +82,24 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
             for acq_id, barcode in sorted(acquisitions.items())
         ],
     )
+
+
+@dg.sensor(minimum_interval_seconds=int(os.getenv("CPP_SENSOR_INTERVAL_S", "30")),
+           default_status=dg.DefaultSensorStatus.RUNNING)
+def automation_rules(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
+    """Submit the pipelines of image_analyses_automation rules for newly finished
+    acquisitions, once each (recorded in image_analyses_automation_submitted). The
+    submitted analyses are then launched by pending_sub_analyses like any other."""
+    submitted = imagedb.db().submit_by_automation()
+    if not submitted:
+        return dg.SkipReason("no finished acquisition matches an automation rule")
+    for acq, pipeline, analysis in submitted:
+        context.log.info(f"automation: submitted {pipeline} for plate acquisition {acq} "
+                         f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})")
+    return dg.SensorResult(asset_events=[
+        dg.AssetObservation(asset_key=plate_acquisitions.key,
+                            metadata={"plate_acquisition_id": acq, "submitted_by_automation": pipeline})
+        for acq, pipeline, _ in submitted])
 
 
 def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str) -> None:

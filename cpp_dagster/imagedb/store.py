@@ -47,6 +47,33 @@ def _one(cur, missing: str) -> dict:
     return row
 
 
+def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
+            overrides: dict[str, Any]) -> SubmittedAnalysis:
+    cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
+    _one(cur, f"no plate acquisition {plate_acquisition_id}")
+    cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
+    meta = _one(cur, f"no analysis pipeline named {pipeline_name!r}")["meta"]
+    cur.execute(
+        """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted, priority)
+           VALUES (%s, %s, %s, now(), %s) RETURNING id""",
+        (plate_acquisition_id, pipeline_name, Json(meta.get("analysis_meta", {})), priority),
+    )
+    analysis_id = cur.fetchone()["id"]
+    sub_ids: list[int] = []
+    for sub_meta in meta.get("sub_analyses", []):
+        sub_meta = {**sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
+        if priority is not None:
+            sub_meta["priority"] = priority
+        cur.execute(
+            """INSERT INTO image_sub_analyses
+                   (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
+               VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
+            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_meta.get("priority")),
+        )
+        sub_ids.append(cur.fetchone()["sub_id"])
+    return SubmittedAnalysis(analysis_id, sub_ids)
+
+
 class ImageDB:
     def __init__(self, url: str):
         self.url = url
@@ -125,33 +152,19 @@ class ImageDB:
             )
 
     def submit_analysis(
-        self, plate_acquisition_id: int, pipeline_name: str, *, priority: int | None = None
+        self,
+        plate_acquisition_id: int,
+        pipeline_name: str,
+        *,
+        priority: int | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> SubmittedAnalysis:
         """What a pipeline submission creates: one analysis row and one sub-analysis per
-        entry of the pipeline's `sub_analyses`, each depending on the previous one."""
+        entry of the pipeline's `sub_analyses`, each depending on the previous one.
+        `overrides` (e.g. well_filter, site_filter, cp_version) replace those keys in
+        every sub-analysis's meta; `priority` wins over the pipeline's."""
         with self._cursor() as cur:
-            cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
-            row = cur.fetchone()
-            if row is None:
-                raise ImageDBError(f"no analysis pipeline named {pipeline_name!r}")
-            meta = row["meta"]
-            cur.execute(
-                """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted, priority)
-                   VALUES (%s, %s, %s, now(), %s) RETURNING id""",
-                (plate_acquisition_id, pipeline_name, Json(meta.get("analysis_meta", {})), priority),
-            )
-            analysis_id = cur.fetchone()["id"]
-            sub_ids: list[int] = []
-            for sub_meta in meta.get("sub_analyses", []):
-                sub_priority = sub_meta.get("priority", priority)
-                cur.execute(
-                    """INSERT INTO image_sub_analyses
-                           (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
-                       VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
-                    (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_priority),
-                )
-                sub_ids.append(cur.fetchone()["sub_id"])
-            return SubmittedAnalysis(analysis_id, sub_ids)
+            return _submit(cur, plate_acquisition_id, pipeline_name, priority, overrides or {})
 
     # --- reads for the sensor and for planning
 
@@ -248,7 +261,8 @@ class ImageDB:
         with self._cursor() as cur:
             cur.execute(
                 """UPDATE image_sub_analyses
-                   SET start = now(), finish = NULL, error = NULL, result = NULL, status = %s
+                   SET start = now(), finish = NULL, error = NULL, result = NULL,
+                       status = %s::jsonb || jsonb_build_object('reruns', COALESCE((status->>'reruns')::int, 0))
                    WHERE sub_id = %s RETURNING analysis_id""",
                 (Json(status), sub_id),
             )
@@ -330,4 +344,94 @@ class ImageDB:
                    WHERE id = %s""",
                 (f"sub-analysis {sub_id} failed: {message}", row["analysis_id"]),
             )
+            # Dependents never start; they say why.
+            cur.execute(
+                """WITH RECURSIVE dependents(sub_id) AS (
+                       SELECT s.sub_id FROM image_sub_analyses s WHERE s.depends_on_sub_id @> %s::jsonb
+                       UNION
+                       SELECT s.sub_id FROM image_sub_analyses s, dependents d
+                       WHERE s.depends_on_sub_id @> jsonb_build_array(d.sub_id))
+                   UPDATE image_sub_analyses s
+                   SET error = now(),
+                       status = COALESCE(s.status, '{}'::jsonb) || jsonb_build_object(
+                           'state', 'failed', 'message', %s::text)
+                   FROM dependents d
+                   WHERE s.sub_id = d.sub_id AND s.start IS NULL AND s.error IS NULL AND s.finish IS NULL""",
+                (Json([sub_id]), f"not started: it depends on sub-analysis {sub_id}, which failed"),
+            )
             return True
+
+    # --- submission by automation rules, and re-runs
+
+    def submit_by_automation(self, *, limit: int = 100) -> list[tuple[int, str, SubmittedAnalysis]]:
+        """Submit the pipelines of the automation rules that match finished acquisitions
+        not handled yet (rule: project and channel map equal, or NULL for any). Each
+        acquisition is recorded in image_analyses_automation_submitted in the same
+        transaction as its submissions, so it is handled exactly once, whatever restarts.
+        Rules naming a cell line are not applied: plate_acquisition has no cell line."""
+        submitted = []
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT p.id, array_agg(DISTINCT r.pipeline_name ORDER BY r.pipeline_name) AS pipelines
+                   FROM plate_acquisition p
+                   JOIN image_analyses_automation r
+                     ON (r.project IS NULL OR r.project = p.project)
+                    AND (r.channel_map IS NULL OR r.channel_map = p.channel_map_id)
+                    AND r.cell_line IS NULL
+                   WHERE p.finished IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM image_analyses_automation_submitted s WHERE s.plate_acq_id = p.id)
+                   GROUP BY p.id ORDER BY p.id LIMIT %s""",
+                (limit,),
+            )
+            for row in cur.fetchall():
+                cur.execute(
+                    """INSERT INTO image_analyses_automation_submitted (plate_acq_id, time) VALUES (%s, now())
+                       ON CONFLICT (plate_acq_id) DO NOTHING RETURNING plate_acq_id""",
+                    (row["id"],),
+                )
+                if cur.fetchone() is None:
+                    continue  # handled concurrently
+                for pipeline in row["pipelines"]:
+                    submitted.append((row["id"], pipeline, _submit(cur, row["id"], pipeline, None, {})))
+        return submitted
+
+    def rerun_sub_analysis(self, sub_id: int) -> int:
+        """Put a failed (or finished) sub-analysis back to submitted, for the sensor to
+        launch again under a new run key; dependents that were failed because of it are
+        submitted again too. Returns the new re-run generation."""
+        with self._cursor() as cur:
+            cur.execute(
+                """UPDATE image_sub_analyses
+                   SET start = NULL, finish = NULL, error = NULL, result = NULL,
+                       status = jsonb_build_object('state', 'submitted', 'message', 're-run requested',
+                                                   'reruns', COALESCE((status->>'reruns')::int, 0) + 1)
+                   WHERE sub_id = %s AND start IS NOT NULL AND (error IS NOT NULL OR finish IS NOT NULL)
+                   RETURNING analysis_id, (status->>'reruns')::int AS reruns""",
+                (sub_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("SELECT start, error, finish FROM image_sub_analyses WHERE sub_id = %s", (sub_id,))
+                current = _one(cur, f"no sub-analysis {sub_id}")
+                state = "not started yet" if current["start"] is None else "still running"
+                raise ImageDBError(f"sub-analysis {sub_id} is {state}: only a failed or finished one can be re-run")
+            cur.execute(
+                """UPDATE image_sub_analyses SET error = NULL, status = NULL
+                   WHERE analysis_id = %s AND start IS NULL AND status->>'message' LIKE 'not started: it depends on%%'""",
+                (row["analysis_id"],),
+            )
+            cur.execute("UPDATE image_analyses SET error = NULL, finish = NULL, status = NULL WHERE id = %s",
+                        (row["analysis_id"],))
+            return row["reruns"]
+
+    def rerun_generations(self, sub_ids: list[int]) -> dict[int, int]:
+        """How many times each sub-analysis was re-run (0 for never): part of its run key."""
+        if not sub_ids:
+            return {}
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT sub_id, COALESCE((status->>'reruns')::int, 0) AS reruns
+                   FROM image_sub_analyses WHERE sub_id = ANY(%s)""",
+                (list(sub_ids),),
+            )
+            return {r["sub_id"]: r["reruns"] for r in cur.fetchall()}
