@@ -48,3 +48,9 @@ clean-local: $(VENV)/.installed
 
 clean: clean-local
 	rm -rf $(VENV) $(CP_VENV)
+
+# Merge benchmark, quick preset (~45 MB): the project's merge against the old method and the
+# plain pyarrow/polars/duckdb routes. The ~3 GB plate: .venv/bin/python benchmarks/merge/run.py --preset plate
+.PHONY: bench-merge
+bench-merge: install
+	$(VENV)/bin/python benchmarks/merge/run.py --preset quick

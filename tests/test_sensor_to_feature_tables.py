@@ -41,6 +41,7 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     for table in ("Image", "Nuclei", "Cells", "Cytoplasm", "single_cell", "well_profiles"):
         assert f"{sub.result['job_folder']}/{table}.parquet" in sub.result["file_list"]
     assert sub.status["message"] == "2 / 2 batches finished, ~0.0 h left"
+    assert dagster_instance.get_run_by_id(run.run_id).tags["imagedb/progress"] == sub.status["message"]
     assert lab.db.analysis(submitted.analysis_id)["finish"] is not None
 
     # Feature tables: one Image row per image set; object rows match the nuclei counted.

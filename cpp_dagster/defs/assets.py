@@ -47,6 +47,8 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
                                metadata={"image_sets": spec.image_sets, "loaddata": spec.batch_dir + "/loaddata.csv"})
 
 
+PROGRESS_TAG = "imagedb/progress"
+
 BATCH_RETRY_POLICY = dg.RetryPolicy(
     max_retries=int(os.getenv("CPP_BATCH_RETRIES", "1")),
     delay=float(os.getenv("CPP_BATCH_RETRY_DELAY_S", "5")),
@@ -62,6 +64,7 @@ def run_cellprofiler(
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
     outcome = analysis.run_batch(nas.settings(), batch)
     progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name)
+    context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress})  # the runs list shows it
     how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"
     context.log.info(f"{batch.name} {how}; sub-analysis {batch.sub_id}: {progress}")
     context.add_output_metadata({

@@ -15,7 +15,8 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   integer bookkeeping columns, which stay int64. `nan` is read as null.
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
-- Memory is bounded by one CSV block, not by the plate: batches are streamed.
+- Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
+  blocks, not by the plate: batches are streamed.
 - Writes are atomic: everything is written under a hidden staging folder inside DEST
   and moved into place with os.replace, so a reader never sees a half-written file and
   a re-merge replaces the old files.
@@ -258,13 +259,16 @@ def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, 
     order: list[str] = []
     kinds: dict[str, set[str]] = {}
     present: dict[str, int] = {}
+    counts: dict[int, list] = {}  # each distinct schema object once, with its number of batches
     for schema in schemas:
+        counts.setdefault(id(schema), [schema, 0])[1] += 1
+    for schema, count in counts.values():
         for f in schema:
             if f.name not in kinds:
                 order.append(f.name)
                 kinds[f.name] = set()
                 present[f.name] = 0
-            present[f.name] += 1
+            present[f.name] += count
             t = f.type
             # anything not numeric (text, but also inferred dates and times) is text:
             # a date column cannot be cast to float32
@@ -297,7 +301,7 @@ def merge_table(
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order."""
-    schemas = [_probe_schema(p) for _, _, p in sources]
+    schemas = _shared([_probe_schema(p) for _, _, p in sources])
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
             raise MergeError(f"{path} has no ImageNumber column")
@@ -306,8 +310,22 @@ def merge_table(
     except _LateTypeChange:
         # the types of some column's first block do not hold for the whole file:
         # find the types from every row and write again
-        schemas = [_scan_schema(p) for _, _, p in sources]
+        schemas = _shared([_scan_schema(p) for _, _, p in sources])
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
+
+
+def _shared(schemas: list[pa.Schema]) -> list[pa.Schema]:
+    """`schemas` with equal ones replaced by one object: batches of a pipeline mostly
+    have the same ~1,000 columns, and per-batch copies would grow with the plate."""
+    distinct: list[pa.Schema] = []
+    out = []
+    for schema in schemas:
+        same = next((d for d in distinct if d.equals(schema)), None)
+        if same is None:
+            distinct.append(schema)
+            same = schema
+        out.append(same)
+    return out
 
 
 class _LateTypeChange(Exception):
@@ -326,16 +344,11 @@ def _write_table(
     pending_bytes = 0
     with pq.ParquetWriter(dest_file, out_schema, use_dictionary=[BATCH_COLUMN],
                           compression="snappy") as writer:
+        plans: dict[int, tuple] = {}  # per distinct file schema
         for (number, batch, path), file_schema in zip(sources, schemas):
-            # the CSV reader converts straight to the merged types (float32 included),
-            # so a block needs no casts; after a late type change, columns are read as
-            # the full scan found them (floats as float64) and cast
-            if late_type_change_ok:
-                column_types = {f.name: _read_type(schema.field(f.name).type) for f in file_schema}
-            else:
-                column_types = {f.name: schema.field(f.name).type for f in file_schema}
-            position = {n: i for i, n in enumerate(file_schema.names)}
-            take = [position.get(f.name) for f in schema]  # None: not in this batch
+            if id(file_schema) not in plans:
+                plans[id(file_schema)] = _plan(schema, file_schema, late_type_change_ok)
+            column_types, position, take = plans[id(file_schema)]
             try:
                 for block in pacsv.open_csv(
                     path,
@@ -366,6 +379,21 @@ def _write_table(
                 raise MergeError(f"cannot merge {path}: {e}") from None
         _write_row_group(writer, pending, out_schema)
     return MergedTable(name, dest_file, rows, len(out_schema), drift)
+
+
+def _plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bool):
+    """How to read a file with `file_schema` into the merged `schema`: the CSV reader's
+    column types, the file's column positions, and the file column of each merged
+    column (None: not in this file)."""
+    # the CSV reader converts straight to the merged types (float32 included), so a
+    # block needs no casts; after a late type change, columns are read as the full scan
+    # found them (floats as float64) and cast
+    if late_type_change_ok:
+        column_types = {f.name: _read_type(schema.field(f.name).type) for f in file_schema}
+    else:
+        column_types = {f.name: schema.field(f.name).type for f in file_schema}
+    position = {n: i for i, n in enumerate(file_schema.names)}
+    return column_types, position, [position.get(f.name) for f in schema]
 
 
 def _write_row_group(writer: pq.ParquetWriter, tables: list[pa.Table], schema: pa.Schema) -> None:

@@ -186,11 +186,15 @@ class ImageDB:
                    WHERE s.start IS NULL AND s.error IS NULL AND s.finish IS NULL
                      AND a.error IS NULL
                      AND p.finished IS NOT NULL
+                     -- every dependency finished (a missing one counts as unfinished): one
+                     -- primary-key probe per dependency; a LEFT JOIN here was planned as a scan
+                     -- of the whole table per candidate when the statistics were small
                      AND NOT EXISTS (
                          SELECT 1
                          FROM jsonb_array_elements_text(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) AS d(dep_id)
-                         LEFT JOIN image_sub_analyses dep ON dep.sub_id = d.dep_id::integer
-                         WHERE dep.finish IS NULL)
+                         WHERE NOT EXISTS (
+                             SELECT 1 FROM image_sub_analyses dep
+                             WHERE dep.sub_id = d.dep_id::integer AND dep.finish IS NOT NULL))
                      AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
                    ORDER BY 5, 1
                    LIMIT %(limit)s""",
@@ -225,13 +229,14 @@ class ImageDB:
         return SubAnalysis(**{**row, "meta": row["meta"] or {}})
 
     def images(self, plate_acquisition_id: int) -> list[Image]:
-        with self._cursor() as cur:
+        # tuples, not RealDictCursor rows: a dict per image is most of the time for a 384-well plate
+        with self._cursor() as dict_cur, dict_cur.connection.cursor() as cur:
             cur.execute(
                 """SELECT well, site, channel, path, z, timepoint FROM images
                    WHERE plate_acquisition_id = %s""",
                 (plate_acquisition_id,),
             )
-            return [Image(**r) for r in cur.fetchall()]
+            return [Image(*r) for r in cur.fetchall()]
 
     def channel_map(self, map_id: int | None) -> dict[int, str]:
         with self._cursor() as cur:
