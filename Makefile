@@ -54,3 +54,10 @@ clean: clean-local
 .PHONY: bench-merge
 bench-merge: install
 	$(VENV)/bin/python benchmarks/merge/run.py --preset quick
+
+# imagedb at production scale (5,000 plates, 20,000 analyses, 10 M images; a few minutes):
+# one sensor tick (goal < 2 s) and the planning of a 17,280-image plate (goal < 1 s).
+# 1/20 of it: .venv/bin/python benchmarks/imagedb_scale.py --quick
+.PHONY: bench-imagedb
+bench-imagedb: install
+	$(VENV)/bin/python benchmarks/imagedb_scale.py

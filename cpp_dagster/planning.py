@@ -262,17 +262,18 @@ def loaddata_csv(
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
+    icf_columns: list[str] = []  # the same on every row: built once
+    if icf_folder is not None:
+        for dye in dyes:
+            p = PurePosixPath(icf_folder) / icf_file_name(dye)
+            icf_columns += [p.name, str(p.parent), _file_url(p, "ICF file path")]
     for s in batch.image_sets:
         row: list[Any] = []
         for path in s.paths:
             p = PurePosixPath(path)
             row += [p.name, str(p.parent), _file_url(p)]
         row += [plate_barcode, s.well, s.site, plate_acquisition_id, s.z, s.timepoint]
-        if icf_folder is not None:
-            for dye in dyes:
-                p = PurePosixPath(icf_folder) / icf_file_name(dye)
-                row += [p.name, str(p.parent), _file_url(p, "ICF file path")]
-        writer.writerow(row)
+        writer.writerow(row + icf_columns)
     return out.getvalue()
 
 

@@ -1,6 +1,7 @@
 """Sensors: launch ready sub-analyses exactly once; record what hooks cannot see."""
 
 import os
+from collections import Counter
 
 import dagster as dg
 
@@ -70,6 +71,7 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
     reruns = db.rerun_generations([r.sub_id for r in ready])
     requests = [run_request(r, reruns.get(r.sub_id, 0)) for r in ready]
     acquisitions = {r.plate_acquisition_id: r.plate_barcode for r in ready}
+    ready_per_plate = Counter(r.plate_acquisition_id for r in ready)
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[sub_analysis_partitions.build_add_request([r.partition_key for r in requests])],
@@ -77,7 +79,7 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
             dg.AssetObservation(
                 asset_key=plate_acquisitions.key,
                 metadata={"plate_acquisition_id": acq_id, "plate_barcode": barcode,
-                          "ready_sub_analyses": sum(r.plate_acquisition_id == acq_id for r in ready)},
+                          "ready_sub_analyses": ready_per_plate[acq_id]},
             )
             for acq_id, barcode in sorted(acquisitions.items())
         ],

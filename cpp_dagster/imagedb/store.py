@@ -177,26 +177,32 @@ class ImageDB:
         after_priority, after_id = after if after else (-(2**31), -1)
         with self._cursor() as cur:
             cur.execute(
-                """SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
-                          COALESCE(s.priority, a.priority, %(default)s) AS priority,
-                          COALESCE(s.meta, '{}'::jsonb) AS meta
-                   FROM image_sub_analyses s
-                   JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
-                   JOIN image_analyses a ON a.id = s.analysis_id
-                   WHERE s.start IS NULL AND s.error IS NULL AND s.finish IS NULL
-                     AND a.error IS NULL
-                     AND p.finished IS NOT NULL
-                     -- every dependency finished (a missing one counts as unfinished): one
-                     -- primary-key probe per dependency; a LEFT JOIN here was planned as a scan
-                     -- of the whole table per candidate when the statistics were small
-                     AND NOT EXISTS (
-                         SELECT 1
-                         FROM jsonb_array_elements_text(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) AS d(dep_id)
-                         WHERE NOT EXISTS (
-                             SELECT 1 FROM image_sub_analyses dep
-                             WHERE dep.sub_id = d.dep_id::integer AND dep.finish IS NOT NULL))
-                     AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
-                   ORDER BY 5, 1
+                # The candidates (joins, cheap filters, keyset) are sorted first; OFFSET 0 keeps
+                # the dependency check out of that query, so it runs on them in order only until
+                # `limit` pass, and cannot skew the planning of the joins. A scalar subquery keeps
+                # it one primary-key probe per dependency (a join may scan the table per candidate).
+                """SELECT c.sub_id, c.analysis_id, c.plate_acquisition_id, c.plate_barcode, c.priority, c.meta
+                   FROM (
+                       SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
+                              COALESCE(s.priority, a.priority, %(default)s) AS priority,
+                              COALESCE(s.meta, '{}'::jsonb) AS meta, s.depends_on_sub_id
+                       FROM image_sub_analyses s
+                       JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
+                       JOIN image_analyses a ON a.id = s.analysis_id
+                       WHERE s.start IS NULL AND s.error IS NULL AND s.finish IS NULL
+                         AND a.error IS NULL
+                         AND p.finished IS NOT NULL
+                         AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
+                       ORDER BY 5, 1
+                       OFFSET 0
+                   ) c
+                   -- every dependency finished; a missing one counts as unfinished
+                   WHERE NOT EXISTS (
+                       SELECT 1
+                       FROM jsonb_array_elements_text(COALESCE(c.depends_on_sub_id, '[]'::jsonb)) AS d(dep_id)
+                       WHERE (SELECT dep.finish FROM image_sub_analyses dep
+                              WHERE dep.sub_id = d.dep_id::integer) IS NULL)
+                   ORDER BY c.priority, c.sub_id
                    LIMIT %(limit)s""",
                 {"default": DEFAULT_PRIORITY, "ap": after_priority, "aid": after_id, "limit": limit},
             )
