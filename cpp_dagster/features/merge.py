@@ -301,7 +301,7 @@ def merge_table(
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order."""
-    schemas = _shared([_probe_schema(p) for _, _, p in sources])
+    schemas = _shared(_probe_schema(p) for _, _, p in sources)
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
             raise MergeError(f"{path} has no ImageNumber column")
@@ -310,13 +310,14 @@ def merge_table(
     except _LateTypeChange:
         # the types of some column's first block do not hold for the whole file:
         # find the types from every row and write again
-        schemas = _shared([_scan_schema(p) for _, _, p in sources])
+        schemas = _shared(_scan_schema(p) for _, _, p in sources)
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
 
 
-def _shared(schemas: list[pa.Schema]) -> list[pa.Schema]:
-    """`schemas` with equal ones replaced by one object: batches of a pipeline mostly
-    have the same ~1,000 columns, and per-batch copies would grow with the plate."""
+def _shared(schemas: Iterable[pa.Schema]) -> list[pa.Schema]:
+    """`schemas` with equal ones replaced by one object, as they come: batches of a
+    pipeline mostly have the same ~1,000 columns, and keeping a copy per batch (~150 kB
+    of C++ heap each) made the merge's memory grow with the plate."""
     distinct: list[pa.Schema] = []
     out = []
     for schema in schemas:
@@ -403,6 +404,10 @@ def _write_row_group(writer: pq.ParquetWriter, tables: list[pa.Table], schema: p
         table = pa.concat_tables(tables)
         writer.write_table(table, row_group_size=max(table.num_rows, 1))
         tables.clear()
+        del table
+        # give freed blocks back to the system, so the process's memory stays that of
+        # one row group however many have been written
+        pa.default_memory_pool().release_unused()
 
 
 def batch_number(name: str, position: int) -> int:
