@@ -1,0 +1,402 @@
+"""Merge benchmark: the project's CellProfiler-CSV -> Parquet merge against the old method
+and the plain streaming routes of pyarrow, polars and duckdb, on the same synthetic plate.
+
+    .venv/bin/python benchmarks/merge/run.py --preset quick   # ~45 MB, well under a minute (make bench-merge)
+    .venv/bin/python benchmarks/merge/run.py --preset plate   # ~3 GB plate + the doubled plate, several minutes
+
+Each method runs in its own subprocess, so its peak RSS is its own: measured with
+`/usr/bin/time -v` when present, else by polling the child's RSS with psutil (and the
+kernel's exact figure from wait4 where it has one). Wall time is the child's whole life,
+interpreter start and imports included, the same for every method.
+
+Methods (every table but Experiment; each writes DEST/<table>.parquet):
+  merge    the project's `cpp_dagster.features.merge.merge_batches` over the batch folders
+           (batch keys, drift rule, float32, atomic writes: everything it does in production)
+  baseline the old method, re-implemented here: per table, concatenate the batches' CSV
+           text (repeated headers skipped) into one file, `pandas.read_csv` the whole file,
+           float64 -> float32, `DataFrame.to_parquet`
+  pyarrow  plain streaming: `pyarrow.csv.open_csv` (16 MB blocks, the first file's types)
+           -> one `ParquetWriter` per table over all batches
+  polars   plain streaming: `scan_csv` over the batch files -> `sink_parquet`
+  duckdb   plain streaming: `read_csv` with delim/quote/escape given (no dialect sniffing)
+           -> `COPY ... TO ... (FORMAT parquet)`
+The plain routes add no batch keys and keep float64. Outputs are verified equal in rows
+(per table) and columns (the project's = the plain routes' + its 2 key columns), and in
+the sums of two integer columns.
+
+The doubled plate (`--scale 2` of the generator: twice the batches of the same size) is
+then merged by the project's merge alone, to see that its memory does not grow with the
+plate. The last line printed is one JSON object with the headline figures.
+
+Wall times are only as steady as the machine: on a shared machine, use `--repeat 2` (or
+more) to run the methods round-robin and keep each one's fastest run; the load average
+is printed before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import generate  # noqa: E402
+
+METHODS = ["merge", "baseline", "pyarrow", "polars", "duckdb"]
+PLAIN = ["pyarrow", "polars", "duckdb"]
+EXPERIMENT = "Experiment"
+MB = 1e6
+
+GOALS = {"speedup_vs_baseline": 4.0, "vs_fastest_plain": 1.25, "peak_rss_mb": 1000.0, "rss_growth": 1.20}
+
+
+# --- the methods (run inside the child) -------------------------------------------
+
+def batch_dirs(src: Path) -> list[Path]:
+    return sorted(p for p in Path(src).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def tables_by_name(src: Path) -> dict[str, list[Path]]:
+    """Object table name -> its CSV in every batch, in batch order (Experiment left out)."""
+    from cpp_dagster.features.merge import table_files
+
+    out: dict[str, list[Path]] = {}
+    for d in batch_dirs(src):
+        for name, path in table_files(d).items():
+            if name != EXPERIMENT:
+                out.setdefault(name, []).append(path)
+    return out
+
+
+def run_merge(src: Path, dest: Path) -> None:
+    from cpp_dagster.features.merge import merge_batches
+
+    merge_batches(batch_dirs(src), dest)
+
+
+def run_baseline(src: Path, dest: Path) -> None:
+    import pandas as pd
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, files in tables_by_name(src).items():
+        concat = dest / f".{name}.concat.csv"
+        with open(concat, "wb") as out:
+            for i, f in enumerate(files):
+                with open(f, "rb") as inp:
+                    if i:
+                        inp.readline()  # the repeated header
+                    shutil.copyfileobj(inp, out, 16 << 20)
+        df = pd.read_csv(concat)
+        floats = df.select_dtypes("float64").columns
+        df[floats] = df[floats].astype("float32")
+        df.to_parquet(dest / f"{name}.parquet", index=False)
+        del df
+        concat.unlink()
+
+
+def run_pyarrow(src: Path, dest: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    read = pacsv.ReadOptions(block_size=16 << 20)
+    for name, files in tables_by_name(src).items():
+        writer = None
+        convert = pacsv.ConvertOptions(null_values=["", "nan"], strings_can_be_null=True)
+        for f in files:
+            reader = pacsv.open_csv(f, read_options=read, convert_options=convert)
+            if writer is None:
+                writer = pq.ParquetWriter(dest / f"{name}.parquet", reader.schema)
+                # the rest of the batches are read with the first one's types
+                convert = pacsv.ConvertOptions(null_values=["", "nan"], strings_can_be_null=True,
+                                               column_types=reader.schema)
+            for batch in reader:
+                writer.write_batch(batch)
+        writer.close()
+
+
+def run_polars(src: Path, dest: Path) -> None:
+    import polars as pl
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, files in tables_by_name(src).items():
+        pl.scan_csv([str(f) for f in files], null_values=["nan"]).sink_parquet(dest / f"{name}.parquet")
+
+
+def run_duckdb(src: Path, dest: Path) -> None:
+    import duckdb
+
+    dest.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    for name, files in tables_by_name(src).items():
+        file_list = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+        out = str(dest / f"{name}.parquet").replace("'", "''")
+        con.execute(f"COPY (SELECT * FROM read_csv({file_list}, delim=',', quote='\"', escape='\"', "
+                    f"header=true, nullstr='nan')) TO '{out}' (FORMAT parquet)")
+    con.close()
+
+
+RUNNERS = {"merge": run_merge, "baseline": run_baseline, "pyarrow": run_pyarrow, "polars": run_polars,
+           "duckdb": run_duckdb}
+
+
+# --- measuring (in the parent) ----------------------------------------------------
+
+TIME = "/usr/bin/time"
+
+
+def measurer(choice: str) -> str:
+    if choice == "auto":
+        if os.access(TIME, os.X_OK) and subprocess.run([TIME, "-v", "true"], capture_output=True).returncode == 0:
+            return "time"
+        return "psutil"
+    return choice
+
+
+def run_child(method: str, src: Path, dest: Path, how: str) -> dict:
+    """Run one method in a fresh interpreter; its wall seconds and peak RSS (MB)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(src), str(dest)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
+    if how == "time":
+        t0 = time.perf_counter()
+        p = subprocess.run([TIME, "-v", *cmd], capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"{method} failed:\n{p.stdout}\n{p.stderr}")
+        line = next(ln for ln in p.stderr.splitlines() if "Maximum resident set size" in ln)
+        rss_kb = int(line.rsplit(":", 1)[1])
+        return {"wall_s": wall, "peak_rss_mb": rss_kb * 1024 / MB}
+    return _run_polled(method, cmd, env)
+
+
+def _run_polled(method: str, cmd: list[str], env: dict) -> dict:
+    """Without /usr/bin/time: poll the RSS of the child (and any of its children) with
+    psutil every 20 ms; on Linux/BSD wait4 also gives the kernel's exact peak, and the
+    larger of the two is reported."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    exact = 0
+    # drain the pipes in threads so a chatty child cannot block
+    import threading
+    out: list[bytes] = [b"", b""]
+
+    def drain(i, pipe):
+        out[i] = pipe.read()
+
+    threads = [threading.Thread(target=drain, args=(i, pipe), daemon=True)
+               for i, pipe in enumerate((proc.stdout, proc.stderr))]
+    for t in threads:
+        t.start()
+    while True:
+        if hasattr(os, "wait4"):
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                exact = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+        elif proc.poll() is not None:
+            break
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n" + b"\n".join(out).decode(errors="replace"))
+    return {"wall_s": wall, "peak_rss_mb": max(peak, exact) / MB}
+
+
+def best(a: dict | None, b: dict) -> dict:
+    """Of two runs of a method: the shorter wall time, the larger peak RSS."""
+    if a is None:
+        return dict(b)
+    return {"wall_s": min(a["wall_s"], b["wall_s"]), "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"])}
+
+
+def warm_page_cache(src: Path) -> None:
+    """Read every CSV once, so no method pays for the first read from disk."""
+    buf = bytearray(16 << 20)
+    for f in sorted(Path(src).rglob("*.csv")):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+
+def summarize(dest: Path) -> dict[str, dict]:
+    """Table -> rows, column names and the sums of ImageNumber and ObjectNumber."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in sorted(dest.glob("*.parquet")):
+        meta = pq.read_metadata(f)
+        names = pq.read_schema(f).names
+        sums = {}
+        for c in ("ImageNumber", "ObjectNumber"):
+            if c in names:
+                sums[c] = int(pc.sum(pq.read_table(f, columns=[c]).column(0)).as_py())
+        out[f.stem] = {"rows": meta.num_rows, "columns": names, "sums": sums}
+    return out
+
+
+def verify(summaries: dict[str, dict]) -> list[str]:
+    """Problems (none when the outputs agree): same tables, rows and key sums everywhere;
+    the project's columns are the plain ones plus its 2 key columns."""
+    from cpp_dagster.features.merge import BATCH_COLUMN, IMAGE_KEY_COLUMN
+
+    problems = []
+    ref_name = next((m for m in ["pyarrow", *summaries] if m in summaries and m != "merge"), "merge")
+    ref = summaries[ref_name]
+    for method, s in summaries.items():
+        if set(s) != set(ref):
+            problems.append(f"{method}: tables {sorted(s)} != {ref_name}'s {sorted(ref)}")
+            continue
+        for table, t in s.items():
+            r = ref[table]
+            if t["rows"] != r["rows"]:
+                problems.append(f"{method}/{table}: {t['rows']} rows, {ref_name} {r['rows']}")
+            expected = r["columns"]
+            if method == "merge" and ref_name != "merge":
+                expected = [BATCH_COLUMN, IMAGE_KEY_COLUMN, *expected]
+            if t["columns"] != expected:
+                problems.append(f"{method}/{table}: columns differ from {ref_name}'s "
+                                f"({len(t['columns'])} vs {len(expected)})")
+            if t["sums"] != r["sums"]:
+                problems.append(f"{method}/{table}: key sums {t['sums']} != {r['sums']}")
+    return problems
+
+
+def csv_bytes(src: Path) -> int:
+    return sum(f.stat().st_size for f in Path(src).rglob("*.csv"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(generate.PRESETS), default="quick")
+    ap.add_argument("--out", type=Path, default=generate.DEFAULT_OUT, help="data and outputs (default benchmarks/out)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    ap.add_argument("--no-doubled", action="store_true", help="skip the doubled plate")
+    ap.add_argument("--measure", choices=["auto", "time", "psutil"], default="auto",
+                    help="peak RSS by /usr/bin/time -v or by psutil polling (auto: time if present)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every method this many times, round-robin, and report its fastest run "
+                         "(and its largest peak RSS): steadier figures on a shared machine")
+    ap.add_argument("--keep", action="store_true", help="keep the Parquet outputs")
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DEST"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        method, src, dest = args.child
+        RUNNERS[method](Path(src), Path(dest))
+        return 0
+
+    methods = [m for m in args.methods.split(",") if m]
+    how = measurer(args.measure)
+    print(f"peak RSS measured with {'/usr/bin/time -v' if how == 'time' else 'psutil polling (+ wait4)'}; "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    src = generate.generate(args.preset, 1, args.out)
+    size = csv_bytes(src)
+    n_batches = len(batch_dirs(src))
+    print(f"{args.preset}: {size / MB:,.0f} MB of CSV in {n_batches} batches ({src})", flush=True)
+    warm_page_cache(src)
+    results: dict[str, dict] = {}
+    summaries: dict[str, dict] = {}
+    dest_root = src.parent / "dest"
+    for round_ in range(args.repeat):
+        for m in methods:
+            print(f"  running {m} ...", end=" ", flush=True)
+            r = run_child(m, src, dest_root / m, how)
+            print(f"{r['wall_s']:.1f} s, {r['peak_rss_mb']:,.0f} MB", flush=True)
+            results[m] = best(results.get(m), r)
+            if round_ == 0:
+                summaries[m] = summarize(dest_root / m)
+    problems = verify(summaries)
+    if not args.keep:
+        shutil.rmtree(dest_root, ignore_errors=True)
+
+    doubled = None
+    if not args.no_doubled and "merge" in methods:
+        src2 = generate.generate(args.preset, 2, args.out)
+        size2 = csv_bytes(src2)
+        print(f"{args.preset} x2: {size2 / MB:,.0f} MB of CSV in {len(batch_dirs(src2))} batches", flush=True)
+        warm_page_cache(src2)
+        for _ in range(args.repeat):
+            print("  running merge ...", end=" ", flush=True)
+            r = run_child("merge", src2, src2.parent / "dest" / "merge", how)
+            print(f"{r['wall_s']:.1f} s, {r['peak_rss_mb']:,.0f} MB", flush=True)
+            doubled = best(doubled, r)
+        doubled["csv_mb"] = size2 / MB
+        if not args.keep:
+            shutil.rmtree(src2.parent / "dest", ignore_errors=True)
+
+    # --- report
+    base = results.get("baseline", {}).get("wall_s")
+    plain = {m: results[m]["wall_s"] for m in PLAIN if m in results}
+    fastest = min(plain.values()) if plain else None
+    print()
+    print(f"{args.preset}: {size / MB:,.0f} MB CSV, {n_batches} batches"
+          + (f"; fastest of {args.repeat} runs, largest peak RSS" if args.repeat > 1 else ""))
+    print(f"{'method':<10} {'wall s':>8} {'peak RSS MB':>12} {'x faster than baseline':>23} {'vs fastest plain':>17}")
+    for m, r in results.items():
+        speed = f"{base / r['wall_s']:.2f}x" if base else "-"
+        rel = f"{r['wall_s'] / fastest:.2f}x" if fastest else "-"
+        print(f"{m:<10} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12,.0f} {speed:>23} {rel:>17}")
+    if doubled:
+        growth = doubled["peak_rss_mb"] / results["merge"]["peak_rss_mb"]
+        print(f"doubled plate ({doubled['csv_mb']:,.0f} MB CSV): merge {doubled['wall_s']:.1f} s, "
+              f"peak RSS {doubled['peak_rss_mb']:,.0f} MB ({growth:.2f}x the plate's)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    print(f"outputs equal: {not problems}" + "".join(f"\n  {p}" for p in problems))
+
+    if "merge" in results:
+        merge = results["merge"]
+        checks = []
+        if base:
+            checks.append((f">= {GOALS['speedup_vs_baseline']}x faster than the old method",
+                           base / merge["wall_s"] >= GOALS["speedup_vs_baseline"]))
+        if fastest:
+            checks.append((f"within {GOALS['vs_fastest_plain']}x of the fastest plain route",
+                           merge["wall_s"] / fastest <= GOALS["vs_fastest_plain"]))
+        checks.append((f"peak RSS <= {GOALS['peak_rss_mb']:.0f} MB",
+                       max(merge["peak_rss_mb"], doubled["peak_rss_mb"] if doubled else 0) <= GOALS["peak_rss_mb"]))
+        if doubled:
+            checks.append((f"peak RSS flat (within {GOALS['rss_growth'] - 1:.0%}) on the doubled plate",
+                           doubled["peak_rss_mb"] <= GOALS["rss_growth"] * merge["peak_rss_mb"]))
+        checks.append(("outputs equal", not problems))
+        for text, ok in checks:
+            print(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+    def r1(x):
+        return None if x is None else round(x, 1)
+
+    print(json.dumps({
+        "csv_mb": round(size / MB),
+        "merge_s": r1(results.get("merge", {}).get("wall_s")),
+        "baseline_s": r1(base),
+        "fastest_plain_s": r1(fastest),
+        "peak_rss_mb": r1(results.get("merge", {}).get("peak_rss_mb")),
+        "peak_rss_mb_doubled": r1(doubled["peak_rss_mb"]) if doubled else None,
+        "outputs_equal": not problems,
+    }))
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
