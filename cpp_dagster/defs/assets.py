@@ -158,9 +158,13 @@ def feature_tables(acquisitions):
             **{f"feature_tables_{name}": getattr(merged, name) for name in CHECKS}}
 
 
+# What the tables derived from the feature tables share: same partitions, same failure hook.
+DERIVED_TABLE = {"partitions_def": sub_analysis_partitions, "hooks": {record_failure_in_imagedb},
+                 "group_name": "cellprofiler", "kinds": {"parquet"}}
+
+
 @dg.asset(
-    partitions_def=sub_analysis_partitions, deps=[FEATURE_TABLES], hooks={record_failure_in_imagedb},
-    group_name="cellprofiler", kinds={"parquet"},
+    deps=[FEATURE_TABLES], **DERIVED_TABLE,
     description="Joined single-cell table (pycytominer/CytoTable layout: Cells_*, Cytoplasm_*, "
                 "Nuclei_*, Image_*, Metadata_*), one row per cell.",
 )
@@ -171,8 +175,7 @@ def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResourc
 
 
 @dg.asset(
-    partitions_def=sub_analysis_partitions, deps=[single_cell_table], hooks={record_failure_in_imagedb},
-    group_name="cellprofiler", kinds={"parquet"},
+    deps=[single_cell_table], **DERIVED_TABLE,
     description="Per-well profiles: median of each feature per well, with object counts. "
                 "Writing them completes the sub-analysis in imagedb.",
 )
