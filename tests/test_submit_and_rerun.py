@@ -100,3 +100,35 @@ def test_rerun_runs_only_the_failed_batch_and_gives_the_clean_run_tables(lab, da
         a, b = pq.read_table(rerun_dir / f"{table}.parquet"), pq.read_table(clean_dir / f"{table}.parquet")
         drop = [c for c in a.column_names if c.startswith(("ExecutionTime_", "ProcessingStatus"))]
         assert a.drop_columns(drop).equals(b.drop_columns(drop)), table
+
+
+def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, dagster_instance):
+    from cpp_dagster.definitions import analysis_job_def
+
+    lab.db.put_pipeline("two-step", {"sub_analyses": [
+        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "demo/demo_features.cppipe", "batch_size": 2},
+        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "demo/demo_features.cppipe", "batch_size": 4}]})
+    acq = register_plate(lab.db, lab.settings, barcode="REEXEC", wells=["B02"], sites=[1, 2, 3, 4], seed=6)
+    corrupt = next(im for im in lab.db.images(acq) if im.site == 4 and im.channel == 2)
+    good = Path(corrupt.path).read_bytes()
+    Path(corrupt.path).write_bytes(b"not a TIFF")
+    first, second = lab.db.submit_analysis(acq, "two-step").sub_ids
+    (request,) = tick(dagster_instance).run_requests
+    failed = launch(dagster_instance, request)
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    assert lab.db.sub_analysis(second).status["message"].startswith("not started: it depends on")
+
+    Path(corrupt.path).write_bytes(good)
+    options = dg.ReexecutionOptions.from_failure(failed.run_id, dagster_instance)
+    ui_tags = {k: v for k, v in failed.tags.items() if k.startswith(("dagster/partition", "imagedb/"))}
+    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance, tags=ui_tags,
+                        reexecution_options=options, raise_on_error=False) as result:  # as the UI's button
+        assert result.success, [(e.step_key, e.event_specific_data.error.message[:300])
+                                for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
+    assert "feature_tables.run_cellprofiler[batch_0001]" in executed
+    assert not executed & {"feature_tables.plan_batches", "feature_tables.run_cellprofiler[batch_0000]"}
+    sub = lab.db.sub_analysis(first)
+    assert sub.finish and sub.error is None
+    assert lab.db.sub_analysis(second).error is None  # its dependent may now start
+    assert [r.tags["imagedb/sub_id"] for r in tick(dagster_instance).run_requests] == [str(second)]

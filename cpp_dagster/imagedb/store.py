@@ -74,6 +74,28 @@ def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | 
     return SubmittedAnalysis(analysis_id, sub_ids)
 
 
+def dependency_failed_message(sub_id: int) -> str:
+    return f"not started: it depends on sub-analysis {sub_id}, which failed"
+
+
+def _revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
+    """A sub-analysis that failed is running again or has finished after all (re-run,
+    re-execution from failure): the dependents it failed wait again, and its analysis is
+    no longer failed unless another sub-analysis still is."""
+    cur.execute(
+        """UPDATE image_sub_analyses SET error = NULL, status = NULL
+           WHERE start IS NULL AND status->>'message' = %s""",
+        (dependency_failed_message(sub_id),),
+    )
+    cur.execute(
+        """UPDATE image_analyses a SET error = NULL, status = NULL
+           WHERE a.id = %s AND NOT EXISTS (
+               SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.error IS NOT NULL
+                 AND s.sub_id <> %s)""",
+        (analysis_id, sub_id),
+    )
+
+
 class ImageDB:
     def __init__(self, url: str):
         self.url = url
@@ -324,6 +346,7 @@ class ImageDB:
                 (Json(result), sub_id),
             )
             row = _one(cur, f"no sub-analysis {sub_id}")
+            _revive_after_success(cur, sub_id, row["analysis_id"])
             cur.execute(
                 """UPDATE image_analyses a SET finish = now(), result = %s
                    WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
@@ -368,7 +391,7 @@ class ImageDB:
                            'state', 'failed', 'message', %s::text)
                    FROM dependents d
                    WHERE s.sub_id = d.sub_id AND s.start IS NULL AND s.error IS NULL AND s.finish IS NULL""",
-                (Json([sub_id]), f"not started: it depends on sub-analysis {sub_id}, which failed"),
+                (Json([sub_id]), dependency_failed_message(sub_id)),
             )
             return True
 
@@ -426,13 +449,8 @@ class ImageDB:
                 current = _one(cur, f"no sub-analysis {sub_id}")
                 state = "not started yet" if current["start"] is None else "still running"
                 raise ImageDBError(f"sub-analysis {sub_id} is {state}: only a failed or finished one can be re-run")
-            cur.execute(
-                """UPDATE image_sub_analyses SET error = NULL, status = NULL
-                   WHERE analysis_id = %s AND start IS NULL AND status->>'message' LIKE 'not started: it depends on%%'""",
-                (row["analysis_id"],),
-            )
-            cur.execute("UPDATE image_analyses SET error = NULL, finish = NULL, status = NULL WHERE id = %s",
-                        (row["analysis_id"],))
+            _revive_after_success(cur, sub_id, row["analysis_id"])
+            cur.execute("UPDATE image_analyses SET finish = NULL WHERE id = %s", (row["analysis_id"],))
             return row["reruns"]
 
     def rerun_generations(self, sub_ids: list[int]) -> dict[int, int]:
