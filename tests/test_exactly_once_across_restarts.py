@@ -32,16 +32,24 @@ def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp
         def runs():
             return instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
 
+        def sensor_ticks():
+            states = [s for s in instance.all_instigator_state() if s.name == "pending_sub_analyses"]
+            return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
+
+        def wait(what, predicate, timeout=120):
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.5)
+
         for attempt in range(2):  # the daemon, then the daemon restarted
             with dagster_daemon(env, tmp_path / f"daemon-{attempt}.log"):
-                deadline = time.monotonic() + 90
-                while not runs() and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                time.sleep(8)  # several more sensor ticks while the run waits in the queue
+                wait("the run to be requested", runs)
+                seen = len(sensor_ticks())
+                wait("two more sensor ticks", lambda: len(sensor_ticks()) >= seen + 2)
         (run,) = runs()
         assert run.status == dg.DagsterRunStatus.QUEUED
         assert lab.db.sub_analysis(sub_id).start is None  # still offered by imagedb every tick
-        state = next(s for s in instance.all_instigator_state() if s.name == "pending_sub_analyses")
-        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
-        assert len(ticks) >= 3  # the sensor was evaluated again, by both daemons (about every 5 s)
-        assert sum(len(t.run_ids) for t in ticks) == 1  # ... and launched one run in all
+        ticks = sensor_ticks()
+        assert len(ticks) >= 4  # evaluated again and again, by both daemons ...
+        assert sum(len(t.run_ids) for t in ticks) == 1  # ... and one run launched in all
