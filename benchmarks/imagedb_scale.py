@@ -54,6 +54,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 import psycopg2  # noqa: E402
+from psycopg2 import sql  # noqa: E402
 
 from cpp_dagster.imagedb.store import ImageDB  # noqa: E402
 
@@ -308,7 +309,7 @@ def counts(url: str) -> dict[str, int]:
         out = {}
         for key, table in (("acquisitions", "plate_acquisition"), ("analyses", "image_analyses"),
                            ("sub_analyses", "image_sub_analyses"), ("images", "images")):
-            cur.execute(f"SELECT count(*) FROM {table}")
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
             out[key] = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM images WHERE plate_acquisition_id = %s", (PLAN_ACQ,))
         out["planned_plate_images"] = cur.fetchone()[0]

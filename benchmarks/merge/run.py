@@ -135,10 +135,10 @@ def run_duckdb(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     for name, files in tables_by_name(src).items():
-        file_list = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-        out = str(dest / f"{name}.parquet").replace("'", "''")
-        con.execute(f"COPY (SELECT * FROM read_csv({file_list}, delim=',', quote='\"', escape='\"', "
-                    f"header=true, nullstr='nan')) TO '{out}' (FORMAT parquet)")
+        # the dialect given explicitly: sniffing ~1,000-column files costs ~7x
+        relation = con.read_csv([str(f) for f in files], header=True, sep=",", quotechar='"', escapechar='"',
+                                na_values="nan")
+        relation.write_parquet(str(dest / f"{name}.parquet"))
     con.close()
 
 
