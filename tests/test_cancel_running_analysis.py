@@ -4,6 +4,8 @@ process stops, and imagedb says the sub-analysis was cancelled. Real dagster-dae
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 
 import dagster as dg
@@ -23,6 +25,16 @@ def cellprofiler_processes(sub_id: int) -> list[psutil.Process]:
         if "cellprofiler" in cmd and f"sub_{sub_id}/" in cmd:
             found.append(p)
     return found
+
+
+def cancel_from_another_process(run_id: str) -> None:
+    """What "Terminate" in the UI does, from a process of its own as the webserver's:
+    the cancel reaches the run worker over gRPC, and a gRPC channel left in the pytest
+    process can crash it later, when it is garbage-collected after the executor forks."""
+    code = ("import sys, dagster as dg\n"
+            "with dg.DagsterInstance.get() as instance:\n"
+            "    sys.exit(0 if instance.run_coordinator.cancel_run(sys.argv[1]) else 1)\n")
+    subprocess.run([sys.executable, "-c", code, run_id], check=True, timeout=120)
 
 
 def wait(what: str, predicate, timeout: float = 300):
@@ -50,7 +62,7 @@ def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_pat
     with dagster_daemon(env, tmp_path / "daemon.log"), dg.DagsterInstance.get() as instance:
         running = wait("CellProfiler to start", lambda: cellprofiler_processes(sub_id))
         (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
-        assert instance.run_coordinator.cancel_run(run.run_id)  # what "Terminate" in the UI does
+        cancel_from_another_process(run.run_id)
 
         wait("the run to be cancelled", lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, 120)
         wait("CellProfiler to stop", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
