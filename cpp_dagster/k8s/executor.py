@@ -1,5 +1,8 @@
 """`k8s_job_executor` from dagster-k8s, with the analysis's pod configuration added.
 
+Model-training runs get their layer the same way, from the pod settings' `training`
+section (engine, image, CPSign license Secret, resources by step).
+
 dagster-k8s merges step-pod config from the run launcher, the code location, the
 executor config, op tags and `per_step_k8s_config`: all static. What a batch pod needs
 depends on the analysis (cp_version -> image, sub_type -> resources, job_timeout,
@@ -21,7 +24,7 @@ from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from cpp_dagster.config import imagedb_url
 from cpp_dagster.defs.partitions import sub_id_of
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, step_config
+from cpp_dagster.k8s.pod_config import TRAINING_STEPS, AnalysisIds, PodSettings, step_config, training_step_config
 from cpp_dagster.planning import SubAnalysisOptions
 
 
@@ -38,9 +41,15 @@ def _settings() -> PodSettings:
 
 
 def analysis_step_config(partition_key: str | None, op_name: str) -> dict:
-    """The pod config layer of one step of a sub-analysis's run ({} for other runs)."""
+    """The pod config layer of one step of a sub-analysis's run or of a model-training run
+    ({} for other runs)."""
     sub_id = sub_id_of(partition_key)
     if sub_id is None:
+        if op_name in TRAINING_STEPS:
+            from cpp_dagster.training.engines import engine_name
+
+            workflow = partition_key.rsplit("-", 1)[0][:63] if partition_key else None
+            return training_step_config(_settings(), op_name, engine_name(), workflow)
         return {}
     options, ids = _analysis(sub_id)
     return step_config(_settings(), options, ids, op_name)

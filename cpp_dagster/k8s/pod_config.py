@@ -45,6 +45,7 @@ class PodSettings:
     priority_class: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    training: Mapping[str, Any] = field(default_factory=dict)  # model training steps: see training_step_config
     tmp_size_limit: str = "1Gi"
     startup_grace_seconds: int = 300
     run_as_user: int = 1000
@@ -89,22 +90,14 @@ class AnalysisIds:
     sub_id: int
 
 
-def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, op_name: str) -> dict:
-    """Raw k8s config for one step of a sub-analysis's run. Every step gets the image of
-    the analysis's cp_version, the NAS volumes, a memory-backed /tmp, the security
-    context and placement; the batch step also gets resources by sub_type and the
-    analysis's job_timeout as a hard deadline."""
-    labels = {
-        f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
-        f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
-        f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
-        f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
-    }
+def _base(settings: PodSettings, image: str, labels: dict[str, str]) -> tuple[dict, dict, dict]:
+    """The parts every step pod shares: image, NAS volumes, memory-backed /tmp, the
+    non-root security context, placement and labels."""
     mounts = [{"name": v.name, "mount_path": v.mount_path, "read_only": v.read_only} for v in settings.volumes]
     volumes = [{"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
                for v in settings.volumes]
     container: dict[str, Any] = {
-        "image": settings.image_for(options.cp_version),
+        "image": image,
         "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
         "volume_mounts": [*mounts, {"name": "tmp", "mount_path": "/tmp"}],
         "security_context": {"allow_privilege_escalation": False, "run_as_non_root": True,
@@ -119,15 +112,61 @@ def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: Analysi
         pod_spec["node_selector"] = dict(settings.node_selector)
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    config = {"container_config": container, "pod_spec_config": pod_spec,
+              "pod_template_spec_metadata": {"labels": labels}, "job_metadata": {"labels": labels}}
+    return config, container, pod_spec
+
+
+TRAINING_STEPS = ("training_data", "descriptors", "plan_splits", "train_split", "collect_split_models",
+                  "aggregated_model", "published_model")
+CPSIGN_STEPS = ("descriptors", "train_split", "aggregated_model")  # the steps that run the CPSign CLI
+CPSIGN_LICENSE_DIR = "/etc/cpsign"
+
+
+def training_step_config(settings: PodSettings, op_name: str, engine: str, workflow: str | None) -> dict:
+    """Raw k8s config for one step of a model-training run. The `training` section of
+    the pod settings names the image (`image`; with the CPSign engine, `cpsign_image` for
+    the steps that call the CPSign CLI), the CPSign license Secret (`cpsign_license_secret`,
+    mounted read-only at /etc/cpsign, its file named by CPP_CPSIGN_LICENSE) and
+    `resources` by op name; each split is its own pod."""
+    training = settings.training
+    uses_cpsign = engine == "cpsign" and op_name in CPSIGN_STEPS
+    image = training.get("cpsign_image") if uses_cpsign else training.get("image")
+    if not image:
+        raise PodConfigError("the pod settings' training section names no "
+                             + ("cpsign_image" if uses_cpsign else "image"))
+    labels = {f"{LABEL_PREFIX}/workflow": workflow or "none", f"{LABEL_PREFIX}/training-step": op_name}
+    config, container, pod_spec = _base(settings, image, labels)
+    resources = training.get("resources", {}).get(op_name)
+    if resources:
+        container["resources"] = dict(resources)
+    if uses_cpsign and training.get("cpsign_license_secret"):
+        secret = training["cpsign_license_secret"]
+        pod_spec["volumes"].append({"name": "cpsign-license", "secret": {"secret_name": secret}})
+        container["volume_mounts"].append({"name": "cpsign-license", "mount_path": CPSIGN_LICENSE_DIR,
+                                           "read_only": True})
+        license_file = f"{CPSIGN_LICENSE_DIR}/{training.get('cpsign_license_key', 'license.license')}"
+        container["env"].append({"name": "CPP_CPSIGN_LICENSE", "value": license_file})
+    if training.get("deadline_seconds", {}).get(op_name):
+        config["job_spec_config"] = {"active_deadline_seconds": int(training["deadline_seconds"][op_name])}
+    return config
+
+
+def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, op_name: str) -> dict:
+    """Raw k8s config for one step of a sub-analysis's run. Every step gets the image of
+    the analysis's cp_version, the NAS volumes, a memory-backed /tmp, the security
+    context and placement; the batch step also gets resources by sub_type and the
+    analysis's job_timeout as a hard deadline."""
+    labels = {
+        f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
+        f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
+        f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
+        f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
+    }
+    config, container, pod_spec = _base(settings, settings.image_for(options.cp_version), labels)
     priority_class = settings.high_priority_class if options.priority == 1 else settings.priority_class
     if priority_class:
         pod_spec["priority_class_name"] = priority_class
-    config: dict[str, Any] = {
-        "container_config": container,
-        "pod_spec_config": pod_spec,
-        "pod_template_spec_metadata": {"labels": labels},
-        "job_metadata": {"labels": labels},
-    }
     if op_name == BATCH_OP:
         resources = settings.resources.get(options.sub_type or "default") or settings.resources.get("default")
         if resources:

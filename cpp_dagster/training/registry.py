@@ -1,0 +1,137 @@
+"""Where published models go. One interface, two places:
+
+- `HttpModelRegistry`: a model service over HTTP (CPP_MODEL_REGISTRY_URL), with a bearer
+  token from CPP_MODEL_REGISTRY_TOKEN (on Kubernetes from a Secret; never logged).
+  `PUT {url}/models/{name}/{version}` uploads the model file, its metadata JSON in the
+  `X-Model-Metadata` header; `GET` the same path downloads it, `GET .../metadata` the JSON.
+- `FolderModelRegistry`: a folder (CPP_MODEL_REGISTRY_DIR, locally $CPP_NAS_ROOT/models),
+  `<name>/<version>/{model file, metadata.json}`, written atomically.
+
+`cpp-dagster train registry` serves a folder registry over the same HTTP interface
+(registry_server.py), so the HTTP path runs locally too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class ModelRegistry(Protocol):
+    def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:
+        """Store the model; returns where it is (a URL or path)."""
+
+    def fetch(self, name: str, version: str, dest_dir: Path) -> Path:
+        """Download the model into dest_dir; returns the file."""
+
+    def metadata(self, name: str, version: str) -> dict: ...
+
+
+def _checked(*parts: str) -> None:
+    for part in parts:
+        if not NAME.match(part):
+            raise RegistryError(f"{part!r} is not a valid model name or version")
+
+
+class FolderModelRegistry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _dir(self, name: str, version: str) -> Path:
+        _checked(name, version)
+        return self.root / name / version
+
+    def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:
+        target = self._dir(name, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+        shutil.copyfile(model_file, staging / f"model{Path(model_file).suffix}")
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
+        staging.chmod(0o755)
+        if target.exists():  # a re-run of the same version replaces it
+            old = target.with_name(f".{version}.replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+        return str(target)
+
+    def model_file(self, name: str, version: str) -> Path:
+        found = sorted(self._dir(name, version).glob("model.*"))
+        if not found:
+            raise RegistryError(f"no published model {name} {version}")
+        return found[0]
+
+    def fetch(self, name: str, version: str, dest_dir: Path) -> Path:
+        source = self.model_file(name, version)
+        dest = Path(dest_dir) / source.name
+        shutil.copyfile(source, dest)
+        return dest
+
+    def metadata(self, name: str, version: str) -> dict:
+        path = self._dir(name, version) / "metadata.json"
+        if not path.exists():
+            raise RegistryError(f"no published model {name} {version}")
+        return json.loads(path.read_text())
+
+
+class HttpModelRegistry:
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 300):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=dict(headers or {}))
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read()[:500].decode(errors="replace")
+            raise RegistryError(f"model service: {method} {path} answered {error.code} {error.reason}: {detail}") from None
+        except urllib.error.URLError as error:
+            raise RegistryError(f"cannot reach the model service at {self.url}: {error.reason}") from None
+
+    def _path(self, name: str, version: str) -> str:
+        _checked(name, version)
+        return f"/models/{quote(name)}/{quote(version)}"
+
+    def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:
+        path = self._path(name, version)
+        self._request("PUT", path, Path(model_file).read_bytes(),
+                      {"Content-Type": "application/octet-stream", "X-Model-Filename": Path(model_file).name,
+                       "X-Model-Metadata": json.dumps(metadata, sort_keys=True, default=str)})
+        return f"{self.url}{path}"
+
+    def fetch(self, name: str, version: str, dest_dir: Path) -> Path:
+        meta = self.metadata(name, version)
+        dest = Path(dest_dir) / f"model{meta.get('model_suffix', '')}"
+        dest.write_bytes(self._request("GET", self._path(name, version)))
+        return dest
+
+    def metadata(self, name: str, version: str) -> dict:
+        return json.loads(self._request("GET", self._path(name, version) + "/metadata"))
+
+
+def registry_for_deployment(nas_root: Path) -> ModelRegistry:
+    url = os.environ.get("CPP_MODEL_REGISTRY_URL")
+    if url:
+        return HttpModelRegistry(url, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
+    return FolderModelRegistry(os.environ.get("CPP_MODEL_REGISTRY_DIR") or nas_root / "models")

@@ -1,0 +1,110 @@
+"""The configuration store: every query on training configurations lives here.
+
+A table in the project's PostgreSQL (CPP_TRAINING_DB_URL; locally the embedded server's
+`training` database). Values travel as query parameters only.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Iterator
+
+import psycopg2
+import psycopg2.extras
+from psycopg2.extras import Json
+
+from cpp_dagster.training.configuration import TrainingConfig, from_dict
+
+
+def training_db_url() -> str:
+    url = os.environ.get("CPP_TRAINING_DB_URL")
+    if url:
+        return url
+    from cpp_dagster import local_postgres
+
+    return local_postgres.database_url("training")
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    id: int
+    version: str
+    partition_key: str
+    workflow: str
+    config: TrainingConfig
+    added: dt.datetime
+    added_by: str | None
+
+
+@dataclass(frozen=True)
+class Added:
+    version: ConfigVersion
+    created: bool  # False: this content was already a version
+
+
+def _row(row: dict) -> ConfigVersion:
+    return ConfigVersion(id=row["id"], version=row["version"], partition_key=row["partition_key"],
+                         workflow=row["workflow"], config=from_dict(row["config"]), added=row["added"],
+                         added_by=row["added_by"])
+
+
+class UnknownVersion(LookupError):
+    pass
+
+
+class ConfigStore:
+    def __init__(self, url: str):
+        self.url = url
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg2.extras.RealDictCursor]:
+        conn = psycopg2.connect(self.url)
+        try:
+            with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+        finally:
+            conn.close()
+
+    def apply_schema(self) -> None:
+        ddl = resources.files("cpp_dagster.training").joinpath("schema.sql").read_text()
+        with self._cursor() as cur:
+            cur.execute(ddl)
+
+    def add(self, config: TrainingConfig, added_by: str | None = None) -> Added:
+        """Store `config` as a new version unless its content is already one."""
+        with self._cursor() as cur:
+            cur.execute(
+                """INSERT INTO training_config_versions (version, partition_key, workflow, config, added_by)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING RETURNING *""",
+                (config.version, config.partition_key, config.workflow, Json(config.to_dict()), added_by),
+            )
+            row = cur.fetchone()
+            created = row is not None
+            if not created:
+                cur.execute("SELECT * FROM training_config_versions WHERE version = %s", (config.version,))
+                row = cur.fetchone()
+        return Added(_row(row), created)
+
+    def get(self, partition_key: str) -> ConfigVersion:
+        with self._cursor() as cur:
+            cur.execute("SELECT * FROM training_config_versions WHERE partition_key = %s", (partition_key,))
+            row = cur.fetchone()
+        if row is None:
+            raise UnknownVersion(f"no training configuration version {partition_key!r} in the store")
+        return _row(row)
+
+    def added_after(self, after_id: int, limit: int = 100) -> list[ConfigVersion]:
+        """Versions in order of arrival after `after_id` (the sensor's cursor), one page."""
+        with self._cursor() as cur:
+            cur.execute("SELECT * FROM training_config_versions WHERE id > %s ORDER BY id LIMIT %s",
+                        (after_id, limit))
+            return [_row(r) for r in cur.fetchall()]
+
+    def versions(self, workflow: str | None = None) -> list[ConfigVersion]:
+        with self._cursor() as cur:
+            cur.execute("""SELECT * FROM training_config_versions
+                           WHERE %(w)s::text IS NULL OR workflow = %(w)s ORDER BY id""", {"w": workflow})
+            return [_row(r) for r in cur.fetchall()]
