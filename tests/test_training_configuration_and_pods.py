@@ -1,0 +1,143 @@
+"""Training configurations (schema, clear errors, content-addressed versions, the CLI) and
+the pods a training run gets on Kubernetes, built by dagster-k8s's own Job builder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import kubernetes
+import kubernetes_validate
+import pytest
+from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+from conftest import new_database
+from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.k8s.executor import analysis_step_config
+from cpp_dagster.k8s.pod_config import PodConfigError, PodSettings, training_step_config
+from cpp_dagster.training.configuration import ConfigError, from_dict, parse
+from cpp_dagster.training.engines.base import split_params
+from k8s_standin import SCHEMA_VERSION
+
+EXAMPLE = json.loads((PROJECT_ROOT / "cpp_dagster" / "training" / "examples" / "solubility.json").read_text())
+PODS = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
+
+
+def test_bad_json_says_where():
+    with pytest.raises(ConfigError, match=r"cfg.json is not valid JSON: Expecting ',' delimiter at line 1, column 18"):
+        parse('{"workflow": "a" "splits": 2}', source="cfg.json")
+
+
+def test_every_problem_of_a_configuration_is_listed_at_once():
+    raw = {**EXAMPLE, "splits": 0, "extra": 1, "model": {**EXAMPLE["model"], "predictor": "TCP", "significance": 2}}
+    del raw["query"]
+    with pytest.raises(ConfigError) as error:
+        from_dict(raw)
+    message = str(error.value)
+    for fragment in ("unknown key 'extra'", "missing required key 'query'", "splits must be between 1 and 64",
+                     "model.predictor must be one of ACP_Regression, ACP_Classification; got 'TCP'",
+                     "model.significance must be between 0.01 and 0.5, got 2"):
+        assert fragment in message
+
+
+def test_options_must_fit_the_predictor_and_splits_the_models():
+    with pytest.raises(ConfigError, match="model.ncm must be one of InverseProbability, Margin; got 'AbsDiff'"):
+        from_dict({**EXAMPLE, "model": {**EXAMPLE["model"], "predictor": "ACP_Classification"}})
+    with pytest.raises(ConfigError, match=r"splits \(5\) cannot exceed model.nr_models \(4\)"):
+        from_dict({**EXAMPLE, "splits": 5})
+    with pytest.raises(ConfigError, match="workflow must be 1-60 characters"):
+        from_dict({**EXAMPLE, "workflow": "my model/v2"})
+
+
+def test_version_is_the_content_not_the_formatting():
+    config = from_dict(EXAMPLE)
+    respelled = parse(json.dumps({"seed": 42, **{k: EXAMPLE[k] for k in reversed(list(EXAMPLE))},
+                                  "validity_tolerance": 0.05}, indent=3))
+    assert respelled.version == config.version and len(config.version) == 64
+    assert from_dict({**EXAMPLE, "query": EXAMPLE["query"] + " WHERE id > 10"}).version != config.version
+    assert config.partition_key == f"solubility-{config.version[:12]}"
+
+
+def test_models_are_spread_over_the_splits():
+    config = from_dict({**EXAMPLE, "splits": 3, "model": {**EXAMPLE["model"], "nr_models": 7}})
+    assert [p.models for p in split_params(config)] == [(0, 3, 6), (1, 4), (2, 5)]
+
+
+def test_cli_add_refuses_a_bad_file_and_stores_a_version_once(pg_server, tmp_path):
+    env = {**os.environ, "CPP_TRAINING_DB_URL": new_database(pg_server, "training")}
+    cli = [str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "train"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**EXAMPLE, "splits": "two"}))
+    result = subprocess.run([*cli, "add", str(bad)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "splits must be an integer, got 'two'" in result.stderr
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(EXAMPLE))
+    first = subprocess.run([*cli, "add", str(good)], env=env, capture_output=True, text=True, timeout=120, check=True)
+    again = subprocess.run([*cli, "add", str(good), "--added-by", "ada"], env=env, capture_output=True, text=True,
+                           timeout=120, check=True)
+    assert json.loads(first.stdout)["new_version"] is True and json.loads(again.stdout)["new_version"] is False
+    listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert [json.loads(line)["partition_key"] for line in listed.stdout.splitlines()] == [json.loads(first.stdout)["partition_key"]]
+
+
+@pytest.fixture
+def pods() -> PodSettings:
+    return PodSettings.load(PODS)
+
+
+def _job(layer: dict, op: str) -> dict:
+    """The step Job dagster-k8s builds with this layer, as the API server receives it."""
+    job = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(job_image="registry.example.org/cpp-dagster:default", dagster_home="/opt/dagster",
+                                       env_secrets=["imagedb-credentials"]),
+        args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{op.replace('_', '-')}",
+        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), component="step_worker",
+        labels={"dagster/op": op})
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+@pytest.mark.parametrize("op", ["descriptors", "train_split", "aggregated_model"])
+def test_cpsign_steps_run_the_cpsign_image_with_the_license_secret(pods, op):
+    job = _job(training_step_config(pods, op, "cpsign", "logd"), op)
+    kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == pods.training["cpsign_image"]
+    assert container["resources"] == pods.training["resources"][op]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cpsign-license"] == {"name": "cpsign-license", "secret": {"secretName": "cpsign-license"}}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["cpsign-license"] == {"name": "cpsign-license", "mountPath": "/etc/cpsign", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CPP_CPSIGN_LICENSE"] == "/etc/cpsign/license.license"
+    assert "licensed" not in json.dumps(job)  # the license's content is never in the spec
+    assert pod["securityContext"]["runAsNonRoot"] is True and mounts["tmp"]["mountPath"] == "/tmp"
+    assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/workflow"] == "logd"
+    if op == "train_split":
+        assert job["spec"]["activeDeadlineSeconds"] == 21600
+
+
+@pytest.mark.parametrize("op, engine", [("training_data", "cpsign"), ("published_model", "cpsign"),
+                                        ("train_split", "embedded")])
+def test_other_training_steps_run_the_project_image_without_the_license(pods, op, engine):
+    job = _job(training_step_config(pods, op, engine, "logd"), op)
+    kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == pods.training["image"]
+    assert "cpsign-license" not in json.dumps(job)
+
+
+def test_the_executor_layer_routes_training_steps_and_needs_an_image(pods, monkeypatch, tmp_path):
+    monkeypatch.setenv("CPP_K8S_CONFIG", str(PODS))
+    monkeypatch.setenv("CPP_TRAINING_ENGINE", "cpsign")
+    from cpp_dagster.k8s import executor
+
+    executor._settings.cache_clear()
+    layer = analysis_step_config("logd-0123456789ab", "train_split")
+    assert layer["container_config"]["image"] == pods.training["cpsign_image"]
+    assert analysis_step_config("logd-0123456789ab", "some_other_op") == {}
+    with pytest.raises(PodConfigError, match="training section names no cpsign_image"):
+        training_step_config(PodSettings.from_mapping({"training": {"image": "x"}}), "train_split", "cpsign", "w")
+    executor._settings.cache_clear()
