@@ -109,7 +109,7 @@ def test_helm_values_wire_the_project_in():
     deployment = values["dagster-user-deployments"]["deployments"][0]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["CPP_EXECUTOR"] == "k8s" and env["CPP_K8S_CONFIG"].startswith("/etc/cpp-dagster/")
-    assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}]
+    assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["postgresql"]["enabled"] is False
     assert values["concurrency"]["pools"]["defaultLimit"] > 0
