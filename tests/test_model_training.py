@@ -4,7 +4,7 @@ in a real compound database -> checks -> a published model that loads back and p
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -169,6 +169,13 @@ def test_classification_is_reproducible_and_published_to_the_folder_registry(lab
     model = load_model(next(published.glob("model.*")))
     before = model.predict(["CCO", "c1ccccc1Cl"])
     assert set(before.columns) >= {"p_low", "p_medium", "p_high", "prediction_set"}
+    # the same from the command line, through the deployment's registry
+    cli = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "train", "predict",
+                          "--model", "solubility-class", "--version", key, "CCO", "c1ccccc1Cl"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    rows = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [r["smiles"] for r in rows] == ["CCO", "c1ccccc1Cl"]
+    assert [r["p_high"] for r in rows] == pytest.approx(list(before["p_high"]))
 
     # Re-running the version (a re-execution, as from the UI) gives the same model.
     from cpp_dagster.definitions import training_job_def
