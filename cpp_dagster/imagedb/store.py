@@ -6,14 +6,14 @@ psycopg2.sql. Each public method is one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from contextlib import contextmanager
 from importlib import resources
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import psycopg2
 import psycopg2.extras
 from psycopg2.extras import Json
 
+from cpp_dagster.pg import transaction
 from cpp_dagster.imagedb.rows import (
     Image,
     PlateAcquisition,
@@ -100,15 +100,8 @@ class ImageDB:
     def __init__(self, url: str):
         self.url = url
 
-    @contextmanager
-    def _cursor(self) -> Iterator[psycopg2.extras.RealDictCursor]:
-        conn = psycopg2.connect(self.url)
-        try:
-            with conn:  # commit on success, roll back on error
-                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                    yield cur
-        finally:
-            conn.close()
+    def _cursor(self):
+        return transaction(self.url)
 
     # --- schema and registration (the ingest service's side, used by the demo and tests)
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator
 
-import psycopg2
-import psycopg2.extras
 from psycopg2.extras import Json
 
+from cpp_dagster.pg import transaction
 from cpp_dagster.training.configuration import TrainingConfig, from_dict
 
 
@@ -59,14 +56,8 @@ class ConfigStore:
     def __init__(self, url: str):
         self.url = url
 
-    @contextmanager
-    def _cursor(self) -> Iterator[psycopg2.extras.RealDictCursor]:
-        conn = psycopg2.connect(self.url)
-        try:
-            with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                yield cur
-        finally:
-            conn.close()
+    def _cursor(self):
+        return transaction(self.url)
 
     def apply_schema(self) -> None:
         ddl = resources.files("cpp_dagster.training").joinpath("schema.sql").read_text()
