@@ -208,7 +208,7 @@ def test_other_files_are_copied_into_the_destination(two_batches, tmp_path):
     assert (dest / "ICF_HOECHST.npy").read_bytes() == b"\x93NUMPY fake"
     assert (dest / "qc" / "C04_s1.png").read_bytes() == b"\x89PNG fake"
     assert {dest / "ICF_HOECHST.npy", dest / "qc" / "C04_s1.png", dest / "Image.parquet"} <= set(result.files)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == sorted(
         ["Cells.parquet", "Experiment.csv", "ICF_HOECHST.npy", "Image.parquet", "Nuclei.parquet", "qc"])
 
 
@@ -291,3 +291,19 @@ def test_image_key_comes_from_the_batch_number_not_the_merge_order(tmp_path):
     merge_batches([batch], tmp_path / "dest")
     keys = pq.read_table(tmp_path / "dest" / "Image.parquet")["Metadata_ImageKey"].to_pylist()
     assert keys == [2 * IMAGE_KEY_STRIDE + 1, 2 * IMAGE_KEY_STRIDE + 2]
+
+
+def test_a_remerge_removes_tables_the_previous_merge_wrote_and_this_one_did_not(two_batches, tmp_path):
+    dest = tmp_path / "dest"
+    unrelated = dest / "notes.txt"
+    dest.mkdir()
+    unrelated.write_text("a scientist's file")
+    merge_batches(two_batches, dest)
+    assert (dest / "Cells.parquet").exists()
+    newer = make_batch(tmp_path / "new" / "batch_0001", 3)
+    (newer / "MyExpt_Cells.csv").unlink()  # the pipeline no longer exports Cells
+    result = merge_batches([newer], dest)
+    assert "Cells" not in result.tables
+    assert not (dest / "Cells.parquet").exists()
+    assert (dest / "Nuclei.parquet").exists() and (dest / "Image.parquet").exists()
+    assert unrelated.read_text() == "a scientist's file"

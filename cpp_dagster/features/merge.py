@@ -19,10 +19,13 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   blocks, not by the plate: batches are streamed.
 - Writes are atomic: everything is written under a hidden staging folder inside DEST
   and moved into place with os.replace, so a reader never sees a half-written file and
-  a re-merge replaces the old files.
+  a re-merge replaces the old files. The files a merge wrote are listed in DEST's
+  `.merged-files.json`; a re-merge removes those of the previous merge that it did
+  not write again (a table the pipeline no longer exports), and nothing else in DEST.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,6 +55,7 @@ BATCH_COLUMN, IMAGE_KEY_COLUMN = "Metadata_Batch", "Metadata_ImageKey"
 EXPERIMENT = "Experiment"
 MERGE_WORKERS = min(4, os.cpu_count() or 1)  # object tables merged at once
 ROW_GROUP_BYTES = 64 << 20  # bytes of values per Parquet row group; memory is bounded by about this
+MANIFEST = ".merged-files.json"  # in DEST: the files the last merge wrote, relative to DEST
 
 
 class MergeError(SchemaError):
@@ -249,12 +253,40 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path) -> MergeResult:
                 tables[t.name] = MergedTable(t.name, final, t.rows, t.columns, t.drift)
                 staged.append((staging / f"{t.name}.parquet", final))
         staged += _stage_other_files(per_batch, staging, dest_dir)
+        previous = _manifest(dest_dir)
         for src, final in staged:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, final)
-        return MergeResult(tables, [final for _, final in staged])
+        written = [final for _, final in staged]
+        _write_manifest(dest_dir, staging, written)
+        _remove_stale(dest_dir, previous - {str(p.relative_to(dest_dir)) for p in written})
+        return MergeResult(tables, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest(dest_dir: Path) -> set[str]:
+    try:
+        return set(json.loads((dest_dir / MANIFEST).read_text())["files"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _write_manifest(dest_dir: Path, staging: Path, written: Sequence[Path]) -> None:
+    tmp = staging / MANIFEST
+    tmp.write_text(json.dumps({"files": sorted(str(p.relative_to(dest_dir)) for p in written)}, indent=1))
+    os.replace(tmp, dest_dir / MANIFEST)
+
+
+def _remove_stale(dest_dir: Path, stale: Iterable[str]) -> None:
+    """Remove files an earlier merge wrote into `dest_dir` and this one did not (only
+    plain relative paths inside `dest_dir`: the manifest is a file anyone could edit)."""
+    root = dest_dir.resolve()
+    for rel in stale:
+        path = (dest_dir / rel).resolve()
+        if path.parent != root and root not in path.parents:
+            continue
+        path.unlink(missing_ok=True)
 
 
 def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path, dest_dir: Path):
