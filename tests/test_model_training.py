@@ -271,3 +271,35 @@ def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, da
     assert run.status == dg.DagsterRunStatus.FAILURE
     assert "model.scorer 'RandomForest' is not available with the CPSign engine" in failure(dagster_instance, run.run_id)
     assert not log.exists()
+
+
+def test_cpsign_model_is_published_only_when_its_coverage_passes_the_validity_check(lab, dagster_instance, tmp_path,
+                                                                                    monkeypatch):
+    log, license_file = tmp_path / "cpsign-calls.jsonl", tmp_path / "cpsign.license"
+    license_file.write_text("licensed to the lab")
+    for key, value in {"CPP_TRAINING_ENGINE": "cpsign", "CPP_CPSIGN_LICENSE": str(license_file),
+                       "CPP_CPSIGN_COMMAND": f"{sys.executable} {Path(__file__).with_name('cpsign_standin.py')}",
+                       "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_COVERAGE": "0.9"}.items():
+        monkeypatch.setenv(key, value)
+    models = tmp_path / "nas" / "models" / "solubility"
+    raw = example(model={**example()["model"], "scorer": "LinearSVR"})
+
+    valid = train(dagster_instance, lab, raw)
+    assert valid.status == dg.DagsterRunStatus.SUCCESS, failure(dagster_instance, valid.run_id)
+    validity = checks(dagster_instance, valid.run_id)["validity"]
+    assert validity.passed and validity.metadata["coverage"].value == pytest.approx(0.9, abs=0.01)
+    assert "published_model" in materialized(dagster_instance, valid.run_id)
+    assert [p.name for p in models.iterdir()] == [valid.tags["dagster/partition"]]
+    assert "predict" in {json.loads(line)[0] for line in log.read_text().splitlines()}
+
+    # intervals that miss the held-out labels half the time: the check fails, the run says
+    # why, and nothing is published for this version
+    monkeypatch.setenv("CPSIGN_STANDIN_COVERAGE", "0.5")
+    invalid = train(dagster_instance, lab, {**raw, "seed": 7})
+    assert invalid.status == dg.DagsterRunStatus.FAILURE
+    validity = checks(dagster_instance, invalid.run_id)["validity"]
+    assert not validity.passed and validity.metadata["minimum"].value == pytest.approx(0.75)
+    message = failure(dagster_instance, invalid.run_id)
+    assert "check validity failed: coverage 0.498 on 257 held-out compounds" in message and "the model is not published" in message
+    assert "published_model" not in materialized(dagster_instance, invalid.run_id)
+    assert [p.name for p in models.iterdir()] == [valid.tags["dagster/partition"]]
