@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -29,23 +30,24 @@ IMAGE = "registry.example.org/cpp-dagster:test-cp5"
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def cluster(lab, pg_server, tmp_path, monkeypatch):
-    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher."""
+@contextmanager
+def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]]):
+    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher; every pod
+    gets `secrets` (name -> env) as the Helm values give them."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
     pods["images"] = {DEMO_CP_VERSION: IMAGE}
+    pods["training"]["image"] = IMAGE
     pods_file = tmp_path / "k8s-pods.yaml"
     pods_file.write_text(yaml.safe_dump(pods))
     home = tmp_path / "dagster_home"
     home.mkdir()
-    secrets = {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url}}
     base_env = {"PATH": f"{BIN}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
     with KubeStandIn(base_env=base_env, secrets=secrets, cwd=PROJECT_ROOT, namespace=NAMESPACE,
                      workdir=tmp_path / "standin") as k8s:
         env_vars = {
             "CPP_EXECUTOR": "k8s",
             "CPP_K8S_CONFIG": str(pods_file),
-            "CPP_NAS_ROOT": str(lab.settings.nas_root),
+            "CPP_NAS_ROOT": str(nas_root),
             "CPP_CELLPROFILER": str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
             "CPP_BATCH_RETRY_DELAY_S": "1",
             "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
@@ -57,7 +59,7 @@ def cluster(lab, pg_server, tmp_path, monkeypatch):
                 "service_account_name": "cpp-dagster", "instance_config_map": "dagster-instance",
                 "dagster_home": str(home), "job_image": IMAGE, "job_namespace": NAMESPACE,
                 "load_incluster_config": False, "kubeconfig_file": k8s.kubeconfig_path,
-                "env_secrets": ["imagedb-credentials"],
+                "env_secrets": list(secrets),
                 "env_vars": [f"{k}={v}" for k, v in env_vars.items()]}},
             "concurrency": {"pools": {"default_limit": 4}},
             "telemetry": {"enabled": False},
@@ -68,11 +70,18 @@ def cluster(lab, pg_server, tmp_path, monkeypatch):
             yield k8s, instance
 
 
-def launch(instance, key: str) -> None:
+@pytest.fixture
+def cluster(lab, pg_server, tmp_path, monkeypatch):
+    with standin_cluster(pg_server, tmp_path, monkeypatch, lab.settings.nas_root,
+                         {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url}}) as found:
+        yield found
+
+
+def launch(instance, key: str, job: str = "analysis_job") -> None:
     """`dagster job launch`: the run is created from the code location and handed to the
     instance's run launcher (K8sRunLauncher), as a launch from the UI would be."""
     subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                    "-j", "analysis_job", "--tags", json.dumps({"dagster/partition": key})],
+                    "-j", job, "--tags", json.dumps({"dagster/partition": key})],
                    check=True, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
 
 
