@@ -42,9 +42,11 @@ dev: install
 test: install
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
-# Rebuild the bundled demo pipeline with the cellprofiler_core API.
+# Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,
+# and the illumination-correction pair (demo_icf.cppipe, demo_features_icf.cppipe).
 pipeline: install
 	$(CP_VENV)/bin/python cpp_dagster/demo/build_pipeline.py cpp_dagster/demo/pipelines/demo_features.cppipe
+	$(CP_VENV)/bin/python cpp_dagster/demo/build_icf_pipelines.py cpp_dagster/demo/pipelines
 
 # Stop the local embedded PostgreSQL and forget the local imagedb, NAS and Dagster instance.
 clean-local: $(VENV)/.installed

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pyarrow.parquet as pq
+
 from cpp_dagster import cellprofiler, planning
 from cpp_dagster.config import Settings
 from cpp_dagster.features import profiles, single_cell
@@ -134,23 +136,42 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Merged:
     """Merge the batches' outputs into the results folder; the files become outputs of
-    the sub-analysis (it finishes once the derived tables are written too)."""
+    the sub-analysis (it finishes once the derived tables are written too). The folder is
+    the analysis's: each sub-analysis's merge lists its files in a manifest of its own,
+    so the features step's merge leaves the illumination step's ICF files alone."""
     out_dir = results_dir_of(db, settings, sub_id)
-    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir)
+    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
+                           manifest=f".merged-files.sub{sub_id}.json")
     db.add_outputs(sub_id, file_list(merged.files, settings.nas_root))
     return Merged(out_dir, merged)
 
 
-def write_single_cell(db: ImageDB, settings: Settings, sub_id: int) -> SingleCellResult:
-    """The joined single-cell table (pycytominer layout) from the merged tables."""
+def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:
+    """The object tables (Nuclei, Cells, ...) among the files the sub-analysis's merge
+    wrote: none when its pipeline exports only an Image table (illumination correction,
+    QC), and then there is no single-cell table or well profile to derive. Read from its
+    recorded outputs, not the folder, which its analysis's other sub-analyses share."""
+    outputs = [settings.nas_root / f for f in (db.sub_analysis(sub_id).status or {}).get("outputs", [])]
+    return sorted(p.stem for p in outputs
+                  if p.suffix == ".parquet" and p.is_file() and "ObjectNumber" in pq.read_schema(p).names)
+
+
+def write_single_cell(db: ImageDB, settings: Settings, sub_id: int) -> SingleCellResult | None:
+    """The joined single-cell table (pycytominer layout) from the merged tables; None
+    (nothing written) when the merge wrote no object tables."""
+    if not object_tables(db, settings, sub_id):
+        return None
     out_dir = results_dir_of(db, settings, sub_id)
     result = single_cell.write_single_cell(out_dir, out_dir / SINGLE_CELL_FILE)
     db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
     return result
 
 
-def write_well_profiles(db: ImageDB, settings: Settings, sub_id: int) -> ProfilesResult:
-    """Per-well median profiles from the single-cell table."""
+def write_well_profiles(db: ImageDB, settings: Settings, sub_id: int) -> ProfilesResult | None:
+    """Per-well median profiles from the single-cell table; None (nothing written) when
+    the merge wrote no object tables."""
+    if not object_tables(db, settings, sub_id):
+        return None
     out_dir = results_dir_of(db, settings, sub_id)
     result = profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, out_dir / PROFILES_FILE)
     db.add_outputs(sub_id, file_list([result.path], settings.nas_root))

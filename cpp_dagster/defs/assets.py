@@ -99,9 +99,10 @@ def merge_feature_tables(
     merged = analysis.merge(db, nas.settings(), sub_id, batch_dirs)
     tables = merged.merge.tables
     status = db.sub_analysis(sub_id).status or {}
+    objects = analysis.object_tables(db, nas.settings(), sub_id)
     checks = feature_checks(merged.results_dir, planned_image_sets=int(status.get("image_sets") or 0),
                             batches=[o.batch for o in outcomes],
-                            drift={t.name: list(t.drift) for t in tables.values()})
+                            drift={t.name: list(t.drift) for t in tables.values()}, object_tables=objects)
     lines = ["| table | rows | columns | file |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.rows} | {t.columns} | {t.path.name} |" for t in tables.values()]
     metadata: dict = {
@@ -109,6 +110,7 @@ def merge_feature_tables(
         "tables": dg.MetadataValue.md("\n".join(lines)),
         "batches": len(outcomes),
         "image_sets": sum(o.image_sets for o in outcomes),
+        "object_tables": ", ".join(objects) or NO_OBJECT_TABLES,
     }
     for t in tables.values():
         metadata[f"{t.name}_rows"] = t.rows
@@ -128,12 +130,21 @@ def merge_feature_tables(
         )
 
 
-def feature_checks(results_dir, *, planned_image_sets: int, batches: list[str], drift: dict) -> dict:
+# A pipeline that exports only an Image table (illumination correction, QC): no cells to
+# count per well, no object features, no single-cell table or well profiles.
+NO_OBJECT_TABLES = "no object tables (the pipeline exports only an Image table)"
+
+
+def feature_checks(results_dir, *, planned_image_sets: int, batches: list[str], drift: dict,
+                   object_tables: list[str]) -> dict:
+    """`object_tables`: those the sub-analysis's merge wrote (analysis.object_tables)."""
     return {
         "image_rows_match_plan": checks.image_rows_match_plan(results_dir, planned_image_sets),
         "all_batches_present": checks.all_batches_present(results_dir, batches),
-        "well_cell_counts": checks.well_counts_outliers(results_dir),
-        "nan_share": checks.nan_share(results_dir),
+        "well_cell_counts": (checks.well_counts_outliers(results_dir) if object_tables
+                             else checks.not_applicable(NO_OBJECT_TABLES)),
+        "nan_share": (checks.nan_share(results_dir, tables=object_tables) if object_tables
+                      else checks.not_applicable(NO_OBJECT_TABLES)),
         "column_drift": checks.column_drift(drift),
     }
 
@@ -170,6 +181,9 @@ DERIVED_TABLE = {"partitions_def": sub_analysis_partitions, "hooks": {record_fai
 )
 def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
     result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context))
+    if result is None:
+        context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
+        return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns})
 
@@ -184,6 +198,8 @@ def well_profiles(context: dg.AssetExecutionContext, imagedb: ImageDBResource, n
     result = analysis.write_well_profiles(db, nas.settings(), sub_id)
     outcome = analysis.complete(db, nas.settings(), sub_id)
     context.log.info(f"sub-analysis {sub_id} finished: {len(outcome['file_list'])} result files")
+    if result is None:
+        return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(result.path)), "wells": result.wells, "columns": result.columns,
         "dagster/row_count": result.wells})

@@ -19,7 +19,9 @@ images produced by ``cpp_dagster/demo/synthetic_plate.py`` (256x256, nuclei
 9. ExportToSpreadsheet      MyExpt_{Image,Experiment,Nuclei,Cells,Cytoplasm}.csv
 
 Only the standard library and cellprofiler_core / cellprofiler are imported
-(this file must not import cpp_dagster).
+(this file must not import cpp_dagster). ``build_icf_pipelines.py`` builds the
+illumination-correction variants from the same parts (``load_data_module``,
+``feature_modules``, ``export_module``, ``assemble``, ``write_pipeline``).
 """
 
 from __future__ import annotations
@@ -59,34 +61,22 @@ def _tune_threshold(module, method: str, smoothing: float, correction: float, bo
     t.threshold_range.value = bounds
 
 
-def build_pipeline():
+def headless() -> None:
+    """Configure cellprofiler_core for building pipelines without a GUI (call first)."""
     from cellprofiler_core.preferences import set_awt_headless, set_headless
 
     set_headless()
     set_awt_headless(True)
 
+
+def load_data_module():
+    """LoadData: the CSV is supplied at run time with --data-file; the configured
+    location is only a placeholder. URL_<name> columns carry absolute file: URLs, so no
+    base image folder is needed. `.npy` images (illumination functions) are loaded as
+    they are: rescaling applies to integer image files only."""
     from cellprofiler_core.modules.loaddata import LoadData
-    from cellprofiler_core.pipeline import Pipeline
-    from cellprofiler_core.preferences import (
-        DEFAULT_INPUT_FOLDER_NAME,
-        DEFAULT_OUTPUT_FOLDER_NAME,
-        NO_FOLDER_NAME,
-    )
-    from cellprofiler.modules.exporttospreadsheet import ExportToSpreadsheet
-    from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
-    from cellprofiler.modules.identifysecondaryobjects import IdentifySecondaryObjects
-    from cellprofiler.modules.identifytertiaryobjects import IdentifyTertiaryObjects
-    from cellprofiler.modules.measureimageintensity import MeasureImageIntensity
-    from cellprofiler.modules.measureobjectintensity import MeasureObjectIntensity
-    from cellprofiler.modules.measureobjectsizeshape import MeasureObjectSizeShape
-    from cellprofiler.modules.measuretexture import MeasureTexture
+    from cellprofiler_core.preferences import DEFAULT_INPUT_FOLDER_NAME, NO_FOLDER_NAME
 
-    pipeline = Pipeline()
-    modules = []
-
-    # 1. LoadData: the CSV is supplied at run time with --data-file; the
-    #    configured location below is only a placeholder. URL_<dye> columns
-    #    carry absolute file: URLs, so no base image folder is needed.
     load = LoadData()
     load.csv_directory.value = f"{DEFAULT_INPUT_FOLDER_NAME}|"
     load.csv_file_name.value = "load_data.csv"
@@ -95,11 +85,61 @@ def build_pipeline():
     load.image_directory.value = f"{NO_FOLDER_NAME}|"
     load.wants_rows.value = False
     load.wants_image_groupings.value = False
-    modules.append(load)
+    return load
+
+
+def export_module():
+    """ExportToSpreadsheet: one CSV per table, "MyExpt_" prefix."""
+    from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
+    from cellprofiler.modules.exporttospreadsheet import ExportToSpreadsheet
+
+    export = ExportToSpreadsheet()
+    _choose(export.delimiter, 'Comma (",")')
+    export.directory.value = f"{DEFAULT_OUTPUT_FOLDER_NAME}|"
+    export.add_metadata.value = False
+    export.add_filepath.value = False
+    export.pick_columns.value = False
+    export.wants_aggregate_means.value = False
+    export.wants_aggregate_medians.value = False
+    export.wants_aggregate_std.value = False
+    export.wants_genepattern_file.value = False
+    export.wants_everything.value = True
+    _choose(export.nan_representation, "NaN")
+    export.wants_prefix.value = True
+    export.prefix.value = "MyExpt_"
+    export.wants_overwrite_without_warning.value = True
+    return export
+
+
+def assemble(modules: list):
+    """A Pipeline of `modules`, numbered in order."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    pipeline = Pipeline()
+    for number, module in enumerate(modules, start=1):
+        module.module_num = number
+        pipeline.add_module(module)
+    return pipeline
+
+
+def feature_modules(image_of: dict[str, str] | None = None) -> list:
+    """Modules 2-8 of the demo pipeline (segmentation and measurements). `image_of` maps
+    each dye to the name of the image to use for it (default: the dye's own image, as
+    LoadData names it), e.g. illumination-corrected images."""
+    from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
+    from cellprofiler.modules.identifysecondaryobjects import IdentifySecondaryObjects
+    from cellprofiler.modules.identifytertiaryobjects import IdentifyTertiaryObjects
+    from cellprofiler.modules.measureimageintensity import MeasureImageIntensity
+    from cellprofiler.modules.measureobjectintensity import MeasureObjectIntensity
+    from cellprofiler.modules.measureobjectsizeshape import MeasureObjectSizeShape
+    from cellprofiler.modules.measuretexture import MeasureTexture
+
+    image = {dye: dye for dye in DYES} | (image_of or {})
+    modules = []
 
     # 2. Nuclei from HOECHST.
     nuc = IdentifyPrimaryObjects()
-    nuc.x_name.value = "HOECHST"
+    nuc.x_name.value = image["HOECHST"]
     nuc.y_name.value = NUCLEI
     nuc.size_range.value = (8, 30)
     nuc.exclude_size.value = True
@@ -125,7 +165,7 @@ def build_pipeline():
     cells.x_name.value = NUCLEI
     cells.y_name.value = CELLS
     _choose(cells.method, "Propagation")
-    cells.image_name.value = "PHAandWGA"
+    cells.image_name.value = image["PHAandWGA"]
     cells.regularization_factor.value = 0.05
     cells.wants_discard_edge.value = False
     cells.wants_discard_primary.value = False
@@ -143,7 +183,7 @@ def build_pipeline():
 
     # 5. Per-object intensities.
     intensity = MeasureObjectIntensity()
-    _set_list(intensity.images_list, list(DYES))
+    _set_list(intensity.images_list, [image[d] for d in DYES])
     _set_list(intensity.objects_list, [NUCLEI, CELLS, CYTOPLASM])
     modules.append(intensity)
 
@@ -156,7 +196,7 @@ def build_pipeline():
 
     # 7. Texture at a single small scale, objects only.
     texture = MeasureTexture()
-    _set_list(texture.images_list, ["HOECHST", "MITO"])
+    _set_list(texture.images_list, [image["HOECHST"], image["MITO"]])
     _set_list(texture.objects_list, [NUCLEI])
     texture.gray_levels.value = 256
     _choose(texture.images_or_objects, "Objects")
@@ -167,61 +207,56 @@ def build_pipeline():
 
     # 8. Whole-image intensities (cheap, image-level QC).
     image_intensity = MeasureImageIntensity()
-    _set_list(image_intensity.images_list, list(DYES))
+    _set_list(image_intensity.images_list, [image[d] for d in DYES])
     image_intensity.wants_objects.value = False
     image_intensity.wants_percentiles.value = False
     modules.append(image_intensity)
 
-    # 9. Export everything: one CSV per table, "MyExpt_" prefix.
-    export = ExportToSpreadsheet()
-    _choose(export.delimiter, 'Comma (",")')
-    export.directory.value = f"{DEFAULT_OUTPUT_FOLDER_NAME}|"
-    export.add_metadata.value = False
-    export.add_filepath.value = False
-    export.pick_columns.value = False
-    export.wants_aggregate_means.value = False
-    export.wants_aggregate_medians.value = False
-    export.wants_aggregate_std.value = False
-    export.wants_genepattern_file.value = False
-    export.wants_everything.value = True
-    _choose(export.nan_representation, "NaN")
-    export.wants_prefix.value = True
-    export.prefix.value = "MyExpt_"
-    export.wants_overwrite_without_warning.value = True
-    modules.append(export)
+    return modules
 
-    for number, module in enumerate(modules, start=1):
-        module.module_num = number
-        pipeline.add_module(module)
-    return pipeline
+
+def build_pipeline():
+    headless()
+    return assemble([load_data_module(), *feature_modules(), export_module()])
+
+
+def quiet_logging() -> None:
+    """Importing cellprofiler logs warnings for optional modules that cannot be loaded
+    (ClassifyObjects/FilterObjects/FlagImage need rapidfuzz, MySQL); none of them is
+    used here, so keep stderr quiet unless something fails."""
+    logging.basicConfig(level=logging.ERROR)
+
+
+def write_pipeline(pipeline, output: pathlib.Path) -> bool:
+    """Dump `pipeline` to `output` and load it back: False (and a message on stderr) if
+    the file does not give the same modules with the same settings."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as fp:
+        pipeline.dump(fp, save_image_plane_details=False)
+
+    from cellprofiler_core.pipeline import Pipeline
+
+    check = Pipeline()
+    check.load(str(output))
+
+    def described(p):
+        return [(m.module_name, [s.unicode_value for s in m.settings()]) for m in p.modules()]
+
+    if described(check) != described(pipeline):
+        names = [m.module_name for m in check.modules()]
+        print(f"{output}: round-trip mismatch ({names} as loaded back)", file=sys.stderr)
+        return False
+    names = [m.module_name for m in check.modules()]
+    print(f"wrote {output} ({len(names)} modules: {', '.join(names)})")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=pathlib.Path, help="path of the .cppipe to write")
     args = parser.parse_args(argv)
-    # Importing cellprofiler logs warnings for optional modules that cannot be
-    # loaded (ClassifyObjects/FilterObjects/FlagImage need rapidfuzz, MySQL);
-    # none of them is used here, so keep stderr quiet unless something fails.
-    logging.basicConfig(level=logging.ERROR)
-
-    pipeline = build_pipeline()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as fp:
-        pipeline.dump(fp, save_image_plane_details=False)
-
-    # Round-trip check: the written file must load back with the same modules.
-    from cellprofiler_core.pipeline import Pipeline
-
-    check = Pipeline()
-    check.load(str(args.output))
-    names = [m.module_name for m in check.modules()]
-    expected = [m.module_name for m in pipeline.modules()]
-    if names != expected:
-        print(f"round-trip mismatch: {names} != {expected}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output} ({len(names)} modules: {', '.join(names)})")
-    return 0
+    quiet_logging()
+    return 0 if write_pipeline(build_pipeline(), args.output) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Register a synthetic plate acquisition and the demo pipeline in imagedb, as the
+"""Register a synthetic plate acquisition and the demo pipelines in imagedb, as the
 lab's ingest service and pipeline GUI would."""
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from cpp_dagster.imagedb.store import ImageDB
 
 DEMO_PIPELINE = "demo-cellpainting"
 DEMO_PIPELINE_FILE = "demo/demo_features.cppipe"
+# Illumination correction first (one batch: the function needs every image set), then
+# the features on the corrected images, reading the ICF_<dye>.npy files it wrote.
+DEMO_ICF_PIPELINE = "demo-cellpainting-icf"
+DEMO_ICF_PIPELINE_FILE = "demo/demo_icf.cppipe"
+DEMO_FEATURES_ICF_PIPELINE_FILE = "demo/demo_features_icf.cppipe"
 DEMO_CHANNEL_MAP = 1
 DEMO_CP_VERSION = "5.0.0.dev784"
 
@@ -33,15 +38,45 @@ def demo_pipeline_meta(batch_size: int = 4) -> dict:
     }
 
 
+def demo_icf_pipeline_meta(batch_size: int = 4) -> dict:
+    return {
+        "analysis_meta": {"description": "Demo Cell Painting with illumination correction: "
+                                         "ICF per dye, then features on the corrected images"},
+        "sub_analyses": [
+            {
+                "type": "cellprofiler",
+                "sub_type": "icf",
+                "pipeline_file": DEMO_ICF_PIPELINE_FILE,
+                "cp_version": DEMO_CP_VERSION,
+                "batch_size": 0,
+                "job_timeout": 1800,
+            },
+            {
+                "type": "cellprofiler",
+                "sub_type": "features",
+                "pipeline_file": DEMO_FEATURES_ICF_PIPELINE_FILE,
+                "cp_version": DEMO_CP_VERSION,
+                "batch_size": batch_size,
+                "use_icf": True,
+                "job_timeout": 1800,
+            },
+        ],
+    }
+
+
 def install_demo_pipeline(db: ImageDB, settings: Settings, *, batch_size: int = 4) -> None:
-    """The bundled .cppipe into the NAS pipelines folder; the pipeline into imagedb."""
-    target = settings.pipelines_dir / DEMO_PIPELINE_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source = resources.files("cpp_dagster.demo").joinpath("pipelines/demo_features.cppipe")
-    with resources.as_file(source) as path:
-        shutil.copyfile(path, target)
+    """The bundled .cppipe files into the NAS pipelines folder (`demo/`); the demo
+    pipelines into imagedb."""
+    target_dir = settings.pipelines_dir / Path(DEMO_PIPELINE_FILE).parent
+    target_dir.mkdir(parents=True, exist_ok=True)
+    bundled = resources.files("cpp_dagster.demo").joinpath("pipelines")
+    for source in bundled.iterdir():
+        if source.name.endswith(".cppipe"):
+            with resources.as_file(source) as path:
+                shutil.copyfile(path, target_dir / source.name)
     db.put_channel_map(DEMO_CHANNEL_MAP, {i + 1: dye for i, dye in enumerate(DYES)})
     db.put_pipeline(DEMO_PIPELINE, demo_pipeline_meta(batch_size))
+    db.put_pipeline(DEMO_ICF_PIPELINE, demo_icf_pipeline_meta(batch_size))
 
 
 def register_plate(

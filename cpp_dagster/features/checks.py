@@ -19,6 +19,7 @@ are complete but something in the data deserves a look (outlier wells, NaN, drif
 - column_drift: the drift merge reported (columns not in every batch); column_drift_in_tables
   finds it in the Parquet (a column entirely null in some batch, not in others) from
   row-group statistics. A feature that is legitimately all-NaN in one batch shows up too.
+- not_applicable: the outcome of a check that does not apply (passed, "not applicable: ...").
 Everything is streamed (one column, or row-group statistics); memory does not grow with the plate.
 """
 from __future__ import annotations
@@ -47,6 +48,12 @@ class CheckOutcome:
     severity: str  # "ERROR" or "WARN"
     description: str
     metadata: dict = field(default_factory=dict)
+
+
+def not_applicable(reason: str) -> CheckOutcome:
+    """The outcome of a check that does not apply to the tables (e.g. cells per well
+    without object tables): passed, and saying so."""
+    return CheckOutcome(True, "WARN", f"not applicable: {reason}", {"applicable": False})
 
 
 def _path(tables_dir: Path, name: str) -> Path:

@@ -23,6 +23,9 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   a re-merge replaces the old files. The files a merge wrote are listed in DEST's
   `.merged-files.json`; a re-merge removes those of the previous merge that it did
   not write again (a table the pipeline no longer exports), and nothing else in DEST.
+  Merges that share DEST (the sub-analyses of one analysis) keep a manifest each
+  (`manifest=`), so one never removes another's files (e.g. the ICF_<dye>.npy files of
+  an illumination step).
 """
 from __future__ import annotations
 
@@ -244,9 +247,10 @@ def batch_number(name: str, position: int) -> int:
     return int(m.group(1)) if m else position
 
 
-def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path) -> MergeResult:
+def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
-    outputs, in batch order) into `dest_dir`."""
+    outputs, in batch order) into `dest_dir`. `manifest`: the file in `dest_dir` that
+    lists what this merge wrote (and what a re-merge under the same name may remove)."""
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
     per_batch = []
@@ -281,29 +285,30 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path) -> MergeResult:
                 tables[t.name] = MergedTable(t.name, final, t.rows, t.columns, t.drift)
                 staged.append((staging / f"{t.name}.parquet", final))
         staged += _stage_other_files(per_batch, staging, dest_dir)
-        previous = _manifest(dest_dir)
+        previous = _manifest(dest_dir / manifest)
         for src, final in staged:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, final)
         written = [final for _, final in staged]
-        _write_manifest(dest_dir, staging, written)
+        _write_manifest(dest_dir / manifest, staging, written)
         _remove_stale(dest_dir, previous - {str(p.relative_to(dest_dir)) for p in written})
         return MergeResult(tables, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _manifest(dest_dir: Path) -> set[str]:
+def _manifest(path: Path) -> set[str]:
     try:
-        return set(json.loads((dest_dir / MANIFEST).read_text())["files"])
+        return set(json.loads(path.read_text())["files"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return set()
 
 
-def _write_manifest(dest_dir: Path, staging: Path, written: Sequence[Path]) -> None:
-    tmp = staging / MANIFEST
+def _write_manifest(path: Path, staging: Path, written: Sequence[Path]) -> None:
+    dest_dir = path.parent
+    tmp = staging / path.name
     tmp.write_text(json.dumps({"files": sorted(str(p.relative_to(dest_dir)) for p in written)}, indent=1))
-    os.replace(tmp, dest_dir / MANIFEST)
+    os.replace(tmp, path)
 
 
 def _remove_stale(dest_dir: Path, stale: Iterable[str]) -> None:
