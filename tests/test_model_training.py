@@ -234,15 +234,22 @@ def test_bad_input_fails_the_run_clearly_and_publishes_nothing(lab, dagster_inst
         assert counts.metadata["skipped_reasons"].value == {"unparsable SMILES": 10, "missing label": 1}
 
 
-def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, dagster_instance, tmp_path,
-                                                                        monkeypatch):
+def use_cpsign_standin(tmp_path: Path, monkeypatch, **env: str) -> Path:
+    """The CPSign engine, with the stand-in of its CLI (tests/cpsign_standin.py) as the
+    command and a license file it checks; `env` tunes the stand-in. Returns the file
+    where the stand-in records its command lines."""
     log, license_file = tmp_path / "cpsign-calls.jsonl", tmp_path / "cpsign.license"
     license_file.write_text("licensed to the lab")
     for key, value in {"CPP_TRAINING_ENGINE": "cpsign", "CPP_CPSIGN_LICENSE": str(license_file),
                        "CPP_CPSIGN_COMMAND": f"{sys.executable} {Path(__file__).with_name('cpsign_standin.py')}",
-                       "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_LICENSE": str(license_file),
-                       "CPSIGN_STANDIN_FAIL_SPLITS": "4", "CPP_SPLIT_RETRIES": "0"}.items():
+                       "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_LICENSE": str(license_file), **env}.items():
         monkeypatch.setenv(key, value)
+    return log
+
+
+def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, dagster_instance, tmp_path,
+                                                                        monkeypatch):
+    log = use_cpsign_standin(tmp_path, monkeypatch, CPSIGN_STANDIN_FAIL_SPLITS="4", CPP_SPLIT_RETRIES="0")
     raw = example(model={**example()["model"], "scorer": "LinearSVR"})
     run = train(dagster_instance, lab, raw)
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -275,12 +282,7 @@ def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, da
 
 def test_cpsign_model_is_published_only_when_its_coverage_passes_the_validity_check(lab, dagster_instance, tmp_path,
                                                                                     monkeypatch):
-    log, license_file = tmp_path / "cpsign-calls.jsonl", tmp_path / "cpsign.license"
-    license_file.write_text("licensed to the lab")
-    for key, value in {"CPP_TRAINING_ENGINE": "cpsign", "CPP_CPSIGN_LICENSE": str(license_file),
-                       "CPP_CPSIGN_COMMAND": f"{sys.executable} {Path(__file__).with_name('cpsign_standin.py')}",
-                       "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_COVERAGE": "0.9"}.items():
-        monkeypatch.setenv(key, value)
+    log = use_cpsign_standin(tmp_path, monkeypatch, CPSIGN_STANDIN_COVERAGE="0.9")
     models = tmp_path / "nas" / "models" / "solubility"
     raw = example(model={**example()["model"], "scorer": "LinearSVR"})
 
