@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,7 +59,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Merged:
-    results_dir: Path
+    tables_dir: Path  # where the sub-analysis's tables are (tables_dir_of)
     merge: MergeResult
 
 
@@ -135,15 +136,31 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 
 
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Merged:
-    """Merge the batches' outputs into the results folder; the files become outputs of
-    the sub-analysis (it finishes once the derived tables are written too). The folder is
-    the analysis's: each sub-analysis's merge lists its files in a manifest of its own,
-    so the features step's merge leaves the illumination step's ICF files alone."""
-    out_dir = results_dir_of(db, settings, sub_id)
-    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
-                           manifest=f".merged-files.sub{sub_id}.json")
+    """Merge the batches' outputs into the results folder (the tables into
+    `tables_dir_of`); the files become outputs of the sub-analysis (it finishes once the
+    derived tables are written too). The folder is the analysis's: each sub-analysis's
+    merge lists its files in a manifest of its own, so the features step's merge leaves
+    the illumination step's ICF files alone."""
+    tables_dir = tables_dir_of(db, settings, sub_id)
+    merged = merge_batches([Path(d) / "output" for d in batch_dirs], results_dir_of(db, settings, sub_id),
+                           manifest=f".merged-files.sub{sub_id}.json", tables_dir=tables_dir)
     db.add_outputs(sub_id, file_list(merged.files, settings.nas_root))
-    return Merged(out_dir, merged)
+    return Merged(tables_dir, merged)
+
+
+def tables_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
+    """Where a sub-analysis's tables go. The step an analysis ends with (no other
+    sub-analysis depends on it) writes them to the analysis's results folder: the
+    feature tables the lab's notebooks read. A step others depend on (illumination, QC)
+    writes its tables to a subfolder `sub<id>_<sub_type>`, so the two never replace each
+    other's Image table; its other files (ICF_<dye>.npy, images) stay in the results
+    folder, where use_icf reads them."""
+    sub = db.sub_analysis(sub_id)
+    out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
+    if not any(sub_id in (s.depends_on_sub_id or []) for s in db.sub_analyses_of(sub.analysis_id)):
+        return out_dir
+    sub_type = str(sub.meta.get("sub_type") or "")
+    return out_dir / (f"sub{sub_id}_{sub_type}" if re.fullmatch(r"[A-Za-z0-9-]+", sub_type) else f"sub{sub_id}")
 
 
 def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:
@@ -161,7 +178,7 @@ def write_single_cell(db: ImageDB, settings: Settings, sub_id: int) -> SingleCel
     (nothing written) when the merge wrote no object tables."""
     if not object_tables(db, settings, sub_id):
         return None
-    out_dir = results_dir_of(db, settings, sub_id)
+    out_dir = tables_dir_of(db, settings, sub_id)
     result = single_cell.write_single_cell(out_dir, out_dir / SINGLE_CELL_FILE)
     db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
     return result
@@ -172,7 +189,7 @@ def write_well_profiles(db: ImageDB, settings: Settings, sub_id: int) -> Profile
     the merge wrote no object tables."""
     if not object_tables(db, settings, sub_id):
         return None
-    out_dir = results_dir_of(db, settings, sub_id)
+    out_dir = tables_dir_of(db, settings, sub_id)
     result = profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, out_dir / PROFILES_FILE)
     db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
     return result

@@ -59,9 +59,14 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
         assert function.shape == (256, 256) and np.isfinite(function).all()
         # rescaled to >= 1 (robust minimum 1), so dividing by it keeps intensities in 0..1
         assert function.min() == pytest.approx(1.0) and function.max() > 1.01
-    assert pq.read_table(results / "Image.parquet").num_rows == 4  # every image set went into the functions
+    # The step the features step depends on keeps its tables in a subfolder of its own.
+    icf_tables = results / f"sub{icf_sub}_icf"
+    assert f"{job_folder}/sub{icf_sub}_icf/Image.parquet" in sub.result["file_list"]
+    icf_image = pq.read_table(icf_tables / "Image.parquet")
+    assert icf_image.num_rows == 4  # every image set went into the functions
+    assert not (results / "Image.parquet").exists()
     # No object tables: nothing to join or profile, and the checks that count objects say so.
-    assert not (results / "single_cell.parquet").exists() and not (results / "well_profiles.parquet").exists()
+    assert not list(results.rglob("single_cell.parquet")) and not list(results.rglob("well_profiles.parquet"))
     assert not any(f.endswith(("single_cell.parquet", "well_profiles.parquet")) for f in sub.result["file_list"])
     icf_key = f"acq{acq}_an{submitted.analysis_id}_sub{icf_sub}"
     for asset in ("single_cell_table", "well_profiles"):
@@ -118,7 +123,10 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     assert all(passed for passed, _ in outcomes.values()), outcomes
     assert not any(description.startswith(NOT_APPLICABLE) for _, description in outcomes.values())
 
-    # The features step's merge kept the illumination step's files (same results folder).
+    # The features step's merge kept the illumination step's files (same results folder),
+    # its tables included.
+    assert pq.read_table(icf_tables / "Image.parquet").equals(icf_image)
+    assert "Count_Nuclei" not in icf_image.column_names
     assert sorted(p.name for p in results.glob("ICF_*.npy")) == sorted(f"ICF_{dye}.npy" for dye in DYES)
     for dye in DYES:
         assert np.array_equal(np.load(results / f"ICF_{dye}.npy"), icf[dye])

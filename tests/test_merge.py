@@ -307,3 +307,19 @@ def test_a_remerge_removes_tables_the_previous_merge_wrote_and_this_one_did_not(
     assert not (dest / "Cells.parquet").exists()
     assert (dest / "Nuclei.parquet").exists() and (dest / "Image.parquet").exists()
     assert unrelated.read_text() == "a scientist's file"
+
+
+def test_tables_can_go_to_a_subfolder_while_other_files_stay_in_the_destination(two_batches, tmp_path):
+    (two_batches[0] / "ICF_HOECHST.npy").write_bytes(b"\x93NUMPY fake")
+    dest = tmp_path / "dest"
+    result = merge_batches(two_batches, dest, tables_dir=dest / "sub7_icf")
+    assert result.tables["Image"].path == dest / "sub7_icf" / "Image.parquet"
+    assert read(dest / "sub7_icf", "Nuclei").num_rows == 8
+    assert (dest / "sub7_icf" / "Experiment.csv").is_file() and not (dest / "Image.parquet").exists()
+    assert (dest / "ICF_HOECHST.npy").read_bytes() == b"\x93NUMPY fake"
+    (two_batches[0] / "MyExpt_Cells.csv").unlink()
+    (two_batches[1] / "MyExpt_Cells.csv").unlink()
+    merge_batches(two_batches, dest, tables_dir=dest / "sub7_icf")  # the re-merge removes its stale table
+    assert not (dest / "sub7_icf" / "Cells.parquet").exists() and (dest / "sub7_icf" / "Nuclei.parquet").exists()
+    with pytest.raises(MergeError, match="is not inside"):
+        merge_batches(two_batches, dest, tables_dir=tmp_path / "elsewhere")

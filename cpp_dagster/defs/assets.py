@@ -100,13 +100,13 @@ def merge_feature_tables(
     tables = merged.merge.tables
     status = db.sub_analysis(sub_id).status or {}
     objects = analysis.object_tables(db, nas.settings(), sub_id)
-    checks = feature_checks(merged.results_dir, planned_image_sets=int(status.get("image_sets") or 0),
+    checks = feature_checks(merged.tables_dir, planned_image_sets=int(status.get("image_sets") or 0),
                             batches=[o.batch for o in outcomes],
                             drift={t.name: list(t.drift) for t in tables.values()}, object_tables=objects)
     lines = ["| table | rows | columns | file |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.rows} | {t.columns} | {t.path.name} |" for t in tables.values()]
     metadata: dict = {
-        "results_path": dg.MetadataValue.path(str(merged.results_dir)),
+        "results_path": dg.MetadataValue.path(str(merged.tables_dir)),
         "tables": dg.MetadataValue.md("\n".join(lines)),
         "batches": len(outcomes),
         "image_sets": sum(o.image_sets for o in outcomes),

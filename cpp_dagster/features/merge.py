@@ -247,10 +247,13 @@ def batch_number(name: str, position: int) -> int:
     return int(m.group(1)) if m else position
 
 
-def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST) -> MergeResult:
+def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST,
+                  tables_dir: Path | None = None) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
     outputs, in batch order) into `dest_dir`. `manifest`: the file in `dest_dir` that
-    lists what this merge wrote (and what a re-merge under the same name may remove)."""
+    lists what this merge wrote (and what a re-merge under the same name may remove).
+    `tables_dir` (a folder inside `dest_dir`; default `dest_dir`): where the tables and
+    the Experiment file go; the other files go to `dest_dir`."""
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
     per_batch = []
@@ -265,6 +268,9 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
             if name not in names:
                 names.append(name)
     dest_dir = Path(dest_dir)
+    tables_dir = dest_dir if tables_dir is None else Path(tables_dir)
+    if tables_dir != dest_dir and dest_dir.resolve() not in tables_dir.resolve().parents:
+        raise MergeError(f"the tables folder {tables_dir} is not inside {dest_dir}")
     dest_dir.mkdir(parents=True, exist_ok=True)
     staging = dest_dir / f".merge-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -275,13 +281,13 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
         sources = {name: [(i, b, f[name]) for (i, b, _), f in zip(per_batch, files) if name in f] for name in names}
         if EXPERIMENT in sources:
             shutil.copyfile(sources.pop(EXPERIMENT)[0][2], staging / "Experiment.csv")
-            staged.append((staging / "Experiment.csv", dest_dir / "Experiment.csv"))
+            staged.append((staging / "Experiment.csv", tables_dir / "Experiment.csv"))
         # Tables are independent and pyarrow parses and writes without the GIL: merge
         # them side by side (memory: one row-group buffer per worker).
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
             merged = pool.map(lambda n: merge_table(n, sources[n], staging / f"{n}.parquet"), list(sources))
             for t in merged:
-                final = dest_dir / f"{t.name}.parquet"
+                final = tables_dir / f"{t.name}.parquet"
                 tables[t.name] = MergedTable(t.name, final, t.rows, t.columns, t.drift)
                 staged.append((staging / f"{t.name}.parquet", final))
         staged += _stage_other_files(per_batch, staging, dest_dir)
