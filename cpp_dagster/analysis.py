@@ -59,7 +59,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Merged:
-    tables_dir: Path  # where the sub-analysis's tables are (tables_dir_of)
+    tables_dir: Path  # where the sub-analysis's tables are (output_dirs)
     merge: MergeResult
 
 
@@ -137,30 +137,36 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str]) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
-    `tables_dir_of`); the files become outputs of the sub-analysis (it finishes once the
+    `output_dirs`); the files become outputs of the sub-analysis (it finishes once the
     derived tables are written too). The folder is the analysis's: each sub-analysis's
     merge lists its files in a manifest of its own, so the features step's merge leaves
     the illumination step's ICF files alone."""
-    tables_dir = tables_dir_of(db, settings, sub_id)
-    merged = merge_batches([Path(d) / "output" for d in batch_dirs], results_dir_of(db, settings, sub_id),
+    out_dir, tables_dir = output_dirs(db, settings, sub_id)
+    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
                            manifest=f".merged-files.sub{sub_id}.json", tables_dir=tables_dir)
     db.add_outputs(sub_id, file_list(merged.files, settings.nas_root))
     return Merged(tables_dir, merged)
 
 
-def tables_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
-    """Where a sub-analysis's tables go. The step an analysis ends with (no other
-    sub-analysis depends on it) writes them to the analysis's results folder: the
-    feature tables the lab's notebooks read. A step others depend on (illumination, QC)
-    writes its tables to a subfolder `sub<id>_<sub_type>`, so the two never replace each
-    other's Image table; its other files (ICF_<dye>.npy, images) stay in the results
-    folder, where use_icf reads them."""
-    sub = db.sub_analysis(sub_id)
+def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Path]:
+    """(the analysis's results folder, where the sub-analysis's tables go). The step an
+    analysis ends with (no other sub-analysis depends on it) writes its tables to the
+    results folder: the feature tables the lab's notebooks read. A step others depend on
+    (illumination, QC) writes its tables to a subfolder `sub<id>_<sub_type>`, so the two
+    never replace each other's Image table; its other files (ICF_<dye>.npy, images) stay
+    in the results folder, where use_icf reads them."""
+    siblings = {s.sub_id: s for s in db.sub_analyses_of(db.sub_analysis(sub_id).analysis_id)}
+    sub = siblings[sub_id]
     out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
-    if not any(sub_id in (s.depends_on_sub_id or []) for s in db.sub_analyses_of(sub.analysis_id)):
-        return out_dir
+    if not any(sub_id in (s.depends_on_sub_id or []) for s in siblings.values()):
+        return out_dir, out_dir
     sub_type = str(sub.meta.get("sub_type") or "")
-    return out_dir / (f"sub{sub_id}_{sub_type}" if re.fullmatch(r"[A-Za-z0-9-]+", sub_type) else f"sub{sub_id}")
+    name = f"sub{sub_id}_{sub_type}" if re.fullmatch(r"[A-Za-z0-9-]+", sub_type) else f"sub{sub_id}"
+    return out_dir, out_dir / name
+
+
+def tables_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
+    return output_dirs(db, settings, sub_id)[1]
 
 
 def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:

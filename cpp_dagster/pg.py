@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from importlib import resources
 from typing import Iterator
 
 import psycopg2
@@ -18,3 +19,21 @@ def transaction(url: str) -> Iterator[psycopg2.extras.RealDictCursor]:
             yield cur
     finally:
         conn.close()
+
+
+class Store:
+    """A store over one PostgreSQL database: `_cursor()` opens one transaction, and
+    `apply_schema()` runs the `schema.sql` of the package named by SCHEMA_PACKAGE."""
+
+    SCHEMA_PACKAGE: str
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def _cursor(self):
+        return transaction(self.url)
+
+    def apply_schema(self) -> None:
+        ddl = resources.files(self.SCHEMA_PACKAGE).joinpath("schema.sql").read_text()
+        with self._cursor() as cur:
+            cur.execute(ddl)

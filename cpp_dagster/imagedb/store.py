@@ -6,14 +6,14 @@ psycopg2.sql. Each public method is one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from importlib import resources
 from typing import Any, Iterable
 
 import psycopg2
 import psycopg2.extras
+from psycopg2 import sql
 from psycopg2.extras import Json
 
-from cpp_dagster.pg import transaction
+from cpp_dagster.pg import Store
 from cpp_dagster.imagedb.rows import (
     Image,
     PlateAcquisition,
@@ -96,19 +96,10 @@ def _revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
     )
 
 
-class ImageDB:
-    def __init__(self, url: str):
-        self.url = url
+class ImageDB(Store):
+    SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 
-    def _cursor(self):
-        return transaction(self.url)
-
-    # --- schema and registration (the ingest service's side, used by the demo and tests)
-
-    def apply_schema(self) -> None:
-        ddl = resources.files("cpp_dagster.imagedb").joinpath("schema.sql").read_text()
-        with self._cursor() as cur:
-            cur.execute(ddl)
+    # --- registration (the ingest service's side, used by the demo and tests)
 
     def put_channel_map(self, map_id: int, dyes: dict[int, str]) -> None:
         with self._cursor() as cur:
@@ -236,18 +227,21 @@ class ImageDB:
         return PlateAcquisition(**row)
 
     def sub_analysis(self, sub_id: int) -> SubAnalysis:
+        found = self._sub_analyses(sql.SQL("sub_id = %s"), sub_id)
+        if not found:
+            raise ImageDBError(f"no sub-analysis {sub_id}")
+        return found[0]
+
+    def _sub_analyses(self, where: sql.Composable, value: int) -> list[SubAnalysis]:
         with self._cursor() as cur:
             cur.execute(
-                """SELECT sub_id, analysis_id, plate_acquisition_id, meta,
-                          COALESCE(depends_on_sub_id, '[]'::jsonb) AS depends_on_sub_id,
-                          priority, start, finish, error, status, result
-                   FROM image_sub_analyses WHERE sub_id = %s""",
-                (sub_id,),
+                sql.SQL("""SELECT sub_id, analysis_id, plate_acquisition_id, meta,
+                                  COALESCE(depends_on_sub_id, '[]'::jsonb) AS depends_on_sub_id,
+                                  priority, start, finish, error, status, result
+                           FROM image_sub_analyses WHERE {} ORDER BY sub_id""").format(where),
+                (value,),
             )
-            row = cur.fetchone()
-        if row is None:
-            raise ImageDBError(f"no sub-analysis {sub_id}")
-        return SubAnalysis(**{**row, "meta": row["meta"] or {}})
+            return [SubAnalysis(**{**row, "meta": row["meta"] or {}}) for row in cur.fetchall()]
 
     def images(self, plate_acquisition_id: int) -> list[Image]:
         # tuples, not RealDictCursor rows: a dict per image is most of the time for a 384-well plate
@@ -265,10 +259,7 @@ class ImageDB:
             return {r["channel"]: r["dye"] for r in cur.fetchall()}
 
     def sub_analyses_of(self, analysis_id: int) -> list[SubAnalysis]:
-        with self._cursor() as cur:
-            cur.execute("SELECT sub_id FROM image_sub_analyses WHERE analysis_id = %s ORDER BY sub_id", (analysis_id,))
-            ids = [r["sub_id"] for r in cur.fetchall()]
-        return [self.sub_analysis(i) for i in ids]
+        return self._sub_analyses(sql.SQL("analysis_id = %s"), analysis_id)
 
     def analysis(self, analysis_id: int) -> dict[str, Any]:
         with self._cursor() as cur:

@@ -27,7 +27,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
 class RegistryError(RuntimeError):
-    pass
+    """The model registry refused or could not take a request; the message says why."""
 
 
 class ModelRegistry(Protocol):

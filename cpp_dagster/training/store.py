@@ -8,11 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from importlib import resources
 
 from psycopg2.extras import Json
 
-from cpp_dagster.pg import transaction
+from cpp_dagster.pg import Store
 from cpp_dagster.training.configuration import TrainingConfig, from_dict
 
 
@@ -49,20 +48,11 @@ def _row(row: dict) -> ConfigVersion:
 
 
 class UnknownVersion(LookupError):
-    pass
+    """No configuration version with that partition key in the store."""
 
 
-class ConfigStore:
-    def __init__(self, url: str):
-        self.url = url
-
-    def _cursor(self):
-        return transaction(self.url)
-
-    def apply_schema(self) -> None:
-        ddl = resources.files("cpp_dagster.training").joinpath("schema.sql").read_text()
-        with self._cursor() as cur:
-            cur.execute(ddl)
+class ConfigStore(Store):
+    SCHEMA_PACKAGE = "cpp_dagster.training"
 
     def add(self, config: TrainingConfig, added_by: str | None = None) -> Added:
         """Store `config` as a new version unless its content is already one."""
