@@ -4,70 +4,15 @@ Job's container command with its env as a local process. One Job per batch; ever
 validates against the Kubernetes schema and carries the analysis's pod configuration."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
-from pathlib import Path
-
 import dagster as dg
 import kubernetes_validate
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from conftest import new_database
-from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.demo.register import DEMO_CP_VERSION, demo_pipeline_meta, register_plate
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from dagster_helpers import events, tick
-from k8s_standin import SCHEMA_VERSION, KubeStandIn
-
-NAMESPACE = "cpp"
-IMAGE = "registry.example.org/cpp-dagster:test-cp5"
-BIN = Path(sys.executable).parent
-
-
-@contextmanager
-def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]]):
-    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher; every pod
-    gets `secrets` (name -> env) as the Helm values give them."""
-    pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
-    pods["images"] = {DEMO_CP_VERSION: IMAGE}
-    pods["training"]["image"] = IMAGE
-    pods_file = tmp_path / "k8s-pods.yaml"
-    pods_file.write_text(yaml.safe_dump(pods))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    base_env = {"PATH": f"{BIN}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
-    with KubeStandIn(base_env=base_env, secrets=secrets, cwd=PROJECT_ROOT, namespace=NAMESPACE,
-                     workdir=tmp_path / "standin") as k8s:
-        env_vars = {
-            "CPP_EXECUTOR": "k8s",
-            "CPP_K8S_CONFIG": str(pods_file),
-            "CPP_NAS_ROOT": str(nas_root),
-            "CPP_CELLPROFILER": str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
-            "CPP_BATCH_RETRY_DELAY_S": "1",
-            "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-        }
-        (home / "dagster.yaml").write_text(yaml.safe_dump({
-            "storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}},
-            "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "DefaultRunCoordinator"},
-            "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": {
-                "service_account_name": "cpp-dagster", "instance_config_map": "dagster-instance",
-                "dagster_home": str(home), "job_image": IMAGE, "job_namespace": NAMESPACE,
-                "load_incluster_config": False, "kubeconfig_file": k8s.kubeconfig_path,
-                "env_secrets": list(secrets),
-                "env_vars": [f"{k}={v}" for k, v in env_vars.items()]}},
-            "concurrency": {"pools": {"default_limit": 4}},
-            "telemetry": {"enabled": False},
-        }))
-        for key, value in {**env_vars, "DAGSTER_HOME": str(home)}.items():
-            monkeypatch.setenv(key, value)
-        with dg.DagsterInstance.get() as instance:  # from DAGSTER_HOME, as every pod's process does
-            yield k8s, instance
+from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
+from k8s_standin import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -75,26 +20,6 @@ def cluster(lab, pg_server, tmp_path, monkeypatch):
     with standin_cluster(pg_server, tmp_path, monkeypatch, lab.settings.nas_root,
                          {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url}}) as found:
         yield found
-
-
-def launch(instance, key: str, job: str = "analysis_job") -> None:
-    """`dagster job launch`: the run is created from the code location and handed to the
-    instance's run launcher (K8sRunLauncher), as a launch from the UI would be."""
-    subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                    "-j", job, "--tags", json.dumps({"dagster/partition": key})],
-                   check=True, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
-
-
-def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.DagsterRun:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
-        if runs and runs[0].is_finished:
-            return runs[0]
-        if on_poll:
-            on_poll()
-        time.sleep(1)
-    raise TimeoutError(f"run of {key} did not finish")
 
 
 def submit_demo(lab, instance, barcode: str) -> tuple[str, int]:

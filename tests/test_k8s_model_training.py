@@ -17,7 +17,7 @@ from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.store import ConfigStore
 from dagster_helpers import tick
 from k8s_standin import SCHEMA_VERSION
-from test_k8s_executor_end_to_end import IMAGE, launch, standin_cluster, wait_for_run
+from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
 
 EXAMPLE = PROJECT_ROOT / "cpp_dagster" / "training" / "examples" / "solubility.json"
 
