@@ -40,6 +40,7 @@ dev: install
 	$(CPP) dev
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,

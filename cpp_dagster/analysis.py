@@ -9,9 +9,9 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pyarrow.parquet as pq
 

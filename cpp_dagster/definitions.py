@@ -6,6 +6,14 @@ import dagster as dg
 from cpp_dagster.defs.assets import feature_tables, plate_acquisitions, single_cell_table, well_profiles
 from cpp_dagster.defs.executor import executor_for_deployment
 from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
+from cpp_dagster.defs.sensors import (
+    analysis_job,
+    automation_rules,
+    pending_sub_analyses,
+    record_run_cancellation,
+    record_run_failure,
+    record_run_without_outcome,
+)
 from cpp_dagster.defs.submission import submit_analyses
 from cpp_dagster.defs.training import (
     ModelRegistryResource,
@@ -19,14 +27,6 @@ from cpp_dagster.defs.training import (
     training_configurations,
     training_data,
     training_job,
-)
-from cpp_dagster.defs.sensors import (
-    analysis_job,
-    automation_rules,
-    pending_sub_analyses,
-    record_run_cancellation,
-    record_run_failure,
-    record_run_without_outcome,
 )
 
 defs = dg.Definitions(

@@ -1,9 +1,9 @@
 """One PostgreSQL transaction, the way every store of the project talks to its database."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Iterator
 
 import psycopg2
 import psycopg2.extras

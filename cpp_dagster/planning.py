@@ -9,9 +9,10 @@ import csv
 import io
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from cpp_dagster.imagedb.rows import Image
 
@@ -37,7 +38,7 @@ class SubAnalysisOptions:
     sub_type: str | None = None
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "SubAnalysisOptions":
+    def from_meta(cls, meta: Mapping[str, Any]) -> SubAnalysisOptions:
         kind = meta.get("type", "cellprofiler")
         if kind != "cellprofiler":
             raise PlanningError(f"sub-analysis type {kind!r} is not supported (only 'cellprofiler')")

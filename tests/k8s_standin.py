@@ -64,7 +64,7 @@ DEADLINE = "DeadlineExceeded"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ApiError(Exception):
@@ -336,7 +336,7 @@ class KubeStandIn:
             kubernetes_validate.validate(body, SCHEMA_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             where = ".".join(str(p) for p in e.absolute_path) or "<root>"
-            raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: {where}: {e.message}')
+            raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: {where}: {e.message}') from None
         n = len(body["spec"]["template"]["spec"]["containers"])
         if not name or n != 1:  # (generateName is not modelled)
             raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: ' + (

@@ -10,8 +10,8 @@ import time
 
 import dagster as dg
 import psutil
-
 from conftest import new_database
+
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon

@@ -7,12 +7,12 @@ import io
 
 import numpy as np
 import pytest
+from dagster_helpers import tick
 
 from cpp_dagster import analysis
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, register_plate
 from cpp_dagster.demo.synthetic_plate import DYES
 from cpp_dagster.planning import PlanningError
-from dagster_helpers import tick
 
 ICF_THEN_FEATURES = {
     "analysis_meta": {},

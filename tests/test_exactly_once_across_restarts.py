@@ -7,8 +7,8 @@ import time
 
 import dagster as dg
 import yaml
-
 from conftest import new_database
+
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.demo.run import dagster_daemon
@@ -46,7 +46,7 @@ def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp
             with dagster_daemon(env, tmp_path / f"daemon-{attempt}.log"):
                 wait("the run to be requested", runs)
                 seen = len(sensor_ticks())
-                wait("two more sensor ticks", lambda: len(sensor_ticks()) >= seen + 2)
+                wait("two more sensor ticks", lambda seen=seen: len(sensor_ticks()) >= seen + 2)
         (run,) = runs()
         assert run.status == dg.DagsterRunStatus.QUEUED
         assert lab.db.sub_analysis(sub_id).start is None  # still offered by imagedb every tick

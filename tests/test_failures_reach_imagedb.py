@@ -6,11 +6,11 @@ import uuid
 
 import dagster as dg
 import pytest
+from dagster_helpers import events, launch, tick
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta, register_plate
 from cpp_dagster.demo.synthetic_plate import write_plate
 from cpp_dagster.imagedb.rows import Image
-from dagster_helpers import events, launch, run_request_tags, tick
 
 
 def submit(lab, acq: int, **sub_meta) -> int:

@@ -10,13 +10,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from cpp_dagster.features.checks import (all_batches_present, column_drift, column_drift_in_tables,
-                                         image_rows_match_plan, nan_share, objects_per_well,
-                                         well_counts_outliers)
-from cpp_dagster.features.plate_map import (MISSING_COLOR, parse_well, plate_grid, plate_map_markdown,
-                                            plate_map_png)
 from test_single_cell_and_profiles import make_tables
+
+from cpp_dagster.features.checks import (
+    all_batches_present,
+    column_drift,
+    column_drift_in_tables,
+    image_rows_match_plan,
+    nan_share,
+    objects_per_well,
+    well_counts_outliers,
+)
+from cpp_dagster.features.plate_map import MISSING_COLOR, parse_well, plate_grid, plate_map_markdown, plate_map_png
 
 BATCH_NAMES = ["batch_0001", "batch_0002"]
 

@@ -13,11 +13,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import tifffile
+from dagster_helpers import events, launch, tick
 
 from cpp_dagster import analysis
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, register_plate
 from cpp_dagster.demo.synthetic_plate import DYES
-from dagster_helpers import events, launch, tick
 
 NOT_APPLICABLE = "not applicable: no object tables"
 

@@ -8,11 +8,11 @@ import dagster as dg
 import kubernetes_validate
 import pyarrow.parquet as pq
 import pytest
-
-from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from dagster_helpers import events, tick
 from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
+
+from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 
 
 @pytest.fixture

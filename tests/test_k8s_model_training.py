@@ -9,15 +9,15 @@ import json
 import dagster as dg
 import kubernetes_validate
 import pytest
-
 from conftest import new_database
+from dagster_helpers import tick
+from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
+from k8s_standin import SCHEMA_VERSION
+
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.store import ConfigStore
-from dagster_helpers import tick
-from k8s_standin import SCHEMA_VERSION
-from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
 
 EXAMPLE = PROJECT_ROOT / "cpp_dagster" / "training" / "examples" / "solubility.json"
 

@@ -7,9 +7,8 @@ import time
 
 import kubernetes
 import pytest
-from kubernetes.client.rest import ApiException
-
 from k8s_standin import KubeStandIn
+from kubernetes.client.rest import ApiException
 
 NS = "default"
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
 from conftest import new_database
+from dagster_helpers import events, tick
+
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
@@ -19,7 +20,6 @@ from cpp_dagster.training.engines.embedded import load_model
 from cpp_dagster.training.registry import HttpModelRegistry, RegistryError
 from cpp_dagster.training.registry_server import serve
 from cpp_dagster.training.store import ConfigStore
-from dagster_helpers import events, tick
 
 EXAMPLES = PROJECT_ROOT / "cpp_dagster" / "training" / "examples"
 SENSOR = "new_training_configurations"

@@ -3,12 +3,12 @@ run batch by batch by real CellProfiler (each batch its own process), merged int
 Parquet feature tables on the NAS, and the outcome is recorded in imagedb."""
 from __future__ import annotations
 
+import dagster as dg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import dagster as dg
+from dagster_helpers import events, launch, tick
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
-from dagster_helpers import events, launch, tick
 
 
 def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, dagster_instance):

@@ -255,7 +255,7 @@ def test_merge_batches_output_joins_into_one_row_per_cell(tmp_path):
 
 def expected_cells_by_well() -> dict[str, list[tuple[int, int, int]]]:
     wells: dict[str, list] = {}
-    for name, (b, images) in BATCHES.items():
+    for _name, (b, images) in BATCHES.items():
         for i, (well, _) in enumerate(images, 1):
             wells.setdefault(well, []).extend((b, i, o) for o in range(1, OBJECTS + 1))
     return wells

@@ -11,10 +11,9 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pyarrow.parquet as pq
+from dagster_helpers import events, launch, tick
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
-from cpp_dagster.demo.synthetic_plate import write_plate
-from dagster_helpers import events, launch, tick
 
 CLI = str(Path(sys.executable).with_name("cpp-dagster"))
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import kubernetes
 import kubernetes_validate
 import pytest
-from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
-
 from conftest import new_database
+from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+from k8s_standin import SCHEMA_VERSION
+
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.k8s.executor import analysis_step_config
 from cpp_dagster.k8s.pod_config import PodConfigError, PodSettings, training_step_config
 from cpp_dagster.training.configuration import ConfigError, from_dict, parse
 from cpp_dagster.training.engines.base import split_params
-from k8s_standin import SCHEMA_VERSION
 
 EXAMPLE = json.loads((PROJECT_ROOT / "cpp_dagster" / "training" / "examples" / "solubility.json").read_text())
 PODS = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 
@@ -14,7 +13,7 @@ from cpp_dagster.imagedb.store import ImageDB
 class ImageDBResource(dg.ConfigurableResource):
     """imagedb; `url` defaults to CPP_IMAGEDB_URL, else the embedded local server."""
 
-    url: Optional[str] = None
+    url: str | None = None
 
     def db(self) -> ImageDB:
         return ImageDB(self.url or config.imagedb_url())
@@ -23,10 +22,10 @@ class ImageDBResource(dg.ConfigurableResource):
 class NasResource(dg.ConfigurableResource):
     """NAS, work area and CellProfiler locations; unset fields come from the environment."""
 
-    nas_root: Optional[str] = None
-    work_root: Optional[str] = None
-    pipelines_dir: Optional[str] = None
-    cellprofiler: Optional[str] = None
+    nas_root: str | None = None
+    work_root: str | None = None
+    pipelines_dir: str | None = None
+    cellprofiler: str | None = None
 
     def settings(self) -> config.Settings:
         base = config.load_settings()
@@ -43,7 +42,7 @@ class WorkAreaIOManager(dg.ConfigurableIOManagerFactory):
     `$CPP_WORK_ROOT/dagster-io` by default: never on a step-local disk, since under the
     k8s executor every step is its own pod."""
 
-    base_dir: Optional[str] = None
+    base_dir: str | None = None
 
     def create_io_manager(self, context) -> dg.IOManager:
         base = self.base_dir or str(config.load_settings().work_root / "dagster-io")

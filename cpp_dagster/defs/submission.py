@@ -2,7 +2,6 @@
 ("pipeline X on plate acquisitions A..Z", optional wells, sites, cp_version, priority).
 It creates the same imagedb rows as `cpp-dagster submit` and the automation rules; the
 pending_sub_analyses sensor then launches them."""
-from typing import List, Optional
 
 import dagster as dg
 
@@ -11,11 +10,11 @@ from cpp_dagster.defs.resources import ImageDBResource
 
 class SubmissionConfig(dg.Config):
     pipeline: str
-    plate_acquisitions: List[int]
-    wells: List[str] = []
-    sites: List[int] = []
-    cp_version: Optional[str] = None
-    priority: Optional[int] = None
+    plate_acquisitions: list[int]
+    wells: list[str] = []
+    sites: list[int] = []
+    cp_version: str | None = None
+    priority: int | None = None
 
 
 def overrides(wells, sites, cp_version) -> dict:

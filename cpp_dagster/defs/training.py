@@ -12,7 +12,6 @@ them is not published.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 
@@ -32,7 +31,7 @@ training_versions = dg.DynamicPartitionsDefinition(name="training_config_version
 class TrainingStoreResource(dg.ConfigurableResource):
     """The configuration store; `url` defaults to CPP_TRAINING_DB_URL, else the embedded server."""
 
-    url: Optional[str] = None
+    url: str | None = None
 
     def store(self) -> ConfigStore:
         return ConfigStore(self.url or training_db_url())
@@ -42,8 +41,8 @@ class ModelRegistryResource(dg.ConfigurableResource):
     """Where models are published: unset fields come from CPP_MODEL_REGISTRY_URL /
     CPP_MODEL_REGISTRY_DIR (the token only ever from CPP_MODEL_REGISTRY_TOKEN)."""
 
-    url: Optional[str] = None
-    directory: Optional[str] = None
+    url: str | None = None
+    directory: str | None = None
 
     def registry(self, nas_root: Path):
         from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry

@@ -102,8 +102,8 @@ def calculate_module(dye: str):
 
 
 def save_module(dye: str):
-    from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
     from cellprofiler.modules.saveimages import SaveImages
+    from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
 
     save = SaveImages()
     _choose(save.save_image_or_figure, "Image")

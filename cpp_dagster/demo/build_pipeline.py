@@ -90,8 +90,8 @@ def load_data_module():
 
 def export_module():
     """ExportToSpreadsheet: one CSV per table, "MyExpt_" prefix."""
-    from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
     from cellprofiler.modules.exporttospreadsheet import ExportToSpreadsheet
+    from cellprofiler_core.preferences import DEFAULT_OUTPUT_FOLDER_NAME
 
     export = ExportToSpreadsheet()
     _choose(export.delimiter, 'Comma (",")')

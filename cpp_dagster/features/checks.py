@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -110,7 +110,7 @@ def all_batches_present(tables_dir: Path, expected_batches: Sequence[str]) -> Ch
     missing = [b for b in expected_batches if b not in found]
     extra = sorted(str(b) for b in found - set(expected_batches))
     passed = not missing and not extra
-    description = ("all {} batches have image rows".format(len(expected_batches)) if passed else
+    description = (f"all {len(expected_batches)} batches have image rows" if passed else
                    f"{len(missing)} planned batches have no image rows, {len(extra)} batches were not planned")
     return CheckOutcome(passed, "ERROR", description, {"missing": missing, "extra": extra,
                                                        "expected": len(expected_batches)})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -170,7 +170,7 @@ def _join_piece(cells: pa.Table, batch, paths: dict[str, Path], layout, schema: 
             rkeys = rkeys.append_column(keys[1], right.column(obj).cast(pa.int64()))
         index[name] = _match(left, rkeys, keys, f"{name} of batch {batch}")
     arrays = []
-    for (out, table, col, _), field in zip(layout, schema):
+    for (_out, table, col, _), field in zip(layout, schema):
         source = tables[table].column(col)
         arr = source if table == "Cells" else source.take(index[table])
         arrays.append(arr.cast(field.type))

@@ -6,14 +6,14 @@ psycopg2.sql. Each public method is one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 from psycopg2.extras import Json
 
-from cpp_dagster.pg import Store
 from cpp_dagster.imagedb.rows import (
     Image,
     PlateAcquisition,
@@ -21,6 +21,7 @@ from cpp_dagster.imagedb.rows import (
     SubAnalysis,
     SubmittedAnalysis,
 )
+from cpp_dagster.pg import Store
 
 DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
 

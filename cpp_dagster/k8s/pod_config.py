@@ -10,9 +10,10 @@ example.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -53,7 +54,7 @@ class PodSettings:
     fs_group: int = 1000
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> "PodSettings":
+    def from_mapping(cls, raw: Mapping[str, Any]) -> PodSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -67,7 +68,7 @@ class PodSettings:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "PodSettings":
+    def load(cls, path: str | os.PathLike | None = None) -> PodSettings:
         path = path or os.environ.get("CPP_K8S_CONFIG")
         if not path:
             raise PodConfigError("CPP_K8S_CONFIG is not set: it names the pod settings file (see deploy/k8s-pods.yaml)")

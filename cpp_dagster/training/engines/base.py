@@ -30,7 +30,7 @@ class SplitParams:
         return path
 
     @classmethod
-    def read(cls, path: Path) -> "SplitParams":
+    def read(cls, path: Path) -> SplitParams:
         raw = json.loads(Path(path).read_text())
         return cls(index=raw["index"], splits=raw["splits"], models=tuple(raw["models"]), seed=raw["seed"])
 

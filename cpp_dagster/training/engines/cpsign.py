@@ -43,7 +43,7 @@ class CPSignSettings:
     descriptors: str = "signatures:1:3"
 
     @classmethod
-    def from_env(cls) -> "CPSignSettings":
+    def from_env(cls) -> CPSignSettings:
         return cls(command=tuple(shlex.split(os.environ.get("CPP_CPSIGN_COMMAND", "java -jar /opt/cpsign/cpsign.jar"))),
                    license=os.environ.get("CPP_CPSIGN_LICENSE") or None,
                    descriptors=os.environ.get("CPP_CPSIGN_DESCRIPTORS", "signatures:1:3"))

@@ -1,0 +1,83 @@
+"""The one path rule: every path built from a database or user value goes through here.
+
+A value from imagedb (a plate barcode, an acquisition or analysis id, a pipeline file),
+from a training configuration (a workflow or model name) or from a partition key may
+name a file or folder only below its root:
+
+- `component(value, what)`: one path component (a barcode, a model name). It must be a
+  non-empty string without separators (`/`, `\\`), not `.` or `..`, with no control
+  character (NUL included) and at most 255 bytes.
+- `relative(value, what)`: a relative path of such components (a pipeline file may sit
+  in a subfolder of the pipelines folder: `jump/analysis.cppipe`).
+- `under(root, *parts, what=...)`: `root/part/...`, each part a checked component, and
+  the resolved result (symlinks followed) still inside the resolved root.
+- `under_relative(root, value, what=...)`: the same for a relative path value.
+
+Each refusal is an `UnsafePathError` (a ValueError) whose message names the value and
+what it was meant to be, for the scientist who typed it.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+MAX_COMPONENT_BYTES = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnsafePathError(ValueError):
+    """A value cannot be used to name a file or folder: it would leave its root or is not a name."""
+
+
+def component(value: object, what: str) -> str:
+    """`value` as one safe path component, or UnsafePathError saying why not."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise UnsafePathError(f"{what} must be a name, got {value!r}")
+    text = str(value)
+    if not text or not text.strip():
+        raise UnsafePathError(f"{what} is empty")
+    if _CONTROL.search(text):
+        raise UnsafePathError(f"{what} {text!r} contains a control character")
+    if "/" in text or "\\" in text:
+        raise UnsafePathError(f"{what} {text!r} contains a path separator")
+    if text in (".", ".."):
+        raise UnsafePathError(f"{what} {text!r} is not a name")
+    if len(text.encode()) > MAX_COMPONENT_BYTES:
+        raise UnsafePathError(f"{what} is longer than {MAX_COMPONENT_BYTES} bytes")
+    return text
+
+
+def relative(value: object, what: str) -> PurePosixPath:
+    """`value` as a relative path whose every component is safe (no `..`, not absolute)."""
+    if not isinstance(value, str) or not value:
+        raise UnsafePathError(f"{what} must be a relative path, got {value!r}")
+    if _CONTROL.search(value):
+        raise UnsafePathError(f"{what} {value!r} contains a control character")
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        raise UnsafePathError(f"{what} {value!r} is an absolute path; give it relative to its folder")
+    parts = [p for p in value.replace("\\", "/").split("/") if p not in ("",)]
+    for p in parts:
+        if p in (".", ".."):
+            raise UnsafePathError(f"{what} {value!r} contains {p!r}")
+        component(p, what)
+    return PurePosixPath(*parts)
+
+
+def _inside(root: Path, path: Path, what: str, value: object) -> Path:
+    real_root = Path(root).resolve()
+    real = path.resolve()
+    if not real.is_relative_to(real_root):
+        raise UnsafePathError(f"{what} {value!r} resolves outside {real_root}")
+    return real
+
+
+def under(root: Path, *parts: object, what: str) -> Path:
+    """`root / parts...`: each part one safe component; the result stays inside `root`."""
+    names = [component(p, what) for p in parts]
+    return _inside(root, Path(root).resolve().joinpath(*names), what, "/".join(names))
+
+
+def under_relative(root: Path, value: object, what: str) -> Path:
+    """`root / value` for a relative path value (e.g. a pipeline file); stays inside `root`."""
+    rel = relative(value, what)
+    return _inside(root, Path(root).resolve() / rel, what, value)
