@@ -58,13 +58,13 @@ def add_rule(db: ImageDB, pipeline_name: str, project: str | None = None) -> Non
 
 
 def automation_failures(db: ImageDB) -> list[dict]:
-    """The analyses automation could not submit: plate acquisition, pipeline, error, message."""
+    """The analyses automation could not submit: id, plate acquisition, pipeline, error, message."""
     conn = psycopg2.connect(db.url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("""SELECT plate_acquisition_id, pipeline_name, error, status->>'message'
+            cur.execute("""SELECT id, plate_acquisition_id, pipeline_name, error, status->>'message'
                            FROM image_analyses WHERE status->>'message' LIKE 'not submitted by automation:%%'
                            ORDER BY id""")
-            return [dict(zip(("acq", "pipeline", "error", "message"), r)) for r in cur.fetchall()]
+            return [dict(zip(("id", "acq", "pipeline", "error", "message"), r)) for r in cur.fetchall()]
     finally:
         conn.close()
