@@ -110,6 +110,21 @@ def test_one_tick_fails_every_bad_row_and_launches_the_good_analysis(lab, dagste
     assert tick(dagster_instance).run_requests[0].run_key == data.run_requests[0].run_key  # nothing else changes
 
 
+def test_a_status_written_by_hand_does_not_stop_the_tick(lab, dagster_instance):
+    from cpp_dagster.demo.register import register_plate
+
+    acq = register_plate(lab.db, lab.settings, barcode="STATUS", wells=["B02"], sites=[1], seed=3)
+    good = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
+    scribbled = insert_sub_analysis(lab.db, acq, meta=GOOD_META)
+    conn = psycopg2.connect(lab.db.url)
+    with conn, conn.cursor() as cur:
+        cur.execute("""UPDATE image_sub_analyses SET status = '{"reruns": "many"}' WHERE sub_id = %s""",
+                    (scribbled,))
+    conn.close()
+    requested = sorted(int(r.tags["imagedb/sub_id"]) for r in tick(dagster_instance).run_requests)
+    assert requested == sorted([good, scribbled])
+
+
 def test_an_automation_rule_naming_a_missing_pipeline_is_recorded_and_the_others_submit(db):
     db.put_pipeline("one", {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "a.cppipe"}]})
     db.put_pipeline("misshapen", {"sub_analyses": "a.cppipe"})

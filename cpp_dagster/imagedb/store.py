@@ -428,12 +428,15 @@ class ImageDB(LaunchQueries):
             return row["reruns"]
 
     def rerun_generations(self, sub_ids: list[int]) -> dict[int, int]:
-        """How many times each sub-analysis was re-run (0 for never): part of its run key."""
+        """How many times each sub-analysis was re-run (0 for never): part of its run key.
+        A `status.reruns` that is not a whole number (written by hand) counts as 0 rather
+        than failing the sensor's tick for every row."""
         if not sub_ids:
             return {}
         with self._cursor() as cur:
             cur.execute(
-                """SELECT sub_id, COALESCE((status->>'reruns')::int, 0) AS reruns
+                """SELECT sub_id, CASE WHEN status->>'reruns' ~ '^[0-9]{1,9}$'
+                                       THEN (status->>'reruns')::int ELSE 0 END AS reruns
                    FROM image_sub_analyses WHERE sub_id = ANY(%s)""",
                 (list(sub_ids),),
             )
