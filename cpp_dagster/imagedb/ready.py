@@ -33,17 +33,13 @@ _WELL_FORMED = f"""(
 _KIND = {"array": "a list", "object": "an object", "string": "a string", "number": "a number",
          "boolean": "true or false", "null": "null"}
 
-
+# `not started: it depends on sub-analysis N, which failed` (or `..., which does not exist`)
 _DEPENDS_ON = "not started: it depends on sub-analysis "
 _FAILED, _MISSING = ", which failed", ", which does not exist"
 
 
 def dependency_failed_message(sub_id: int) -> str:
     return f"{_DEPENDS_ON}{sub_id}{_FAILED}"
-
-
-def dependency_missing_message(sub_id: int) -> str:
-    return f"{_DEPENDS_ON}{sub_id}{_MISSING}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The one module that talks to imagedb. Every query of the project lives here.
+"""The one API that talks to imagedb (`ImageDB`). Every query of the project lives here,
+except the launch side (ready, malformed, unresolvable dependencies), in ready.py.
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
