@@ -50,7 +50,7 @@ def test_a_good_analysis_finishes_beside_a_bad_row_of_each_kind(lab, pg_server, 
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     interval = 2
     env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-           "CPP_TRAINING_DB_URL": new_database(pg_server, "training"), "CPP_SENSOR_INTERVAL_S": str(interval),
+           "CPP_SENSOR_INTERVAL_S": str(interval),
            # steps in the run worker: fewer processes to start, the sensors are what is tested here
            "CPP_EXECUTOR": "in_process"}
     for key, value in env.items():
