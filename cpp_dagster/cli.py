@@ -23,11 +23,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from cpp_dagster import local
-    from cpp_dagster.config import PROJECT_ROOT, imagedb_url
-    from cpp_dagster.imagedb.store import ImageDB
+    from cpp_dagster.config import PROJECT_ROOT
 
     env = {**os.environ, **local.environment()}
-    ImageDB(imagedb_url()).apply_schema()
+    apply_schemas()
     exe = str(Path(sys.executable).with_name("dagster"))
     argv = [exe, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     _echo(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
@@ -68,13 +67,25 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_db_init(args: argparse.Namespace) -> int:
+def apply_schemas() -> list[str]:
+    """The schemas of imagedb and the training configuration store (idempotent); returns
+    where each was applied (passwords redacted). The training store is included when
+    CPP_TRAINING_DB_URL is set or the deployment is the local one (no CPP_IMAGEDB_URL)."""
     from cpp_dagster.config import imagedb_url, redact_url
     from cpp_dagster.imagedb.store import ImageDB
+    from cpp_dagster.training.store import ConfigStore, training_db_url
 
-    url = imagedb_url()
-    ImageDB(url).apply_schema()
-    _echo(f"imagedb schema applied at {redact_url(url)}")
+    stores = [("imagedb", ImageDB(imagedb_url()))]
+    if os.environ.get("CPP_TRAINING_DB_URL") or not os.environ.get("CPP_IMAGEDB_URL"):
+        stores.append(("training configuration store", ConfigStore(training_db_url())))
+    for _, store in stores:
+        store.apply_schema()
+    return [f"{name} schema applied at {redact_url(store.url)}" for name, store in stores]
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    for line in apply_schemas():
+        _echo(line)
     return 0
 
 
@@ -129,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
     rerun.set_defaults(fn=cmd_rerun)
 
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
-    db.add_parser("init", help="create the imagedb tables (idempotent)").set_defaults(fn=cmd_db_init)
+    db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(fn=cmd_db_init)
 
     from cpp_dagster.training.cli import add_parser as add_train_parser
 

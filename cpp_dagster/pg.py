@@ -1,6 +1,7 @@
 """One PostgreSQL transaction, the way every store of the project talks to its database."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -21,19 +22,35 @@ def transaction(url: str) -> Iterator[psycopg2.extras.RealDictCursor]:
         conn.close()
 
 
+_applied: set[tuple[str, str]] = set()  # (schema package, url) applied by this process
+_applied_lock = threading.Lock()
+
+
 class Store:
     """A store over one PostgreSQL database: `_cursor()` opens one transaction, and
-    `apply_schema()` runs the `schema.sql` of the package named by SCHEMA_PACKAGE."""
+    `apply_schema()` runs the `schema.sql` of the package named by SCHEMA_PACKAGE.
+
+    A store whose database the project owns (SCHEMA_ON_FIRST_USE) applies its schema
+    (idempotent DDL) before its first transaction in a process, so a fresh instance
+    works without a separate init step. imagedb does not: it is the lab's database, its
+    schema is applied by `cpp-dagster db init` (and the local demo/dev commands)."""
 
     SCHEMA_PACKAGE: str
+    SCHEMA_ON_FIRST_USE = False
 
     def __init__(self, url: str):
         self.url = url
 
     def _cursor(self):
+        if self.SCHEMA_ON_FIRST_USE and (self.SCHEMA_PACKAGE, self.url) not in _applied:
+            self.apply_schema()
         return transaction(self.url)
 
     def apply_schema(self) -> None:
         ddl = resources.files(self.SCHEMA_PACKAGE).joinpath("schema.sql").read_text()
-        with self._cursor() as cur:
-            cur.execute(ddl)
+        with _applied_lock:
+            with transaction(self.url) as cur:
+                # two processes applying it at once (daemon, run worker) take turns
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.SCHEMA_PACKAGE,))
+                cur.execute(ddl)
+            _applied.add((self.SCHEMA_PACKAGE, self.url))

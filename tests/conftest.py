@@ -70,9 +70,13 @@ class Lab:
 
 
 @pytest.fixture
-def lab(db, settings) -> Lab:
-    """imagedb + NAS with the demo pipeline and channel map installed."""
+def lab(db, settings, pg_server, monkeypatch) -> Lab:
+    """imagedb + NAS with the demo pipeline and channel map installed. The training store
+    gets a database of its own too: a real daemon's training sensor would otherwise start
+    the embedded server of the worktree's .cpp/, which outlives the test."""
     from cpp_dagster.demo.register import install_demo_pipeline
+
+    monkeypatch.setenv("CPP_TRAINING_DB_URL", new_database(pg_server, "training"))
 
     install_demo_pipeline(db, settings, batch_size=2)
     return Lab(db, settings)

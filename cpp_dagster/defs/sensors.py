@@ -10,6 +10,7 @@ from cpp_dagster.defs.executor import preflight
 from cpp_dagster.defs.hooks import failure_message
 from cpp_dagster.defs.partitions import partition_key, sub_analysis_partitions, sub_id_of
 from cpp_dagster.defs.resources import ImageDBResource
+from cpp_dagster.imagedb.ready import Unlaunchable
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
 
 analysis_job = dg.define_asset_job(
@@ -45,9 +46,15 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
     """Sub-analyses that are submitted, whose acquisition is finished and whose
     dependencies are finished, by priority. The run key makes each one run once across
     ticks and daemon restarts; a sub-analysis leaves the query once its run starts.
-    One whose meta cannot run here (bad options, no image for its cp_version) fails in
-    imagedb with the reason instead of being launched."""
+
+    Each row is judged on its own, and one that can never run fails in imagedb with the
+    reason while every other row goes on: its JSON has the wrong shape (`meta must be a
+    JSON object`, `depends_on_sub_id must be a list of sub-analysis ids`), it depends on a
+    sub-analysis that does not exist or has failed, or its meta cannot run here (bad
+    options, no image for its cp_version)."""
     db = imagedb.db()
+    failed = [row for row in db.malformed_sub_analyses() if db.mark_sub_failed(row.sub_id, row.message)]
+    failed += db.fail_unresolvable_dependencies()
     ready: list[ReadySubAnalysis] = []
     after = None
     while len(ready) < MAX_REQUESTS_PER_TICK:
@@ -58,16 +65,17 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
         after = (page[-1].priority, page[-1].sub_id)
     launchable = []
     for r in ready:
-        try:
-            preflight(r.meta)
-        except ValueError as e:  # PlanningError, PodConfigError: the analysis as submitted cannot run
-            if db.mark_sub_failed(r.sub_id, f"not launched: {e}"):
-                context.log.warning(f"sub-analysis {r.sub_id} not launched: {e}")
-            continue
-        launchable.append(r)
+        problem = preflight_problem(r.meta)
+        if problem is None:
+            launchable.append(r)
+        elif db.mark_sub_failed(r.sub_id, f"not launched: {problem}"):
+            failed.append(Unlaunchable(r.sub_id, f"not launched: {problem}"))
+    for row in failed:
+        context.log.warning(f"sub-analysis {row.sub_id} failed: {row.message}")
     ready = launchable
     if not ready:
-        return dg.SkipReason("no submitted sub-analysis is ready")
+        return dg.SkipReason("no submitted sub-analysis is ready"
+                             + (f"; {len(failed)} that can never run failed in imagedb" if failed else ""))
     reruns = db.rerun_generations([r.sub_id for r in ready])
     requests = [run_request(r, reruns.get(r.sub_id, 0)) for r in ready]
     acquisitions = {r.plate_acquisition_id: r.plate_barcode for r in ready}
@@ -86,22 +94,43 @@ def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBRe
     )
 
 
+def preflight_problem(meta: dict) -> str | None:
+    """Why this sub-analysis's meta cannot run here, or None. `preflight` raises
+    PlanningError/PodConfigError (ValueError) for what it checks; anything else it raises
+    on a meta nobody foresaw is still this row's problem, never the whole tick's."""
+    try:
+        preflight(meta)
+    except ValueError as e:
+        return str(e)
+    except Exception as e:  # one row's surprise must not stop every other row
+        return f"its meta could not be read ({type(e).__name__}: {e})"
+    return None
+
+
 @dg.sensor(minimum_interval_seconds=int(os.getenv("CPP_SENSOR_INTERVAL_S", "30")),
            default_status=dg.DefaultSensorStatus.RUNNING)
 def automation_rules(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
     """Submit the pipelines of image_analyses_automation rules for newly finished
     acquisitions, once each (recorded in image_analyses_automation_submitted). The
-    submitted analyses are then launched by pending_sub_analyses like any other."""
+    submitted analyses are then launched by pending_sub_analyses like any other. A rule
+    whose pipeline cannot be submitted (e.g. it names a missing pipeline) is recorded as a
+    failed analysis in imagedb, with the reason, and the other rules go on."""
     submitted = imagedb.db().submit_by_automation()
     if not submitted:
         return dg.SkipReason("no finished acquisition matches an automation rule")
     for acq, pipeline, analysis in submitted:
-        context.log.info(f"automation: submitted {pipeline} for plate acquisition {acq} "
-                         f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})")
+        if analysis.error:
+            context.log.warning(f"automation: {pipeline!r} for plate acquisition {acq} failed "
+                                f"(analysis {analysis.analysis_id}): {analysis.error}")
+        else:
+            context.log.info(f"automation: submitted {pipeline} for plate acquisition {acq} "
+                             f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})")
     return dg.SensorResult(asset_events=[
         dg.AssetObservation(asset_key=plate_acquisitions.key,
-                            metadata={"plate_acquisition_id": acq, "submitted_by_automation": pipeline})
-        for acq, pipeline, _ in submitted])
+                            metadata={"plate_acquisition_id": acq, "submitted_by_automation": pipeline,
+                                      "analysis_id": analysis.analysis_id,
+                                      **({"automation_error": analysis.error} if analysis.error else {})})
+        for acq, pipeline, analysis in submitted])
 
 
 def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str) -> None:

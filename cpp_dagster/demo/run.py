@@ -21,6 +21,7 @@ from cpp_dagster import local
 from cpp_dagster.config import PROJECT_ROOT, load_settings, local_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, plate_wells, register_plate
 from cpp_dagster.imagedb.store import ImageDB
+from cpp_dagster.training.store import ConfigStore, training_db_url
 
 
 @contextmanager
@@ -118,6 +119,7 @@ def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int =
     os.environ.update(env)
     db = ImageDB(env["CPP_IMAGEDB_URL"])
     db.apply_schema()
+    ConfigStore(training_db_url()).apply_schema()  # so `make dev` afterwards ticks every sensor clean
     settings = load_settings()
     install_demo_pipeline(db, settings, batch_size=batch_size)
     started = time.monotonic()

@@ -59,5 +59,9 @@ class ReadySubAnalysis:
 
 @dataclass(frozen=True)
 class SubmittedAnalysis:
+    """The rows a submission created; `error` says why an automatic submission failed
+    (then the analysis row is recorded failed, with no sub-analyses)."""
+
     analysis_id: int
     sub_ids: list[int] = field(default_factory=list)
+    error: str | None = None

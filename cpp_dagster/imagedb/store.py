@@ -1,4 +1,5 @@
-"""The one module that talks to imagedb. Every query of the project lives here.
+"""The one API that talks to imagedb (`ImageDB`). Every query of the project lives here,
+except the launch side (ready, malformed, unresolvable dependencies), in ready.py.
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
@@ -14,16 +15,8 @@ import psycopg2.extras
 from psycopg2 import sql
 from psycopg2.extras import Json
 
-from cpp_dagster.imagedb.rows import (
-    Image,
-    PlateAcquisition,
-    ReadySubAnalysis,
-    SubAnalysis,
-    SubmittedAnalysis,
-)
-from cpp_dagster.pg import Store
-
-DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
+from cpp_dagster.imagedb.ready import LaunchQueries, dependency_failed_message
+from cpp_dagster.imagedb.rows import Image, PlateAcquisition, SubAnalysis, SubmittedAnalysis
 
 
 class ImageDBError(Exception):
@@ -48,12 +41,25 @@ def _one(cur, missing: str) -> dict:
     return row
 
 
+def _check_pipeline_shape(pipeline_name: str, meta: Any) -> None:
+    """analysis_pipelines.meta must be `{"analysis_meta": {...}, "sub_analyses": [{...}, ...]}`."""
+    where = f"analysis pipeline {pipeline_name!r}"
+    if not isinstance(meta, dict):
+        raise ImageDBError(f"{where}: meta must be a JSON object with a list 'sub_analyses'")
+    if not isinstance(meta.get("analysis_meta", {}), dict):
+        raise ImageDBError(f"{where}: 'analysis_meta' must be a JSON object")
+    subs = meta.get("sub_analyses", [])
+    if not isinstance(subs, list) or not all(isinstance(sub, dict) for sub in subs):
+        raise ImageDBError(f"{where}: 'sub_analyses' must be a list of JSON objects")
+
+
 def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
             overrides: dict[str, Any]) -> SubmittedAnalysis:
     cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
     _one(cur, f"no plate acquisition {plate_acquisition_id}")
     cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
     meta = _one(cur, f"no analysis pipeline named {pipeline_name!r}")["meta"]
+    _check_pipeline_shape(pipeline_name, meta)
     cur.execute(
         """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted, priority)
            VALUES (%s, %s, %s, now(), %s) RETURNING id""",
@@ -75,8 +81,25 @@ def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | 
     return SubmittedAnalysis(analysis_id, sub_ids)
 
 
-def dependency_failed_message(sub_id: int) -> str:
-    return f"not started: it depends on sub-analysis {sub_id}, which failed"
+def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) -> SubmittedAnalysis:
+    """One automatic submission under a savepoint: when it fails, only it is rolled back,
+    and a failed analysis row records why."""
+    cur.execute("SAVEPOINT automation_rule")
+    try:
+        submitted = _submit(cur, plate_acquisition_id, pipeline_name, None, {})
+    except (ImageDBError, psycopg2.DataError) as e:
+        cur.execute("ROLLBACK TO SAVEPOINT automation_rule")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = f"not submitted by automation: {reason}"
+        cur.execute(
+            """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
+               VALUES (%s, %s, now(), now(), jsonb_build_object('state', 'failed', 'message', %s::text))
+               RETURNING id""",
+            (plate_acquisition_id, pipeline_name, message),
+        )
+        return SubmittedAnalysis(cur.fetchone()["id"], [], error=message)
+    cur.execute("RELEASE SAVEPOINT automation_rule")
+    return submitted
 
 
 def _revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
@@ -97,7 +120,9 @@ def _revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
     )
 
 
-class ImageDB(Store):
+class ImageDB(LaunchQueries):
+    """Every imagedb query; the launch side (ready, malformed, unresolvable) is in ready.py."""
+
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 
     # --- registration (the ingest service's side, used by the demo and tests)
@@ -174,46 +199,6 @@ class ImageDB(Store):
             return _submit(cur, plate_acquisition_id, pipeline_name, priority, overrides or {})
 
     # --- reads for the sensor and for planning
-
-    def ready_sub_analyses(
-        self, *, limit: int = 500, after: tuple[int, int] | None = None
-    ) -> list[ReadySubAnalysis]:
-        """Submitted sub-analyses (no start, no error, no finish) whose acquisition is
-        finished and whose dependencies are all finished, by priority (1 first) then id.
-        Keyset-paged: pass the (priority, sub_id) of the last row as `after`."""
-        after_priority, after_id = after if after else (-(2**31), -1)
-        with self._cursor() as cur:
-            cur.execute(
-                # The candidates (joins, cheap filters, keyset) are sorted first; OFFSET 0 keeps
-                # the dependency check out of that query, so it runs on them in order only until
-                # `limit` pass, and cannot skew the planning of the joins. A scalar subquery keeps
-                # it one primary-key probe per dependency (a join may scan the table per candidate).
-                """SELECT c.sub_id, c.analysis_id, c.plate_acquisition_id, c.plate_barcode, c.priority, c.meta
-                   FROM (
-                       SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
-                              COALESCE(s.priority, a.priority, %(default)s) AS priority,
-                              COALESCE(s.meta, '{}'::jsonb) AS meta, s.depends_on_sub_id
-                       FROM image_sub_analyses s
-                       JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
-                       JOIN image_analyses a ON a.id = s.analysis_id
-                       WHERE s.start IS NULL AND s.error IS NULL AND s.finish IS NULL
-                         AND a.error IS NULL
-                         AND p.finished IS NOT NULL
-                         AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
-                       ORDER BY 5, 1
-                       OFFSET 0
-                   ) c
-                   -- every dependency finished; a missing one counts as unfinished
-                   WHERE NOT EXISTS (
-                       SELECT 1
-                       FROM jsonb_array_elements_text(COALESCE(c.depends_on_sub_id, '[]'::jsonb)) AS d(dep_id)
-                       WHERE (SELECT dep.finish FROM image_sub_analyses dep
-                              WHERE dep.sub_id = d.dep_id::integer) IS NULL)
-                   ORDER BY c.priority, c.sub_id
-                   LIMIT %(limit)s""",
-                {"default": DEFAULT_PRIORITY, "ap": after_priority, "aid": after_id, "limit": limit},
-            )
-            return [ReadySubAnalysis(**r) for r in cur.fetchall()]
 
     def plate_acquisition(self, plate_acquisition_id: int) -> PlateAcquisition:
         with self._cursor() as cur:
@@ -387,7 +372,12 @@ class ImageDB(Store):
         not handled yet (rule: project and channel map equal, or NULL for any). Each
         acquisition is recorded in image_analyses_automation_submitted in the same
         transaction as its submissions, so it is handled exactly once, whatever restarts.
-        Rules naming a cell line are not applied: plate_acquisition has no cell line."""
+        Rules naming a cell line are not applied: plate_acquisition has no cell line.
+
+        A rule whose pipeline cannot be submitted (missing, malformed) does not stop the
+        others: its submission is rolled back alone (a savepoint) and recorded as a failed
+        analysis row (`error`, `status.message` `not submitted by automation: ...`), the
+        way the lab's tools see any failed analysis; its SubmittedAnalysis has `error`."""
         submitted = []
         with self._cursor() as cur:
             cur.execute(
@@ -411,7 +401,7 @@ class ImageDB(Store):
                 if cur.fetchone() is None:
                     continue  # handled concurrently
                 for pipeline in row["pipelines"]:
-                    submitted.append((row["id"], pipeline, _submit(cur, row["id"], pipeline, None, {})))
+                    submitted.append((row["id"], pipeline, _submit_isolated(cur, row["id"], pipeline)))
         return submitted
 
     def rerun_sub_analysis(self, sub_id: int) -> int:
@@ -439,12 +429,15 @@ class ImageDB(Store):
             return row["reruns"]
 
     def rerun_generations(self, sub_ids: list[int]) -> dict[int, int]:
-        """How many times each sub-analysis was re-run (0 for never): part of its run key."""
+        """How many times each sub-analysis was re-run (0 for never): part of its run key.
+        A `status.reruns` that is not a whole number (written by hand) counts as 0 rather
+        than failing the sensor's tick for every row."""
         if not sub_ids:
             return {}
         with self._cursor() as cur:
             cur.execute(
-                """SELECT sub_id, COALESCE((status->>'reruns')::int, 0) AS reruns
+                """SELECT sub_id, CASE WHEN status->>'reruns' ~ '^[0-9]{1,9}$'
+                                       THEN (status->>'reruns')::int ELSE 0 END AS reruns
                    FROM image_sub_analyses WHERE sub_id = ANY(%s)""",
                 (list(sub_ids),),
             )

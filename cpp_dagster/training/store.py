@@ -51,8 +51,29 @@ class UnknownVersion(LookupError):
     """No configuration version with that partition key in the store."""
 
 
+@dataclass(frozen=True)
+class InvalidVersion:
+    """A stored version whose configuration no longer validates (e.g. a rule tightened
+    since it was added): reported, never launched."""
+
+    id: int
+    version: str
+    partition_key: str
+    workflow: str
+    problem: str
+
+
+def _row_or_invalid(row: dict) -> ConfigVersion | InvalidVersion:
+    try:
+        return _row(row)
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError; TypeError: a shape nobody foresaw
+        return InvalidVersion(id=row["id"], version=row["version"], partition_key=row["partition_key"],
+                              workflow=row["workflow"], problem=str(e))
+
+
 class ConfigStore(Store):
     SCHEMA_PACKAGE = "cpp_dagster.training"
+    SCHEMA_ON_FIRST_USE = True  # the project's own table: a fresh instance needs no init step
 
     def add(self, config: TrainingConfig, added_by: str | None = None) -> Added:
         """Store `config` as a new version unless its content is already one."""
@@ -77,12 +98,14 @@ class ConfigStore(Store):
             raise UnknownVersion(f"no training configuration version {partition_key!r} in the store")
         return _row(row)
 
-    def added_after(self, after_id: int, limit: int = 100) -> list[ConfigVersion]:
-        """Versions in order of arrival after `after_id` (the sensor's cursor), one page."""
+    def added_after(self, after_id: int, limit: int = 100) -> list[ConfigVersion | InvalidVersion]:
+        """Versions in order of arrival after `after_id` (the sensor's cursor), one page;
+        one whose stored configuration no longer validates comes as an InvalidVersion,
+        so it cannot stop the others."""
         with self._cursor() as cur:
             cur.execute("SELECT * FROM training_config_versions WHERE id > %s ORDER BY id LIMIT %s",
                         (after_id, limit))
-            return [_row(r) for r in cur.fetchall()]
+            return [_row_or_invalid(r) for r in cur.fetchall()]
 
     def versions(self, workflow: str | None = None) -> list[ConfigVersion]:
         with self._cursor() as cur:

@@ -1,0 +1,165 @@
+"""imagedb queries of the launch side: which submitted sub-analyses the sensor may launch
+now, and which can never start and must fail at once with the reason (a row whose JSON
+has the wrong shape, a dependency that does not exist or has already failed).
+
+Part of the one ImageDB API (`ImageDB` inherits `LaunchQueries`); kept in its own module
+so that store.py stays readable. Values always travel as query parameters. No query here
+may fail on one malformed row: every JSON access is guarded with `jsonb_typeof` inside a
+CASE (PostgreSQL does not promise the order in which AND-ed conditions are evaluated).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cpp_dagster.imagedb.rows import ReadySubAnalysis
+from cpp_dagster.pg import Store
+
+DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
+
+_SUBMITTED = "s.start IS NULL AND s.error IS NULL AND s.finish IS NULL"
+# The dependency ids of sub-analysis `s`, as text; none when depends_on_sub_id is not a list.
+_DEPENDENCIES = ("jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
+                 "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)")
+# One dependency id as an integer; NULL when it is not a whole number that fits.
+_DEP_ID = "(CASE WHEN d.dep_id ~ '^[0-9]{1,9}$' THEN d.dep_id::integer END)"
+# `s` has the JSON shapes the launch path relies on: meta an object (or NULL), and
+# depends_on_sub_id a list (or NULL) of whole numbers.
+_WELL_FORMED = f"""(
+    jsonb_typeof(COALESCE(s.meta, '{{}}'::jsonb)) = 'object'
+    AND CASE WHEN jsonb_typeof(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) = 'array'
+             THEN NOT EXISTS (SELECT 1 FROM {_DEPENDENCIES} WHERE {_DEP_ID} IS NULL)
+             ELSE false END)"""
+
+_KIND = {"array": "a list", "object": "an object", "string": "a string", "number": "a number",
+         "boolean": "true or false", "null": "null"}
+
+# `not started: it depends on sub-analysis N, which failed` (or `..., which does not exist`)
+_DEPENDS_ON = "not started: it depends on sub-analysis "
+_FAILED, _MISSING = ", which failed", ", which does not exist"
+
+
+def dependency_failed_message(sub_id: int) -> str:
+    return f"{_DEPENDS_ON}{sub_id}{_FAILED}"
+
+
+@dataclass(frozen=True)
+class Unlaunchable:
+    """A submitted sub-analysis that can never be launched, and why (for imagedb's status)."""
+
+    sub_id: int
+    message: str
+
+
+def _shape_problem(meta_type: str, deps_type: str, deps_text: str) -> str:
+    if meta_type != "object":
+        return f"not launched: meta must be a JSON object, not {_KIND.get(meta_type, meta_type)}"
+    shown = deps_text if len(deps_text) <= 80 else deps_text[:77] + "..."
+    if deps_type != "array":
+        return (f"not launched: depends_on_sub_id must be a list of sub-analysis ids, "
+                f"not {_KIND.get(deps_type, deps_type)} ({shown})")
+    return f"not launched: depends_on_sub_id must be a list of sub-analysis ids (whole numbers), not {shown}"
+
+
+class LaunchQueries(Store):
+    def ready_sub_analyses(
+        self, *, limit: int = 500, after: tuple[int, int] | None = None
+    ) -> list[ReadySubAnalysis]:
+        """Submitted sub-analyses (no start, no error, no finish) whose acquisition is
+        finished and whose dependencies are all finished, by priority (1 first) then id.
+        Rows of the wrong JSON shape are left out (see `malformed_sub_analyses`).
+        Keyset-paged: pass the (priority, sub_id) of the last row as `after`."""
+        after_priority, after_id = after if after else (-(2**31), -1)
+        with self._cursor() as cur:
+            cur.execute(
+                # The candidates (joins, cheap filters, keyset) are sorted first; OFFSET 0 keeps
+                # the dependency check out of that query, so it runs on them in order only until
+                # `limit` pass, and cannot skew the planning of the joins. A scalar subquery keeps
+                # it one primary-key probe per dependency (a join may scan the table per candidate).
+                f"""SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, s.plate_barcode, s.priority, s.meta
+                   FROM (
+                       SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
+                              COALESCE(s.priority, a.priority, %(default)s) AS priority,
+                              COALESCE(s.meta, '{{}}'::jsonb) AS meta, s.depends_on_sub_id
+                       FROM image_sub_analyses s
+                       JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
+                       JOIN image_analyses a ON a.id = s.analysis_id
+                       WHERE {_SUBMITTED} AND a.error IS NULL AND p.finished IS NOT NULL
+                         AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
+                         AND {_WELL_FORMED}
+                       ORDER BY 5, 1
+                       OFFSET 0
+                   ) s
+                   -- every dependency finished; a missing one counts as unfinished
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM {_DEPENDENCIES}
+                       WHERE (SELECT dep.finish FROM image_sub_analyses dep WHERE dep.sub_id = {_DEP_ID}) IS NULL)
+                   ORDER BY s.priority, s.sub_id
+                   LIMIT %(limit)s""",
+                {"default": DEFAULT_PRIORITY, "ap": after_priority, "aid": after_id, "limit": limit},
+            )
+            return [ReadySubAnalysis(**r) for r in cur.fetchall()]
+
+    def malformed_sub_analyses(self, *, limit: int = 500) -> list[Unlaunchable]:
+        """Submitted sub-analyses whose `meta` is not a JSON object or whose
+        `depends_on_sub_id` is not a list of sub-analysis ids, with a message that names
+        the field. The sensor fails them (`mark_sub_failed`); the ready query skips them."""
+        with self._cursor() as cur:
+            cur.execute(
+                f"""SELECT s.sub_id, jsonb_typeof(COALESCE(s.meta, '{{}}'::jsonb)) AS meta_type,
+                           jsonb_typeof(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) AS deps_type,
+                           left(s.depends_on_sub_id::text, 200) AS deps_text
+                    FROM image_sub_analyses s
+                    WHERE {_SUBMITTED} AND NOT {_WELL_FORMED}
+                    ORDER BY s.sub_id LIMIT %s""",
+                (limit,),
+            )
+            return [Unlaunchable(r["sub_id"], _shape_problem(r["meta_type"], r["deps_type"], r["deps_text"] or ""))
+                    for r in cur.fetchall()]
+
+    def fail_unresolvable_dependencies(self, *, max_depth: int = 20) -> list[Unlaunchable]:
+        """Fail now, with the reason, every submitted sub-analysis that depends on one that
+        does not exist or has already failed (its analysis fails too, as with
+        `mark_sub_failed`); such a dependent would otherwise wait forever, silently. The
+        statement is repeated (same transaction) so that a chain of dependents fails at
+        once, each naming its own dependency. Returns what it failed."""
+        failed: list[Unlaunchable] = []
+        with self._cursor() as cur:
+            for _ in range(max_depth):
+                cur.execute(_FAIL_UNRESOLVABLE, {"depends_on": _DEPENDS_ON, "failed": _FAILED, "missing": _MISSING})
+                rows = [Unlaunchable(r["sub_id"], r["message"]) for r in cur.fetchall()]
+                failed += rows
+                if not rows:
+                    break
+        return failed
+
+
+# One statement: the blocked sub-analyses (their first missing, else first failed
+# dependency), their failure, and their analyses' failure.
+_FAIL_UNRESOLVABLE = f"""
+WITH blocked AS (
+    SELECT DISTINCT ON (s.sub_id) s.sub_id,
+           %(depends_on)s || d.dep_id || CASE WHEN dep.sub_id IS NULL THEN %(missing)s ELSE %(failed)s END
+               AS message
+    FROM image_sub_analyses s
+    CROSS JOIN LATERAL {_DEPENDENCIES}
+    LEFT JOIN image_sub_analyses dep ON dep.sub_id = {_DEP_ID}
+    WHERE {_SUBMITTED} AND {_WELL_FORMED}
+      AND (dep.sub_id IS NULL OR dep.error IS NOT NULL)
+    ORDER BY s.sub_id, (dep.sub_id IS NULL) DESC, {_DEP_ID}
+), failed AS (
+    UPDATE image_sub_analyses s
+    SET error = now(),
+        status = COALESCE(s.status, '{{}}'::jsonb) || jsonb_build_object('state', 'failed', 'message', b.message)
+    FROM blocked b
+    WHERE s.sub_id = b.sub_id AND {_SUBMITTED}
+    RETURNING s.sub_id, s.analysis_id, b.message
+), failed_analyses AS (
+    UPDATE image_analyses a
+    SET error = COALESCE(a.error, now()),
+        status = COALESCE(a.status, '{{}}'::jsonb) || jsonb_build_object(
+            'state', 'failed', 'message', 'sub-analysis ' || f.sub_id || ' failed: ' || f.message)
+    FROM failed f
+    WHERE a.id = f.analysis_id
+    RETURNING a.id
+)
+SELECT sub_id, message FROM failed ORDER BY sub_id"""
