@@ -3,10 +3,11 @@
 Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
 
 - One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
-- Rows of different batches never collide: `Metadata_Batch` (the batch folder's name)
-  and `Metadata_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate;
+- Rows of different batches never collide: `Metadata_CPP_Batch` (the batch folder's name)
+  and `Metadata_CPP_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate;
   the batch number is the one in `batch_NNNN`, else the folder's position)
-  are added to every table. `Metadata_*` columns are kept as CellProfiler wrote them.
+  are added to every table (names in `columns.py`). CellProfiler's `Metadata_*` columns are
+  kept as it wrote them, a JUMP `Metadata_Batch` included: the added names never collide.
 - Schema drift between batches (the rule): the merged table has the union of the
   batches' columns, in order of first appearance; a column missing from a batch is null
   there. A column is text if any batch has text in it; otherwise it is numeric
@@ -44,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
 from cpp_dagster.features.schema import (
     BLOCK_SIZE,
     NULL_VALUES,
@@ -54,8 +56,6 @@ from cpp_dagster.features.schema import (
     unified_schema,
 )
 
-IMAGE_KEY_STRIDE = 1_000_000
-BATCH_COLUMN, IMAGE_KEY_COLUMN = "Metadata_Batch", "Metadata_ImageKey"
 EXPERIMENT = "Experiment"
 # Tables merged at once. Not one per core: a plate's three big object tables on two
 # cores left one core idle while the third ran alone (plate benchmark: 26 s with 2,
