@@ -14,6 +14,8 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   (an all-empty column in one batch takes the type the other batches give it).
   Numeric columns are float32, except ImageNumber/ObjectNumber and CellProfiler's
   integer bookkeeping columns, which stay int64. `nan` is read as null.
+- A batch table of 0 bytes, or an Image table with a header but zero rows, is a MergeError
+  that names the batch and the file; an object table with a header only is zero objects.
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
 - Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
@@ -107,6 +109,8 @@ def merge_table(
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order."""
+    for _, batch, path in sources:
+        _check_not_empty(name, batch, path)
     schemas = _probed(p for _, _, p in sources)
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
@@ -118,6 +122,25 @@ def merge_table(
         # find the types from every row and write again
         schemas = _shared(_scan_schema(p) for _, _, p in sources)
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
+
+
+def _check_not_empty(name: str, batch: str, path: Path) -> None:
+    """A 0-byte table (CellProfiler stopped before writing it, a full disk) is an error;
+    so is an Image table with a header but zero rows (every batch has image sets). An
+    object table with a header only is zero objects (a batch of empty wells), not an error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+            lines = head.splitlines()
+            more = bool(f.read(1))
+    except OSError as e:
+        raise MergeError(f"batch {batch}: cannot read its {name} table {path}: {e}") from None
+    if not head.strip():
+        raise MergeError(f"batch {batch}: its {name} table {path} is empty (0 bytes, no header): "
+                         "CellProfiler did not finish writing it")
+    if name == "Image" and not more and len([line for line in lines if line.strip()]) < 2:
+        raise MergeError(f"batch {batch}: its Image table {path} has a header but zero rows: "
+                         "CellProfiler processed no image set")
 
 
 def _probed(paths: Iterable[Path]) -> list[pa.Schema]:
