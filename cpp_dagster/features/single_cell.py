@@ -23,7 +23,7 @@ there is one, else e.g. `Nuclei`). Output: one Parquet file, one row per base-ob
   PH3): `<Object>_Image_Count` (its objects in the cell's image, 0 if none) and
   `<Object>_Image_Mean_<feature>` (the mean of each numeric feature over them, NaN and
   null ignored; null if none), float32. Bookkeeping columns (ObjectNumber, Parent_*,
-  Children_*, Metadata_*) are not summarised. The cell's row is never repeated.
+  Children_*, Metadata_*) and positions (Location_*) are not summarised. The cell's row is never repeated.
 
 Join keys (every one includes Metadata_CPP_ImageKey, unique on the plate, so rows of
 different batches whose ImageNumber/ObjectNumber collide never meet - the CytoTable pitfall):
@@ -63,7 +63,8 @@ from cpp_dagster.features.objects import Objects, object_tables, relate
 
 CHUNK_BYTES = 32 << 20  # default chunk: about this much output (4 bytes a value)
 COUNT = f"{KEY}_count"  # a summarised object's count per image, as group_by names it
-_NOT_SUMMARISED = re.compile(r"^(Metadata_.*|ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+)$")
+_NOT_SUMMARISED = re.compile(
+    r"^(Metadata_.*|Location_.*|ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+)$")
 
 
 class SingleCellError(RuntimeError):
