@@ -129,16 +129,17 @@ def _check_not_empty(name: str, batch: str, path: Path) -> None:
     so is an Image table with a header but zero rows (every batch has image sets). An
     object table with a header only is zero objects (a batch of empty wells), not an error."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-            lines = head.splitlines()
-            more = bool(f.read(1))
+        size = path.stat().st_size
+        head = b""
+        if name == "Image" and size:
+            with open(path, "rb") as f:
+                head = f.read(min(size, 4 << 20))
     except OSError as e:
         raise MergeError(f"batch {batch}: cannot read its {name} table {path}: {e}") from None
-    if not head.strip():
+    if size == 0:
         raise MergeError(f"batch {batch}: its {name} table {path} is empty (0 bytes, no header): "
                          "CellProfiler did not finish writing it")
-    if name == "Image" and not more and len([line for line in lines if line.strip()]) < 2:
+    if len(head) == size and len([line for line in head.splitlines() if line.strip()]) < 2:
         raise MergeError(f"batch {batch}: its Image table {path} has a header but zero rows: "
                          "CellProfiler processed no image set")
 
