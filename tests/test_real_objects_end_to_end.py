@@ -161,7 +161,7 @@ def test_a_nuclei_only_pipeline_gives_a_single_cell_table_and_profiles_on_nuclei
     shutil.copyfile(FIXTURES / "nuclei-only" / "demo_nuclei_only.cppipe",
                     lab.settings.pipelines_dir / "nuclei-only" / "demo_nuclei_only.cppipe")
     acq = register_plate(lab.db, lab.settings, barcode="NUC-1", wells=["B02", "C03"], sites=[1], seed=3)
-    analysis_id, sub_id = submit(lab, "nuclei-only", "nuclei-only/demo_nuclei_only.cppipe", acq, 1)
+    analysis_id, sub_id = submit(lab, "nuclei-only", "nuclei-only/demo_nuclei_only.cppipe", acq, 2)
     run = run_sensor_and_job(lab, dagster_instance, sub_id)
     results = lab.nas / "results" / "NUC-1" / str(acq) / str(analysis_id)
 

@@ -178,8 +178,9 @@ DERIVED_TABLE = {"partitions_def": sub_analysis_partitions, "hooks": {record_fai
 
 @dg.asset(
     deps=[FEATURE_TABLES], **DERIVED_TABLE,
-    description="Joined single-cell table (pycytominer/CytoTable layout: Cells_*, Cytoplasm_*, "
-                "Nuclei_*, Image_*, Metadata_*), one row per cell.",
+    description="Joined single-cell table (pycytominer/CytoTable layout: Metadata_*, Image_*, then "
+                "<Object>_* per exported object), one row per cell (the base object: Cells, else "
+                "e.g. Nuclei); objects not one-to-one with it summarised per image.",
 )
 def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
     result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context))
@@ -187,7 +188,8 @@ def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResourc
         context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
         return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns})
+        "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns,
+        "base_object": result.base})
 
 
 @dg.asset(
