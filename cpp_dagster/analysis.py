@@ -182,10 +182,11 @@ def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:
 def write_single_cell(db: ImageDB, settings: Settings, sub_id: int) -> SingleCellResult | None:
     """The joined single-cell table (pycytominer layout) from the merged tables; None
     (nothing written) when the merge wrote no object tables."""
-    if not object_tables(db, settings, sub_id):
+    objects = object_tables(db, settings, sub_id)
+    if not objects:
         return None
     out_dir = tables_dir_of(db, settings, sub_id)
-    result = single_cell.write_single_cell(out_dir, out_dir / SINGLE_CELL_FILE)
+    result = single_cell.write_single_cell(out_dir, out_dir / SINGLE_CELL_FILE, objects=objects)
     db.add_outputs(sub_id, file_list([result.path], settings.nas_root))
     return result
 

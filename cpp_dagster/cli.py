@@ -35,11 +35,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """Any error is one readable line on stderr and exit code 2 (never a traceback): the
+    merge's own errors name the batch and file; anything else is reported by its type."""
     from cpp_dagster.features.merge import merge_batches
 
     src = Path(args.src)
-    batch_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    result = merge_batches(batch_dirs, Path(args.dest))
+    try:
+        if not src.is_dir():
+            raise NotADirectoryError(f"{src} is not a folder of batch folders")
+        batch_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+        result = merge_batches(batch_dirs, Path(args.dest))
+    except Exception as e:  # noqa: BLE001  (the command's contract: one line, exit 2)
+        message = " ".join(str(e).split()) or type(e).__name__
+        _echo(f"cpp-dagster merge: {message}")
+        return 2
     print(json.dumps({name: {"path": str(t.path), "rows": t.rows, "columns": t.columns, "drift": list(t.drift)}
                       for name, t in result.tables.items()}))
     return 0

@@ -21,6 +21,7 @@ from cpp_dagster.features.checks import (
     objects_per_well,
     well_counts_outliers,
 )
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 from cpp_dagster.features.plate_map import MISSING_COLOR, parse_well, plate_grid, plate_map_markdown, plate_map_png
 
 BATCH_NAMES = ["batch_0001", "batch_0002"]
@@ -74,7 +75,7 @@ def test_all_batches_present(tables):
 
 
 def test_a_batch_without_image_rows_is_missing(tables):
-    rewrite(tables, "Image", lambda t: t.filter(pa.compute.equal(t["Metadata_Batch"], "batch_0001")))
+    rewrite(tables, "Image", lambda t: t.filter(pa.compute.equal(t[BATCH_COLUMN], "batch_0001")))
     outcome = all_batches_present(tables, BATCH_NAMES)
     assert not outcome.passed and outcome.metadata["missing"] == ["batch_0002"]
 
@@ -90,7 +91,7 @@ def test_even_wells_pass(tables):
 
 
 def test_empty_well_and_planned_well_without_images_are_flagged(tables):
-    rewrite(tables, "Cells", lambda t: t.filter(pa.compute.not_equal(t["Metadata_ImageKey"], 2_000_001)))
+    rewrite(tables, "Cells", lambda t: t.filter(pa.compute.not_equal(t[IMAGE_KEY_COLUMN], 2_000_001)))
     outcome = well_counts_outliers(tables, expected_wells=["D05"])
     assert not outcome.passed
     assert outcome.metadata["counts"] == {"B02": 6, "B03": 0, "C04": 3, "D05": 0}
@@ -103,7 +104,7 @@ def test_a_tenfold_well_is_flagged(tmp_path):
     folder = make_tables(tmp_path / "t", batches=batches)
     # B06 (image 5) gets 27 more cells: 30 against a median of 3
     def add_cells(t):
-        extra = t.filter(pa.compute.equal(t["Metadata_ImageKey"], 1_000_005))
+        extra = t.filter(pa.compute.equal(t[IMAGE_KEY_COLUMN], 1_000_005))
         return pa.concat_tables([t] + [extra] * 9)
     rewrite(folder, "Cells", add_cells)
     outcome = well_counts_outliers(folder)
@@ -112,8 +113,8 @@ def test_a_tenfold_well_is_flagged(tmp_path):
 
 
 def test_objects_per_well_counts_other_tables_and_orphans(tables):
-    rewrite(tables, "Nuclei", lambda t: replace_column(t, "Metadata_ImageKey",
-                                                       [9_000_001] + t["Metadata_ImageKey"].to_pylist()[1:]))
+    rewrite(tables, "Nuclei", lambda t: replace_column(t, IMAGE_KEY_COLUMN,
+                                                       [9_000_001] + t[IMAGE_KEY_COLUMN].to_pylist()[1:]))
     counts, orphans = objects_per_well(tables, "Nuclei")
     assert counts == {"B02": 5, "B03": 3, "C04": 3} and orphans == 1
 
@@ -161,7 +162,7 @@ def test_drift_found_in_the_parquet(tables):
 
     def drop_in_batch_2(t):
         values = [None if b == "batch_0002" else v
-                  for b, v in zip(t["Metadata_Batch"].to_pylist(), t["AreaShape_Area"].to_pylist())]
+                  for b, v in zip(t[BATCH_COLUMN].to_pylist(), t["AreaShape_Area"].to_pylist())]
         return replace_column(t, "AreaShape_Area", values)
     rewrite(tables, "Nuclei", drop_in_batch_2)
     outcome = column_drift_in_tables(tables)
@@ -173,7 +174,7 @@ def test_drift_found_when_row_groups_mix_batches(tables):
     """Row groups spanning both batches (not how merge writes) are read, not trusted."""
     path = tables / "Cells.parquet"
     t = pq.read_table(path)
-    batch2 = [b == "batch_0002" for b in t["Metadata_Batch"].to_pylist()]
+    batch2 = [b == "batch_0002" for b in t[BATCH_COLUMN].to_pylist()]
     area = [None if is2 else v for is2, v in zip(batch2, t["AreaShape_Area"].to_pylist())]
     t = replace_column(t, "AreaShape_Area", area)
     pq.write_table(t, path, row_group_size=5)  # 12 rows: groups of 5 cross the batch boundary at row 6

@@ -13,6 +13,7 @@ from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
+from cpp_dagster.features.columns import BATCH_COLUMN
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
     assert sub.finish and sub.error is None and sub.status["message"].startswith("2 / 2 batches finished")
     results = lab.nas / sub.result["job_folder"]
     image = pq.read_table(results / "Image.parquet")
-    assert image.num_rows == 2 and set(image["Metadata_Batch"].to_pylist()) == {"batch_0000", "batch_0001"}
+    assert image.num_rows == 2 and set(image[BATCH_COLUMN].to_pylist()) == {"batch_0000", "batch_0001"}
     assert pq.read_table(results / "Nuclei.parquet").num_rows > 10
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 from cpp_dagster.features.merge import MergeError, merge_batches, table_files
 
 EXPERIMENT_ROWS = [["Key", "Value"], ["CellProfiler_Version", "4.2.8"],
@@ -64,18 +65,18 @@ def test_rows_of_different_batches_never_collide(two_batches, tmp_path):
     nuclei = rows(read(tmp_path / "dest", "Nuclei"))
     assert len(nuclei) == result.tables["Nuclei"].rows == 8
     assert len({(r["ImageNumber"], r["ObjectNumber"]) for r in nuclei}) == 4  # CellProfiler's keys collide
-    assert len({(r["Metadata_ImageKey"], r["ObjectNumber"]) for r in nuclei}) == 8
-    assert {r["Metadata_Batch"] for r in nuclei} == {"batch_0001", "batch_0002"}
+    assert len({(r[IMAGE_KEY_COLUMN], r["ObjectNumber"]) for r in nuclei}) == 8
+    assert {r[BATCH_COLUMN] for r in nuclei} == {"batch_0001", "batch_0002"}
 
 
 def test_object_rows_carry_the_image_key_of_their_image(two_batches, tmp_path):
     merge_batches(two_batches, tmp_path / "dest")
-    images = {r["Metadata_ImageKey"]: r for r in rows(read(tmp_path / "dest", "Image"))}
+    images = {r[IMAGE_KEY_COLUMN]: r for r in rows(read(tmp_path / "dest", "Image"))}
     assert len(images) == 4
     for cell in rows(read(tmp_path / "dest", "Cells")):
-        image = images[cell["Metadata_ImageKey"]]
-        assert (image["Metadata_Batch"], image["ImageNumber"]) == (cell["Metadata_Batch"], cell["ImageNumber"])
-        batch = int(cell["Metadata_Batch"][-1])
+        image = images[cell[IMAGE_KEY_COLUMN]]
+        assert (image[BATCH_COLUMN], image["ImageNumber"]) == (cell[BATCH_COLUMN], cell["ImageNumber"])
+        batch = int(cell[BATCH_COLUMN][-1])
         assert cell["AreaShape_Area"] == 1000 * batch + 10 * cell["ImageNumber"] + cell["ObjectNumber"]
     assert images[next(k for k, r in images.items() if r["Metadata_Well"] == "C05")]["ImageNumber"] == 2
 
@@ -83,7 +84,7 @@ def test_object_rows_carry_the_image_key_of_their_image(two_batches, tmp_path):
 def test_batch_output_folders_are_named_after_their_batch(tmp_path):
     dirs = [make_batch(tmp_path / f"batch_000{k}" / "output", k) for k in (1, 2)]
     merge_batches(dirs, tmp_path / "dest")
-    assert read(tmp_path / "dest", "Image").column("Metadata_Batch").to_pylist() == \
+    assert read(tmp_path / "dest", "Image").column(BATCH_COLUMN).to_pylist() == \
         ["batch_0001", "batch_0001", "batch_0002", "batch_0002"]
 
 
@@ -97,8 +98,8 @@ def test_column_types(two_batches, tmp_path):
         (image, "Intensity_MeanIntensity_DNA", pa.float32()), (cells, "AreaShape_Area", pa.float32()),
         (image, "ImageNumber", pa.int64()), (cells, "ObjectNumber", pa.int64()),
         (cells, "Parent_Nuclei", pa.int64()), (image, "Count_Nuclei", pa.int64()),
-        (image, "Metadata_ImageKey", pa.int64()), (image, "Metadata_Site", pa.int64()),
-        (image, "Metadata_Well", pa.string()), (image, "Metadata_Batch", pa.string()),
+        (image, IMAGE_KEY_COLUMN, pa.int64()), (image, "Metadata_Site", pa.int64()),
+        (image, "Metadata_Well", pa.string()), (image, BATCH_COLUMN, pa.string()),
     ]:
         assert schema.field(name).type == t, name
 
@@ -157,7 +158,7 @@ def test_date_like_columns_are_kept_as_text(tmp_path):
                   [["ImageNumber", "Metadata_Date", "Metadata_Time"], [1, "2026-11-03", "10:30:00"]]).parent
     merge_batches([a], tmp_path / "dest")
     assert rows(read(tmp_path / "dest", "Image"))[0] == {
-        "Metadata_Batch": "batch_0001", "Metadata_ImageKey": 1_000_001, "ImageNumber": 1,
+        BATCH_COLUMN: "batch_0001", IMAGE_KEY_COLUMN: 1_000_001, "ImageNumber": 1,
         "Metadata_Date": "2026-11-03", "Metadata_Time": "10:30:00"}
 
 
@@ -289,7 +290,7 @@ def test_image_key_comes_from_the_batch_number_not_the_merge_order(tmp_path):
     batch.mkdir(parents=True)
     (batch / "MyExpt_Image.csv").write_text("ImageNumber,Metadata_Well,Count_Nuclei\n1,B02,3\n2,B03,4\n")
     merge_batches([batch], tmp_path / "dest")
-    keys = pq.read_table(tmp_path / "dest" / "Image.parquet")["Metadata_ImageKey"].to_pylist()
+    keys = pq.read_table(tmp_path / "dest" / "Image.parquet")[IMAGE_KEY_COLUMN].to_pylist()
     assert keys == [2 * IMAGE_KEY_STRIDE + 1, 2 * IMAGE_KEY_STRIDE + 2]
 
 

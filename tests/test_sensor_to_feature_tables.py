@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from dagster_helpers import events, launch, tick
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 
 
 def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, dagster_instance):
@@ -49,14 +50,14 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert image.num_rows == 4
     assert sorted(zip(image["Metadata_Well"].to_pylist(), image["Metadata_Site"].to_pylist())) == [
         ("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
-    assert set(image["Metadata_Batch"].to_pylist()) == {"batch_0000", "batch_0001"}
+    assert set(image[BATCH_COLUMN].to_pylist()) == {"batch_0000", "batch_0001"}
     nuclei = pq.read_table(results / "Nuclei.parquet")
     assert nuclei.num_rows == int(pc.sum(image["Count_Nuclei"]).as_py()) > 4 * 10
     for table in ("Cells", "Cytoplasm"):
         t = pq.read_table(results / f"{table}.parquet")
         assert t.num_rows > 0
-        assert set(t["Metadata_ImageKey"].to_pylist()) <= set(image["Metadata_ImageKey"].to_pylist())
-    keys = list(zip(nuclei["Metadata_ImageKey"].to_pylist(), nuclei["ObjectNumber"].to_pylist()))
+        assert set(t[IMAGE_KEY_COLUMN].to_pylist()) <= set(image[IMAGE_KEY_COLUMN].to_pylist())
+    keys = list(zip(nuclei[IMAGE_KEY_COLUMN].to_pylist(), nuclei["ObjectNumber"].to_pylist()))
     assert len(set(keys)) == len(keys)  # ImageNumber restarts per batch, rows never collide
     assert nuclei.schema.field("Intensity_MeanIntensity_HOECHST").type == "float"  # float32
     assert (results / "Experiment.csv").is_file()

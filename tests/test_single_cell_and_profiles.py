@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 from cpp_dagster.features.merge import merge_batches
 from cpp_dagster.features.profiles import write_well_profiles
 from cpp_dagster.features.single_cell import SingleCellError, write_single_cell
@@ -50,19 +51,19 @@ def make_tables(folder: Path, batches=BATCHES, skip=()) -> Path:
     for name, (b, images) in batches.items():
         for i, (well, site) in enumerate(images, 1):
             key = b * 1_000_000 + i
-            for col, v in [("Metadata_Batch", name), ("Metadata_ImageKey", key), ("ImageNumber", i),
+            for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
                            ("Metadata_Barcode", "P1"), ("Metadata_Well", well), ("Metadata_Site", site),
                            ("Count_Nuclei", OBJECTS), ("Count_Cells", OBJECTS),
                            ("FileName_HOECHST", f"{well}_s{site}.tif"),
                            ("Intensity_MeanIntensity_HOECHST", b + i / 10)]:
                 img.setdefault(col, []).append(v)
             for o in range(1, OBJECTS + 1):
-                for col, v in [("Metadata_Batch", name), ("Metadata_ImageKey", key), ("ImageNumber", i),
+                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
                                ("ObjectNumber", o), ("Number_Object_Number", o), ("Children_Cells_Count", 1),
                                ("AreaShape_Area", nucleus_area(b, i, o)),
                                ("Intensity_MeanIntensity_HOECHST", nucleus_intensity(b, i, o))]:
                     nuc.setdefault(col, []).append(v)
-                for col, v in [("Metadata_Batch", name), ("Metadata_ImageKey", key), ("ImageNumber", i),
+                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
                                ("ObjectNumber", o), ("Parent_Nuclei", nucleus_of(o)),
                                ("AreaShape_Area", cell_area(b, i, o))]:
                     cel.setdefault(col, []).append(v)
@@ -71,12 +72,12 @@ def make_tables(folder: Path, batches=BATCHES, skip=()) -> Path:
                 parent = next(o for o in range(1, OBJECTS + 1) if cytoplasm_of(o) == c)
                 if (name, i, parent) == NO_CYTOPLASM:
                     continue
-                for col, v in [("Metadata_Batch", name), ("Metadata_ImageKey", key), ("ImageNumber", i),
+                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
                                ("ObjectNumber", c), ("Parent_Cells", parent), ("Parent_Nuclei", nucleus_of(parent)),
                                ("Intensity_MeanIntensity_HOECHST", cytoplasm_intensity(b, i, c))]:
                     cyt.setdefault(col, []).append(v)
     i64, f32, s = pa.int64(), pa.float32(), pa.string()
-    types = {"Metadata_Batch": s, "Metadata_ImageKey": i64, "ImageNumber": i64, "ObjectNumber": i64,
+    types = {BATCH_COLUMN: s, IMAGE_KEY_COLUMN: i64, "ImageNumber": i64, "ObjectNumber": i64,
              "Metadata_Barcode": s, "Metadata_Well": s, "Metadata_Site": i64, "Count_Nuclei": i64,
              "Count_Cells": i64, "FileName_HOECHST": s, "Intensity_MeanIntensity_HOECHST": f32,
              "Number_Object_Number": i64, "Children_Cells_Count": i64, "AreaShape_Area": f32,
@@ -106,7 +107,7 @@ def test_one_row_per_cell_with_compartment_prefixes_and_metadata(tables, tmp_pat
     cells = pq.read_table(tables / "Cells.parquet")
     assert table.num_rows == cells.num_rows == 12
     names = table.column_names
-    for column in ["Metadata_Batch", "Metadata_ImageKey", "Metadata_Plate", "Metadata_Barcode", "Metadata_Well",
+    for column in [BATCH_COLUMN, IMAGE_KEY_COLUMN, "Metadata_Plate", "Metadata_Barcode", "Metadata_Well",
                    "Metadata_Site", "Metadata_ImageNumber", "Metadata_ObjectNumber", "Metadata_Cells_Parent_Nuclei",
                    "Metadata_Nuclei_ObjectNumber", "Metadata_Cytoplasm_ObjectNumber",
                    "Metadata_Cytoplasm_Parent_Cells", "Image_Count_Nuclei", "Image_FileName_HOECHST",
@@ -120,8 +121,8 @@ def test_one_row_per_cell_with_compartment_prefixes_and_metadata(tables, tmp_pat
     assert table.schema.field("Cells_AreaShape_Area").type == pa.float32()
     assert set(table.column("Metadata_Plate").to_pylist()) == {"P1"}
     rows = table.to_pylist()
-    assert [(r["Metadata_ImageKey"], r["Metadata_ObjectNumber"]) for r in rows] == \
-        list(zip(cells.column("Metadata_ImageKey").to_pylist(), cells.column("ObjectNumber").to_pylist()))
+    assert [(r[IMAGE_KEY_COLUMN], r["Metadata_ObjectNumber"]) for r in rows] == \
+        list(zip(cells.column(IMAGE_KEY_COLUMN).to_pylist(), cells.column("ObjectNumber").to_pylist()))
 
 
 def test_batches_do_not_multiply_rows_as_a_join_on_image_and_object_number_does(tables, tmp_path):
@@ -132,7 +133,7 @@ def test_batches_do_not_multiply_rows_as_a_join_on_image_and_object_number_does(
     assert naive.num_rows == 2 * cells.num_rows
     table = single_cell(tables, tmp_path / "sc.parquet")
     assert table.num_rows == cells.num_rows
-    keys = list(zip(table.column("Metadata_ImageKey").to_pylist(), table.column("Metadata_ObjectNumber").to_pylist()))
+    keys = list(zip(table.column(IMAGE_KEY_COLUMN).to_pylist(), table.column("Metadata_ObjectNumber").to_pylist()))
     assert len(set(keys)) == len(keys) == 12
     assert len({(r["Metadata_ImageNumber"], r["Metadata_ObjectNumber"]) for r in table.to_pylist()}) == 6
 
@@ -140,16 +141,16 @@ def test_batches_do_not_multiply_rows_as_a_join_on_image_and_object_number_does(
 def test_each_cell_gets_its_own_image_nucleus_and_cytoplasm(tables, tmp_path):
     rows = single_cell(tables, tmp_path / "sc.parquet").to_pylist()
     for r in rows:
-        b, i, o = int(r["Metadata_Batch"][-1]), r["Metadata_ImageNumber"], r["Metadata_ObjectNumber"]
-        well, site = BATCHES[r["Metadata_Batch"]][1][i - 1]
-        assert (r["Metadata_Well"], r["Metadata_Site"], r["Metadata_ImageKey"]) == (well, site, b * 1_000_000 + i)
+        b, i, o = int(r[BATCH_COLUMN][-1]), r["Metadata_ImageNumber"], r["Metadata_ObjectNumber"]
+        well, site = BATCHES[r[BATCH_COLUMN]][1][i - 1]
+        assert (r["Metadata_Well"], r["Metadata_Site"], r[IMAGE_KEY_COLUMN]) == (well, site, b * 1_000_000 + i)
         assert r["Image_Intensity_MeanIntensity_HOECHST"] == pytest.approx(b + i / 10)
         assert r["Cells_AreaShape_Area"] == cell_area(b, i, o)
         n = nucleus_of(o)
         assert r["Metadata_Nuclei_ObjectNumber"] == r["Metadata_Cells_Parent_Nuclei"] == n
         assert r["Nuclei_AreaShape_Area"] == nucleus_area(b, i, n)
         assert r["Nuclei_Intensity_MeanIntensity_HOECHST"] == pytest.approx(nucleus_intensity(b, i, n))
-        if (r["Metadata_Batch"], i, o) == NO_CYTOPLASM:
+        if (r[BATCH_COLUMN], i, o) == NO_CYTOPLASM:
             assert r["Metadata_Cytoplasm_ObjectNumber"] is None
             assert r["Cytoplasm_Intensity_MeanIntensity_HOECHST"] is None
         else:
@@ -185,18 +186,11 @@ def test_without_nuclei_and_cytoplasm_tables_only_cells_and_image(tmp_path):
     assert not [n for n in table.column_names if n.startswith(("Nuclei_", "Cytoplasm_"))]
 
 
-def test_no_cells_table_is_a_clear_error(tmp_path):
-    folder = make_tables(tmp_path / "t", skip=("Cells",))
-    with pytest.raises(SingleCellError, match="no Cells table"):
-        write_single_cell(folder, tmp_path / "sc.parquet")
-    assert not (tmp_path / "sc.parquet").exists()
-
-
 def test_two_cytoplasms_for_one_cell_is_an_error_not_a_second_row(tmp_path):
     folder = make_tables(tmp_path / "t")
     cyt = pq.read_table(folder / "Cytoplasm.parquet")
     pq.write_table(pa.concat_tables([cyt, cyt.slice(0, 1)]), folder / "Cytoplasm.parquet")
-    with pytest.raises(SingleCellError, match="several objects match one cell"):
+    with pytest.raises(SingleCellError, match="several objects match one Cells row"):
         write_single_cell(folder, tmp_path / "sc.parquet")
     assert list(tmp_path.glob("*.tmp")) == list(tmp_path.glob(".*")) == []
 
@@ -239,7 +233,7 @@ def test_merge_batches_output_joins_into_one_row_per_cell(tmp_path):
     table = single_cell(tmp_path / "merged", tmp_path / "sc.parquet")
     assert table.num_rows == merged.tables["Cells"].rows == 6
     for r in table.to_pylist():
-        b, i, o = int(r["Metadata_Batch"][-1]), r["Metadata_ImageNumber"], r["Metadata_ObjectNumber"]
+        b, i, o = int(r[BATCH_COLUMN][-1]), r["Metadata_ImageNumber"], r["Metadata_ObjectNumber"]
         assert r["Metadata_Well"] == {1: ["B02", "B03"], 2: ["C04"]}[b][i - 1]
         assert r["Metadata_Plate"] == "P1"
         assert r["Cells_AreaShape_Area"] == 1000 * b + 10 * i + o
@@ -298,7 +292,7 @@ def test_medians_do_not_depend_on_the_memory_budget(tables, tmp_path):
 def test_a_feature_without_values_in_a_well_is_null(tmp_path):
     folder = make_tables(tmp_path / "t")
     cells = pq.read_table(folder / "Cells.parquet")
-    batch2 = [b == "batch_0002" for b in cells.column("Metadata_Batch").to_pylist()]
+    batch2 = [b == "batch_0002" for b in cells.column(BATCH_COLUMN).to_pylist()]
     area = [None if is2 else v for is2, v in zip(batch2, cells.column("AreaShape_Area").to_pylist())]
     cells = cells.set_column(cells.column_names.index("AreaShape_Area"), "AreaShape_Area", pa.array(area, pa.float32()))
     pq.write_table(cells, folder / "Cells.parquet")

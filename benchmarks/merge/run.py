@@ -258,7 +258,7 @@ def summarize(dest: Path) -> dict[str, dict]:
 def verify(summaries: dict[str, dict]) -> list[str]:
     """Problems (none when the outputs agree): same tables, rows and key sums everywhere;
     the project's columns are the plain ones plus its 2 key columns."""
-    from cpp_dagster.features.merge import BATCH_COLUMN, IMAGE_KEY_COLUMN
+    from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 
     problems = []
     ref_name = next((m for m in ["pyarrow", *summaries] if m in summaries and m != "merge"), "merge")

@@ -82,7 +82,8 @@ FEATURE_TABLES = dg.AssetKey("feature_tables")
 CHECKS = {
     "image_rows_match_plan": "The Image table has one row per planned image set",
     "all_batches_present": "Every planned batch is in the merged tables",
-    "well_cell_counts": "Cells per well near the plate median (empty or over-seeded wells flagged)",
+    "well_cell_counts": "Cells (the base object: Cells, else e.g. Nuclei) per well near the plate median "
+                        "(empty or over-seeded wells flagged)",
     "nan_share": "Share of NaN per feature under the threshold (features over it listed)",
     "column_drift": "Columns identical across batches (drift reported)",
 }
@@ -115,7 +116,8 @@ def merge_feature_tables(
     for t in tables.values():
         metadata[f"{t.name}_rows"] = t.rows
         metadata[f"{t.name}_columns"] = t.columns
-    main = tables.get("Cells") or next(iter(tables.values()), None)
+    base = checks["well_cell_counts"].metadata.get("object")
+    main = tables.get(base) or next(iter(tables.values()), None)
     if main is not None:
         metadata["dagster/row_count"] = main.rows
     counts = checks["well_cell_counts"].metadata.get("counts")
@@ -141,7 +143,7 @@ def feature_checks(results_dir, *, planned_image_sets: int, batches: list[str], 
     return {
         "image_rows_match_plan": checks.image_rows_match_plan(results_dir, planned_image_sets),
         "all_batches_present": checks.all_batches_present(results_dir, batches),
-        "well_cell_counts": (checks.well_counts_outliers(results_dir) if object_tables
+        "well_cell_counts": (checks.well_counts_outliers(results_dir, objects=object_tables) if object_tables
                              else checks.not_applicable(NO_OBJECT_TABLES)),
         "nan_share": (checks.nan_share(results_dir, tables=object_tables) if object_tables
                       else checks.not_applicable(NO_OBJECT_TABLES)),
@@ -176,8 +178,9 @@ DERIVED_TABLE = {"partitions_def": sub_analysis_partitions, "hooks": {record_fai
 
 @dg.asset(
     deps=[FEATURE_TABLES], **DERIVED_TABLE,
-    description="Joined single-cell table (pycytominer/CytoTable layout: Cells_*, Cytoplasm_*, "
-                "Nuclei_*, Image_*, Metadata_*), one row per cell.",
+    description="Joined single-cell table (pycytominer/CytoTable layout: Metadata_*, Image_*, then "
+                "<Object>_* per exported object), one row per cell (the base object: Cells, else "
+                "e.g. Nuclei); objects not one-to-one with it summarised per image.",
 )
 def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
     result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context))
@@ -185,7 +188,8 @@ def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResourc
         context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
         return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns})
+        "path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows, "columns": result.columns,
+        "base_object": result.base})
 
 
 @dg.asset(

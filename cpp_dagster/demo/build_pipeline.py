@@ -18,6 +18,9 @@ images produced by ``cpp_dagster/demo/synthetic_plate.py`` (256x256, nuclei
 8. MeasureImageIntensity    5 images (image level)
 9. ExportToSpreadsheet      MyExpt_{Image,Experiment,Nuclei,Cells,Cytoplasm}.csv
 
+With ``--nuclei-only``: modules 1, 2 (Nuclei only), 5-6 on Nuclei and 9 (a pipeline
+without a Cells object, ``build_nuclei_only_pipeline``).
+
 Only the standard library and cellprofiler_core / cellprofiler are imported
 (this file must not import cpp_dagster). ``build_icf_pipelines.py`` builds the
 illumination-correction variants from the same parts (``load_data_module``,
@@ -122,24 +125,12 @@ def assemble(modules: list):
     return pipeline
 
 
-def feature_modules(image_of: dict[str, str] | None = None) -> list:
-    """Modules 2-8 of the demo pipeline (segmentation and measurements). `image_of` maps
-    each dye to the name of the image to use for it (default: the dye's own image, as
-    LoadData names it), e.g. illumination-corrected images."""
+def nuclei_module(image: str):
+    """IdentifyPrimaryObjects: Nuclei from `image` (the HOECHST image)."""
     from cellprofiler.modules.identifyprimaryobjects import IdentifyPrimaryObjects
-    from cellprofiler.modules.identifysecondaryobjects import IdentifySecondaryObjects
-    from cellprofiler.modules.identifytertiaryobjects import IdentifyTertiaryObjects
-    from cellprofiler.modules.measureimageintensity import MeasureImageIntensity
-    from cellprofiler.modules.measureobjectintensity import MeasureObjectIntensity
-    from cellprofiler.modules.measureobjectsizeshape import MeasureObjectSizeShape
-    from cellprofiler.modules.measuretexture import MeasureTexture
 
-    image = {dye: dye for dye in DYES} | (image_of or {})
-    modules = []
-
-    # 2. Nuclei from HOECHST.
     nuc = IdentifyPrimaryObjects()
-    nuc.x_name.value = image["HOECHST"]
+    nuc.x_name.value = image
     nuc.y_name.value = NUCLEI
     nuc.size_range.value = (8, 30)
     nuc.exclude_size.value = True
@@ -158,7 +149,37 @@ def feature_modules(image_of: dict[str, str] | None = None) -> list:
     _choose(nuc.limit_choice, "Continue")
     nuc.use_advanced.value = True
     _tune_threshold(nuc, "Otsu", smoothing=1.3488, correction=1.0, bounds=(0.0, 1.0))
-    modules.append(nuc)
+    return nuc
+
+
+def measurement_modules(images: list[str], objects: list[str]) -> list:
+    """MeasureObjectIntensity (`images` x `objects`) and MeasureObjectSizeShape (`objects`,
+    Zernikes on: cheap at this image size)."""
+    from cellprofiler.modules.measureobjectintensity import MeasureObjectIntensity
+    from cellprofiler.modules.measureobjectsizeshape import MeasureObjectSizeShape
+
+    intensity = MeasureObjectIntensity()
+    _set_list(intensity.images_list, images)
+    _set_list(intensity.objects_list, objects)
+    shape = MeasureObjectSizeShape()
+    _set_list(shape.objects_list, objects)
+    shape.calculate_zernikes.value = True
+    shape.calculate_advanced.value = False
+    return [intensity, shape]
+
+
+def feature_modules(image_of: dict[str, str] | None = None) -> list:
+    """Modules 2-8 of the demo pipeline (segmentation and measurements). `image_of` maps
+    each dye to the name of the image to use for it (default: the dye's own image, as
+    LoadData names it), e.g. illumination-corrected images."""
+    from cellprofiler.modules.identifysecondaryobjects import IdentifySecondaryObjects
+    from cellprofiler.modules.identifytertiaryobjects import IdentifyTertiaryObjects
+    from cellprofiler.modules.measureimageintensity import MeasureImageIntensity
+    from cellprofiler.modules.measuretexture import MeasureTexture
+
+    image = {dye: dye for dye in DYES} | (image_of or {})
+    # 2. Nuclei from HOECHST.
+    modules = [nuclei_module(image["HOECHST"])]
 
     # 3. Cells: propagate Nuclei over PHAandWGA.
     cells = IdentifySecondaryObjects()
@@ -181,18 +202,8 @@ def feature_modules(image_of: dict[str, str] | None = None) -> list:
     cyto.shrink_primary.value = True
     modules.append(cyto)
 
-    # 5. Per-object intensities.
-    intensity = MeasureObjectIntensity()
-    _set_list(intensity.images_list, [image[d] for d in DYES])
-    _set_list(intensity.objects_list, [NUCLEI, CELLS, CYTOPLASM])
-    modules.append(intensity)
-
-    # 6. Size / shape (Zernikes on: cheap at this image size).
-    shape = MeasureObjectSizeShape()
-    _set_list(shape.objects_list, [NUCLEI, CELLS, CYTOPLASM])
-    shape.calculate_zernikes.value = True
-    shape.calculate_advanced.value = False
-    modules.append(shape)
+    # 5-6. Per-object intensities, size / shape.
+    modules += measurement_modules([image[d] for d in DYES], [NUCLEI, CELLS, CYTOPLASM])
 
     # 7. Texture at a single small scale, objects only.
     texture = MeasureTexture()
@@ -218,6 +229,14 @@ def feature_modules(image_of: dict[str, str] | None = None) -> list:
 def build_pipeline():
     headless()
     return assemble([load_data_module(), *feature_modules(), export_module()])
+
+
+def build_nuclei_only_pipeline():
+    """A pipeline that segments only nuclei (no Cells object): LoadData, Nuclei from
+    HOECHST, their intensities and shapes, ExportToSpreadsheet (Image, Experiment, Nuclei)."""
+    headless()
+    return assemble([load_data_module(), nuclei_module("HOECHST"), *measurement_modules(DYES, [NUCLEI]),
+                     export_module()])
 
 
 def quiet_logging() -> None:
@@ -254,9 +273,12 @@ def write_pipeline(pipeline, output: pathlib.Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=pathlib.Path, help="path of the .cppipe to write")
+    parser.add_argument("--nuclei-only", action="store_true",
+                        help="segment only nuclei (no Cells object): LoadData, nuclei, measurements, export")
     args = parser.parse_args(argv)
     quiet_logging()
-    return 0 if write_pipeline(build_pipeline(), args.output) else 1
+    pipeline = build_nuclei_only_pipeline() if args.nuclei_only else build_pipeline()
+    return 0 if write_pipeline(pipeline, args.output) else 1
 
 
 if __name__ == "__main__":

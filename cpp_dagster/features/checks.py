@@ -6,9 +6,10 @@ ERROR: the tables are incomplete or wrong (a missing image row or batch). WARN: 
 are complete but something in the data deserves a look (outlier wells, NaN, drift).
 
 - image_rows_match_plan: the Image table has one row per planned image set, no duplicate
-  Metadata_ImageKey.
-- all_batches_present: the Image table's Metadata_Batch values are exactly the planned batches.
-- well_counts_outliers: objects per well of every well of the Image table plus
+  Metadata_CPP_ImageKey.
+- all_batches_present: the Image table's Metadata_CPP_Batch values are exactly the planned batches.
+- well_counts_outliers: objects per well (of the base object, `objects.py`: Cells, else
+  e.g. Nuclei; or the object table given) of every well of the Image table plus
   `expected_wells` (a well without objects counts 0). The rule: with m the median count of
   the wells that have objects, a well is flagged if it has none, or fewer than low x m, or
   more than high x m (defaults 0.2 and 3). Empty wells do not enter m, so a half-empty plate
@@ -35,9 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cpp_dagster.features.columns import BATCH_COLUMN as BATCH
+from cpp_dagster.features.columns import IMAGE_KEY_COLUMN as KEY
+from cpp_dagster.features.objects import base_object, object_tables
 from cpp_dagster.features.plate_map import well_sort_key
 
-BATCH, KEY = "Metadata_Batch", "Metadata_ImageKey"
 _BOOKKEEPING = re.compile(r"^(Metadata_.*|ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+)$")
 _SHOWN = 50  # at most this many offending items listed in a description's metadata
 
@@ -61,13 +64,18 @@ def _path(tables_dir: Path, name: str) -> Path:
 
 
 def _object_tables(tables_dir: Path, tables: Iterable[str] | None) -> list[str]:
-    """`tables` that exist; by default every merged object table: a Parquet file with
-    Metadata_ImageKey and ObjectNumber columns (so not Image, nor a single-cell or profile
-    file written into the same folder)."""
+    """`tables` that exist; by default every merged object table (objects.object_tables)."""
     if tables is not None:
         return [t for t in tables if _path(tables_dir, t).exists()]
-    return sorted(p.stem for p in Path(tables_dir).glob("*.parquet") if not p.name.startswith(".")
-                  and {KEY, "ObjectNumber"} <= set(pq.read_schema(p).names))
+    return sorted(object_tables(tables_dir))
+
+
+def _base_table(tables_dir: Path, object_table: str | None, objects: Iterable[str] | None) -> str | None:
+    """`object_table`, else the base object among `objects` (default: every object table)."""
+    if object_table is not None:
+        return object_table
+    paths = object_tables(tables_dir, objects)
+    return base_object({n: pq.read_schema(p).names for n, p in paths.items()}) if paths else None
 
 
 def _row_groups(path: Path, columns: list[str]) -> Iterable[pa.Table]:
@@ -116,10 +124,12 @@ def all_batches_present(tables_dir: Path, expected_batches: Sequence[str]) -> Ch
                                                        "expected": len(expected_batches)})
 
 
-def objects_per_well(tables_dir: Path, object_table: str = "Cells",
+def objects_per_well(tables_dir: Path, object_table: str | None = None,
                      expected_wells: Iterable[str] = ()) -> tuple[dict[str, int], int]:
     """(well -> number of objects, objects whose image key is not in the Image table); every
-    well of the Image table and of `expected_wells` is in the mapping, 0 if it has none."""
+    well of the Image table and of `expected_wells` is in the mapping, 0 if it has none.
+    `object_table`: default the base object."""
+    object_table = _base_table(tables_dir, object_table, None) or "Cells"
     image = pq.read_table(_path(tables_dir, "Image"), columns=[KEY, "Metadata_Well"])
     well_of = dict(zip(image.column(KEY).to_pylist(), image.column("Metadata_Well").to_pylist()))
     counts = dict.fromkeys([*expected_wells, *(w for w in well_of.values() if w is not None)], 0)
@@ -134,8 +144,12 @@ def objects_per_well(tables_dir: Path, object_table: str = "Cells",
     return dict(sorted(counts.items(), key=lambda kv: well_sort_key(kv[0]))), orphans
 
 
-def well_counts_outliers(tables_dir: Path, object_table: str = "Cells", *, low: float = 0.2, high: float = 3.0,
-                         expected_wells: Iterable[str] = ()) -> CheckOutcome:
+def well_counts_outliers(tables_dir: Path, object_table: str | None = None, *, low: float = 0.2, high: float = 3.0,
+                         expected_wells: Iterable[str] = (), objects: Iterable[str] | None = None) -> CheckOutcome:
+    """`object_table`: default the base object among `objects` (default: every object table)."""
+    object_table = _base_table(tables_dir, object_table, objects)
+    if object_table is None:
+        return CheckOutcome(False, "WARN", f"no object table in {tables_dir}: cannot count objects per well", {})
     for name in ("Image", object_table):
         if not _path(tables_dir, name).exists():
             return CheckOutcome(False, "WARN", f"no {name} table in {tables_dir}: cannot count objects per well", {})
@@ -151,7 +165,7 @@ def well_counts_outliers(tables_dir: Path, object_table: str = "Cells", *, low: 
                    else f"no outlier well among {len(counts)} ({rule})")
     return CheckOutcome(not flagged, "WARN", description,
                         {"counts": counts, "median": median, "flagged": flagged, "rule": rule,
-                         "objects_without_image_row": orphans})
+                         "objects_without_image_row": orphans, "object": object_table})
 
 
 def nan_share(tables_dir: Path, max_share: float = 0.05, tables: Iterable[str] | None = None) -> CheckOutcome:

@@ -3,16 +3,19 @@
 Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
 
 - One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
-- Rows of different batches never collide: `Metadata_Batch` (the batch folder's name)
-  and `Metadata_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate;
+- Rows of different batches never collide: `Metadata_CPP_Batch` (the batch folder's name)
+  and `Metadata_CPP_ImageKey` (= batch number * 1,000,000 + ImageNumber, unique on the plate;
   the batch number is the one in `batch_NNNN`, else the folder's position)
-  are added to every table. `Metadata_*` columns are kept as CellProfiler wrote them.
+  are added to every table (names in `columns.py`). CellProfiler's `Metadata_*` columns are
+  kept as it wrote them, a JUMP `Metadata_Batch` included: the added names never collide.
 - Schema drift between batches (the rule): the merged table has the union of the
   batches' columns, in order of first appearance; a column missing from a batch is null
   there. A column is text if any batch has text in it; otherwise it is numeric
   (an all-empty column in one batch takes the type the other batches give it).
   Numeric columns are float32, except ImageNumber/ObjectNumber and CellProfiler's
   integer bookkeeping columns, which stay int64. `nan` is read as null.
+- A batch table of 0 bytes, or an Image table with a header but zero rows, is a MergeError
+  that names the batch and the file; an object table with a header only is zero objects.
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
 - Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
@@ -44,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
 from cpp_dagster.features.schema import (
     BLOCK_SIZE,
     NULL_VALUES,
@@ -54,8 +58,6 @@ from cpp_dagster.features.schema import (
     unified_schema,
 )
 
-IMAGE_KEY_STRIDE = 1_000_000
-BATCH_COLUMN, IMAGE_KEY_COLUMN = "Metadata_Batch", "Metadata_ImageKey"
 EXPERIMENT = "Experiment"
 # Tables merged at once. Not one per core: a plate's three big object tables on two
 # cores left one core idle while the third ran alone (plate benchmark: 26 s with 2,
@@ -107,6 +109,8 @@ def merge_table(
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order."""
+    for _, batch, path in sources:
+        _check_not_empty(name, batch, path)
     schemas = _probed(p for _, _, p in sources)
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
@@ -118,6 +122,26 @@ def merge_table(
         # find the types from every row and write again
         schemas = _shared(_scan_schema(p) for _, _, p in sources)
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
+
+
+def _check_not_empty(name: str, batch: str, path: Path) -> None:
+    """A 0-byte table (CellProfiler stopped before writing it, a full disk) is an error;
+    so is an Image table with a header but zero rows (every batch has image sets). An
+    object table with a header only is zero objects (a batch of empty wells), not an error."""
+    try:
+        size = path.stat().st_size
+        head = b""
+        if name == "Image" and size:
+            with open(path, "rb") as f:
+                head = f.read(min(size, 4 << 20))
+    except OSError as e:
+        raise MergeError(f"batch {batch}: cannot read its {name} table {path}: {e}") from None
+    if size == 0:
+        raise MergeError(f"batch {batch}: its {name} table {path} is empty (0 bytes, no header): "
+                         "CellProfiler did not finish writing it")
+    if len(head) == size and len([line for line in head.splitlines() if line.strip()]) < 2:
+        raise MergeError(f"batch {batch}: its Image table {path} has a header but zero rows: "
+                         "CellProfiler processed no image set")
 
 
 def _probed(paths: Iterable[Path]) -> list[pa.Schema]:

@@ -1,18 +1,22 @@
 """Per-well profiles: the exact median of every numeric feature over a well's cells.
 
-Input: a single-cell table (`single_cell.py`'s layout), or a folder of merged tables, from
-which the single-cell table is first written to a temporary file beside `dest_file` (and
-removed afterwards). Output: one Parquet file, one row per (plate, well), wells sorted by row
-then column, columns:
+Input: a single-cell table (`single_cell.py`'s layout: one row per base object, "cell",
+which is `Cells`, or e.g. `Nuclei` for a nuclei-only pipeline), or a folder of merged
+tables, from which the single-cell table is first written to a temporary file beside
+`dest_file` (and removed afterwards). Output: one Parquet file, one row per (plate, well),
+wells sorted by row then column, columns:
 
 - `Metadata_Plate` (if the single-cell table has it), `Metadata_Well`;
-- `Metadata_Object_Count`: the number of cells (single-cell rows) in the well;
-- `Metadata_Nuclei_Count`: the nuclei of the well's images that have at least one cell
-  (sum of `Image_Count_Nuclei` over the well's distinct images), if that column exists;
-- every numeric `Cells_*`, `Cytoplasm_*`, `Nuclei_*` column (also `Image_*` with
-  `image_features=True`): its median over the well's cells as float32, nulls and NaN
-  ignored; null if the well has no value for it (like pycytominer's aggregate, features
-  only, no normalisation). Wells without cells have no row (they have no cell to profile).
+- `Metadata_Object_Count`: the number of cells (single-cell rows, base objects) in the well;
+- `Metadata_<Object>_Count` for each `Image_Count_<Object>` column (CellProfiler counts
+  every object it identifies): the objects of the well's images that have at least one
+  cell (the sum over the well's distinct images), e.g. `Metadata_Nuclei_Count`;
+- every numeric feature column (`<Object>_*`: whatever objects the table has, per-image
+  summaries such as `PH3_Image_Count` included; `Image_*` only with
+  `image_features=True`; never `Metadata_*`): its median over the well's cells as
+  float32, nulls and NaN ignored; null if the well has no value for it (like
+  pycytominer's aggregate, features only, no normalisation). Wells without cells have no
+  row (they have no cell to profile).
 
 Memory: exact medians need all of a well's values of a feature at once, so the file is
 read column group by column group (Parquet is columnar: each column is read once) and the
@@ -39,7 +43,6 @@ import pyarrow.parquet as pq
 from cpp_dagster.features.plate_map import well_sort_key
 from cpp_dagster.features.single_cell import KEY, write_single_cell
 
-COMPARTMENT_PREFIXES = ("Cells_", "Cytoplasm_", "Nuclei_")
 DEFAULT_MEMORY_BUDGET = 512 << 20
 BYTES_PER_VALUE = 18  # measured: peak RSS grows ~1.5 x (rows x 12 bytes) per column of a group
 
@@ -56,9 +59,10 @@ class ProfilesResult:
 
 
 def feature_columns(schema: pa.Schema, image_features: bool = False) -> list[str]:
-    """The numeric compartment features of a single-cell schema, in schema order."""
-    prefixes = COMPARTMENT_PREFIXES + (("Image_",) if image_features else ())
-    return [f.name for f in schema if f.name.startswith(prefixes)
+    """The numeric object features of a single-cell schema (every column but `Metadata_*`
+    and, unless `image_features`, `Image_*`), in schema order."""
+    skipped = ("Metadata_",) + (() if image_features else ("Image_",))
+    return [f.name for f in schema if not f.name.startswith(skipped)
             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
 
 
@@ -99,8 +103,8 @@ def _write_profiles(path: Path, dest_file: Path, image_features: bool, memory_bu
     if "Metadata_Well" not in schema.names:
         raise ProfilesError(f"{path} has no Metadata_Well column")
     group_keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in schema.names]
-    count_col = "Image_Count_Nuclei" if {"Image_Count_Nuclei", KEY} <= set(schema.names) else None
-    keys = pq.read_table(path, columns=group_keys + ([KEY, count_col] if count_col else []))
+    count_cols = [n for n in schema.names if n.startswith("Image_Count_")] if KEY in schema.names else []
+    keys = pq.read_table(path, columns=group_keys + ([KEY, *count_cols] if count_cols else []))
     n = keys.num_rows
 
     # one integer per (plate, well); `group` = row -> index of its well in the output
@@ -124,12 +128,13 @@ def _write_profiles(path: Path, dest_file: Path, image_features: bool, memory_bu
     columns: dict[str, pa.Array] = {k: pa.array([lab[i] for lab in labels], schema.field(k).type)
                                     for i, k in enumerate(group_keys)}
     columns["Metadata_Object_Count"] = pa.array(counts)
-    if count_col:
-        image_keys = keys.column(KEY).to_numpy()
-        _, first_of_image = np.unique(image_keys, return_index=True)
-        per_image = pc.fill_null(keys.column(count_col).cast(pa.int64()), 0).to_numpy()[first_of_image]
-        columns["Metadata_Nuclei_Count"] = pa.array(
-            np.bincount(group[first_of_image], weights=per_image, minlength=len(labels)).astype(np.int64))
+    if count_cols:
+        _, first_of_image = np.unique(keys.column(KEY).to_numpy(), return_index=True)
+        for count_col in count_cols:
+            per_image = pc.fill_null(keys.column(count_col).cast(pa.int64()), 0).to_numpy()[first_of_image]
+            name = f"Metadata_{count_col[len('Image_Count_'):]}_Count"
+            columns[name if name not in columns else f"Metadata_Image_{name[len('Metadata_'):]}"] = pa.array(
+                np.bincount(group[first_of_image], weights=per_image, minlength=len(labels)).astype(np.int64))
     del keys
 
     features = feature_columns(schema, image_features)
