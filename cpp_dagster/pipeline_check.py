@@ -171,9 +171,10 @@ def check(needs: PipelineNeeds, **kwargs) -> None:
 
 
 def cache_key(pipeline: Path, cellprofiler: str) -> str:
-    """SHA-256 of the pipeline file's bytes and the CellProfiler executable's path."""
+    """SHA-256 of the pipeline file's bytes, the CellProfiler executable's path and the
+    inspection script (a changed script never reads an old result)."""
     digest = hashlib.sha256(Path(pipeline).read_bytes())
-    digest.update(b"\0" + cellprofiler.encode())
+    digest.update(b"\0" + cellprofiler.encode() + b"\0" + INSPECT_SCRIPT.read_bytes())
     return digest.hexdigest()
 
 
@@ -181,8 +182,10 @@ def inspect(pipeline: Path, *, cellprofiler: str, cache_dir: Path) -> PipelineNe
     """What `pipeline` needs and exports: from the cache when this file (same bytes) was
     inspected with this CellProfiler before, otherwise from one CellProfiler process."""
     cache = Path(cache_dir) / f"{cache_key(pipeline, cellprofiler)}.json"
-    if cache.is_file():
+    try:
         return PipelineNeeds.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # not cached yet, or unreadable: inspect (again)
+        pass
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=cache.name, suffix=".tmp", dir=cache.parent)
     os.close(fd)
