@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import cellprofiler, planning
+from cpp_dagster import cellprofiler, pipeline_check, planning
 from cpp_dagster.config import Settings
 from cpp_dagster.features import profiles, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
@@ -75,7 +75,8 @@ def work_dir(settings: Settings, sub_id: int) -> Path:
 def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     """Plan a sub-analysis, write one LoadData CSV per batch and mark it started.
     Raises planning.PlanningError or cellprofiler.CellProfilerError with a readable
-    message for anything wrong with the analysis as submitted."""
+    message for anything wrong with the analysis as submitted, including a pipeline
+    that cannot run on this plan (`check_pipeline`), before any batch is written."""
     sub = db.sub_analysis(sub_id)
     acq = db.plate_acquisition(sub.plate_acquisition_id)
     options = planning.SubAnalysisOptions.from_meta(sub.meta)
@@ -90,6 +91,7 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
                 f"use_icf is set but {', '.join(planning.icf_file_name(d) for d in missing)} "
                 f"are not in {out_dir} (did the illumination step run?)"
             )
+    check_pipeline(db, settings, sub, options, pipeline, plan)  # before any batch is written
     specs = []
     for batch in plan.batches:
         batch_dir = work_dir(settings, sub_id) / batch.name
@@ -102,6 +104,29 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
                                options.sub_type, options.priority))
     db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count)
     return Prepared(sub, acq, out_dir, specs)
+
+
+def check_pipeline(db: ImageDB, settings: Settings, sub: SubAnalysis, options: planning.SubAnalysisOptions,
+                   pipeline: Path, plan: planning.Plan) -> None:
+    """Refuse (PipelineCheckError, with every reason) a pipeline that cannot run on this
+    plan: a module CellProfiler cannot load, no Image table exported, images the
+    channel map cannot provide, use_icf without an illumination image. CellProfiler
+    inspects each pipeline file once (cached under the work root)."""
+    needs = pipeline_check.inspect(pipeline, cellprofiler=settings.cellprofiler,
+                                   cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER)
+    pipeline_check.check(needs, pipeline_file=options.pipeline_file, dyes=plan.dyes,
+                         illumination_images=illumination_image_names(plan.dyes), use_icf=options.use_icf,
+                         files_only_allowed=others_depend_on(db, sub))
+
+
+def illumination_image_names(dyes: Sequence[str]) -> set[str]:
+    """The illumination images use_icf's LoadData columns provide (pharmbio naming, ICF_<dye>)."""
+    return {f"ICF_{dye}" for dye in dyes}
+
+
+def others_depend_on(db: ImageDB, sub: SubAnalysis) -> bool:
+    """Whether another sub-analysis of its analysis depends on `sub` (illumination, QC)."""
+    return any(sub.sub_id in (s.depends_on_sub_id or []) for s in db.sub_analyses_of(sub.analysis_id))
 
 
 def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
@@ -155,10 +180,9 @@ def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Pat
     (illumination, QC) writes its tables to a subfolder `sub<id>_<sub_type>`, so the two
     never replace each other's Image table; its other files (ICF_<dye>.npy, images) stay
     in the results folder, where use_icf reads them."""
-    siblings = {s.sub_id: s for s in db.sub_analyses_of(db.sub_analysis(sub_id).analysis_id)}
-    sub = siblings[sub_id]
+    sub = db.sub_analysis(sub_id)
     out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
-    if not any(sub_id in (s.depends_on_sub_id or []) for s in siblings.values()):
+    if not others_depend_on(db, sub):
         return out_dir, out_dir
     sub_type = str(sub.meta.get("sub_type") or "")
     name = f"sub{sub_id}_{sub_type}" if re.fullmatch(r"[A-Za-z0-9-]+", sub_type) else f"sub{sub_id}"

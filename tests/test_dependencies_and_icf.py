@@ -10,16 +10,21 @@ import pytest
 from dagster_helpers import tick
 
 from cpp_dagster import analysis
-from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, register_plate
+from cpp_dagster.demo.register import (
+    DEMO_FEATURES_ICF_PIPELINE_FILE,
+    DEMO_ICF_PIPELINE_FILE,
+    register_plate,
+)
 from cpp_dagster.demo.synthetic_plate import DYES
 from cpp_dagster.planning import PlanningError
 
 ICF_THEN_FEATURES = {
     "analysis_meta": {},
     "sub_analyses": [
-        {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 0},
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 2,
-         "use_icf": True, "channels": ["HOECHST", "PHAandWGA"]},
+        {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_ICF_PIPELINE_FILE, "batch_size": 0},
+        # The pipeline must load the illumination images: planning checks it (pipeline_check).
+        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_FEATURES_ICF_PIPELINE_FILE,
+         "batch_size": 2, "use_icf": True},
     ],
 }
 
@@ -34,7 +39,7 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
     # The illumination step ran (its outcome staged here): ICF files in the results folder.
     lab.db.mark_sub_started(icf_sub, batches=1, image_sets=3)
     results = analysis.results_dir_of(lab.db, lab.settings, icf_sub)
-    with pytest.raises(PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_PHAandWGA.npy are not in"):
+    with pytest.raises(PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_CONC.npy, .*ICF_PHAandWGA.npy are not in"):
         analysis.prepare(lab.db, lab.settings, features_sub)
     results.mkdir(parents=True, exist_ok=True)
     for dye in DYES:
@@ -47,8 +52,7 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
     assert [b.image_sets for b in prepared.batches] == [2, 1]
     rows = list(csv.DictReader(io.StringIO(open(prepared.batches[0].batch_dir + "/loaddata.csv").read())))
     assert len(rows) == 2
-    for dye in ("HOECHST", "PHAandWGA"):
+    for dye in DYES:
         assert rows[0][f"FileName_ICF_{dye}"] == f"ICF_{dye}.npy"
         assert rows[0][f"PathName_ICF_{dye}"] == str(results)
         assert rows[0][f"URL_ICF_{dye}"] == (results / f"ICF_{dye}.npy").as_uri()
-    assert "FileName_MITO" not in rows[0]  # channels narrowed to the two dyes

@@ -1,0 +1,220 @@
+"""A pipeline that cannot run on the plan is refused at planning, before any batch runs,
+with a message that names the module or image; CellProfiler inspects each pipeline file
+once (real CellProfiler, real PostgreSQL, the real sensor and job)."""
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_helpers import events, launch, tick
+
+from cpp_dagster import analysis, pipeline_check
+from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
+from cpp_dagster.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO_DYES = ("HOECHST", "CONC", "SYTO", "MITO", "PHAandWGA")
+JUMP_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "Brightfield_L", "Brightfield_H")
+RUN_CELLPOSE = """RunCellpose:[module_num:3|svn_version:'Unknown'|variable_revision_number:4|show_window:False|\
+notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Select the input image:HOECHST
+    Expected object diameter:15
+    Detection mode:cyto2
+    Name the output object:CellposeNuclei
+
+"""
+
+
+def module_count(text: str, delta: int) -> str:
+    return re.sub(r"^ModuleCount:(\d+)$", lambda m: f"ModuleCount:{int(m.group(1)) + delta}", text, flags=re.M)
+
+
+def without_module(text: str, name: str) -> str:
+    """The pipeline text without the (last) block of module `name`."""
+    start = text.index(f"\n{name}:[") + 1
+    end = text.find("\n\n", start)
+    return module_count(text[:start] + (text[end + 2:] if end != -1 else ""), -1)
+
+
+def with_module_before(text: str, block: str, before: str) -> str:
+    at = text.index(f"\n{before}:[") + 1
+    return module_count(text[:at] + block + text[at:], +1)
+
+
+def demo_text(lab) -> str:
+    return (lab.settings.pipelines_dir / DEMO_PIPELINE_FILE).read_text()
+
+
+def install(lab, name: str, text: str) -> str:
+    (lab.settings.pipelines_dir / "test").mkdir(exist_ok=True)
+    (lab.settings.pipelines_dir / "test" / name).write_text(text)
+    return f"test/{name}"
+
+
+def submit(lab, acq: int, pipeline_file: str, **sub_meta) -> int:
+    meta = demo_pipeline_meta(batch_size=2)
+    meta["sub_analyses"][0].update(pipeline_file=pipeline_file, **sub_meta)
+    name = f"custom-{uuid.uuid4().hex[:6]}"
+    lab.db.put_pipeline(name, meta)
+    return lab.db.submit_analysis(acq, name).sub_ids[0]
+
+
+BAD_PIPELINES = {
+    "no export": (lambda lab: without_module(demo_text(lab), "ExportToSpreadsheet"),
+                  ["exports no tables", "no ExportToSpreadsheet module"]),
+    "plugin not installed": (lambda lab: with_module_before(demo_text(lab), RUN_CELLPOSE, "IdentifySecondaryObjects"),
+                             ["cannot load", "RunCellpose #3", "Could not find the RunCellpose module"]),
+    "channel the map lacks": (lambda lab: (FIXTURES / "nf-core-cellpainting" / "illumination.cppipe").read_text(),
+                              ["needs image(s) that this plate acquisition's channel map does not provide",
+                               "OrigBrightfield_L (used by Resize #23)", "OrigDNA (used by Resize #2)",
+                               "provides HOECHST, CONC, SYTO, MITO, PHAandWGA"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PIPELINES))
+def test_pipeline_that_cannot_run_fails_before_any_batch_with_the_module_or_image_named(lab, dagster_instance, case):
+    text, fragments = BAD_PIPELINES[case]
+    acq = register_plate(lab.db, lab.settings, barcode="BADCPPIPE", wells=["B02"], sites=[1, 2], seed=3)
+    sub_id = submit(lab, acq, install(lab, "bad.cppipe", text(lab)))
+    [request] = [r for r in tick(dagster_instance).run_requests if r.tags["imagedb/sub_id"] == str(sub_id)]
+    run = launch(dagster_instance, request)
+
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub.error is not None and sub.status["state"] == "failed" and "batches" not in sub.status
+    for fragment in ["step feature_tables.plan_batches failed", "test/bad.cppipe", *fragments]:
+        assert fragment in sub.status["message"]
+    assert lab.db.analysis(sub.analysis_id)["error"] is not None
+    started = [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)]
+    assert started == ["feature_tables.plan_batches"]  # no batch ran
+    assert not analysis.work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
+
+
+def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_message(lab):
+    acq = register_plate(lab.db, lab.settings, barcode="EXHUMAN", wells=["B02"], sites=[1], seed=3)
+    pipeline_file = install(lab, "ExampleHuman.cppipe", (FIXTURES / "examplehuman" / "ExampleHuman.cppipe").read_text())
+    sub_id = submit(lab, acq, pipeline_file)
+    with pytest.raises(PipelineCheckError) as refused:
+        analysis.prepare(lab.db, lab.settings, sub_id)
+    assert str(refused.value) == (
+        f"pipeline {pipeline_file!r} reads its images through NamesAndTypes; cpp-dagster feeds images through "
+        "LoadData: replace Images/Metadata/NamesAndTypes/Groups by LoadData")
+    assert lab.db.sub_analysis(sub_id).start is None and not analysis.work_dir(lab.settings, sub_id).exists()
+
+
+def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_process(lab):
+    acq = register_plate(lab.db, lab.settings, barcode="CACHED", wells=["B02"], sites=[1, 2], seed=3)
+    first, second = (submit(lab, acq, DEMO_PIPELINE_FILE) for _ in range(2))
+    cache_dir = lab.settings.work_root / pipeline_check.CACHE_FOLDER
+
+    started = time.monotonic()
+    assert len(analysis.prepare(lab.db, lab.settings, first).batches) == 1
+    first_s = time.monotonic() - started
+    [cached] = list(cache_dir.iterdir())
+    pipeline = lab.settings.pipelines_dir / DEMO_PIPELINE_FILE
+    assert cached.name == pipeline_check.cache_key(pipeline, lab.settings.cellprofiler) + ".json"
+    written = cached.stat()
+
+    started = time.monotonic()
+    assert len(analysis.prepare(lab.db, lab.settings, second).batches) == 1
+    second_s = time.monotonic() - started
+    # A second inspection would have written a new file and renamed it over the cached one.
+    assert list(cache_dir.iterdir()) == [cached]
+    assert (cached.stat().st_ino, cached.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert second_s < first_s / 3, (first_s, second_s)
+    print(f"prepare with one inspection process: {first_s:.2f} s; with the cached inspection: {second_s:.2f} s")
+
+
+def test_public_jump_pipelines_pass_on_the_channels_they_are_written_for(tmp_path, settings):
+    """The nf-core/JUMP pipelines on their 8 channels (broad naming: Orig<Ch> images,
+    Illum<Ch> illumination images). The demo pipelines pass in every end-to-end test."""
+    cache_dir = tmp_path / "checks"
+
+    def needs(path: Path) -> PipelineNeeds:
+        return pipeline_check.inspect(path, cellprofiler=settings.cellprofiler, cache_dir=cache_dir)
+
+    jump = FIXTURES / "nf-core-cellpainting"
+    orig, illum = [f"Orig{ch}" for ch in JUMP_CHANNELS], {f"Illum{ch}" for ch in JUMP_CHANNELS}
+    illumination = needs(jump / "illumination.cppipe")
+    assert [m.label for m in illumination.modules if not m.enabled] == ["CreateBatchFiles #34"]
+    assert pipeline_check.problems(illumination, pipeline_file="illumination.cppipe", dyes=orig,
+                                   illumination_images=illum, use_icf=False, files_only_allowed=True) == []
+    # As the last step of an analysis it writes no table: that is refused.
+    assert "exports no tables" in pipeline_check.problems(
+        illumination, pipeline_file="illumination.cppipe", dyes=orig, illumination_images=illum, use_icf=False)[0]
+    jump_analysis = needs(jump / "analysis.cppipe")
+    assert [m.label for m in jump_analysis.modules if not m.enabled] == ["FlagImage #5"]
+    assert jump_analysis.exports == (Export("ExportToSpreadsheet #39", False,
+                                            ("Image", "Experiment", "Cells", "Cytoplasm", "Nuclei")),)
+    assert pipeline_check.problems(jump_analysis, pipeline_file="analysis.cppipe", dyes=orig,
+                                   illumination_images=illum, use_icf=True) == []
+    assert len(list(cache_dir.iterdir())) == 2  # one inspection per file
+
+
+# The comparison itself: pure Python, no CellProfiler.
+
+EXPORT_ALL = (Export("ExportToSpreadsheet #9", True, ()),)
+LOADDATA = (ModuleBlock(1, "LoadData", True),)
+
+
+def loaddata_pipeline(*, needs_images=None, exports=EXPORT_ALL, modules=LOADDATA) -> PipelineNeeds:
+    return PipelineNeeds(modules=tuple(modules), load_error=None, image_inputs=("LoadData",),
+                         needs_images=needs_images or {"HOECHST": ("IdentifyPrimaryObjects #2",)},
+                         exports=tuple(exports))
+
+
+def refusal(needs: PipelineNeeds, use_icf: bool = False, files_only_allowed: bool = False) -> str:
+    with pytest.raises(PipelineCheckError) as refused:
+        pipeline_check.check(needs, pipeline_file="p.cppipe", dyes=DEMO_DYES, use_icf=use_icf,
+                             illumination_images={f"ICF_{d}" for d in DEMO_DYES},
+                             files_only_allowed=files_only_allowed)
+    return str(refused.value)
+
+
+def test_explicit_export_list_without_the_image_table_is_refused():
+    message = refusal(loaddata_pipeline(exports=[Export("ExportToSpreadsheet #9", False, ("Nuclei", "Cells"))]))
+    assert "does not export the Image table: in ExportToSpreadsheet #9 choose 'Export all measurement types'" \
+        in message
+
+
+def test_use_icf_with_a_pipeline_that_loads_no_illumination_image_is_refused():
+    message = refusal(loaddata_pipeline(), use_icf=True)
+    assert message.startswith("use_icf is set but pipeline 'p.cppipe' loads no illumination image (ICF_CONC, ")
+
+
+def test_illumination_images_without_use_icf_say_so():
+    message = refusal(loaddata_pipeline(needs_images={"HOECHST": ("A #2",), "ICF_HOECHST": ("B #3",)}))
+    assert "ICF_HOECHST (used by B #3)" in message and message.endswith("the illumination images need use_icf")
+
+
+def test_a_disabled_module_that_cannot_load_is_no_problem_and_every_problem_is_listed_at_once():
+    modules = [ModuleBlock(1, "LoadData", True), ModuleBlock(2, "RunCellpose", False, "ValueError: not found"),
+               ModuleBlock(3, "RunStarDist", True, "ValueError: not found")]
+    message = refusal(loaddata_pipeline(modules=modules, exports=[],
+                                        needs_images={"OrigDNA": ("IdentifyPrimaryObjects #4",)}))
+    assert message.startswith("3 problems: ")
+    assert "RunStarDist #3 (ValueError: not found)" in message and "RunCellpose" not in message
+    assert "exports no tables" in message and "OrigDNA (used by IdentifyPrimaryObjects #4)" in message
+
+
+def test_a_step_others_depend_on_may_write_files_only():
+    modules = [ModuleBlock(1, "LoadData", True), ModuleBlock(2, "SaveImages", True)]
+    files_only = loaddata_pipeline(modules=modules, exports=[])
+    pipeline_check.check(files_only, pipeline_file="p.cppipe", dyes=DEMO_DYES, illumination_images=(),
+                         use_icf=False, files_only_allowed=True)
+    assert "exports no tables" in refusal(files_only)
+
+
+def test_the_cache_key_follows_the_file_content_and_the_cellprofiler_build(tmp_path):
+    a, b = tmp_path / "a.cppipe", tmp_path / "b.cppipe"
+    a.write_text("same")
+    shutil.copyfile(a, b)
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") == pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(a, "/cp2/bin/cellprofiler")
+    b.write_text("changed")
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
