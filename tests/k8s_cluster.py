@@ -83,3 +83,42 @@ def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.D
             on_poll()
         time.sleep(1)
     raise TimeoutError(f"run of {key} did not finish")
+
+
+def step_job(layer: dict, op: str, launcher_secrets: tuple[str, ...] = ()) -> dict:
+    """The step Job dagster-k8s's own builder makes with this pod-config layer (on top of
+    the run launcher's Secrets), as the API server receives it."""
+    import kubernetes
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    job = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(job_image="registry.example.org/cpp-dagster:default", dagster_home="/opt/dagster",
+                                       env_secrets=list(launcher_secrets)),
+        args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{op.replace('_', '-')}",
+        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), component="step_worker",
+        labels={"dagster/op": op})
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+def secrets_of(job: dict) -> list[str]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+
+
+def assert_least_privilege(job: dict) -> None:
+    """A step pod with no service-account token, the RuntimeDefault seccomp profile,
+    non-root without privilege escalation or capabilities, a read-only root filesystem
+    and every place its programs write under the /tmp emptyDir."""
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True and security["runAsNonRoot"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    for name in ("TMPDIR", "HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        assert env[name].startswith("/tmp"), name
