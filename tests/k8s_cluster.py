@@ -26,9 +26,12 @@ BIN = Path(sys.executable).parent
 
 
 @contextmanager
-def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]]):
-    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher; every pod
-    gets `secrets` (name -> env) as the Helm values give them."""
+def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]],
+                    launcher_secrets: tuple[str, ...] = ("imagedb-credentials",)):
+    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher. The
+    cluster holds `secrets` (name -> env); the run launcher passes `launcher_secrets` to
+    every pod, as the Helm values do, and each step pod's own layer adds the Secret it
+    needs (the pod settings)."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
     pods["images"] = {DEMO_CP_VERSION: IMAGE}
     pods["training"]["image"] = IMAGE
@@ -54,7 +57,7 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
                 "service_account_name": "cpp-dagster", "instance_config_map": "dagster-instance",
                 "dagster_home": str(home), "job_image": IMAGE, "job_namespace": NAMESPACE,
                 "load_incluster_config": False, "kubeconfig_file": k8s.kubeconfig_path,
-                "env_secrets": list(secrets),
+                "env_secrets": [name for name in launcher_secrets if name in secrets],
                 "env_vars": [f"{k}={v}" for k, v in env_vars.items()]}},
             "concurrency": {"pools": {"default_limit": 4}},
             "telemetry": {"enabled": False},

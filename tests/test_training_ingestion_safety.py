@@ -3,6 +3,7 @@ against the real embedded PostgreSQL and the real `compounds` table (the public 
 from __future__ import annotations
 
 import psycopg2
+import psycopg2.extras
 import pytest
 from conftest import new_database
 
@@ -75,3 +76,43 @@ def test_a_query_over_the_statement_timeout_is_cancelled(compounds, monkeypatch)
     monkeypatch.setenv("CPP_TRAINING_QUERY_TIMEOUT_S", "0.5")
     with pytest.raises(CompoundDatabaseError, match=r"longer than 0.5 s .*CPP_TRAINING_QUERY_TIMEOUT_S"):
         run_query("compounds", "SELECT smiles, solubility AS label FROM compounds, pg_sleep(5) LIMIT 1")
+
+
+def test_a_stored_version_whose_query_escapes_its_transaction_fails_its_run_and_deletes_nothing(
+        pg_server, compounds, dagster_instance, tmp_path, monkeypatch):
+    """A version already in the store (written before this check, or by hand) whose query
+    holds `COMMIT; DELETE`: its training run fails with the reason, the compounds table
+    is whole, and no model is published."""
+    import dagster as dg
+    from dagster_helpers import events
+
+    from cpp_dagster.definitions import training_job_def
+    from cpp_dagster.training.store import ConfigStore
+
+    store_url = new_database(pg_server, "training")
+    ConfigStore(store_url).apply_schema()
+    for key, value in {"CPP_TRAINING_DB_URL": store_url, "CPP_NAS_ROOT": str(tmp_path / "nas")}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CPP_WORK_ROOT", "CPP_MODEL_REGISTRY_URL", "CPP_MODEL_REGISTRY_DIR", "CPP_TRAINING_ENGINE"):
+        monkeypatch.delenv(key, raising=False)
+    config = {"workflow": "poison", "database": "compounds", "splits": 1, "model": {"predictor": "ACP_Regression"},
+              "query": "SELECT 1; COMMIT; DELETE FROM compounds"}
+    key = "poison-0123456789ab"
+    with psycopg2.connect(store_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO training_config_versions (version, partition_key, workflow, config) "
+                    "VALUES (%s, %s, %s, %s)", ("0123456789ab" + "0" * 52, key, "poison", psycopg2.extras.Json(config)))
+    conn.close()
+    dagster_instance.add_dynamic_partitions("training_config_version", [key])
+    with dg.execute_job(dg.reconstructable(training_job_def), instance=dagster_instance, raise_on_error=False,
+                        tags={"dagster/partition": key}) as result:
+        run = dagster_instance.get_run_by_id(result.run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    messages = []
+    for event in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE):
+        error = event.event_specific_data.error
+        while error is not None:
+            messages.append(error.message)
+            error = error.cause
+    assert "the query must be exactly one SQL statement (a SELECT); it holds 3 statements" in "\n".join(messages)
+    assert count(compounds) == ROWS
+    assert not (tmp_path / "nas" / "models").exists()
