@@ -152,11 +152,12 @@ def _read_only_fetch(conn, statement: str, database: str, limits: TrainingQueryL
     conn.set_session(readonly=True, autocommit=False)
     select = sqlparse.parse(statement)[0].get_type() == "SELECT"
     try:
-        with conn.cursor() as cur:
-            cur.execute("SET LOCAL statement_timeout = %s", (int(limits.timeout_s * 1000),))
-            if select:  # a server-side cursor: PostgreSQL sends only what is fetched
-                cur = conn.cursor(name="training_query")
-            cur.execute(statement)  # anything but a SELECT runs as written: the transaction refuses writes
+        with conn.cursor() as setup:
+            setup.execute("SET LOCAL statement_timeout = %s", (int(limits.timeout_s * 1000),))
+        # a SELECT through a server-side cursor: PostgreSQL sends only what is fetched;
+        # anything else runs as written, and the read-only transaction refuses writes
+        with conn.cursor(name="training_query") if select else conn.cursor() as cur:
+            cur.execute(statement)
             rows = cur.fetchmany(limits.max_rows + 1) if select or cur.description is not None else []
             if cur.description is None:
                 raise CompoundDatabaseError("the query returned no result set (it must be a SELECT)")
