@@ -158,6 +158,27 @@ def test_a_stalled_client_times_out_and_does_not_block_the_others(registry, tmp_
     assert files_under(tmp_path / "models") == []
 
 
+def test_an_upload_that_trickles_in_is_cut_off(registry, tmp_path):
+    port = registry(timeout_s=1).server_port
+    trickle = socket.create_connection(("127.0.0.1", port))
+    trickle.sendall(f"PUT /models/w/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    "Content-Length: 1000\r\n\r\n".encode())
+    started, answer = time.monotonic(), b""
+    trickle.settimeout(0.3)
+    while not answer and time.monotonic() - started < 20:  # one byte every 0.3 s: never a full stall
+        try:
+            trickle.sendall(b"x")
+            answer = trickle.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    trickle.close()
+    assert answer.startswith(b"HTTP/1.0 408"), answer
+    assert time.monotonic() - started < 5
+    assert files_under(tmp_path / "models") == []
+
+
 @pytest.mark.parametrize("path", ["/models/../v1", "/models/%2e%2e/v1", "/models/w/..", "/models/w%2F..%2F..%2Fx/v1",
                                   "/models/%00w/v1", "/models/w/%2Fetc"])
 def test_a_name_that_would_leave_the_registry_gets_400_and_nothing_is_written(registry, tmp_path, path):

@@ -7,7 +7,8 @@ interface of registry.HttpModelRegistry (`cpp-dagster train registry`).
 - An upload is streamed to a temporary file beside the registry folder, never held in
   memory, and refused with 413 above `max_upload_bytes` (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)
   before its body is read; a body that stops short of its Content-Length is not stored.
-- Each connection's socket has a timeout (`timeout_s`): a client that stalls is dropped.
+- Each connection's socket has a timeout (`timeout_s`): a client that stalls is dropped,
+  and so is an upload that trickles in slower than MIN_UPLOAD_RATE.
 - Requests are served by a bounded pool of `workers` threads; while all are busy, new
   connections wait in the listen backlog instead of each getting a thread.
 - Model names and versions follow the project's path rule (`cpp_dagster.paths`): `..`,
@@ -20,6 +21,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -30,6 +32,7 @@ from cpp_dagster.config import registry_max_upload_bytes
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
 CHUNK = 1024 * 1024
+MIN_UPLOAD_RATE = 64 * 1024  # bytes/s an upload must keep up on average (after timeout_s of grace)
 UPLOAD_PREFIX = ".upload-"
 
 
@@ -144,18 +147,22 @@ def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, 
             return int(raw)
 
         def _receive(self, upload: Path, length: int) -> None:
-            """Stream the body to `upload` in chunks; a short or stalled body is refused."""
+            """Stream the body to `upload` in chunks. A body that stops (no data for
+            timeout_s, or the connection closed) or trickles in slower than
+            MIN_UPLOAD_RATE is refused, so no client holds a worker for long."""
             left = length
+            deadline = time.monotonic() + timeout_s + length / MIN_UPLOAD_RATE
             with upload.open("wb") as out:
                 while left:
                     try:
                         chunk = self.rfile.read1(min(CHUNK, left))  # what has arrived, at most this
                     except TimeoutError:
                         chunk = b""
-                    if not chunk:
+                    if not chunk or time.monotonic() > deadline:
                         self.close_connection = True
-                        raise _Refused(408, f"the upload stopped after {length - left:,} of {length:,} bytes "
-                                            f"(no data for {timeout_s:g} s or the connection closed)")
+                        raise _Refused(408, f"the upload stopped after {length - left + len(chunk):,} of "
+                                            f"{length:,} bytes (no data for {timeout_s:g} s, slower than "
+                                            f"{MIN_UPLOAD_RATE // 1024} KiB/s, or the connection closed)")
                     out.write(chunk)
                     left -= len(chunk)
 
