@@ -10,7 +10,10 @@ ENV PYTHONUNBUFFERED=1 \
     CPP_CELLPROFILER=/opt/cellprofiler/bin/cellprofiler \
     CPP_EXECUTOR=k8s \
     DAGSTER_HOME=/opt/dagster/dagster_home \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    UV_COMPILE_BYTECODE=1
+# UV_COMPILE_BYTECODE: every .pyc is written at build time, since step pods run with a
+# read-only root filesystem (only /tmp is writable, see cpp_dagster/k8s/pod_config.py).
 
 RUN pip install --no-cache-dir uv==${UV_VERSION}
 

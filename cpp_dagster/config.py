@@ -8,6 +8,9 @@
 | CPP_PIPELINES_DIR   | folder that `pipeline_file` is relative to           | $CPP_NAS_ROOT/pipelines              |
 | CPP_CELLPROFILER    | the cellprofiler executable                          | <repo>/.venv-cp/bin/cellprofiler     |
 | CPP_LOCAL_DIR       | where the embedded PostgreSQL and local NAS live     | <repo>/.cpp                          |
+| CPP_TRAINING_QUERY_TIMEOUT_S | statement timeout of a training query        | 600                                  |
+| CPP_TRAINING_QUERY_MAX_ROWS  | rows a training query may return              | 1000000                              |
+| CPP_MODEL_REGISTRY_MAX_UPLOAD_MB | largest model the registry server takes   | 512                                  |
 
 Nothing here holds a secret: a password travels inside CPP_IMAGEDB_URL, which comes
 from the environment (on Kubernetes from a Secret) and is never logged (see `redact_url`).
@@ -64,3 +67,34 @@ def load_settings() -> Settings:
 def redact_url(url: str) -> str:
     """A database URL fit for a log line: the password replaced by ***."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _positive(variable: str, default: float, kind=float):
+    raw = os.environ.get(variable)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r}: expected a positive number") from None
+    if value <= 0:
+        raise ValueError(f"{variable}={raw!r}: expected a positive number")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainingQueryLimits:
+    """What one training ingestion query may take: seconds (statement_timeout) and rows."""
+
+    timeout_s: float = 600
+    max_rows: int = 1_000_000
+
+
+def training_query_limits() -> TrainingQueryLimits:
+    return TrainingQueryLimits(timeout_s=_positive("CPP_TRAINING_QUERY_TIMEOUT_S", 600),
+                               max_rows=_positive("CPP_TRAINING_QUERY_MAX_ROWS", 1_000_000, int))
+
+
+def registry_max_upload_bytes() -> int:
+    """The largest model upload the registry server accepts (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)."""
+    return int(_positive("CPP_MODEL_REGISTRY_MAX_UPLOAD_MB", 512) * 1024 * 1024)

@@ -26,9 +26,12 @@ BIN = Path(sys.executable).parent
 
 
 @contextmanager
-def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]]):
-    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher; every pod
-    gets `secrets` (name -> env) as the Helm values give them."""
+def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]],
+                    launcher_secrets: tuple[str, ...] = ("imagedb-credentials",)):
+    """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher. The
+    cluster holds `secrets` (name -> env); the run launcher passes `launcher_secrets` to
+    every pod, as the Helm values do, and each step pod's own layer adds the Secret it
+    needs (the pod settings)."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
     pods["images"] = {DEMO_CP_VERSION: IMAGE}
     pods["training"]["image"] = IMAGE
@@ -54,7 +57,7 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
                 "service_account_name": "cpp-dagster", "instance_config_map": "dagster-instance",
                 "dagster_home": str(home), "job_image": IMAGE, "job_namespace": NAMESPACE,
                 "load_incluster_config": False, "kubeconfig_file": k8s.kubeconfig_path,
-                "env_secrets": list(secrets),
+                "env_secrets": [name for name in launcher_secrets if name in secrets],
                 "env_vars": [f"{k}={v}" for k, v in env_vars.items()]}},
             "concurrency": {"pools": {"default_limit": 4}},
             "telemetry": {"enabled": False},
@@ -83,3 +86,42 @@ def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.D
             on_poll()
         time.sleep(1)
     raise TimeoutError(f"run of {key} did not finish")
+
+
+def step_job(layer: dict, op: str, launcher_secrets: tuple[str, ...] = ()) -> dict:
+    """The step Job dagster-k8s's own builder makes with this pod-config layer (on top of
+    the run launcher's Secrets), as the API server receives it."""
+    import kubernetes
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    job = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(job_image="registry.example.org/cpp-dagster:default", dagster_home="/opt/dagster",
+                                       env_secrets=list(launcher_secrets)),
+        args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{op.replace('_', '-')}",
+        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), component="step_worker",
+        labels={"dagster/op": op})
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+def secrets_of(job: dict) -> list[str]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+
+
+def assert_least_privilege(job: dict) -> None:
+    """A step pod with no service-account token, the RuntimeDefault seccomp profile,
+    non-root without privilege escalation or capabilities, a read-only root filesystem
+    and every place its programs write under the /tmp emptyDir."""
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True and security["runAsNonRoot"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    for name in ("TMPDIR", "HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        assert env[name].startswith("/tmp"), name

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pyarrow.parquet as pq
 import pytest
 from dagster_helpers import events, tick
-from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
+from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
@@ -19,7 +19,9 @@ from cpp_dagster.features.columns import BATCH_COLUMN
 @pytest.fixture
 def cluster(lab, pg_server, tmp_path, monkeypatch):
     with standin_cluster(pg_server, tmp_path, monkeypatch, lab.settings.nas_root,
-                         {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url}}) as found:
+                         {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
+                          "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"}}
+                         ) as found:
         yield found
 
 
@@ -51,6 +53,9 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
 
     for job in k8s.jobs:
         kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    for job in (j for j in k8s.jobs if j["metadata"]["labels"]["app.kubernetes.io/component"] == "step_worker"):
+        assert_least_privilege(job)
+        assert secrets_of(job) == ["imagedb-credentials"]  # no training credentials in an analysis pod
     for job in batches:
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]

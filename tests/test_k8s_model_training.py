@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 from conftest import new_database
 from dagster_helpers import tick
-from k8s_cluster import IMAGE, launch, standin_cluster, wait_for_run
+from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
@@ -34,7 +34,9 @@ def training_cluster(pg_server, tmp_path, monkeypatch):
     for key, value in credentials.items():  # the sensor runs here, in the test's process
         monkeypatch.setenv(key, value)
     with standin_cluster(pg_server, tmp_path, monkeypatch, tmp_path / "nas",
-                         {"training-credentials": credentials}) as (k8s, instance):
+                         {"training-credentials": credentials,
+                          "imagedb-credentials": {"CPP_IMAGEDB_URL": "postgresql://unused@imagedb/x"}}
+                         ) as (k8s, instance):
         yield k8s, instance, store
 
 
@@ -65,7 +67,9 @@ def test_every_training_step_and_split_is_its_own_job_and_the_model_is_published
         (container,) = pod["containers"]
         op = op_of(job)
         labels = job["spec"]["template"]["metadata"]["labels"]
+        assert_least_privilege(job)
         if op in ("plan_splits", "collect_split_models"):
+            assert "training-credentials" not in secrets_of(job)  # they only pass file paths on
             continue  # the graph asset's bookkeeping steps: no training settings
         assert container["image"] == IMAGE
         assert labels["cpp-dagster/training-step"] == op and labels["cpp-dagster/workflow"] == "solubility"

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
+from k8s_cluster import assert_least_privilege, secrets_of, step_job
+from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.k8s.pod_config import AnalysisIds, PodConfigError, PodSettings, step_config
@@ -63,6 +66,38 @@ def test_nas_mounts_tmp_security_and_placement(settings):
     assert config["pod_template_spec_metadata"]["labels"]["cpp-dagster/sub-analysis"] == "8"
 
 
+@pytest.mark.parametrize("op", ["plan_batches", "run_cellprofiler", "merge_feature_tables", "well_profiles"])
+def test_analysis_step_pods_get_least_privilege_and_only_the_imagedb_secret(settings, op):
+    job = step_job(step_config(settings, options(), IDS, op), op)
+    kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    assert_least_privilege(job)
+    assert secrets_of(job) == ["imagedb-credentials"]  # never the training credentials
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
+
+
+def test_the_service_account_token_stays_off_over_the_run_workers_setting(settings):
+    """The Helm values turn the token on for the run worker (it creates the step Jobs);
+    dagster-k8s merges that into every step pod, and the step layer turns it off again."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+    run_worker = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+        {"pod_spec_config": {"automount_service_account_token": True}}))
+    layer = step_config(settings, options(), IDS, "run_cellprofiler")
+    merged = run_worker.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer)))
+    assert merged.run_k8s_config.pod_spec_config["automount_service_account_token"] is False
+
+
+def test_pod_settings_can_use_the_nodes_disk_for_tmp_and_other_secret_names(settings):
+    changed = PodSettings.from_mapping({**yaml.safe_load(EXAMPLE.read_text()), "tmp_medium": "",
+                                        "imagedb_secret": "lab-imagedb"})
+    job = step_job(step_config(changed, options(), IDS, "run_cellprofiler"), "run_cellprofiler")
+    kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}} in job["spec"]["template"]["spec"]["volumes"]
+    assert secrets_of(job) == ["lab-imagedb"]
+
+
 def test_image_follows_cp_version_and_unknown_versions_are_refused(settings):
     config = step_config(settings, options(), IDS, "plan_batches")
     assert config["container_config"]["image"] == "registry.example.org/cpp-dagster:0.1.0-cp5.0.0.dev784"
@@ -108,8 +143,27 @@ def test_helm_values_wire_the_project_in():
     deployment = values["dagster-user-deployments"]["deployments"][0]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["CPP_EXECUTOR"] == "k8s" and env["CPP_K8S_CONFIG"].startswith("/etc/cpp-dagster/")
-    assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contexts():
+    values = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    # the code server's sensors read imagedb and the training store; none of it is copied into runs
+    assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
+    # the run worker (and, through dagster-k8s, every step pod) gets imagedb only
+    assert launcher["envSecrets"] == [{"name": "imagedb-credentials"}]
+    assert "training-credentials" not in yaml.safe_dump(launcher)
+    # runs get the code server's settings, not its Secrets
+    assert launcher["runK8sConfig"]["containerConfig"]["env"] == deployment["env"]
+    assert launcher["volumes"] == deployment["volumes"] and launcher["volumeMounts"] == deployment["volumeMounts"]
+    for pod_security in (deployment["podSecurityContext"], launcher["runK8sConfig"]["podSpecConfig"]["securityContext"]):
+        assert pod_security["runAsNonRoot"] is True and pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container_security in (deployment["securityContext"], launcher["securityContext"]):
+        assert container_security["allowPrivilegeEscalation"] is False
+        assert container_security["capabilities"] == {"drop": ["ALL"]}
     assert values["postgresql"]["enabled"] is False
     assert values["concurrency"]["pools"]["defaultLimit"] > 0
     assert values["dagsterDaemon"]["runMonitoring"]["enabled"] is True

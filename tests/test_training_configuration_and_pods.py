@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 
-import kubernetes
 import kubernetes_validate
 import pytest
 from conftest import new_database
-from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+from k8s_cluster import assert_least_privilege, secrets_of, step_job
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
@@ -87,14 +86,7 @@ def pods() -> PodSettings:
 
 
 def _job(layer: dict, op: str) -> dict:
-    """The step Job dagster-k8s builds with this layer, as the API server receives it."""
-    job = construct_dagster_k8s_job(
-        job_config=DagsterK8sJobConfig(job_image="registry.example.org/cpp-dagster:default", dagster_home="/opt/dagster",
-                                       env_secrets=["imagedb-credentials"]),
-        args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{op.replace('_', '-')}",
-        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), component="step_worker",
-        labels={"dagster/op": op})
-    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+    return step_job(layer, op, launcher_secrets=("imagedb-credentials",))
 
 
 @pytest.mark.parametrize("op", ["descriptors", "train_split", "aggregated_model"])
@@ -140,3 +132,15 @@ def test_the_executor_layer_routes_training_steps_and_needs_an_image(pods, monke
     with pytest.raises(PodConfigError, match="training section names no cpsign_image"):
         training_step_config(PodSettings.from_mapping({"training": {"image": "x"}}), "train_split", "cpsign", "w")
     executor._settings.cache_clear()
+
+
+@pytest.mark.parametrize("op, secrets", [
+    ("training_data", ["training-credentials"]), ("descriptors", ["training-credentials"]),
+    ("train_split", ["training-credentials"]), ("aggregated_model", ["training-credentials"]),
+    ("published_model", ["training-credentials"]), ("plan_splits", []), ("collect_split_models", []),
+])
+def test_training_steps_get_only_the_training_secret_and_least_privilege(pods, op, secrets):
+    job = step_job(training_step_config(pods, op, "cpsign", "logd"), op)
+    kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+    assert secrets_of(job) == secrets  # never imagedb-credentials from the step's own layer
+    assert_least_privilege(job)

@@ -48,6 +48,10 @@ class PodSettings:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     training: Mapping[str, Any] = field(default_factory=dict)  # model training steps: see training_step_config
     tmp_size_limit: str = "1Gi"
+    tmp_medium: str = "Memory"  # the /tmp emptyDir: "Memory" (tmpfs) or "" (the node's disk)
+    read_only_root_filesystem: bool = True
+    imagedb_secret: str | None = "imagedb-credentials"  # analysis steps (they record progress in imagedb)
+    training_secret: str | None = "training-credentials"  # training steps that read the store or databases
     startup_grace_seconds: int = 300
     run_as_user: int = 1000
     run_as_group: int = 1000
@@ -91,23 +95,41 @@ class AnalysisIds:
     sub_id: int
 
 
-def _base(settings: PodSettings, image: str, labels: dict[str, str]) -> tuple[dict, dict, dict]:
-    """The parts every step pod shares: image, NAS volumes, memory-backed /tmp, the
-    non-root security context, placement and labels."""
+# Where a step's programs write, all under the /tmp emptyDir, so that the root filesystem
+# can be read-only: CellProfiler's measurements file and scratch folders (TMPDIR),
+# matplotlib's font cache and config (HOME/.cache, MPLCONFIGDIR); bytecode is precompiled
+# in the image. Measured with strace on a real batch: nothing else is written.
+WRITABLE_ENV = {"TMPDIR": "/tmp", "HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib",
+                "XDG_CACHE_HOME": "/tmp/.cache", "XDG_CONFIG_HOME": "/tmp/.config", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _base(settings: PodSettings, image: str, labels: dict[str, str], secrets: tuple[str | None, ...] = ()
+          ) -> tuple[dict, dict, dict]:
+    """The parts every step pod shares: image, NAS volumes, a /tmp emptyDir, least
+    privilege (no service-account token, RuntimeDefault seccomp, non-root, no privilege
+    escalation, no capabilities, a read-only root filesystem), only the Secrets this step
+    needs (`secrets`, as envFrom), placement and labels."""
     mounts = [{"name": v.name, "mount_path": v.mount_path, "read_only": v.read_only} for v in settings.volumes]
     volumes = [{"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
                for v in settings.volumes]
+    tmp = {"size_limit": settings.tmp_size_limit, **({"medium": settings.tmp_medium} if settings.tmp_medium else {})}
     container: dict[str, Any] = {
         "image": image,
-        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}, *({"name": k, "value": v} for k, v in WRITABLE_ENV.items())],
         "volume_mounts": [*mounts, {"name": "tmp", "mount_path": "/tmp"}],
         "security_context": {"allow_privilege_escalation": False, "run_as_non_root": True,
-                             "capabilities": {"drop": ["ALL"]}},
+                             "capabilities": {"drop": ["ALL"]},
+                             "read_only_root_filesystem": settings.read_only_root_filesystem},
     }
+    env_from = [{"secret_ref": {"name": name}} for name in secrets if name]
+    if env_from:
+        container["env_from"] = env_from
     pod_spec: dict[str, Any] = {
-        "volumes": [*volumes, {"name": "tmp", "empty_dir": {"medium": "Memory", "size_limit": settings.tmp_size_limit}}],
+        "automount_service_account_token": False,  # a step never talks to the Kubernetes API
+        "volumes": [*volumes, {"name": "tmp", "empty_dir": tmp}],
         "security_context": {"run_as_non_root": True, "run_as_user": settings.run_as_user,
-                             "run_as_group": settings.run_as_group, "fs_group": settings.fs_group},
+                             "run_as_group": settings.run_as_group, "fs_group": settings.fs_group,
+                             "seccomp_profile": {"type": "RuntimeDefault"}},
     }
     if settings.node_selector:
         pod_spec["node_selector"] = dict(settings.node_selector)
@@ -122,6 +144,7 @@ TRAINING_STEPS = ("training_data", "descriptors", "plan_splits", "train_split", 
                   "aggregated_model", "published_model")
 CPSIGN_STEPS = ("descriptors", "train_split", "aggregated_model")  # the steps that run the CPSign CLI
 CPSIGN_LICENSE_DIR = "/etc/cpsign"
+TRAINING_STEPS_WITHOUT_SECRETS = ("plan_splits", "collect_split_models")  # only hand file paths on
 
 
 def training_step_config(settings: PodSettings, op_name: str, engine: str, workflow: str | None) -> dict:
@@ -129,7 +152,9 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str, workf
     the pod settings names the image (`image`; with the CPSign engine, `cpsign_image` for
     the steps that call the CPSign CLI), the CPSign license Secret (`cpsign_license_secret`,
     mounted read-only at /etc/cpsign, its file named by CPP_CPSIGN_LICENSE) and
-    `resources` by op name; each split is its own pod."""
+    `resources` by op name; each split is its own pod. The steps that read the
+    configuration store, a compound database or the model service get the
+    `training_secret` (never the imagedb one from here)."""
     training = settings.training
     uses_cpsign = engine == "cpsign" and op_name in CPSIGN_STEPS
     image = training.get("cpsign_image") if uses_cpsign else training.get("image")
@@ -137,7 +162,8 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str, workf
         raise PodConfigError("the pod settings' training section names no "
                              + ("cpsign_image" if uses_cpsign else "image"))
     labels = {f"{LABEL_PREFIX}/workflow": workflow or "none", f"{LABEL_PREFIX}/training-step": op_name}
-    config, container, pod_spec = _base(settings, image, labels)
+    secrets = () if op_name in TRAINING_STEPS_WITHOUT_SECRETS else (settings.training_secret,)
+    config, container, pod_spec = _base(settings, image, labels, secrets)
     resources = training.get("resources", {}).get(op_name)
     if resources:
         container["resources"] = dict(resources)
@@ -156,15 +182,17 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str, workf
 def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, op_name: str) -> dict:
     """Raw k8s config for one step of a sub-analysis's run. Every step gets the image of
     the analysis's cp_version, the NAS volumes, a memory-backed /tmp, the security
-    context and placement; the batch step also gets resources by sub_type and the
-    analysis's job_timeout as a hard deadline."""
+    context, placement and the `imagedb_secret` (each step records its progress or
+    failure in imagedb; never the training credentials); the batch step also gets
+    resources by sub_type and the analysis's job_timeout as a hard deadline."""
     labels = {
         f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
         f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
         f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
         f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
     }
-    config, container, pod_spec = _base(settings, settings.image_for(options.cp_version), labels)
+    config, container, pod_spec = _base(settings, settings.image_for(options.cp_version), labels,
+                                        (settings.imagedb_secret,))
     priority_class = settings.high_priority_class if options.priority == 1 else settings.priority_class
     if priority_class:
         pod_spec["priority_class_name"] = priority_class

@@ -50,11 +50,21 @@ def cmd_registry(args: argparse.Namespace) -> int:
     import os
 
     from cpp_dagster.config import load_settings
-    from cpp_dagster.training.registry_server import serve
+    from cpp_dagster.training.registry_server import RegistryServerError, serve
 
     root = Path(args.root or os.environ.get("CPP_MODEL_REGISTRY_DIR") or load_settings().nas_root / "models")
-    _echo(f"model registry on http://{args.host}:{args.port}/models/ serving {root}")
-    serve(root, args.host, args.port, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
+    token = os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None
+    if token is None and args.insecure_local and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _echo(f"cpp-dagster train registry: --insecure-local serves only on this machine, not on {args.host}")
+        return 2
+    try:
+        serve(root, args.host, args.port, token=token, insecure_local=args.insecure_local,
+              timeout_s=args.timeout, workers=args.workers, on_ready=lambda: _echo(
+                  f"model registry on http://{args.host}:{args.port}/models/ serving {root}"
+                  + ("" if token else " WITHOUT a token (--insecure-local)")))
+    except RegistryServerError as error:
+        _echo(f"cpp-dagster train registry: {error}")
+        return 2
     return 0
 
 
@@ -86,6 +96,10 @@ def add_parser(sub) -> None:
     reg.add_argument("--root", help="its folder (default: CPP_MODEL_REGISTRY_DIR or $CPP_NAS_ROOT/models)")
     reg.add_argument("--host", default="127.0.0.1")
     reg.add_argument("--port", type=int, default=8765)
+    reg.add_argument("--insecure-local", action="store_true",
+                     help="serve without a token (CPP_MODEL_REGISTRY_TOKEN unset), on 127.0.0.1 only")
+    reg.add_argument("--timeout", type=float, default=30, help="socket timeout per connection, seconds")
+    reg.add_argument("--workers", type=int, default=8, help="requests served at once (a bounded thread pool)")
     reg.set_defaults(fn=cmd_registry)
     predict = cmds.add_parser("predict", help="predict SMILES with a published model (embedded engine)")
     predict.add_argument("--model", required=True, help="the workflow name")

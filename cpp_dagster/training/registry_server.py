@@ -1,23 +1,82 @@
 """A small model registry the project runs: a folder registry served over the HTTP
-interface of registry.HttpModelRegistry (`cpp-dagster train registry`). With a token
-set (CPP_MODEL_REGISTRY_TOKEN), every request must carry it as a bearer token."""
+interface of registry.HttpModelRegistry (`cpp-dagster train registry`).
+
+- Every request carries the bearer token (CPP_MODEL_REGISTRY_TOKEN). Without a token the
+  server refuses to start unless told `insecure_local` (`--insecure-local`: a laptop, not
+  a shared network).
+- An upload is streamed to a temporary file beside the registry folder, never held in
+  memory, and refused with 413 above `max_upload_bytes` (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)
+  before its body is read; a body that stops short of its Content-Length is not stored.
+- Each connection's socket has a timeout (`timeout_s`): a client that stalls is dropped,
+  and so is an upload that trickles in slower than MIN_UPLOAD_RATE.
+- Requests are served by a bounded pool of `workers` threads; while all are busy, new
+  connections wait in the listen backlog instead of each getting a thread.
+- Model names and versions follow the project's path rule (`cpp_dagster.paths`): `..`,
+  separators, control characters are a 400 and nothing is touched.
+"""
 from __future__ import annotations
 
 import hmac
 import json
+import shutil
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+from cpp_dagster import paths
+from cpp_dagster.config import registry_max_upload_bytes
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
-MAX_UPLOAD = 2 * 1024**3
+CHUNK = 1024 * 1024
+MIN_UPLOAD_RATE = 64 * 1024  # bytes/s an upload must keep up on average (after timeout_s of grace)
+UPLOAD_PREFIX = ".upload-"
 
 
-def _handler(registry: FolderModelRegistry, token: str | None):
+class RegistryServerError(RuntimeError):
+    """The server cannot start as asked (e.g. no token and not --insecure-local)."""
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class BoundedThreadPoolHTTPServer(HTTPServer):
+    """HTTPServer whose requests run on a fixed pool of threads. The accept loop waits
+    for a free worker, so at most `workers` connections are served at once."""
+
+    def __init__(self, address, handler, workers: int):
+        super().__init__(address, handler)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry")
+        self._free = threading.BoundedSemaphore(workers)
+
+    def process_request(self, request, client_address):
+        self._free.acquire()
+        self._pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 (socketserver's own contract: report and go on)
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._free.release()
+
+    def server_close(self):
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, timeout_s: float):
     class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s  # StreamRequestHandler sets it on the socket: every read and write
+
         def log_message(self, fmt, *args):  # no request log lines on stderr
             return
 
@@ -31,59 +90,114 @@ def _handler(registry: FolderModelRegistry, token: str | None):
         def _error(self, code: int, message: str) -> None:
             self._reply(code, json.dumps({"error": message}).encode())
 
-        def _route(self) -> tuple[str, str, bool] | None:
-            if token and not hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
-                self._error(401, "missing or wrong bearer token")
-                return None
-            parts = [unquote(p) for p in self.path.strip("/").split("/")]
-            if len(parts) in (3, 4) and parts[0] == "models" and (len(parts) == 3 or parts[3] == "metadata"):
-                return parts[1], parts[2], len(parts) == 4
-            self._error(404, f"no such resource {self.path}")
-            return None
+        def _route(self) -> tuple[str, str, bool]:
+            if token is not None and not hmac.compare_digest(
+                    self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+                raise _Refused(401, "missing or wrong bearer token")
+            parts = [unquote(p) for p in self.path.split("?", 1)[0].strip("/").split("/")]
+            if not (len(parts) in (3, 4) and parts[0] == "models" and (len(parts) == 3 or parts[3] == "metadata")):
+                raise _Refused(404, f"no such resource {self.path}")
+            try:
+                return paths.component(parts[1], "model name"), paths.component(parts[2], "model version"), \
+                    len(parts) == 4
+            except paths.UnsafePathError as error:
+                raise _Refused(400, str(error)) from None
+
+        def _serve(self, method) -> None:
+            try:
+                method(*self._route())
+            except _Refused as refused:
+                self._error(refused.code, str(refused))
+            except RegistryError as error:
+                self._error(404 if self.command == "GET" else 400, str(error))
 
         def do_PUT(self):  # noqa: N802 (http.server's naming)
-            route = self._route()
-            if route is None:
-                return
-            name, version, is_metadata = route
-            length = int(self.headers.get("Content-Length", "0"))
-            if is_metadata or not 0 < length <= MAX_UPLOAD:
-                self._error(400, "PUT /models/NAME/VERSION with the model file as the body")
-                return
-            try:
-                metadata = json.loads(self.headers.get("X-Model-Metadata", "{}"))
-                filename = Path(self.headers.get("X-Model-Filename", "model.bin")).name
-                with tempfile.TemporaryDirectory() as tmp:
-                    upload = Path(tmp) / filename
-                    upload.write_bytes(self.rfile.read(length))
-                    location = registry.publish(name, version, upload, metadata)
-            except (RegistryError, json.JSONDecodeError) as error:
-                self._error(400, str(error))
-                return
-            self._reply(201, json.dumps({"name": name, "version": version, "location": location}).encode())
+            self._serve(self._put)
 
         def do_GET(self):  # noqa: N802
-            route = self._route()
-            if route is None:
-                return
-            name, version, is_metadata = route
+            self._serve(self._get)
+
+        def _put(self, name: str, version: str, is_metadata: bool) -> None:
+            if is_metadata:
+                raise _Refused(405, "the metadata travels with the model: PUT /models/NAME/VERSION")
+            length = self._content_length()
             try:
-                if is_metadata:
-                    self._reply(200, json.dumps(registry.metadata(name, version)).encode())
-                else:
-                    model = registry.model_file(name, version)
-                    self._reply(200, model.read_bytes(), "application/octet-stream")
-            except RegistryError as error:
-                self._error(404, str(error))
+                metadata = json.loads(self.headers.get("X-Model-Metadata", "{}"))
+                filename = paths.component(self.headers.get("X-Model-Filename", "model.bin"), "model file name")
+            except (json.JSONDecodeError, paths.UnsafePathError) as error:
+                self.close_connection = True  # the body is not read: do not reuse the connection
+                raise _Refused(400, f"bad upload headers: {error}") from None
+            registry.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=registry.root) as tmp:
+                upload = Path(tmp) / filename
+                self._receive(upload, length)
+                location = registry.publish(name, version, upload, metadata)
+            self._reply(201, json.dumps({"name": name, "version": version, "location": location}).encode())
+
+        def _content_length(self) -> int:
+            raw = self.headers.get("Content-Length")
+            if raw is None or not raw.isdigit() or int(raw) == 0:
+                self.close_connection = True
+                raise _Refused(411, "PUT /models/NAME/VERSION with the model file as the body and its "
+                                    "Content-Length")
+            if int(raw) > max_upload:
+                self.close_connection = True  # refused before the body is read
+                raise _Refused(413, f"the model is {int(raw):,} bytes; this registry takes at most "
+                                    f"{max_upload:,} (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)")
+            return int(raw)
+
+        def _receive(self, upload: Path, length: int) -> None:
+            """Stream the body to `upload` in chunks. A body that stops (no data for
+            timeout_s, or the connection closed) or trickles in slower than
+            MIN_UPLOAD_RATE is refused, so no client holds a worker for long."""
+            left = length
+            deadline = time.monotonic() + timeout_s + length / MIN_UPLOAD_RATE
+            with upload.open("wb") as out:
+                while left:
+                    try:
+                        chunk = self.rfile.read1(min(CHUNK, left))  # what has arrived, at most this
+                    except TimeoutError:
+                        chunk = b""
+                    if not chunk or time.monotonic() > deadline:
+                        self.close_connection = True
+                        raise _Refused(408, f"the upload stopped after {length - left + len(chunk):,} of "
+                                            f"{length:,} bytes (no data for {timeout_s:g} s, slower than "
+                                            f"{MIN_UPLOAD_RATE // 1024} KiB/s, or the connection closed)")
+                    out.write(chunk)
+                    left -= len(chunk)
+
+        def _get(self, name: str, version: str, is_metadata: bool) -> None:
+            if is_metadata:
+                self._reply(200, json.dumps(registry.metadata(name, version)).encode())
+                return
+            model = registry.model_file(name, version)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(model.stat().st_size))
+            self.end_headers()
+            with model.open("rb") as source:
+                shutil.copyfileobj(source, self.wfile, CHUNK)
 
     return Handler
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          background: bool = False) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _handler(FolderModelRegistry(root), token))
+          background: bool = False, *, insecure_local: bool = False, max_upload_bytes: int | None = None,
+          timeout_s: float = 30, workers: int = 8, on_ready=None) -> HTTPServer:
+    """Serve the folder registry at `root`. Without `token` it refuses to start unless
+    `insecure_local`. In the background it returns the running server (call
+    `shutdown()` and `server_close()` to stop it)."""
+    if not token and not insecure_local:
+        raise RegistryServerError(
+            "refusing to serve the model registry without a token: set CPP_MODEL_REGISTRY_TOKEN "
+            "(clients send it as a bearer token), or pass --insecure-local for a local, single-user run")
+    handler = _handler(FolderModelRegistry(root), token or None,
+                       registry_max_upload_bytes() if max_upload_bytes is None else max_upload_bytes, timeout_s)
+    server = BoundedThreadPoolHTTPServer((host, port), handler, workers)
+    if on_ready is not None:
+        on_ready()
     if background:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, daemon=True, name="registry-accept").start()
     else:
         server.serve_forever()
     return server
