@@ -84,18 +84,20 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     out_dir = results_dir(settings, acq, sub.analysis_id)
     icf_folder = str(out_dir) if options.use_icf else None
     if icf_folder is not None:
-        missing = [d for d in plan.dyes if not (out_dir / planning.icf_file_name(d)).is_file()]
+        icf_files = planning.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
+        missing = [name for name in icf_files if not (out_dir / name).is_file()]
         if missing:
             raise planning.PlanningError(
-                f"use_icf is set but {', '.join(planning.icf_file_name(d) for d in missing)} "
-                f"are not in {out_dir} (did the illumination step run?)"
+                f"use_icf is set but {', '.join(missing)} are not in {out_dir} (icf_naming "
+                f"{options.icf_naming.value!r}; did the illumination step run and name its files so?)"
             )
     specs = []
     for batch in plan.batches:
         batch_dir = work_dir(settings, sub_id) / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
         text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
-                                     plate_acquisition_id=acq.id, icf_folder=icf_folder)
+                                     plate_acquisition_id=acq.id, icf_folder=icf_folder,
+                                     icf_naming=options.icf_naming)
         _write_atomically(batch_dir / "loaddata.csv", text)
         specs.append(BatchSpec(sub_id, batch.name, batch.index, str(batch_dir), str(pipeline),
                                len(batch.image_sets), options.job_timeout, options.cp_version,
