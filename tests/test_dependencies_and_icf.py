@@ -52,3 +52,28 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
         assert rows[0][f"PathName_ICF_{dye}"] == str(results)
         assert rows[0][f"URL_ICF_{dye}"] == (results / f"ICF_{dye}.npy").as_uri()
     assert "FileName_MITO" not in rows[0]  # channels narrowed to the two dyes
+
+
+def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones(lab):
+    meta = {"analysis_meta": {}, "sub_analyses": [
+        {"type": "cellprofiler", "sub_type": "illum", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 0},
+        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 0,
+         "use_icf": True, "icf_naming": "broad", "channels": ["HOECHST", "MITO"]},
+    ]}
+    lab.db.put_pipeline("broad-icf", meta)
+    acq = register_plate(lab.db, lab.settings, barcode="BROAD-1", wells=["B02"], sites=[1], seed=9)
+    icf_sub, features_sub = lab.db.submit_analysis(acq, "broad-icf").sub_ids
+    results = analysis.results_dir_of(lab.db, lab.settings, icf_sub)
+    results.mkdir(parents=True)
+    np.save(results / "BROAD-1_IllumHOECHST.npy", np.ones((256, 256), np.float32))
+    np.save(results / "ICF_MITO.npy", np.ones((256, 256), np.float32))  # the other naming does not count
+
+    with pytest.raises(PlanningError, match=r"use_icf is set but BROAD-1_IllumMITO.npy are not in .* "
+                                            r"\(icf_naming 'broad'; did the illumination step run"):
+        analysis.prepare(lab.db, lab.settings, features_sub)
+    np.save(results / "BROAD-1_IllumMITO.npy", np.ones((256, 256), np.float32))
+    prepared = analysis.prepare(lab.db, lab.settings, features_sub)
+    [row] = list(csv.DictReader(open(prepared.batches[0].batch_dir + "/loaddata.csv")))
+    assert (row["FileName_IllumMITO"], row["PathName_IllumMITO"]) == ("BROAD-1_IllumMITO.npy", str(results))
+    assert row["Metadata_Plate"] == "BROAD-1"
+    assert not any(column.startswith("FileName_ICF_") for column in row)
