@@ -155,8 +155,9 @@ def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Pat
     analysis ends with (no other sub-analysis depends on it) writes its tables to the
     results folder: the feature tables the lab's notebooks read. A step others depend on
     (illumination, QC) writes its tables to a subfolder `sub<id>_<sub_type>`, so the two
-    never replace each other's Image table; its other files (ICF_<dye>.npy, images) stay
-    in the results folder, where use_icf reads them."""
+    never replace each other's Image table; its other files (illumination functions such as
+    ICF_<dye>.npy or <Plate>_Illum<Ch>.npy, images) stay in the results folder, where
+    use_icf reads them."""
     siblings = {s.sub_id: s for s in db.sub_analyses_of(db.sub_analysis(sub_id).analysis_id)}
     sub = siblings[sub_id]
     out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)

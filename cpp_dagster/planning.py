@@ -32,6 +32,9 @@ class IcfNaming(StrEnum):
     - `broad` (Broad/JUMP pipelines): file `<Plate>_Illum<Ch>.npy`, loaded as image
       `Illum<Ch>`, where `<Ch>` is the dye without its `Orig` prefix (OrigDNA -> IllumDNA)
       and `<Plate>` the plate barcode (the pipelines' `Metadata_Plate`).
+
+    Set on the sub-analysis that reads the functions (the one with `use_icf`); the
+    pipeline's `analysis_meta` describes the analysis and reaches no sub-analysis.
     """
 
     PHARMBIO = "pharmbio"
