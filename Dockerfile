@@ -29,7 +29,8 @@ RUN uv venv /opt/cellprofiler \
  && sed "s/5\.0\.0\.dev784/${CELLPROFILER_VERSION}/" requirements-cellprofiler.in > /tmp/cp.in \
  && VIRTUAL_ENV=/opt/cellprofiler uv pip install --no-cache -r /tmp/cp.in \
  && VIRTUAL_ENV=/opt/cellprofiler uv pip install --no-cache --no-deps "cellprofiler-nightly==${CELLPROFILER_VERSION}" \
- && /opt/cellprofiler/bin/cellprofiler --version
+ && /opt/cellprofiler/bin/cellprofiler --version \
+ && /opt/cellprofiler/bin/python -c "import imagecodecs, numpy; assert numpy.__version__ < '2'"  # LZW/Deflate/Zstd TIFFs
 
 COPY pyproject.toml README.md ./
 COPY cpp_dagster ./cpp_dagster

@@ -85,19 +85,21 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     out_dir = results_dir(settings, acq, sub.analysis_id)
     icf_folder = str(out_dir) if options.use_icf else None
     if icf_folder is not None:
-        missing = [d for d in plan.dyes if not (out_dir / planning.icf_file_name(d)).is_file()]
+        icf_files = planning.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
+        missing = [name for name in icf_files if not (out_dir / name).is_file()]
         if missing:
             raise planning.PlanningError(
-                f"use_icf is set but {', '.join(planning.icf_file_name(d) for d in missing)} "
-                f"are not in {out_dir} (did the illumination step run?)"
+                f"use_icf is set but {', '.join(missing)} are not in {out_dir} (icf_naming "
+                f"{options.icf_naming.value!r}; did the illumination step run and name its files so?)"
             )
-    check_pipeline(db, settings, sub, options, pipeline, plan)  # before any batch is written
+    check_pipeline(db, settings, sub, acq, options, pipeline, plan)  # before any batch is written
     specs = []
     for batch in plan.batches:
         batch_dir = work_dir(settings, sub_id) / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
         text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
-                                     plate_acquisition_id=acq.id, icf_folder=icf_folder)
+                                     plate_acquisition_id=acq.id, icf_folder=icf_folder,
+                                     icf_naming=options.icf_naming)
         _write_atomically(batch_dir / "loaddata.csv", text)
         specs.append(BatchSpec(sub_id, batch.name, batch.index, str(batch_dir), str(pipeline),
                                len(batch.image_sets), options.job_timeout, options.cp_version,
@@ -106,8 +108,8 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     return Prepared(sub, acq, out_dir, specs)
 
 
-def check_pipeline(db: ImageDB, settings: Settings, sub: SubAnalysis, options: planning.SubAnalysisOptions,
-                   pipeline: Path, plan: planning.Plan) -> None:
+def check_pipeline(db: ImageDB, settings: Settings, sub: SubAnalysis, acq: PlateAcquisition,
+                   options: planning.SubAnalysisOptions, pipeline: Path, plan: planning.Plan) -> None:
     """Refuse (PipelineCheckError, with every reason) a pipeline that cannot run on this
     plan: a module CellProfiler cannot load, no Image table exported, images the
     channel map cannot provide, use_icf without an illumination image. CellProfiler
@@ -115,13 +117,9 @@ def check_pipeline(db: ImageDB, settings: Settings, sub: SubAnalysis, options: p
     needs = pipeline_check.inspect(pipeline, cellprofiler=settings.cellprofiler,
                                    cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER)
     pipeline_check.check(needs, pipeline_file=options.pipeline_file, dyes=plan.dyes,
-                         illumination_images=illumination_image_names(plan.dyes), use_icf=options.use_icf,
+                         illumination_images=set(planning.illumination_images(
+                             plan.dyes, options.icf_naming, acq.plate_barcode)), use_icf=options.use_icf,
                          files_only_allowed=others_depend_on(db, sub))
-
-
-def illumination_image_names(dyes: Sequence[str]) -> set[str]:
-    """The illumination images use_icf's LoadData columns provide (pharmbio naming, ICF_<dye>)."""
-    return {f"ICF_{dye}" for dye in dyes}
 
 
 def others_depend_on(db: ImageDB, sub: SubAnalysis) -> bool:
@@ -178,8 +176,9 @@ def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Pat
     analysis ends with (no other sub-analysis depends on it) writes its tables to the
     results folder: the feature tables the lab's notebooks read. A step others depend on
     (illumination, QC) writes its tables to a subfolder `sub<id>_<sub_type>`, so the two
-    never replace each other's Image table; its other files (ICF_<dye>.npy, images) stay
-    in the results folder, where use_icf reads them."""
+    never replace each other's Image table; its other files (illumination functions such as
+    ICF_<dye>.npy or <Plate>_Illum<Ch>.npy, images) stay in the results folder, where
+    use_icf reads them."""
     sub = db.sub_analysis(sub_id)
     out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
     if not others_depend_on(db, sub):

@@ -11,9 +11,11 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
+from cpp_dagster import paths
 from cpp_dagster.imagedb.rows import Image
 
 DEFAULT_JOB_TIMEOUT_S = 10800
@@ -21,6 +23,34 @@ DEFAULT_JOB_TIMEOUT_S = 10800
 
 class PlanningError(ValueError):
     """The analysis cannot be planned as submitted; the message says why, for a scientist."""
+
+
+class IcfNaming(StrEnum):
+    """How illumination functions are named (sub-analysis meta `icf_naming`):
+
+    - `pharmbio` (default): file `ICF_<dye>.npy`, loaded as image `ICF_<dye>`.
+    - `broad` (Broad/JUMP pipelines): file `<Plate>_Illum<Ch>.npy`, loaded as image
+      `Illum<Ch>`, where `<Ch>` is the dye without its `Orig` prefix (OrigDNA -> IllumDNA)
+      and `<Plate>` the plate barcode (the pipelines' `Metadata_Plate`).
+
+    Set on the sub-analysis that reads the functions (the one with `use_icf`); the
+    pipeline's `analysis_meta` describes the analysis and reaches no sub-analysis.
+    """
+
+    PHARMBIO = "pharmbio"
+    BROAD = "broad"
+
+    @classmethod
+    def parse(cls, value: Any) -> IcfNaming:
+        if value in (None, ""):
+            return cls.PHARMBIO
+        try:
+            return cls(value.strip().lower() if isinstance(value, str) else value)
+        except ValueError:
+            raise PlanningError(
+                f"'icf_naming' must be 'pharmbio' (files ICF_<dye>.npy) or 'broad' (files "
+                f"<Plate>_Illum<Ch>.npy, as the Broad/JUMP pipelines name them), got {value!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -36,6 +66,7 @@ class SubAnalysisOptions:
     job_timeout: int = DEFAULT_JOB_TIMEOUT_S
     priority: int | None = None
     sub_type: str | None = None
+    icf_naming: IcfNaming = IcfNaming.PHARMBIO
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> SubAnalysisOptions:
@@ -93,6 +124,7 @@ class SubAnalysisOptions:
             job_timeout=job_timeout,
             priority=priority,
             sub_type=meta.get("sub_type"),
+            icf_naming=IcfNaming.parse(meta.get("icf_naming")),
         )
 
 
@@ -243,7 +275,55 @@ def plan(images: Iterable[Image], channel_map: Mapping[int, str], options: SubAn
 
 
 def icf_file_name(dye: str) -> str:
+    """The pharmbio name of a dye's illumination function file."""
     return f"ICF_{dye}.npy"
+
+
+def illumination_images(dyes: Sequence[str], naming: IcfNaming | str, plate_barcode: str) -> dict[str, str]:
+    """CellProfiler image name -> file name of each dye's illumination function, in dye
+    order: `ICF_<dye>` -> `ICF_<dye>.npy` (pharmbio), or `Illum<Ch>` -> `<Plate>_Illum<Ch>.npy`
+    (broad; `<Ch>` = the dye without its `Orig` prefix)."""
+    naming = IcfNaming.parse(naming)
+    if naming is IcfNaming.PHARMBIO:
+        images = {f"ICF_{dye}": icf_file_name(dye) for dye in dyes}
+    else:
+        try:
+            plate = paths.component(plate_barcode, "plate barcode")
+        except paths.UnsafePathError as e:
+            raise PlanningError(f"{e}: it cannot name the illumination files <Plate>_Illum<Ch>.npy") from None
+        images = {f"Illum{dye.removeprefix('Orig')}": f"{plate}_Illum{dye.removeprefix('Orig')}.npy" for dye in dyes}
+    if len(images) != len(dyes):  # broad: e.g. the dyes DNA and OrigDNA are both IllumDNA
+        raise PlanningError(f"dyes {', '.join(dyes)} do not give one illumination image each with "
+                            f"icf_naming {naming.value!r}")
+    for file_name in images.values():
+        try:
+            paths.component(file_name, "illumination function file")
+        except paths.UnsafePathError as e:
+            raise PlanningError(str(e)) from None
+    return images
+
+
+_WELL = re.compile(r"^([A-Za-z]+)0*(\d+)$")
+
+
+def well_row_col(well: str) -> tuple[int, int] | tuple[str, str]:
+    """`B02` -> (2, 2): the plate row (A = 1, ..., Z = 26, AA = 27 on 1536-well plates) and
+    column as integers, as Phenix/JUMP LoadData CSVs carry them (`Metadata_Row`,
+    `Metadata_Col`); ("", "") for a well name not of that form."""
+    m = _WELL.match(well)
+    if not m:
+        return "", ""
+    row = 0
+    for letter in m.group(1).upper():
+        row = row * 26 + ord(letter) - ord("A") + 1
+    return row, int(m.group(2))
+
+
+METADATA_COLUMNS = ("Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z",
+                    "Metadata_Timepoint", "Metadata_Plate", "Metadata_Row", "Metadata_Col")
+"""The LoadData CSV's metadata, after the image columns: pharmbio's names, then the names
+public (Broad/JUMP, nf-core) pipelines group and name files by. Metadata_Plate is the
+plate barcode; Metadata_Row/Metadata_Col are integers (B02 -> 2, 2), as in JUMP."""
 
 
 def loaddata_csv(
@@ -253,27 +333,29 @@ def loaddata_csv(
     plate_barcode: str,
     plate_acquisition_id: int,
     icf_folder: str | None = None,
+    icf_naming: IcfNaming | str = IcfNaming.PHARMBIO,
 ) -> str:
     """The LoadData CSV of one batch: per dye FileName/PathName/URL, the metadata
-    columns and, with an ICF folder, per dye FileName_ICF/PathName_ICF/URL_ICF."""
+    columns (METADATA_COLUMNS) and, with an ICF folder, FileName/PathName/URL of each
+    illumination image (`illumination_images`: ICF_<dye>, or Illum<Ch> when broad)."""
+    icf_images = illumination_images(dyes, icf_naming, plate_barcode) if icf_folder is not None else {}
     header = [f"{kind}_{dye}" for dye in dyes for kind in ("FileName", "PathName", "URL")]
-    header += ["Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z", "Metadata_Timepoint"]
-    if icf_folder is not None:
-        header += [f"{kind}_ICF_{dye}" for dye in dyes for kind in ("FileName", "PathName", "URL")]
+    header += METADATA_COLUMNS
+    header += [f"{kind}_{image}" for image in icf_images for kind in ("FileName", "PathName", "URL")]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     icf_columns: list[str] = []  # the same on every row: built once
-    if icf_folder is not None:
-        for dye in dyes:
-            p = PurePosixPath(icf_folder) / icf_file_name(dye)
-            icf_columns += [p.name, str(p.parent), _file_url(p, "ICF file path")]
+    for file_name in icf_images.values():
+        p = PurePosixPath(icf_folder) / file_name
+        icf_columns += [p.name, str(p.parent), _file_url(p, "ICF file path")]
     for s in batch.image_sets:
         row: list[Any] = []
         for path in s.paths:
             p = PurePosixPath(path)
             row += [p.name, str(p.parent), _file_url(p)]
-        row += [plate_barcode, s.well, s.site, plate_acquisition_id, s.z, s.timepoint]
+        row += [plate_barcode, s.well, s.site, plate_acquisition_id, s.z, s.timepoint,
+                plate_barcode, *well_row_col(s.well)]
         writer.writerow(row + icf_columns)
     return out.getvalue()
 

@@ -13,6 +13,7 @@ from cpp_dagster import analysis
 from cpp_dagster.demo.register import (
     DEMO_FEATURES_ICF_PIPELINE_FILE,
     DEMO_ICF_PIPELINE_FILE,
+    DEMO_PIPELINE_FILE,
     register_plate,
 )
 from cpp_dagster.demo.synthetic_plate import DYES
@@ -56,3 +57,27 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
         assert rows[0][f"FileName_ICF_{dye}"] == f"ICF_{dye}.npy"
         assert rows[0][f"PathName_ICF_{dye}"] == str(results)
         assert rows[0][f"URL_ICF_{dye}"] == (results / f"ICF_{dye}.npy").as_uri()
+
+
+def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones(lab):
+    meta = {"analysis_meta": {}, "sub_analyses": [
+        {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_ICF_PIPELINE_FILE, "batch_size": 0},
+        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 0,
+         "use_icf": True, "icf_naming": "broad", "channels": ["HOECHST", "MITO"]},
+    ]}
+    lab.db.put_pipeline("broad-icf", meta)
+    acq = register_plate(lab.db, lab.settings, barcode="BROAD-1", wells=["B02"], sites=[1], seed=9)
+    icf_sub, features_sub = lab.db.submit_analysis(acq, "broad-icf").sub_ids
+    results = analysis.results_dir_of(lab.db, lab.settings, icf_sub)
+    results.mkdir(parents=True)
+    np.save(results / "BROAD-1_IllumHOECHST.npy", np.ones((256, 256), np.float32))
+    np.save(results / "ICF_MITO.npy", np.ones((256, 256), np.float32))  # the other naming does not count
+
+    with pytest.raises(PlanningError, match=r"use_icf is set but BROAD-1_IllumMITO.npy are not in .* "
+                                            r"\(icf_naming 'broad'; did the illumination step run"):
+        analysis.prepare(lab.db, lab.settings, features_sub)
+    np.save(results / "BROAD-1_IllumMITO.npy", np.ones((256, 256), np.float32))
+    # with the files there, what is left is the pipeline: the demo features pipeline loads
+    # no illumination image (the JUMP end-to-end test runs a pipeline that does)
+    with pytest.raises(PlanningError, match=r"use_icf .*no illumination image"):
+        analysis.prepare(lab.db, lab.settings, features_sub)

@@ -243,10 +243,11 @@ def test_loaddata_header_and_metadata():
     assert header == [
         "FileName_HOECHST", "PathName_HOECHST", "URL_HOECHST", "FileName_MITO", "PathName_MITO", "URL_MITO",
         "Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z", "Metadata_Timepoint",
+        "Metadata_Plate", "Metadata_Row", "Metadata_Col",
     ]
     [row] = rows_of(text)
     assert (row["FileName_MITO"], row["PathName_MITO"]) == ("B02_c3.tiff", "/nas/p")
-    assert [row[k] for k in header[6:]] == ["PB001", "B02", "3", "17", "1", "2"]
+    assert [row[k] for k in header[6:]] == ["PB001", "B02", "3", "17", "1", "2", "PB001", "2", "2"]
 
 
 @pytest.mark.parametrize("path", ["/nas/plate 1/B02 s1#c1.tiff", "/nas/p/B02_s1_w1.tiff", "/nas/ü/100%.tif"])
@@ -262,7 +263,7 @@ def test_loaddata_icf_columns_point_at_the_icf_files():
     text = loaddata_csv(one_batch("/nas/p/a.tiff", "/nas/p/b.tiff"), ("HOECHST", "MITO"),
                         plate_barcode="PB", plate_acquisition_id=1, icf_folder="/nas/results/PB/1/9")
     header = next(csv.reader(io.StringIO(text)))
-    assert header[12:] == ["FileName_ICF_HOECHST", "PathName_ICF_HOECHST", "URL_ICF_HOECHST",
+    assert header[15:] == ["FileName_ICF_HOECHST", "PathName_ICF_HOECHST", "URL_ICF_HOECHST",
                            "FileName_ICF_MITO", "PathName_ICF_MITO", "URL_ICF_MITO"]
     [row] = rows_of(text)
     assert row["FileName_ICF_MITO"] == "ICF_MITO.npy"

@@ -89,12 +89,26 @@ def register_plate(
     seed: int = 1,
     z_planes: int = 1,
     finished: bool = True,
+    dyes: list[str] | None = None,
+    channel_map_id: int | None = None,
+    size: int = 256,
+    cell_scale: float = 1.0,
+    compression: str = "lzw",
 ) -> int:
-    """Generate the plate's images under `<NAS>/images/<barcode>/` and register them;
-    returns the plate acquisition id."""
+    """Generate the plate's images under `<NAS>/images/<barcode>/` (LZW-compressed TIFFs
+    unless `compression` says otherwise) and register them; returns the plate acquisition
+    id. With `dyes` (e.g. the 8 JUMP images), channel map `channel_map_id` (required then,
+    so the demo's map is never replaced) is set to them (channel = position + 1); without,
+    the demo's five dyes and channel map."""
+    if dyes is not None and channel_map_id in (None, DEMO_CHANNEL_MAP):
+        raise ValueError(f"a plate of its own dyes needs a channel map id of its own (not {DEMO_CHANNEL_MAP}, the demo's)")
+    channel_map_id = DEMO_CHANNEL_MAP if channel_map_id is None else channel_map_id
     folder = settings.nas_root / "images" / barcode
-    files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes)
-    acq_id = db.add_plate_acquisition(barcode, channel_map_id=DEMO_CHANNEL_MAP, folder=str(folder),
+    files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes, size=size,
+                        dyes=dyes, compression=compression, cell_scale=cell_scale)
+    if dyes is not None:
+        db.put_channel_map(channel_map_id, {i + 1: dye for i, dye in enumerate(dyes)})
+    acq_id = db.add_plate_acquisition(barcode, channel_map_id=channel_map_id, folder=str(folder),
                                       project="demo", microscope="synthetic")
     db.add_images(acq_id, barcode, [
         Image(well=f["well"], site=f["site"], channel=f["channel"], path=f["path"], z=f["z"], timepoint=1)
