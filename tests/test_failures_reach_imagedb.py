@@ -41,7 +41,8 @@ def assert_failed(lab, sub_id: int, run: dg.DagsterRun, *fragments: str) -> str:
 
 @pytest.mark.parametrize(
     "pipeline_file, why",
-    [("missing/nope.cppipe", "does not exist"), ("../../../etc/passwd", "resolves outside the pipelines folder")],
+    # one outside the pipelines folder is not launched at all: test_paths_stay_under_their_root
+    [("missing/nope.cppipe", "does not exist")],
 )
 def test_bad_pipeline_file_fails_before_any_batch(lab, dagster_instance, pipeline_file, why):
     acq = register_plate(lab.db, lab.settings, barcode="BADPIPE", wells=["B02"], sites=[1], seed=2)

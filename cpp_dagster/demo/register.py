@@ -6,6 +6,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from cpp_dagster import paths
 from cpp_dagster.config import Settings
 from cpp_dagster.demo.synthetic_plate import DYES, write_plate
 from cpp_dagster.imagedb.rows import Image
@@ -92,7 +93,7 @@ def register_plate(
 ) -> int:
     """Generate the plate's images under `<NAS>/images/<barcode>/` and register them;
     returns the plate acquisition id."""
-    folder = settings.nas_root / "images" / barcode
+    folder = paths.under(settings.nas_root / "images", barcode, what="plate barcode")
     files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes)
     acq_id = db.add_plate_acquisition(barcode, channel_map_id=DEMO_CHANNEL_MAP, folder=str(folder),
                                       project="demo", microscope="synthetic")

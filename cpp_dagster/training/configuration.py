@@ -34,6 +34,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cpp_dagster import paths
+
 PREDICTORS = {"ACP_Regression": "regression", "ACP_Classification": "classification"}
 NCMS = {"regression": ("AbsDiff", "Normalized"), "classification": ("InverseProbability", "Margin")}
 SCORERS = {"regression": ("RandomForest", "LinearSVR"), "classification": ("RandomForest", "LinearSVC")}
@@ -110,6 +112,17 @@ def _choice(problems: list[str], where: str, value: Any, allowed) -> Any:
     return value
 
 
+def _workflow_problems(workflow: Any) -> list[str]:
+    """The workflow names the model's folder in the registry: the path rule, then its charset."""
+    try:
+        paths.component(workflow, "workflow")
+    except paths.UnsafePathError as e:
+        return [f"{e} (it names the model's folder)"]
+    if not isinstance(workflow, str) or not WORKFLOW_NAME.match(workflow):
+        return [f"workflow must be 1-60 characters of letters, digits, '_', '.', '-'; got {workflow!r}"]
+    return []
+
+
 def from_dict(raw: Any) -> TrainingConfig:
     """Validate and normalise; ConfigError lists every problem found, not only the first."""
     if not isinstance(raw, dict):
@@ -119,8 +132,8 @@ def from_dict(raw: Any) -> TrainingConfig:
         if key not in raw:
             problems.append(f"missing required key {key!r}")
     workflow = raw.get("workflow")
-    if "workflow" in raw and not (isinstance(workflow, str) and WORKFLOW_NAME.match(workflow)):
-        problems.append(f"workflow must be 1-60 characters of letters, digits, '_', '.', '-'; got {workflow!r}")
+    if "workflow" in raw:
+        problems += _workflow_problems(workflow)
     for key in ("database", "query"):
         if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
             problems.append(f"{key} must be a non-empty string")

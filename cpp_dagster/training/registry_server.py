@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+from cpp_dagster import paths
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
 MAX_UPLOAD = 2 * 1024**3
@@ -52,12 +53,12 @@ def _handler(registry: FolderModelRegistry, token: str | None):
                 return
             try:
                 metadata = json.loads(self.headers.get("X-Model-Metadata", "{}"))
-                filename = Path(self.headers.get("X-Model-Filename", "model.bin")).name
                 with tempfile.TemporaryDirectory() as tmp:
-                    upload = Path(tmp) / filename
+                    upload = paths.under(Path(tmp), Path(self.headers.get("X-Model-Filename", "model.bin")).name,
+                                         what="X-Model-Filename")
                     upload.write_bytes(self.rfile.read(length))
                     location = registry.publish(name, version, upload, metadata)
-            except (RegistryError, json.JSONDecodeError) as error:
+            except (RegistryError, paths.UnsafePathError, json.JSONDecodeError) as error:
                 self._error(400, str(error))
                 return
             self._reply(201, json.dumps({"name": name, "version": version, "location": location}).encode())
