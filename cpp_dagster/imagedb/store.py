@@ -22,6 +22,7 @@ from cpp_dagster.imagedb.rows import (
     SubmittedAnalysis,
 )
 from cpp_dagster.pg import Store
+from cpp_dagster.planning import PlanningError, priority_of
 
 DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
 
@@ -48,8 +49,18 @@ def _one(cur, missing: str) -> dict:
     return row
 
 
+def _priority(value: Any, where: str) -> int | None:
+    """imagedb's priority columns are integers: a value that is not one in the documented
+    range is a readable error at submission, not a database error."""
+    try:
+        return priority_of(value)
+    except PlanningError as e:
+        raise ImageDBError(f"{where}: {e}") from None
+
+
 def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
             overrides: dict[str, Any]) -> SubmittedAnalysis:
+    priority = _priority(priority, "the submission's priority")
     cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
     _one(cur, f"no plate acquisition {plate_acquisition_id}")
     cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
@@ -65,11 +76,12 @@ def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | 
         sub_meta = {**sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
         if priority is not None:
             sub_meta["priority"] = priority
+        sub_priority = _priority(sub_meta.get("priority"), f"pipeline {pipeline_name!r}")
         cur.execute(
             """INSERT INTO image_sub_analyses
                    (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
                VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
-            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_meta.get("priority")),
+            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_priority),
         )
         sub_ids.append(cur.fetchone()["sub_id"])
     return SubmittedAnalysis(analysis_id, sub_ids)
