@@ -8,6 +8,7 @@
 | CPP_PIPELINES_DIR   | folder that `pipeline_file` is relative to           | $CPP_NAS_ROOT/pipelines              |
 | CPP_CELLPROFILER    | the cellprofiler executable                          | <repo>/.venv-cp/bin/cellprofiler     |
 | CPP_LOCAL_DIR       | where the embedded PostgreSQL and local NAS live     | <repo>/.cpp                          |
+| CPP_RETRY_TIMEOUTS  | retry a batch killed by its job_timeout (true/false) | false                                |
 
 Nothing here holds a secret: a password travels inside CPP_IMAGEDB_URL, which comes
 from the environment (on Kubernetes from a Secret) and is never logged (see `redact_url`).
@@ -64,3 +65,14 @@ def load_settings() -> Settings:
 def redact_url(url: str) -> str:
     """A database URL fit for a log line: the password replaced by ***."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def retry_timeouts() -> bool:
+    """CPP_RETRY_TIMEOUTS: whether a batch killed by its job_timeout is retried like a
+    crash (read when a batch fails, not at import). Default false: a timeout fails at once."""
+    raw = os.environ.get("CPP_RETRY_TIMEOUTS", "false").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"CPP_RETRY_TIMEOUTS={raw!r}: expected true or false")
