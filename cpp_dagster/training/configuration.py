@@ -1,7 +1,7 @@
 """The training configuration: one JSON document per model, as in the CPSign service flow.
 
     {
-      "workflow": "solubility",                 # the model's name; [A-Za-z0-9_.-], 1-60 chars
+      "workflow": "solubility",                 # the model's folder: [A-Za-z0-9_.-], 1-60, not . or ..
       "database": "compounds",                  # a named compound database (see compounds.py)
       "query": "SELECT smiles, solubility AS label FROM compounds",
       "splits": 4,                              # parallel training jobs (one op/pod each)
