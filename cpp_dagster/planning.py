@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from cpp_dagster import paths
+from cpp_dagster import labels, paths
 from cpp_dagster.imagedb.rows import Image
 
 DEFAULT_JOB_TIMEOUT_S = 10800
@@ -22,8 +22,6 @@ MAX_JOB_TIMEOUT_S = 7 * 24 * 3600  # a batch that needs longer should be split (
 SUB_ANALYSIS_TYPES = ("cellprofiler",)
 SUB_TYPES = ("qc", "icf", "features")  # resource sizing on Kubernetes; a pod label
 PRIORITY_RANGE = (1, 9)  # 1 = high; unset is imagedb.store.DEFAULT_PRIORITY
-# Kubernetes label values (and image tags): at most 63 characters, alphanumeric at both ends
-LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 class PlanningError(ValueError):
@@ -144,9 +142,8 @@ def _label_value(meta: Mapping[str, Any], key: str) -> str | None:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not LABEL_VALUE.match(str(value)):
-        raise PlanningError(f"{key!r} must be at most 63 letters, digits, '-', '_' or '.', starting and ending "
-                            f"with a letter or digit (a Kubernetes label); got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not labels.is_label_value(str(value)):
+        raise PlanningError(f"{key!r} must be {labels.RULE} (a Kubernetes label); got {value!r}")
     return str(value)
 
 

@@ -206,3 +206,11 @@ def test_a_good_partition_key_is_written_and_read_under_the_work_area(settings):
     assert (settings.work_root / "dagster-io" / "training_data" / "solubility-0a1b").is_file()
     assert steps.version_folder(settings.work_root, "solubility-0a1b") == settings.work_root / "training" / \
         "solubility-0a1b"
+
+
+@pytest.mark.parametrize("workflow", ["-solubility", "solubility.", "_x"])
+def test_a_training_workflow_that_is_not_a_pod_label_is_a_configuration_error(workflow):
+    raw = json.loads((Path(configuration.__file__).with_name("examples") / "solubility.json").read_text())
+    raw["workflow"] = workflow
+    with pytest.raises(ConfigError, match="starting and ending with a letter or digit"):
+        configuration.from_dict(raw)

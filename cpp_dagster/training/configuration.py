@@ -1,7 +1,7 @@
 """The training configuration: one JSON document per model, as in the CPSign service flow.
 
     {
-      "workflow": "solubility",                 # the model's folder: [A-Za-z0-9_.-], 1-60, not . or ..
+      "workflow": "solubility",                 # model folder, pod label: [A-Za-z0-9_.-], 1-60
       "database": "compounds",                  # a named compound database (see compounds.py)
       "query": "SELECT smiles, solubility AS label FROM compounds",
       "splits": 4,                              # parallel training jobs (one op/pod each)
@@ -34,7 +34,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cpp_dagster import paths
+from cpp_dagster import labels, paths
 
 PREDICTORS = {"ACP_Regression": "regression", "ACP_Classification": "classification"}
 NCMS = {"regression": ("AbsDiff", "Normalized"), "classification": ("InverseProbability", "Margin")}
@@ -113,13 +113,15 @@ def _choice(problems: list[str], where: str, value: Any, allowed) -> Any:
 
 
 def _workflow_problems(workflow: Any) -> list[str]:
-    """The workflow names the model's folder in the registry: the path rule, then its charset."""
+    """The workflow names the model's folder in the registry (the path rule) and is a pod
+    label (labels.py)."""
     try:
         paths.component(workflow, "workflow")
     except paths.UnsafePathError as e:
         return [f"{e} (it names the model's folder)"]
-    if not isinstance(workflow, str) or not WORKFLOW_NAME.match(workflow):
-        return [f"workflow must be 1-60 characters of letters, digits, '_', '.', '-'; got {workflow!r}"]
+    if not (isinstance(workflow, str) and WORKFLOW_NAME.match(workflow) and labels.is_label_value(workflow)):
+        return [f"workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
+                f"letter or digit (it is a pod label too); got {workflow!r}"]
     return []
 
 
