@@ -115,13 +115,14 @@ def _choice(problems: list[str], where: str, value: Any, allowed) -> Any:
 def _workflow_problems(workflow: Any) -> list[str]:
     """The workflow names the model's folder in the registry (the path rule) and is a pod
     label (labels.py)."""
+    rule = ("workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
+            "letter or digit (it names the model's folder and is a pod label)")
     try:
         paths.component(workflow, "workflow")
     except paths.UnsafePathError as e:
-        return [f"{e} (it names the model's folder)"]
+        return [f"{rule}: {e}"]
     if not (isinstance(workflow, str) and WORKFLOW_NAME.match(workflow) and labels.is_label_value(workflow)):
-        return [f"workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
-                f"letter or digit (it is a pod label too); got {workflow!r}"]
+        return [f"{rule}; got {workflow!r}"]
     return []
 
 
