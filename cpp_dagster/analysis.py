@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import cellprofiler, pipeline_check, planning
+from cpp_dagster import cellprofiler, paths, pipeline_check, planning
 from cpp_dagster.config import Settings
 from cpp_dagster.features import profiles, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
@@ -64,12 +63,16 @@ class Merged:
 
 
 def results_dir(settings: Settings, acquisition: PlateAcquisition, analysis_id: int) -> Path:
-    """`results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/` under the NAS root."""
-    return settings.results_root / acquisition.plate_barcode / str(acquisition.id) / str(analysis_id)
+    """`results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/` under the NAS root.
+    Each value from imagedb goes through the path rule (paths.UnsafePathError: a barcode
+    `../x`, `/abs` or with a NUL byte never names a folder outside `results/`)."""
+    plate = paths.under(settings.results_root, acquisition.plate_barcode, what="plate barcode")
+    acq = paths.under(plate, acquisition.id, what="plate acquisition id")
+    return paths.under(acq, analysis_id, what="analysis id")
 
 
 def work_dir(settings: Settings, sub_id: int) -> Path:
-    return settings.work_root / f"sub_{sub_id}"
+    return paths.under(settings.work_root, f"sub_{sub_id}", what="sub-analysis work folder")
 
 
 def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
@@ -81,8 +84,8 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     acq = db.plate_acquisition(sub.plate_acquisition_id)
     options = planning.SubAnalysisOptions.from_meta(sub.meta)
     pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
+    out_dir = results_dir(settings, acq, sub.analysis_id)  # before anything is written
     plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
-    out_dir = results_dir(settings, acq, sub.analysis_id)
     icf_folder = str(out_dir) if options.use_icf else None
     if icf_folder is not None:
         icf_files = planning.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
@@ -95,7 +98,7 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int) -> Prepared:
     check_pipeline(db, settings, sub, acq, options, pipeline, plan)  # before any batch is written
     specs = []
     for batch in plan.batches:
-        batch_dir = work_dir(settings, sub_id) / batch.name
+        batch_dir = paths.under(work_dir(settings, sub_id), batch.name, what="batch")
         batch_dir.mkdir(parents=True, exist_ok=True)
         text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
                                      plate_acquisition_id=acq.id, icf_folder=icf_folder,
@@ -183,9 +186,9 @@ def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Pat
     out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
     if not others_depend_on(db, sub):
         return out_dir, out_dir
-    sub_type = str(sub.meta.get("sub_type") or "")
-    name = f"sub{sub_id}_{sub_type}" if re.fullmatch(r"[A-Za-z0-9-]+", sub_type) else f"sub{sub_id}"
-    return out_dir, out_dir / name
+    sub_type = planning.SubAnalysisOptions.from_meta(sub.meta).sub_type  # one of planning.SUB_TYPES
+    return out_dir, paths.under(out_dir, f"sub{sub_id}_{sub_type}" if sub_type else f"sub{sub_id}",
+                                what="tables subfolder")
 
 
 def tables_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
@@ -197,7 +200,8 @@ def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:
     wrote: none when its pipeline exports only an Image table (illumination correction,
     QC), and then there is no single-cell table or well profile to derive. Read from its
     recorded outputs, not the folder, which its analysis's other sub-analyses share."""
-    outputs = [settings.nas_root / f for f in (db.sub_analysis(sub_id).status or {}).get("outputs", [])]
+    outputs = [paths.under_relative(settings.nas_root, f, what="recorded output")
+               for f in (db.sub_analysis(sub_id).status or {}).get("outputs", [])]
     return sorted(p.stem for p in outputs
                   if p.suffix == ".parquet" and p.is_file() and "ObjectNumber" in pq.read_schema(p).names)
 

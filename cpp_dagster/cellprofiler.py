@@ -24,11 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cpp_dagster import paths
+
 LOG_TAIL_LINES = 30
 
 
 class CellProfilerError(RuntimeError):
     """A batch failed: the message names the exit code and ends with the log's last lines."""
+
+
+class BatchTimeout(CellProfilerError):
+    """A batch ran past its job_timeout and was killed. Unlike a crash or an eviction,
+    running it again would most likely take as long again: not retried by default
+    (CPP_RETRY_TIMEOUTS)."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,15 @@ class BatchOutcome:
 
 
 def resolve_pipeline_file(pipelines_dir: Path, pipeline_file: str) -> Path:
-    """The `.cppipe` a sub-analysis names, which must exist inside the pipelines folder."""
-    root = pipelines_dir.resolve()
-    path = (root / pipeline_file).resolve()
-    if not path.is_relative_to(root):
-        raise CellProfilerError(f"pipeline file {pipeline_file!r} resolves outside the pipelines folder {root}")
+    """The `.cppipe` a sub-analysis names, which must exist inside the pipelines folder
+    (the path rule: relative, no `..`, no control character, not leaving the folder
+    through a symlink)."""
+    try:
+        path = paths.under_relative(pipelines_dir, pipeline_file, what="pipeline file").resolve()
+    except paths.UnsafePathError as e:
+        raise CellProfilerError(f"{e} (it must name a file inside the pipelines folder {pipelines_dir})") from None
     if not path.is_file():
-        raise CellProfilerError(f"pipeline file {pipeline_file!r} does not exist in {root}")
+        raise CellProfilerError(f"pipeline file {pipeline_file!r} does not exist in {pipelines_dir.resolve()}")
     return path
 
 
@@ -71,7 +81,8 @@ def run_batch(
     echo: Callable[[str], None] | None = None,
 ) -> BatchOutcome:
     """Run CellProfiler on `batch_dir/loaddata.csv`; raise CellProfilerError on a non-zero
-    exit, a timeout (a timeout is a failure, never a success) or incomplete outputs."""
+    exit or incomplete outputs, BatchTimeout (a CellProfilerError) on a timeout (a
+    timeout is a failure, never a success)."""
     echo = echo or (lambda line: print(line, end="", file=sys.stdout, flush=True))
     batch_dir = Path(batch_dir)
     staging, final = batch_dir / "output.partial", batch_dir / "output"
@@ -114,7 +125,7 @@ def run_batch(
     last_lines = "".join(tail).rstrip()
 
     if timed_out.is_set():
-        raise CellProfilerError(
+        raise BatchTimeout(
             f"CellProfiler did not finish within the job timeout of {timeout_s:.0f} s and was killed; "
             f"last lines of its log:\n{last_lines}"
         )

@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--wells", nargs="+", help="only these wells, e.g. B02 B03")
     submit.add_argument("--sites", nargs="+", type=int, help="only these sites")
     submit.add_argument("--cp-version", help="CellProfiler version (container image) to run it with")
-    submit.add_argument("--priority", type=int, help="1 = high")
+    submit.add_argument("--priority", type=int, help="1 (high) to 9 (low)")
     submit.set_defaults(fn=cmd_submit)
 
     rerun = sub.add_parser("rerun", help="re-run a failed sub-analysis (only its failed batches run again)")

@@ -11,6 +11,7 @@
 | CPP_TRAINING_QUERY_TIMEOUT_S | statement timeout of a training query        | 600                                  |
 | CPP_TRAINING_QUERY_MAX_ROWS  | rows a training query may return              | 1000000                              |
 | CPP_MODEL_REGISTRY_MAX_UPLOAD_MB | largest model the registry server takes   | 512                                  |
+| CPP_RETRY_TIMEOUTS  | retry a batch killed by its job_timeout (true/false) | false                                |
 
 Nothing here holds a secret: a password travels inside CPP_IMAGEDB_URL, which comes
 from the environment (on Kubernetes from a Secret) and is never logged (see `redact_url`).
@@ -98,3 +99,12 @@ def training_query_limits() -> TrainingQueryLimits:
 def registry_max_upload_bytes() -> int:
     """The largest model upload the registry server accepts (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)."""
     return int(_positive("CPP_MODEL_REGISTRY_MAX_UPLOAD_MB", 512) * 1024 * 1024)
+def retry_timeouts() -> bool:
+    """CPP_RETRY_TIMEOUTS: whether a batch killed by its job_timeout is retried like a
+    crash (read when a batch fails, not at import). Default false: a timeout fails at once."""
+    raw = os.environ.get("CPP_RETRY_TIMEOUTS", "false").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"CPP_RETRY_TIMEOUTS={raw!r}: expected true or false")

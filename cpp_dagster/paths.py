@@ -10,7 +10,8 @@ name a file or folder only below its root:
 - `relative(value, what)`: a relative path of such components (a pipeline file may sit
   in a subfolder of the pipelines folder: `jump/analysis.cppipe`).
 - `under(root, *parts, what=...)`: `root/part/...`, each part a checked component, and
-  the resolved result (symlinks followed) still inside the resolved root.
+  the resolved result (symlinks followed) still inside the resolved root. The path is
+  returned on `root` as given (not resolved), so `relative_to(root)` keeps working.
 - `under_relative(root, value, what=...)`: the same for a relative path value.
 
 Each refusal is an `UnsafePathError` (a ValueError) whose message names the value and
@@ -64,20 +65,21 @@ def relative(value: object, what: str) -> PurePosixPath:
 
 
 def _inside(root: Path, path: Path, what: str, value: object) -> Path:
+    """`path` (built on `root` as given), once its resolved form (symlinks followed) is
+    inside the resolved root: callers keep the root's spelling (relative_to works)."""
     real_root = Path(root).resolve()
-    real = path.resolve()
-    if not real.is_relative_to(real_root):
+    if not path.resolve().is_relative_to(real_root):
         raise UnsafePathError(f"{what} {value!r} resolves outside {real_root}")
-    return real
+    return path
 
 
 def under(root: Path, *parts: object, what: str) -> Path:
     """`root / parts...`: each part one safe component; the result stays inside `root`."""
     names = [component(p, what) for p in parts]
-    return _inside(root, Path(root).resolve().joinpath(*names), what, "/".join(names))
+    return _inside(root, Path(root).joinpath(*names), what, "/".join(names))
 
 
 def under_relative(root: Path, value: object, what: str) -> Path:
     """`root / value` for a relative path value (e.g. a pipeline file); stays inside `root`."""
     rel = relative(value, what)
-    return _inside(root, Path(root).resolve() / rel, what, value)
+    return _inside(root, Path(root) / rel, what, value)

@@ -15,10 +15,14 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
-from cpp_dagster import paths
+from cpp_dagster import labels, paths
 from cpp_dagster.imagedb.rows import Image
 
 DEFAULT_JOB_TIMEOUT_S = 10800
+MAX_JOB_TIMEOUT_S = 7 * 24 * 3600  # a batch that needs longer should be split (batch_size)
+SUB_ANALYSIS_TYPES = ("cellprofiler",)
+SUB_TYPES = ("qc", "icf", "features")  # resource sizing on Kubernetes; a pod label
+PRIORITY_RANGE = (1, 9)  # 1 = high; unset is imagedb.store.DEFAULT_PRIORITY
 
 
 class PlanningError(ValueError):
@@ -70,11 +74,19 @@ class SubAnalysisOptions:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> SubAnalysisOptions:
+        """Every key checked before launch; a PlanningError names the key and what it
+        may be. `batch_size` <= 0 is one batch of all image sets; `job_timeout` 1 s ..
+        MAX_JOB_TIMEOUT_S; `priority` in PRIORITY_RANGE; `sub_type` one of SUB_TYPES;
+        `cp_version` a Kubernetes label value (it picks an image and becomes a tag)."""
         kind = meta.get("type", "cellprofiler")
-        if kind != "cellprofiler":
+        if kind not in SUB_ANALYSIS_TYPES:
             raise PlanningError(f"sub-analysis type {kind!r} is not supported (only 'cellprofiler')")
         if not meta.get("pipeline_file"):
             raise PlanningError("sub-analysis meta has no 'pipeline_file'")
+        try:
+            pipeline_file = str(paths.relative(meta["pipeline_file"], "pipeline_file"))
+        except paths.UnsafePathError as e:
+            raise PlanningError(f"{e} (it names a file inside the pipelines folder)") from None
 
         def str_list(key: str) -> tuple[str, ...] | None:
             value = meta.get(key)
@@ -95,12 +107,10 @@ class SubAnalysisOptions:
                 raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}") from None
         else:
             sites = None
-        try:
-            batch_size = _as_int(meta.get("batch_size") or 0)
-            job_timeout = _as_int(meta.get("job_timeout") or DEFAULT_JOB_TIMEOUT_S)
-            priority = None if meta.get("priority") is None else _as_int(meta["priority"])
-        except (TypeError, ValueError) as e:
-            raise PlanningError(f"bad number in sub-analysis meta: {e}") from None
+        batch_size = _int_in(meta, "batch_size", 0, None, None, "image sets per batch (0: one batch of all)")
+        job_timeout = _int_in(meta, "job_timeout", DEFAULT_JOB_TIMEOUT_S, 1, MAX_JOB_TIMEOUT_S,
+                              "seconds (at most 7 days)")
+        priority = priority_of(meta.get("priority"))
         use_icf = meta.get("use_icf", False)
         if use_icf is None:
             use_icf = False
@@ -113,9 +123,9 @@ class SubAnalysisOptions:
             parse_z_spec(str(z))  # fail early on bad syntax
         wells = str_list("well_filter")
         return cls(
-            pipeline_file=str(meta["pipeline_file"]),
+            pipeline_file=pipeline_file,
             batch_size=batch_size,
-            cp_version=None if meta.get("cp_version") is None else str(meta["cp_version"]),
+            cp_version=_label_value(meta, "cp_version"),
             well_filter=tuple(w.upper() for w in wells) if wells else None,
             site_filter=sites,
             channels=str_list("channels"),
@@ -123,7 +133,7 @@ class SubAnalysisOptions:
             use_icf=use_icf,
             job_timeout=job_timeout,
             priority=priority,
-            sub_type=meta.get("sub_type"),
+            sub_type=_one_of(meta, "sub_type", SUB_TYPES),
             icf_naming=IcfNaming.parse(meta.get("icf_naming")),
         )
 
@@ -133,6 +143,48 @@ def _as_int(value: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"{value!r} is not a whole number")
     return int(value)
+
+
+def _int_in(meta: Mapping[str, Any], key: str, default: int, low: int | None, high: int | None, unit: str) -> int:
+    """meta[key] as a whole number in [low, high] (None: unbounded); absent or null is `default`."""
+    value = meta.get(key)
+    if value is None:
+        return default
+    bounds = (f" from {low} to {high}" if low is not None and high is not None
+              else f" of at least {low}" if low is not None else "")
+    expected = f"{key!r} must be a whole number{bounds}, in {unit}; got {value!r}"
+    try:
+        number = _as_int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise PlanningError(expected) from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise PlanningError(expected)
+    return number
+
+
+def priority_of(value: Any) -> int | None:
+    """A priority (PRIORITY_RANGE, 1 = high) from meta or a submission; None when unset.
+    PlanningError naming the range otherwise (imagedb's column is an integer)."""
+    low, high = PRIORITY_RANGE
+    return _int_in({"priority": value}, "priority", None, low, high, f"{low} = high, {high} = low")
+
+
+def _label_value(meta: Mapping[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not labels.is_label_value(str(value)):
+        raise PlanningError(f"{key!r} must be {labels.RULE} (a Kubernetes label); got {value!r}")
+    return str(value)
+
+
+def _one_of(meta: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if value not in allowed:
+        raise PlanningError(f"{key!r} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def assert_failed(lab, sub_id: int, run: dg.DagsterRun, *fragments: str) -> str:
 
 @pytest.mark.parametrize(
     "pipeline_file, why",
-    [("missing/nope.cppipe", "does not exist"), ("../../../etc/passwd", "resolves outside the pipelines folder")],
+    # one outside the pipelines folder is not launched at all: test_paths_stay_under_their_root
+    [("missing/nope.cppipe", "does not exist")],
 )
 def test_bad_pipeline_file_fails_before_any_batch(lab, dagster_instance, pipeline_file, why):
     acq = register_plate(lab.db, lab.settings, barcode="BADPIPE", wells=["B02"], sites=[1], seed=2)
@@ -91,6 +92,28 @@ def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, da
     # The failed attempt left no output folder that could pass for finished.
     batch_dir = lab.nas / "work" / f"sub_{sub_id}" / "batch_0001"
     assert not (batch_dir / "output").exists() and (batch_dir / "cellprofiler.log").is_file()
+
+
+@pytest.mark.parametrize("retry_timeouts, attempts", [(None, 1), ("true", 2)])
+def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, monkeypatch, retry_timeouts,
+                                                        attempts):
+    """A crash is retried (the test above); a batch that ran out of time would take as long
+    again, so it fails after one attempt, with retries configured (CPP_BATCH_RETRIES=1).
+    CPP_RETRY_TIMEOUTS=true retries it like a crash."""
+    if retry_timeouts is None:
+        monkeypatch.delenv("CPP_RETRY_TIMEOUTS", raising=False)
+    else:
+        monkeypatch.setenv("CPP_RETRY_TIMEOUTS", retry_timeouts)
+    acq = register_plate(lab.db, lab.settings, barcode="SLOW", wells=["B02"], sites=[1], seed=5)
+    sub_id = submit(lab, acq, job_timeout=1)  # CellProfiler alone takes longer to start
+    run = run_once(lab, dagster_instance, sub_id)
+
+    step = "feature_tables.run_cellprofiler[batch_0000]"
+    retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert [e.step_key for e in retried] == [step] * (attempts - 1)
+    assert [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)] == [step]
+    assert_failed(lab, sub_id, run, f"step {step} failed: CellProfiler did not finish within the job timeout of 1 s "
+                                    "and was killed")
 
 
 def _finished_run(instance, sub_id: int, report) -> tuple[dg.DagsterRun, dg.DagsterEvent]:

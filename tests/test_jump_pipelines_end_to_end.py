@@ -20,6 +20,7 @@ import tifffile
 from dagster_helpers import launch, tick
 
 from cpp_dagster import analysis
+from cpp_dagster.features.columns import BATCH_COLUMN as BATCH_KEY
 
 NF_CORE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting"
 JUMP_IMAGES = ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito",
@@ -29,7 +30,6 @@ CORRECTED = {"OrigDNA": "DNA", "OrigER": "ER", "OrigRNA": "RNA", "OrigAGP": "AGP
              "OrigBrightfield": "Brightfield", "OrigBrightfield_L": "BFLow", "OrigBrightfield_H": "BFHigh"}
 JUMP_CHANNEL_MAP = 8
 SIDE = 160  # a multiple of 10: the illumination pipeline resizes by 0.2 and back by 5
-BATCH_KEY = "Metadata_Batch"  # the merge's batch column (may be renamed: one place to switch)
 
 
 def jump_pipeline_meta() -> dict:
@@ -116,13 +116,13 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
 
     # imagedb: the analysis step finished, and with it the analysis.
     sub = lab.db.sub_analysis(features_sub)
-    if sub.error is not None and "has no Parent_Nuclei column" in (sub.status or {}).get("message", ""):
-        # JUMP's Cells relate to Nuclei only through Cytoplasm (Parent_Cells, Parent_Nuclei);
-        # the single-cell table on any set of objects (issue 10, part 4) joins them.
-        pytest.xfail("single-cell table from JUMP's objects: issue 10 part 4 (objects), not on this branch yet")
     assert sub.finish and sub.error is None, sub.status
     assert sub.status["message"] == "2 / 2 batches finished, ~0.0 h left"
     for table in ("Image", "Nuclei", "Cells", "Cytoplasm"):
         assert f"{job_folder}/{table}.parquet" in sub.result["file_list"]
+    # The single-cell table: one row per cell, JUMP's compartments side by side.
+    single_cell = pq.read_table(results / "single_cell.parquet")
+    assert single_cell.num_rows == sum(image["Count_Cells"].to_pylist())
+    assert any(c.startswith("Cytoplasm_") for c in single_cell.column_names)
     assert lab.db.analysis(submitted.analysis_id)["finish"] is not None
     assert tick(dagster_instance).run_requests == []  # nothing runs twice

@@ -226,6 +226,57 @@ def test_missing_pipeline_file_is_an_error(meta):
         SubAnalysisOptions.from_meta(meta)
 
 
+# The message names the key and what it may be, for the scientist who wrote the meta.
+@pytest.mark.parametrize("meta, message", [
+    ({"job_timeout": -5}, "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); "
+                          "got -5"),
+    ({"job_timeout": 0}, "'job_timeout' must be a whole number from 1 to 604800"),
+    ({"job_timeout": 8 * 24 * 3600}, "'job_timeout' must be a whole number from 1 to 604800"),
+    ({"job_timeout": "3h"}, "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); "
+                            "got '3h'"),
+    ({"job_timeout": 1.5}, "got 1.5"),
+    ({"job_timeout": True}, "got True"),
+    ({"batch_size": "many"}, "'batch_size' must be a whole number, in image sets per batch (0: one batch of all); "
+                             "got 'many'"),
+    ({"batch_size": [4]}, "'batch_size' must be a whole number"),
+    ({"priority": "high"}, "'priority' must be a whole number from 1 to 9, in 1 = high, 9 = low; got 'high'"),
+    ({"priority": 0}, "'priority' must be a whole number from 1 to 9"),
+    ({"priority": 10}, "'priority' must be a whole number from 1 to 9"),
+    ({"sub_type": "gpu"}, "'sub_type' must be one of qc, icf, features; got 'gpu'"),
+    ({"sub_type": "QC"}, "'sub_type' must be one of qc, icf, features; got 'QC'"),
+    ({"cp_version": "5.0 beta"}, "'cp_version' must be at most 63 letters, digits, '-', '_' or '.', starting and "
+                                 "ending with a letter or digit (a Kubernetes label); got '5.0 beta'"),
+    ({"cp_version": "x" * 64}, "(a Kubernetes label)"),
+    ({"cp_version": "-5.0"}, "(a Kubernetes label)"),
+    ({"cp_version": "5.0."}, "(a Kubernetes label)"),
+    ({"cp_version": ["5"]}, "(a Kubernetes label)"),
+    ({"type": "shell"}, "sub-analysis type 'shell' is not supported (only 'cellprofiler')"),
+])
+def test_meta_out_of_range_is_refused_naming_the_key_and_the_allowed_values(meta, message):
+    with pytest.raises(PlanningError) as refused:
+        options(**meta)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("meta, parsed", [
+    ({"job_timeout": 1}, ("job_timeout", 1)),
+    ({"job_timeout": 7 * 24 * 3600}, ("job_timeout", 604800)),
+    ({"job_timeout": None}, ("job_timeout", 10800)),
+    ({"job_timeout": "600"}, ("job_timeout", 600)),
+    ({"batch_size": -1}, ("batch_size", -1)),  # <= 0: one batch of all image sets
+    ({"batch_size": None}, ("batch_size", 0)),
+    ({"priority": 1}, ("priority", 1)),
+    ({"priority": "9"}, ("priority", 9)),
+    ({"sub_type": "icf"}, ("sub_type", "icf")),
+    ({"cp_version": "5.0.0.dev784"}, ("cp_version", "5.0.0.dev784")),
+    ({"cp_version": "x" * 63}, ("cp_version", "x" * 63)),
+    ({"pipeline_file": "jump/analysis.cppipe"}, ("pipeline_file", "jump/analysis.cppipe")),
+])
+def test_meta_at_the_edges_of_its_ranges_is_accepted(meta, parsed):
+    key, value = parsed
+    assert getattr(options(**meta), key) == value
+
+
 # --- LoadData CSV -----------------------------------------------------------------
 
 def one_batch(*paths, well="B02", site=3, z=1, timepoint=2):

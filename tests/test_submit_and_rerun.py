@@ -131,3 +131,36 @@ def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, da
     assert sub.finish and sub.error is None
     assert lab.db.sub_analysis(second).error is None  # its dependent may now start
     assert [r.tags["imagedb/sub_id"] for r in tick(dagster_instance).run_requests] == [str(second)]
+
+
+def test_a_priority_that_is_not_a_whole_number_from_1_to_9_is_a_clear_submission_error(lab, dagster_instance):
+    """From the command line, a pipeline's own meta or the UI: a readable error naming the
+    priority and its range (not a database error), and no analysis row is created."""
+    from cpp_dagster.definitions import defs
+    from cpp_dagster.demo.register import demo_pipeline_meta
+
+    acq = register_plate(lab.db, lab.settings, barcode="PRIO", wells=["B02"], sites=[1], seed=3)
+    meta = demo_pipeline_meta(batch_size=2)
+    meta["sub_analyses"][0]["priority"] = "high"
+    lab.db.put_pipeline("worded-priority", meta)
+    range_text = "'priority' must be a whole number from 1 to 9, in 1 = high, 9 = low"
+
+    out_of_range = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE,
+                                   "--priority", "42"], env=os.environ, capture_output=True, text=True)
+    assert out_of_range.returncode == 2
+    assert f"the submission's priority: {range_text}; got 42" in out_of_range.stderr
+    worded = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", "worded-priority"],
+                            env=os.environ, capture_output=True, text=True)
+    assert worded.returncode == 2 and "Traceback" not in worded.stderr
+    assert f"pipeline 'worded-priority': {range_text}; got 'high'" in worded.stderr
+
+    ui = defs.resolve_job_def("submit_analyses").execute_in_process(
+        run_config={"ops": {"submit_pipeline": {"config": {"pipeline": DEMO_PIPELINE, "plate_acquisitions": [acq],
+                                                           "priority": 0}}}},
+        instance=dagster_instance, raise_on_error=False)
+    assert not ui.success
+    error = ui.get_step_failure_events()[0].event_specific_data.error
+    assert f"the submission's priority: {range_text}; got 0" in error.message + (error.cause.message if error.cause else "")
+    with psycopg2.connect(lab.db.url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM image_analyses")
+        assert cur.fetchone()[0] == 0

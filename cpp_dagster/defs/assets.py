@@ -12,8 +12,8 @@ import os
 
 import dagster as dg
 
-from cpp_dagster import analysis
-from cpp_dagster.cellprofiler import BatchOutcome
+from cpp_dagster import analysis, config
+from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
 from cpp_dagster.defs.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.partitions import sub_analysis_partitions, sub_id_of
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
@@ -49,6 +49,8 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
 
 PROGRESS_TAG = "imagedb/progress"
 
+# Crashes, evictions and killed step processes are retried; a batch killed by its
+# job_timeout is not, unless CPP_RETRY_TIMEOUTS=true (see run_cellprofiler).
 BATCH_RETRY_POLICY = dg.RetryPolicy(
     max_retries=int(os.getenv("CPP_BATCH_RETRIES", "1")),
     delay=float(os.getenv("CPP_BATCH_RETRY_DELAY_S", "5")),
@@ -62,7 +64,14 @@ def run_cellprofiler(
 ) -> BatchOutcome:
     """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
-    outcome = analysis.run_batch(nas.settings(), batch)
+    try:
+        outcome = analysis.run_batch(nas.settings(), batch)
+    except BatchTimeout as timeout:
+        if config.retry_timeouts():
+            raise
+        # Fails the step past its RetryPolicy: a batch that ran out of time would take as
+        # long again (crashes and evictions are still retried).
+        raise dg.Failure(description=str(timeout), allow_retries=False) from timeout
     progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name)
     context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress})  # the runs list shows it
     how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"

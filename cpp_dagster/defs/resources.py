@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cpp_dagster import config
+from cpp_dagster import config, paths
 from cpp_dagster.imagedb.store import ImageDB
 
 
@@ -46,4 +46,29 @@ class WorkAreaIOManager(dg.ConfigurableIOManagerFactory):
 
     def create_io_manager(self, context) -> dg.IOManager:
         base = self.base_dir or str(config.load_settings().work_root / "dagster-io")
-        return dg.FilesystemIOManager(base_dir=base).create_io_manager(context)
+        return PartitionKeysAsFolders(dg.FilesystemIOManager(base_dir=base).create_io_manager(context))
+
+
+class PartitionKeysAsFolders(dg.IOManager):
+    """The filesystem IO manager names a folder after each partition key; a dynamic
+    partition can be added by hand in the UI with any key. Every key goes through the
+    path rule before a file is written or read (paths.UnsafePathError otherwise)."""
+
+    def __init__(self, inner: dg.IOManager):
+        self.inner = inner
+
+    @staticmethod
+    def _check(context) -> None:
+        keys = [context.partition_key] if context.has_partition_key else []
+        if context.has_asset_partitions:
+            keys += context.asset_partition_keys
+        for key in keys:
+            paths.component(key, "partition key")
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        self._check(context)
+        self.inner.handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext):
+        self._check(context)
+        return self.inner.load_input(context)

@@ -4,6 +4,7 @@ It creates the same imagedb rows as `cpp-dagster submit` and the automation rule
 pending_sub_analyses sensor then launches them."""
 
 import dagster as dg
+from pydantic import Field
 
 from cpp_dagster.defs.resources import ImageDBResource
 
@@ -14,7 +15,7 @@ class SubmissionConfig(dg.Config):
     wells: list[str] = []
     sites: list[int] = []
     cp_version: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(None, description="1 (high) to 9 (low); anything else is refused")
 
 
 def overrides(wells, sites, cp_version) -> dict:

@@ -6,6 +6,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from cpp_dagster import paths
 from cpp_dagster.config import Settings
 from cpp_dagster.demo.synthetic_plate import DYES, write_plate
 from cpp_dagster.imagedb.rows import Image
@@ -103,7 +104,7 @@ def register_plate(
     if dyes is not None and channel_map_id in (None, DEMO_CHANNEL_MAP):
         raise ValueError(f"a plate of its own dyes needs a channel map id of its own (not {DEMO_CHANNEL_MAP}, the demo's)")
     channel_map_id = DEMO_CHANNEL_MAP if channel_map_id is None else channel_map_id
-    folder = settings.nas_root / "images" / barcode
+    folder = paths.under(settings.nas_root / "images", barcode, what="plate barcode")
     files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes, size=size,
                         dyes=dyes, compression=compression, cell_scale=cell_scale)
     if dyes is not None:

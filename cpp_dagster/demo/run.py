@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import local
+from cpp_dagster import local, paths
 from cpp_dagster.config import PROJECT_ROOT, load_settings, local_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, plate_wells, register_plate
 from cpp_dagster.imagedb.store import ImageDB
@@ -89,7 +89,7 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
     status = sub.status if isinstance(sub.status, dict) else {}
     tables = {}
     for f in (sub.result or {}).get("file_list", []):
-        path = settings.nas_root / f
+        path = paths.under_relative(settings.nas_root, f, what="result file")
         if path.suffix == ".parquet":
             meta = pq.read_metadata(path)
             tables[path.stem] = {"path": str(path), "rows": meta.num_rows, "columns": meta.num_columns}

@@ -17,6 +17,7 @@ from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.ready import LaunchQueries, dependency_failed_message
 from cpp_dagster.imagedb.rows import Image, PlateAcquisition, SubAnalysis, SubmittedAnalysis
+from cpp_dagster.planning import PlanningError, priority_of
 
 
 class ImageDBError(Exception):
@@ -53,8 +54,18 @@ def _check_pipeline_shape(pipeline_name: str, meta: Any) -> None:
         raise ImageDBError(f"{where}: 'sub_analyses' must be a list of JSON objects")
 
 
+def _priority(value: Any, where: str) -> int | None:
+    """imagedb's priority columns are integers: a value that is not one in the documented
+    range is a readable error at submission, not a database error."""
+    try:
+        return priority_of(value)
+    except PlanningError as e:
+        raise ImageDBError(f"{where}: {e}") from None
+
+
 def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
             overrides: dict[str, Any]) -> SubmittedAnalysis:
+    priority = _priority(priority, "the submission's priority")
     cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
     _one(cur, f"no plate acquisition {plate_acquisition_id}")
     cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
@@ -71,11 +82,12 @@ def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | 
         sub_meta = {**sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
         if priority is not None:
             sub_meta["priority"] = priority
+        sub_priority = _priority(sub_meta.get("priority"), f"pipeline {pipeline_name!r}")
         cur.execute(
             """INSERT INTO image_sub_analyses
                    (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
                VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
-            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_meta.get("priority")),
+            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_priority),
         )
         sub_ids.append(cur.fetchone()["sub_id"])
     return SubmittedAnalysis(analysis_id, sub_ids)

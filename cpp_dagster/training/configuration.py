@@ -1,7 +1,7 @@
 """The training configuration: one JSON document per model, as in the CPSign service flow.
 
     {
-      "workflow": "solubility",                 # the model's name; [A-Za-z0-9_.-], 1-60 chars
+      "workflow": "solubility",                 # model folder, pod label: [A-Za-z0-9_.-], 1-60
       "database": "compounds",                  # a named compound database (see compounds.py)
       "query": "SELECT smiles, solubility AS label FROM compounds",
       "splits": 4,                              # parallel training jobs (one op/pod each)
@@ -35,6 +35,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from cpp_dagster import labels, paths
 
 PREDICTORS = {"ACP_Regression": "regression", "ACP_Classification": "classification"}
 NCMS = {"regression": ("AbsDiff", "Normalized"), "classification": ("InverseProbability", "Margin")}
@@ -112,6 +114,20 @@ def _choice(problems: list[str], where: str, value: Any, allowed) -> Any:
     return value
 
 
+def _workflow_problems(workflow: Any) -> list[str]:
+    """The workflow names the model's folder in the registry (the path rule) and is a pod
+    label (labels.py)."""
+    rule = ("workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
+            "letter or digit (it names the model's folder and is a pod label)")
+    try:
+        paths.component(workflow, "workflow")
+    except paths.UnsafePathError as e:
+        return [f"{rule}: {e}"]
+    if not (isinstance(workflow, str) and WORKFLOW_NAME.match(workflow) and labels.is_label_value(workflow)):
+        return [f"{rule}; got {workflow!r}"]
+    return []
+
+
 def from_dict(raw: Any) -> TrainingConfig:
     """Validate and normalise; ConfigError lists every problem found, not only the first."""
     if not isinstance(raw, dict):
@@ -121,8 +137,8 @@ def from_dict(raw: Any) -> TrainingConfig:
         if key not in raw:
             problems.append(f"missing required key {key!r}")
     workflow = raw.get("workflow")
-    if "workflow" in raw and not (isinstance(workflow, str) and WORKFLOW_NAME.match(workflow)):
-        problems.append(f"workflow must be 1-60 characters of letters, digits, '_', '.', '-'; got {workflow!r}")
+    if "workflow" in raw:
+        problems += _workflow_problems(workflow)
     for key in ("database", "query"):
         if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
             problems.append(f"{key} must be a non-empty string")

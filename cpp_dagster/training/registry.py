@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from cpp_dagster import paths
+
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
@@ -40,19 +42,30 @@ class ModelRegistry(Protocol):
     def metadata(self, name: str, version: str) -> dict: ...
 
 
-def _checked(*parts: str) -> None:
-    for part in parts:
+def _checked(name: object, version: object) -> None:
+    """A model name and version: each one folder name by the path rule (no `..`, no
+    separator, no control character), of the registry's characters."""
+    for what, part in (("model name", name), ("model version", version)):
+        try:
+            paths.component(part, what)
+        except paths.UnsafePathError as e:
+            raise RegistryError(str(e)) from None
         if not NAME.match(part):
-            raise RegistryError(f"{part!r} is not a valid model name or version")
+            raise RegistryError(f"{what} {part!r} must be 1-80 letters, digits, '_', '.' or '-'")
 
 
 class FolderModelRegistry:
+    """Models only under its root (`models/`): `<root>/<name>/<version>/`."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def _dir(self, name: str, version: str) -> Path:
         _checked(name, version)
-        return self.root / name / version
+        try:
+            return paths.under(self.root, name, version, what="model")
+        except paths.UnsafePathError as e:  # a symlinked name folder leading out of the root
+            raise RegistryError(str(e)) from None
 
     def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:
         target = self._dir(name, version)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cpp_dagster import paths
 from cpp_dagster.training import compounds, molecules
 from cpp_dagster.training.configuration import TrainingConfig
 from cpp_dagster.training.engines.base import TrainingFiles, split_params
@@ -22,7 +23,9 @@ class TrainingInputError(ValueError):
 
 
 def version_folder(work_root: Path, partition_key: str) -> Path:
-    folder = work_root / "training" / partition_key
+    """`<work>/training/<partition key>/`: the key by the path rule (a key added by hand in
+    the UI may be anything)."""
+    folder = paths.under(work_root / "training", partition_key, what="training partition key")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
