@@ -55,6 +55,7 @@ class Prepared:
     acquisition: PlateAcquisition
     results_dir: Path
     batches: list[BatchSpec]
+    stamp: RunStamp  # the run that planned it, with its generation
 
     @property
     def image_sets(self) -> int:
@@ -114,7 +115,7 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None
                                options.sub_type, options.priority, stamp))
     if not db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count, stamp=stamp):
         raise StaleRunError(stale_message(sub_id, stamp))
-    return Prepared(sub, acq, out_dir, specs)
+    return Prepared(sub, acq, out_dir, specs, stamp)
 
 
 def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):

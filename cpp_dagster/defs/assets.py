@@ -8,7 +8,6 @@ descriptors stored by the IO manager on the shared work area; the data itself
 (LoadData CSVs, CellProfiler outputs, Parquet) lives on the NAS.
 """
 
-import dataclasses
 import os
 
 import dagster as dg
@@ -58,11 +57,9 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
         raise dg.Failure(f"sub-analysis {sub_id} is being run by run {others[0]}: one run of a sub-analysis at a "
                          "time; this run changed nothing (launch it again once that run has ended)",
                          allow_retries=False)
-    stamp = _stamp(context)
-    if stamp.generation is None:  # launched from the UI: adopt the current re-run generation
-        stamp = dataclasses.replace(stamp, generation=db.rerun_generations([sub_id]).get(sub_id, 0))
-        context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(stamp.generation)})
-    prepared = analysis.prepare(db, nas.settings(), sub_id, stamp)
+    prepared = analysis.prepare(db, nas.settings(), sub_id, _stamp(context))
+    if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
+        context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
     context.log.info(
         f"sub-analysis {prepared.sub_analysis.sub_id} of plate {prepared.acquisition.plate_barcode}: "
         f"{prepared.image_sets} image sets in {len(prepared.batches)} batches"
