@@ -153,3 +153,21 @@ def test_one_active_run_per_sub_analysis(lab, dagster_instance):
     assert f"is being run by run {sensor_run.run_id}" in failure.event_specific_data.error.message
     assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
     assert sorted(p.name for p in analysis.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
+
+
+def test_progress_of_batches_finishing_at_once_is_never_lost(lab):
+    """status is updated under a row lock: sixteen batches reporting at the same moment
+    are all counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cpp_dagster.demo.register import DEMO_PIPELINE
+
+    acq = lab.db.add_plate_acquisition("BUSY", channel_map_id=1, folder="/nowhere")
+    sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
+    stamp = RunStamp(0, "run-busy")
+    assert lab.db.mark_sub_started(sub_id, batches=16, image_sets=16, stamp=stamp)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: lab.db.record_batch_finished(sub_id, f"batch_{i:04d}", stamp), range(16)))
+    status = lab.db.sub_analysis(sub_id).status
+    assert status["finished_batches"] == [f"batch_{i:04d}" for i in range(16)]
+    assert status["message"].startswith("16 / 16 batches finished")
