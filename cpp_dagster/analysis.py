@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from cpp_dagster import cellprofiler, paths, planning
 from cpp_dagster.config import Settings
-from cpp_dagster.features import profiles, single_cell
+from cpp_dagster.features import profiles, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
@@ -159,7 +159,7 @@ def _reuse(earlier: Path, batch_dir: Path, done: dict, fingerprint: str) -> cell
     (staged in `output.partial` and renamed, as CellProfiler's own outputs are)."""
     staging = batch_dir / "output.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(earlier / "output", staging, copy_function=_link_or_copy)
+    shutil.copytree(earlier / "output", staging, copy_function=results_folder.link_or_copy)
     shutil.rmtree(batch_dir / "output", ignore_errors=True)
     staging.rename(batch_dir / "output")
     shutil.copyfile(earlier / "cellprofiler.log", batch_dir / "cellprofiler.log")
@@ -167,13 +167,6 @@ def _reuse(earlier: Path, batch_dir: Path, done: dict, fingerprint: str) -> cell
                "log_path": str(batch_dir / "cellprofiler.log")}
     _write_atomically(batch_dir / "done.json", json.dumps({"fingerprint": fingerprint, "outcome": outcome}))
     return cellprofiler.BatchOutcome(**{**outcome, "reused": True})
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:

@@ -104,10 +104,15 @@ def _carry_over(old: Path, staging: Path, replaced: set[str]) -> None:
             if str(rel) in replaced or name.endswith(UNFINISHED_SUFFIXES) or target.exists():
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, target)
-            except OSError:  # a file system without hard links
-                shutil.copy2(src, target)
+            link_or_copy(src, target)
+
+
+def link_or_copy(src, dst) -> None:
+    """A hard link (no copy of the data), or a copy on a file system without them."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _retire_unused(folder: Path, keep: Path) -> None:
