@@ -90,7 +90,7 @@ def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, da
     results = lab.nas / "results" / "CORRUPT"
     assert not list(results.rglob("*.parquet"))  # no merge of a half-done analysis
     # The failed attempt left no output folder that could pass for finished.
-    batch_dir = lab.nas / "work" / f"sub_{sub_id}" / "batch_0001"
+    batch_dir = lab.nas / "work" / f"sub_{sub_id}" / "g0" / "batch_0001"
     assert not (batch_dir / "output").exists() and (batch_dir / "cellprofiler.log").is_file()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 from cpp_dagster.features.merge import MergeError, merge_batches, table_files
+from cpp_dagster.features.results_folder import versions_dir
 
 EXPERIMENT_ROWS = [["Key", "Value"], ["CellProfiler_Version", "4.2.8"],
                    ["Pipeline_Pipeline", "CellProfiler Pipeline\nVersion:5\nModuleCount:12"]]
@@ -219,14 +220,18 @@ def test_two_batches_writing_the_same_file_is_an_error(two_batches, tmp_path):
         (b / "qc" / "plate.png").write_bytes(b.name.encode())
     with pytest.raises(MergeError, match="batch_0001 and batch_0002 both wrote qc/plate.png"):
         merge_batches(two_batches, tmp_path / "dest")
-    assert list((tmp_path / "dest").iterdir()) == []
+    assert not (tmp_path / "dest").exists()  # nothing published
+    assert list(versions_dir(tmp_path / "dest").iterdir()) == []  # and no staging left
 
 
 # --- atomic writes ------------------------------------------------------------------
 
 def test_no_staging_folder_remains_after_a_merge(two_batches, tmp_path):
     merge_batches(two_batches, tmp_path / "dest")
-    assert [p.name for p in (tmp_path / "dest").iterdir() if p.name.startswith(".merge-")] == []
+    merge_batches(two_batches, tmp_path / "dest")
+    (version,) = versions_dir(tmp_path / "dest").iterdir()  # the current version only
+    assert (tmp_path / "dest").resolve() == version.resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dest.versions", "dest", "src"]
 
 
 def test_a_remerge_replaces_the_old_tables(two_batches, tmp_path):

@@ -15,9 +15,16 @@ import dagster as dg
 from cpp_dagster import analysis, config
 from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
 from cpp_dagster.defs.hooks import record_failure_in_imagedb
-from cpp_dagster.defs.partitions import sub_analysis_partitions, sub_id_of
+from cpp_dagster.defs.partitions import (
+    GENERATION_TAG,
+    other_active_runs,
+    run_stamp,
+    sub_analysis_partitions,
+    sub_id_of,
+)
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
 from cpp_dagster.features import checks, plate_map
+from cpp_dagster.imagedb.rows import RunStamp
 
 plate_acquisitions = dg.AssetSpec(
     ["imagedb", "plate_acquisitions"],
@@ -34,10 +41,25 @@ def _sub_id(context: dg.OpExecutionContext) -> int:
     return sub_id
 
 
+def _stamp(context: dg.OpExecutionContext) -> RunStamp:
+    """This run's RunStamp (generation tag, root run id), carried by every imagedb write."""
+    return run_stamp(context.instance.get_run_by_id(context.run_id))
+
+
 @dg.op(ins={"acquisitions": dg.In(dg.Nothing)}, out=dg.DynamicOut(analysis.BatchSpec))
 def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource):
-    """Image sets -> batches -> one LoadData CSV per batch on the work area."""
-    prepared = analysis.prepare(imagedb.db(), nas.settings(), _sub_id(context))
+    """Image sets -> batches -> one LoadData CSV per batch on the work area. Only one run
+    of a sub-analysis at a time: the run queue holds a second one back (tag concurrency
+    limit on dagster/partition in dagster.yaml); one launched past the queue stops here."""
+    db, sub_id = imagedb.db(), _sub_id(context)
+    others = other_active_runs(context.instance, context.run)
+    if others:
+        raise dg.Failure(f"sub-analysis {sub_id} is being run by run {others[0]}: one run of a sub-analysis at a "
+                         "time; this run changed nothing (launch it again once that run has ended)",
+                         allow_retries=False)
+    prepared = analysis.prepare(db, nas.settings(), sub_id, _stamp(context))
+    if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
+        context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
     context.log.info(
         f"sub-analysis {prepared.sub_analysis.sub_id} of plate {prepared.acquisition.plate_barcode}: "
         f"{prepared.image_sets} image sets in {len(prepared.batches)} batches"
@@ -72,7 +94,11 @@ def run_cellprofiler(
         # Fails the step past its RetryPolicy: a batch that ran out of time would take as
         # long again (crashes and evictions are still retried).
         raise dg.Failure(description=str(timeout), allow_retries=False) from timeout
-    progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name)
+    progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name, batch.stamp)
+    if progress is None:
+        raise dg.Failure(f"sub-analysis {batch.sub_id} has been re-run or started by another run since this run "
+                         f"planned it (generation {batch.stamp.generation}); {batch.name} is not recorded",
+                         allow_retries=False)
     context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress})  # the runs list shows it
     how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"
     context.log.info(f"{batch.name} {how}; sub-analysis {batch.sub_id}: {progress}")
@@ -106,7 +132,7 @@ def merge_feature_tables(
     the plate map on the merged tables (in this step: no extra pods)."""
     db, sub_id = imagedb.db(), _sub_id(context)
     batch_dirs = [os.path.dirname(o.output_dir) for o in sorted(outcomes, key=lambda o: o.batch)]
-    merged = analysis.merge(db, nas.settings(), sub_id, batch_dirs)
+    merged = analysis.merge(db, nas.settings(), sub_id, batch_dirs, _stamp(context))
     tables = merged.merge.tables
     status = db.sub_analysis(sub_id).status or {}
     objects = analysis.object_tables(db, nas.settings(), sub_id)
@@ -192,7 +218,7 @@ DERIVED_TABLE = {"partitions_def": sub_analysis_partitions, "hooks": {record_fai
                 "e.g. Nuclei); objects not one-to-one with it summarised per image.",
 )
 def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
-    result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context))
+    result = analysis.write_single_cell(imagedb.db(), nas.settings(), _sub_id(context), _stamp(context))
     if result is None:
         context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
         return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})
@@ -208,8 +234,9 @@ def single_cell_table(context: dg.AssetExecutionContext, imagedb: ImageDBResourc
 )
 def well_profiles(context: dg.AssetExecutionContext, imagedb: ImageDBResource, nas: NasResource):
     db, sub_id = imagedb.db(), _sub_id(context)
-    result = analysis.write_well_profiles(db, nas.settings(), sub_id)
-    outcome = analysis.complete(db, nas.settings(), sub_id)
+    stamp = _stamp(context)
+    result = analysis.write_well_profiles(db, nas.settings(), sub_id, stamp)
+    outcome = analysis.complete(db, nas.settings(), sub_id, stamp)
     context.log.info(f"sub-analysis {sub_id} finished: {len(outcome['file_list'])} result files")
     if result is None:
         return dg.MaterializeResult(metadata={"written": False, "reason": NO_OBJECT_TABLES})

@@ -8,7 +8,14 @@ import dagster as dg
 from cpp_dagster.defs.assets import plate_acquisitions
 from cpp_dagster.defs.executor import preflight
 from cpp_dagster.defs.hooks import failure_message
-from cpp_dagster.defs.partitions import partition_key, sub_analysis_partitions, sub_id_of
+from cpp_dagster.defs.partitions import (
+    GENERATION_TAG,
+    other_active_runs,
+    partition_key,
+    run_stamp,
+    sub_analysis_partitions,
+    sub_id_of,
+)
 from cpp_dagster.defs.resources import ImageDBResource
 from cpp_dagster.imagedb.ready import Unlaunchable
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
@@ -33,7 +40,8 @@ def run_request(r: ReadySubAnalysis, rerun: int = 0) -> dg.RunRequest:
         run_key=key if rerun == 0 else f"{key}:rerun{rerun}",
         partition_key=key,
         tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
-              "imagedb/sub_id": str(r.sub_id), "imagedb/analysis_id": str(r.analysis_id)},
+              "imagedb/sub_id": str(r.sub_id), "imagedb/analysis_id": str(r.analysis_id),
+              GENERATION_TAG: str(rerun)},
     )
 
 
@@ -134,10 +142,17 @@ def automation_rules(context: dg.SensorEvaluationContext, imagedb: ImageDBResour
 
 
 def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str) -> None:
-    sub_id = sub_id_of(context.dagster_run.tags.get("dagster/partition"))
+    """The run's failure, stamped with its generation and run id: imagedb refuses it when
+    the sub-analysis has been re-run (or started by another run) since, so a failed old
+    run never marks the newer re-run failed; and while another run of the same
+    sub-analysis is active, that run decides."""
+    run = context.dagster_run
+    sub_id = sub_id_of(run.tags.get("dagster/partition"))
     if sub_id is None:
         return
-    if imagedb.db().mark_sub_failed(sub_id, message):
+    if other_active_runs(context.instance, run):
+        context.log.info(f"sub-analysis {sub_id}: another run is active; not recorded: {message}")
+    elif imagedb.db().mark_sub_failed(sub_id, message, run_stamp(run)):
         context.log.info(f"sub-analysis {sub_id} marked failed: {message}")
 
 

@@ -21,24 +21,24 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
 - Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
   blocks per table being merged (up to MERGE_WORKERS at once), not by the plate:
   batches are streamed.
-- Writes are atomic: everything is written under a hidden staging folder inside DEST
-  and moved into place with os.replace, so a reader never sees a half-written file and
-  a re-merge replaces the old files. The files a merge wrote are listed in DEST's
-  `.merged-files.json`; a re-merge removes those of the previous merge that it did
-  not write again (a table the pipeline no longer exports), and nothing else in DEST.
-  Merges that share DEST (the sub-analyses of one analysis) keep a manifest each
-  (`manifest=`), so one never removes another's files (e.g. the ICF_<dye>.npy files of
-  an illumination step).
+- DEST switches as a whole (`results_folder`): everything is written into a staging
+  folder beside it, and DEST (a link) then points at the new version in one rename, so
+  a reader, or a merge killed at any moment, never leaves a mix of old and new tables.
+  The files a merge wrote are listed in DEST's `.merged-files.json`; the new version
+  keeps the previous version's files except those (a table the pipeline no longer
+  exports is gone). Merges that share DEST (the sub-analyses of one analysis) keep a
+  manifest each (`manifest=`), so one never removes another's files (e.g. the
+  ICF_<dye>.npy files of an illumination step).
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import shutil
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cpp_dagster.features import results_folder
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
 from cpp_dagster.features.schema import (
     BLOCK_SIZE,
@@ -272,12 +273,17 @@ def batch_number(name: str, position: int) -> int:
 
 
 def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST,
-                  tables_dir: Path | None = None) -> MergeResult:
+                  tables_dir: Path | None = None, replaces: Iterable[str] = (), owner: str = "merge",
+                  guard: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
-    outputs, in batch order) into `dest_dir`. `manifest`: the file in `dest_dir` that
-    lists what this merge wrote (and what a re-merge under the same name may remove).
-    `tables_dir` (a folder inside `dest_dir`; default `dest_dir`): where the tables and
-    the Experiment file go; the other files go to `dest_dir`."""
+    outputs, in batch order) into `dest_dir`, which switches to the new content as a
+    whole (`results_folder`). `manifest`: the file in `dest_dir` that lists what this
+    merge wrote (what a re-merge under the same name replaces). `tables_dir` (a folder
+    inside `dest_dir`; default `dest_dir`): where the tables and the Experiment file go;
+    the other files go to `dest_dir`. `replaces`: more files (relative to `dest_dir`) an
+    earlier run of the same owner wrote from the old tables (derived tables) and that
+    must not survive the switch. `owner`: who merges (one merge per owner at a time; its
+    killed merges' staging is removed). `guard`: see `results_folder.switch`."""
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
     per_batch = []
@@ -295,36 +301,34 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
     tables_dir = dest_dir if tables_dir is None else Path(tables_dir)
     if tables_dir != dest_dir and dest_dir.resolve() not in tables_dir.resolve().parents:
         raise MergeError(f"the tables folder {tables_dir} is not inside {dest_dir}")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    staging = dest_dir / f".merge-{uuid.uuid4().hex}"
-    staging.mkdir()
+    tables_rel = tables_dir.absolute().relative_to(dest_dir.absolute())
+    staging = results_folder.new_staging(dest_dir, owner)
     try:
         tables: dict[str, MergedTable] = {}
-        staged: list[tuple[Path, Path]] = []  # (staged file, final path)
+        written: list[Path] = []  # relative to dest_dir
+        (staging / tables_rel).mkdir(parents=True, exist_ok=True)
         files = [table_files(d) for _, _, d in per_batch]
         sources = {name: [(i, b, f[name]) for (i, b, _), f in zip(per_batch, files) if name in f] for name in names}
         if EXPERIMENT in sources:
-            shutil.copyfile(sources.pop(EXPERIMENT)[0][2], staging / "Experiment.csv")
-            staged.append((staging / "Experiment.csv", tables_dir / "Experiment.csv"))
+            shutil.copyfile(sources.pop(EXPERIMENT)[0][2], staging / tables_rel / "Experiment.csv")
+            written.append(tables_rel / "Experiment.csv")
         # Tables are independent and pyarrow parses and writes without the GIL: merge
         # them side by side (memory: one row-group buffer per worker).
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
-            merged = pool.map(lambda n: merge_table(n, sources[n], staging / f"{n}.parquet"), list(sources))
+            merged = pool.map(lambda n: merge_table(n, sources[n], staging / tables_rel / f"{n}.parquet"),
+                              list(sources))
             for t in merged:
-                final = tables_dir / f"{t.name}.parquet"
-                tables[t.name] = MergedTable(t.name, final, t.rows, t.columns, t.drift)
-                staged.append((staging / f"{t.name}.parquet", final))
-        staged += _stage_other_files(per_batch, staging, dest_dir)
-        previous = _manifest(dest_dir / manifest)
-        for src, final in staged:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, final)
-        written = [final for _, final in staged]
-        _write_manifest(dest_dir / manifest, staging, written)
-        _remove_stale(dest_dir, previous - {str(p.relative_to(dest_dir)) for p in written})
-        return MergeResult(tables, written)
+                rel = tables_rel / f"{t.name}.parquet"
+                tables[t.name] = MergedTable(t.name, dest_dir / rel, t.rows, t.columns, t.drift)
+                written.append(rel)
+        written += _stage_other_files(per_batch, staging)
+        (staging / manifest).write_text(json.dumps({"files": sorted(map(str, written))}, indent=1))
+        current = results_folder.current_version(dest_dir)
+        previous = _manifest(current / manifest) if current is not None else set()
+        results_folder.switch(dest_dir, staging, replaced=previous | set(replaces), guard=guard)
+        return MergeResult(tables, [dest_dir / rel for rel in written])
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        results_folder.discard(staging)  # gone after a switch; a failed merge leaves nothing
 
 
 def _manifest(path: Path) -> set[str]:
@@ -334,25 +338,7 @@ def _manifest(path: Path) -> set[str]:
         return set()
 
 
-def _write_manifest(path: Path, staging: Path, written: Sequence[Path]) -> None:
-    dest_dir = path.parent
-    tmp = staging / path.name
-    tmp.write_text(json.dumps({"files": sorted(str(p.relative_to(dest_dir)) for p in written)}, indent=1))
-    os.replace(tmp, path)
-
-
-def _remove_stale(dest_dir: Path, stale: Iterable[str]) -> None:
-    """Remove files an earlier merge wrote into `dest_dir` and this one did not (only
-    plain relative paths inside `dest_dir`: the manifest is a file anyone could edit)."""
-    root = dest_dir.resolve()
-    for rel in stale:
-        path = (dest_dir / rel).resolve()
-        if path.parent != root and root not in path.parents:
-            continue
-        path.unlink(missing_ok=True)
-
-
-def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path, dest_dir: Path):
+def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path) -> list[Path]:
     seen: dict[Path, str] = {}
     staged = []
     for _, batch, d in per_batch:
@@ -363,8 +349,8 @@ def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path
             if rel in seen:
                 raise MergeError(f"batches {seen[rel]} and {batch} both wrote {rel}")
             seen[rel] = batch
-            target = staging / "files" / rel
+            target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, target)
-            staged.append((target, dest_dir / rel))
+            staged.append(rel)
     return staged

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ImageDBError(Exception):
+    """imagedb does not hold what an operation needs (unknown id, missing pipeline...)."""
+
+
 @dataclass(frozen=True)
 class PlateAcquisition:
     id: int
@@ -65,3 +69,15 @@ class SubmittedAnalysis:
     analysis_id: int
     sub_ids: list[int] = field(default_factory=list)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunStamp:
+    """Which run of a sub-analysis a write comes from: its re-run generation (the
+    `reruns` count in `status` when the run was requested, run tag `imagedb/generation`)
+    and its run id (the root run for a re-execution, which continues the same run).
+    A write stamped with an older generation, or with another run than the one that
+    started the current generation, is refused. None means not known (not checked)."""
+
+    generation: int | None = None
+    run_id: str | None = None

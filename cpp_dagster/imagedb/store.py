@@ -1,12 +1,12 @@
-"""The one API that talks to imagedb (`ImageDB`). Every query of the project lives here,
-except the launch side (ready, malformed, unresolvable dependencies), in ready.py.
+"""The one API that talks to imagedb (`ImageDB`): every query of the project lives here
+or in the two modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
+unresolvable dependencies) and `outcome.py` (the write-back of a run's outcome).
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
 """
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,23 +15,28 @@ import psycopg2.extras
 from psycopg2 import sql
 from psycopg2.extras import Json
 
-from cpp_dagster.imagedb.ready import LaunchQueries, dependency_failed_message
-from cpp_dagster.imagedb.rows import Image, PlateAcquisition, SubAnalysis, SubmittedAnalysis
+from cpp_dagster.imagedb.outcome import (  # noqa: F401  (re-exported: callers import them from here)
+    StaleRunError,
+    SubAnalysisOutcomes,
+    progress_message,
+    revive_after_success,
+    stale_message,
+)
+from cpp_dagster.imagedb.ready import (  # noqa: F401
+    DEFAULT_PRIORITY,
+    LaunchQueries,
+    dependency_failed_message,
+)
+from cpp_dagster.imagedb.rows import (  # noqa: F401
+    Image,
+    ImageDBError,
+    PlateAcquisition,
+    ReadySubAnalysis,
+    RunStamp,
+    SubAnalysis,
+    SubmittedAnalysis,
+)
 from cpp_dagster.planning import PlanningError, priority_of
-
-
-class ImageDBError(Exception):
-    """imagedb does not hold what an operation needs (unknown id, missing pipeline...)."""
-
-
-def progress_message(finished: int, total: int, elapsed_s: float) -> str:
-    """`"N / M batches finished, ~H h left"`, the remaining time from the rate so far."""
-    if finished <= 0 or finished >= total:
-        left_h = 0.0 if finished >= total else float("nan")
-    else:
-        left_h = elapsed_s / finished * (total - finished) / 3600
-    left = "?" if left_h != left_h else f"{left_h:.1f}"
-    return f"{finished} / {total} batches finished, ~{left} h left"
 
 
 def _one(cur, missing: str) -> dict:
@@ -114,26 +119,8 @@ def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) 
     return submitted
 
 
-def _revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
-    """A sub-analysis that failed is running again or has finished after all (re-run,
-    re-execution from failure): the dependents it failed wait again, and its analysis is
-    no longer failed unless another sub-analysis still is."""
-    cur.execute(
-        """UPDATE image_sub_analyses SET error = NULL, status = NULL
-           WHERE start IS NULL AND status->>'message' = %s""",
-        (dependency_failed_message(sub_id),),
-    )
-    cur.execute(
-        """UPDATE image_analyses a SET error = NULL, status = NULL
-           WHERE a.id = %s AND NOT EXISTS (
-               SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.error IS NOT NULL
-                 AND s.sub_id <> %s)""",
-        (analysis_id, sub_id),
-    )
-
-
-class ImageDB(LaunchQueries):
-    """Every imagedb query; the launch side (ready, malformed, unresolvable) is in ready.py."""
+class ImageDB(LaunchQueries, SubAnalysisOutcomes):
+    """Every imagedb query: the launch side from ready.py, the write-back from outcome.py."""
 
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 
@@ -267,116 +254,6 @@ class ImageDB(LaunchQueries):
             raise ImageDBError(f"no analysis {analysis_id}")
         return dict(row)
 
-    # --- write-back of a sub-analysis's outcome
-
-    def mark_sub_started(self, sub_id: int, *, batches: int, image_sets: int) -> None:
-        """The run has started: `start` set, an earlier outcome cleared (a re-run)."""
-        status = {"state": "running", "message": progress_message(0, batches, 0), "batches": batches,
-                  "image_sets": image_sets, "finished_batches": []}
-        with self._cursor() as cur:
-            cur.execute(
-                """UPDATE image_sub_analyses
-                   SET start = now(), finish = NULL, error = NULL, result = NULL,
-                       status = %s::jsonb || jsonb_build_object('reruns', COALESCE((status->>'reruns')::int, 0))
-                   WHERE sub_id = %s RETURNING analysis_id""",
-                (Json(status), sub_id),
-            )
-            row = _one(cur, f"no sub-analysis {sub_id}")
-            cur.execute(
-                """UPDATE image_analyses SET start = COALESCE(start, now()), error = NULL, finish = NULL
-                   WHERE id = %s""",
-                (row["analysis_id"],),
-            )
-
-    def record_batch_finished(self, sub_id: int, batch_key: str) -> str:
-        """Count one more finished batch (idempotent per batch) and return the progress text."""
-        with self._cursor() as cur:
-            cur.execute(
-                "SELECT status, start FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (sub_id,)
-            )
-            row = _one(cur, f"no sub-analysis {sub_id}")
-            status = dict(row["status"] or {})
-            done = sorted(set(status.get("finished_batches", [])) | {batch_key})
-            total = int(status.get("batches") or len(done))
-            start = row["start"] or dt.datetime.now()
-            cur.execute("SELECT now()::timestamp AS now")
-            elapsed = (cur.fetchone()["now"] - start).total_seconds()
-            status.update(finished_batches=done, message=progress_message(len(done), total, elapsed))
-            cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
-            return status["message"]
-
-    def add_outputs(self, sub_id: int, files: list[str]) -> list[str]:
-        """Record files a step of the running sub-analysis wrote (`status.outputs`, kept in
-        order, without repeats); returns all recorded so far. They become `result.file_list`
-        when the sub-analysis finishes."""
-        with self._cursor() as cur:
-            cur.execute("SELECT status FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (sub_id,))
-            status = dict(_one(cur, f"no sub-analysis {sub_id}")["status"] or {})
-            outputs = list(dict.fromkeys([*status.get("outputs", []), *files]))
-            status["outputs"] = outputs
-            cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
-            return outputs
-
-    def mark_sub_finished(self, sub_id: int, result: dict[str, Any]) -> None:
-        """Success: `finish` and `result`; the analysis finishes with its last sub-analysis."""
-        with self._cursor() as cur:
-            cur.execute(
-                """UPDATE image_sub_analyses
-                   SET finish = now(), error = NULL, result = %s,
-                       status = COALESCE(status, '{}'::jsonb) || jsonb_build_object('state', 'finished')
-                   WHERE sub_id = %s RETURNING analysis_id""",
-                (Json(result), sub_id),
-            )
-            row = _one(cur, f"no sub-analysis {sub_id}")
-            _revive_after_success(cur, sub_id, row["analysis_id"])
-            cur.execute(
-                """UPDATE image_analyses a SET finish = now(), result = %s
-                   WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
-                       SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)""",
-                (Json(result), row["analysis_id"]),
-            )
-
-    def mark_sub_failed(self, sub_id: int, message: str) -> bool:
-        """Failure: `error` and a readable message in `status`; the parent analysis fails too.
-        Only the first report of a failure is recorded (a hook and the run-status sensor may
-        both see it); returns whether this call recorded it."""
-        with self._cursor() as cur:
-            cur.execute(
-                """UPDATE image_sub_analyses
-                   SET error = now(), start = COALESCE(start, now()),
-                       status = COALESCE(status, '{}'::jsonb)
-                                || jsonb_build_object('state', 'failed', 'message', %s::text)
-                   WHERE sub_id = %s AND error IS NULL AND finish IS NULL RETURNING analysis_id""",
-                (message, sub_id),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return False
-            cur.execute(
-                """UPDATE image_analyses
-                   SET error = COALESCE(error, now()),
-                       status = COALESCE(status, '{}'::jsonb)
-                                || jsonb_build_object('state', 'failed', 'message', %s::text)
-                   WHERE id = %s""",
-                (f"sub-analysis {sub_id} failed: {message}", row["analysis_id"]),
-            )
-            # Dependents never start; they say why.
-            cur.execute(
-                """WITH RECURSIVE dependents(sub_id) AS (
-                       SELECT s.sub_id FROM image_sub_analyses s WHERE s.depends_on_sub_id @> %s::jsonb
-                       UNION
-                       SELECT s.sub_id FROM image_sub_analyses s, dependents d
-                       WHERE s.depends_on_sub_id @> jsonb_build_array(d.sub_id))
-                   UPDATE image_sub_analyses s
-                   SET error = now(),
-                       status = COALESCE(s.status, '{}'::jsonb) || jsonb_build_object(
-                           'state', 'failed', 'message', %s::text)
-                   FROM dependents d
-                   WHERE s.sub_id = d.sub_id AND s.start IS NULL AND s.error IS NULL AND s.finish IS NULL""",
-                (Json([sub_id]), dependency_failed_message(sub_id)),
-            )
-            return True
-
     # --- submission by automation rules, and re-runs
 
     def submit_by_automation(self, *, limit: int = 100) -> list[tuple[int, str, SubmittedAnalysis]]:
@@ -436,7 +313,7 @@ class ImageDB(LaunchQueries):
                 current = _one(cur, f"no sub-analysis {sub_id}")
                 state = "not started yet" if current["start"] is None else "still running"
                 raise ImageDBError(f"sub-analysis {sub_id} is {state}: only a failed or finished one can be re-run")
-            _revive_after_success(cur, sub_id, row["analysis_id"])
+            revive_after_success(cur, sub_id, row["analysis_id"])
             cur.execute("UPDATE image_analyses SET finish = NULL WHERE id = %s", (row["analysis_id"],))
             return row["reruns"]
 

@@ -1,0 +1,127 @@
+"""A results folder that switches as a whole.
+
+`results/<barcode>/<acq>/<analysis>` is a symbolic link to one complete version of the
+folder, `.<analysis>.versions/v-<id>/` beside it (a relative link, so it holds wherever
+the NAS is mounted). A merge writes its files into a fresh staging folder there
+(`staging-<owner>-<id>/`), then, in one step:
+
+1. carries the current version's files it does not replace over into the staging
+   folder (hard links: no copy of the data), so the other sub-analyses' files (an
+   illumination step's ICF_<dye>.npy) stay;
+2. renames the staging folder to a version and points the link at it with a rename
+   (`os.replace` of a new link over the old one): a reader that resolves the folder
+   sees the old version or the new one, never a mix, whatever is killed when;
+3. removes the versions the link no longer points to.
+
+Staging folders of an owner (one sub-analysis: only one of its runs is active at a
+time) left by a killed merge are removed when that owner's next merge starts; versions
+and link files left by a kill between steps are removed at the next switch. A folder
+from before this layout (a real directory) becomes the first version at the first
+switch: for that one switch the path is briefly absent, never mixed.
+
+Paths inside the folder (`folder/Image.parquet`) keep working for readers and for
+the files written after the merge (single-cell table, well profiles), which go into
+the current version through the link.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+VERSION_PREFIX, STAGING_PREFIX, TRASH_PREFIX = "v-", "staging-", "trash-"
+# Files being written (atomic-write temporaries, derived tables waiting to be published)
+# are never carried into a new version.
+UNFINISHED_SUFFIXES = (".tmp", ".partial")
+
+
+def versions_dir(folder: Path) -> Path:
+    """Where the versions of `folder` live: `.<name>.versions` beside it."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.versions"
+
+
+def new_staging(folder: Path, owner: str) -> Path:
+    """A fresh, empty staging folder for the next version of `folder`, after removing
+    the staging folders `owner`'s killed merges left behind."""
+    versions = versions_dir(folder)
+    versions.mkdir(parents=True, exist_ok=True)
+    for stale in versions.glob(f"{STAGING_PREFIX}{owner}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = versions / f"{STAGING_PREFIX}{owner}-{uuid.uuid4().hex}"
+    staging.mkdir()
+    return staging
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def current_version(folder: Path) -> Path | None:
+    """The folder's current content (the version its link points to, or the folder
+    itself before the first switch); None when there is none yet."""
+    folder = Path(folder)
+    return folder.resolve() if folder.is_dir() else None
+
+
+def switch(folder: Path, staging: Path, *, replaced: Iterable[str] = (),
+           guard: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Path:
+    """Make `staging` the content of `folder`, as a whole, plus the current version's
+    files that `staging` does not hold and that are not in `replaced` (paths relative to
+    the folder: what the previous merge of the same owner wrote). Steps 1 and 2 run
+    inside `guard()` (e.g. a row lock that checks the run is still current; it raises to
+    refuse, and then nothing changes). Returns the new version's folder."""
+    folder, staging = Path(folder), Path(staging)
+    versions = versions_dir(folder)
+    replaced = set(replaced)
+    with guard():
+        old = current_version(folder)
+        if old is not None:
+            _carry_over(old, staging, replaced)
+        version = versions / f"{VERSION_PREFIX}{uuid.uuid4().hex}"
+        staging.rename(version)
+        if folder.is_dir() and not folder.is_symlink():  # the layout before versions
+            folder.rename(versions / f"{VERSION_PREFIX}legacy-{uuid.uuid4().hex}")
+        link = folder.parent / f".{folder.name}.link-{uuid.uuid4().hex}"
+        os.symlink(os.path.join(versions.name, version.name), link)
+        os.replace(link, folder)
+        _retire_unused(folder, version)
+    for trash in versions.glob(f"{TRASH_PREFIX}*"):
+        shutil.rmtree(trash, ignore_errors=True)
+    return version
+
+
+def _carry_over(old: Path, staging: Path, replaced: set[str]) -> None:
+    for dirpath, _, filenames in os.walk(old):
+        for name in filenames:
+            src = Path(dirpath) / name
+            rel = src.relative_to(old)
+            target = staging / rel
+            if str(rel) in replaced or name.endswith(UNFINISHED_SUFFIXES) or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(src, target)
+
+
+def link_or_copy(src, dst) -> None:
+    """A hard link (no copy of the data), or a copy on a file system without them."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _retire_unused(folder: Path, keep: Path) -> None:
+    """Versions other than `keep` become trash (removed after the guard is released:
+    renames are quick, a removal of many files is not), link files left by a killed
+    switch go."""
+    versions = versions_dir(folder)
+    for version in versions.glob(f"{VERSION_PREFIX}*"):
+        if version != keep:
+            version.rename(versions / f"{TRASH_PREFIX}{uuid.uuid4().hex}")
+    for link in folder.parent.glob(f".{folder.name}.link-*"):
+        link.unlink(missing_ok=True)

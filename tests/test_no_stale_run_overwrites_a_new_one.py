@@ -1,0 +1,173 @@
+"""A failed or cancelled run that is still finishing never changes the re-run that
+replaced it (its row in imagedb, its work folders, its results), and a sub-analysis is
+run by one run at a time. Real imagedb, real CellProfiler, real Dagster runs and sensors."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+
+import dagster as dg
+import pytest
+from dagster_helpers import events, launch, tick
+
+from cpp_dagster import analysis
+from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
+from cpp_dagster.features.results_folder import versions_dir
+from cpp_dagster.imagedb.store import RunStamp, StaleRunError
+
+
+def submit(lab, acq: int, batch_size: int, **sub_meta) -> int:
+    meta = demo_pipeline_meta(batch_size=batch_size)
+    meta["sub_analyses"][0].update(sub_meta)
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    lab.db.put_pipeline(name, meta)
+    return lab.db.submit_analysis(acq, name).sub_ids[0]
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file under a results folder (through its link) with a hash of its bytes."""
+    root = folder.resolve()
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
+    db, settings = lab.db, lab.settings
+    acq = register_plate(db, settings, barcode="RACE", wells=["B02"], sites=[1, 2], seed=5)
+    sub_id = submit(lab, acq, batch_size=1)
+    old, new = RunStamp(0, "run-generation-0"), RunStamp(1, "run-generation-1")
+
+    # Generation 0: batch_0000 finishes; batch_0001 fails and the run is failed while
+    # that batch's retry is still running.
+    first = analysis.prepare(db, settings, sub_id, old)
+    b0, b1 = first.batches
+    analysis.run_batch(settings, b0)
+    assert db.record_batch_finished(sub_id, b0.name, old).startswith("1 / 2 batches finished")
+    assert db.mark_sub_failed(sub_id, "step run_cellprofiler[batch_0001] failed: exit code 1", old)
+
+    # The lab re-runs it; generation 1 plans into folders of its own.
+    assert db.rerun_sub_analysis(sub_id) == 1
+    second = analysis.prepare(db, settings, sub_id, new)
+    assert all("/g1/" in s.batch_dir for s in second.batches)
+    assert all("/g0/" in s.batch_dir for s in first.batches)
+    started = db.sub_analysis(sub_id)
+
+    # The old run's retry of batch_0001 now finishes, and its outcome arrives.
+    late = analysis.run_batch(settings, b1)
+    assert "/g0/" in late.output_dir
+    assert db.record_batch_finished(sub_id, b1.name, old) is None
+    with pytest.raises(StaleRunError):
+        analysis.merge(db, settings, sub_id, [b0.batch_dir, b1.batch_dir], old)
+    assert not db.mark_sub_failed(sub_id, "cancelled: run-generation-0 was cancelled", old)
+    assert not db.mark_sub_started(sub_id, batches=2, image_sets=2, stamp=old)
+    with pytest.raises(StaleRunError):
+        analysis.complete(db, settings, sub_id, old)
+    assert db.sub_analysis(sub_id) == started  # the row of generation 1, untouched
+    assert started.error is None and started.finish is None and started.status["run_id"] == new.run_id
+    results = analysis.results_dir_of(db, settings, sub_id)
+    assert not results.exists()  # nothing published by the stale merge
+    assert list(versions_dir(results).iterdir()) == []  # and no staging left behind
+
+    # Generation 1 runs: both batches are reused (verified outputs, same fingerprint),
+    # linked into its own folders, then merged and completed.
+    outcomes = [analysis.run_batch(settings, s) for s in second.batches]
+    assert [o.reused for o in outcomes] == [True, True]
+    assert all("/g1/" in o.output_dir for o in outcomes)
+    progress = [db.record_batch_finished(sub_id, s.name, new) for s in second.batches]
+    assert [p[:5] for p in progress] == ["1 / 2", "2 / 2"]
+    analysis.merge(db, settings, sub_id, [s.batch_dir for s in second.batches], new)
+    analysis.write_single_cell(db, settings, sub_id, new)
+    analysis.write_well_profiles(db, settings, sub_id, new)
+    result = analysis.complete(db, settings, sub_id, new)
+    finished, files = db.sub_analysis(sub_id), snapshot(results)
+    assert finished.finish and finished.error is None and result["file_list"]
+
+    # The old run's outcome arriving even later changes nothing either.
+    assert not db.mark_sub_failed(sub_id, "very late failure", old)
+    with pytest.raises(StaleRunError):
+        analysis.merge(db, settings, sub_id, [b0.batch_dir, b1.batch_dir], old)
+    with pytest.raises(StaleRunError):
+        analysis.write_single_cell(db, settings, sub_id, old)
+    assert db.sub_analysis(sub_id) == finished and snapshot(results) == files
+    assert [p.name.split("-")[0] for p in versions_dir(results).iterdir()] == ["v"]  # one version, no staging
+
+
+def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refused(lab, dagster_instance):
+    """Through the real run-failure sensor, as the daemon evaluates it late."""
+    from cpp_dagster.definitions import defs
+    from cpp_dagster.defs.sensors import record_run_failure
+
+    acq = register_plate(lab.db, lab.settings, barcode="LATE", wells=["B02"], sites=[1], seed=2)
+    sub_id = submit(lab, acq, batch_size=1, pipeline_file="late/features.cppipe")  # not there yet
+    (request,) = tick(dagster_instance).run_requests
+    assert request.tags["imagedb/generation"] == "0"
+    failed = launch(dagster_instance, request)
+    assert failed.status == dg.DagsterRunStatus.FAILURE and lab.db.sub_analysis(sub_id).error
+
+    (lab.settings.pipelines_dir / "late").mkdir()
+    shutil.copyfile(lab.settings.pipelines_dir / DEMO_PIPELINE_FILE, lab.settings.pipelines_dir / "late/features.cppipe")
+    assert lab.db.rerun_sub_analysis(sub_id) == 1
+    (again,) = tick(dagster_instance).run_requests
+    assert again.tags["imagedb/generation"] == "1"
+    analysis.prepare(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun"))  # as generation 1's plan step
+    running = lab.db.sub_analysis(sub_id)
+
+    event = events(dagster_instance, failed.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
+    record_run_failure(dg.build_run_status_sensor_context(
+        sensor_name=record_run_failure.name, dagster_event=event, dagster_instance=dagster_instance,
+        dagster_run=failed, resources=defs.resources).for_run_failure())
+    sub = lab.db.sub_analysis(sub_id)
+    assert sub == running and sub.error is None and sub.status["state"] == "running"
+    assert lab.db.analysis(sub.analysis_id)["error"] is None
+
+
+def test_one_active_run_per_sub_analysis(lab, dagster_instance):
+    """While the sensor's run of a sub-analysis is active, a Materialize of the same
+    partition from the UI stops before planning and changes nothing; the run queue's
+    tag limit (dagster.yaml) is what normally holds it back."""
+    import yaml
+
+    from cpp_dagster.config import PROJECT_ROOT
+    from cpp_dagster.definitions import analysis_job_def
+
+    limits = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    helm = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())["concurrency"]["runs"]["tagConcurrencyLimits"]
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in helm
+
+    acq = register_plate(lab.db, lab.settings, barcode="ONCE", wells=["B02"], sites=[1], seed=2)
+    sub_id = submit(lab, acq, batch_size=1)
+    (request,) = tick(dagster_instance).run_requests
+    sensor_run = dagster_instance.add_run(dg.DagsterRun(
+        job_name="analysis_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": request.partition_key, **request.tags}))
+    analysis.prepare(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id))  # the sensor's run is planning
+    before = lab.db.sub_analysis(sub_id)
+
+    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance,
+                        tags={"dagster/partition": request.partition_key}, raise_on_error=False) as ui:
+        assert not ui.success
+        (failure,) = [e for e in ui.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failure.step_key == "feature_tables.plan_batches"
+    assert f"is being run by run {sensor_run.run_id}" in failure.event_specific_data.error.message
+    assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
+    assert sorted(p.name for p in analysis.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
+
+
+def test_progress_of_batches_finishing_at_once_is_never_lost(lab):
+    """status is updated under a row lock: sixteen batches reporting at the same moment
+    are all counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cpp_dagster.demo.register import DEMO_PIPELINE
+
+    acq = lab.db.add_plate_acquisition("BUSY", channel_map_id=1, folder="/nowhere")
+    sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
+    stamp = RunStamp(0, "run-busy")
+    assert lab.db.mark_sub_started(sub_id, batches=16, image_sets=16, stamp=stamp)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: lab.db.record_batch_finished(sub_id, f"batch_{i:04d}", stamp), range(16)))
+    status = lab.db.sub_analysis(sub_id).status
+    assert status["finished_batches"] == [f"batch_{i:04d}" for i in range(16)]
+    assert status["message"].startswith("16 / 16 batches finished")
