@@ -1,6 +1,8 @@
 """Driving the real definitions the way the daemon does, for tests."""
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 
 from cpp_dagster.defs.partitions import sub_analysis_partitions
@@ -39,3 +41,14 @@ def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRu
 
 def events(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType):
     return [r.dagster_event for r in instance.all_logs(run_id, of_type=event_type)]
+
+
+def wait_until(what: str, predicate, timeout: float = 300, every: float = 0.5):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out waiting for {what}")

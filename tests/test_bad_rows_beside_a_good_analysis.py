@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import dagster as dg
 import psycopg2
 from conftest import new_database
+from dagster_helpers import wait_until
 from poison_rows import MISSING_PIPELINE, add_rule, automation_failures, insert_poison_rows
 
 from cpp_dagster.config import PROJECT_ROOT
@@ -19,16 +19,6 @@ from cpp_dagster.demo.run import dagster_daemon
 from cpp_dagster.local import sqlalchemy_url
 
 SENSORS = ("pending_sub_analyses", "automation_rules", "new_training_configurations")
-
-
-def wait(what: str, predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def error_times(url: str, table: str, ids: list[int]) -> dict[int, float]:
@@ -66,9 +56,9 @@ def test_a_good_analysis_finishes_beside_a_bad_row_of_each_kind(lab, pg_server, 
             found = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
             return sorted(found, key=lambda t: t.timestamp)
 
-        sub = wait("the good analysis to finish or fail",
+        sub = wait_until("the good analysis to finish or fail",
                    lambda: (lambda s: s if s.finish or s.error else None)(lab.db.sub_analysis(good)), 600)
-        wait("three ticks of every sensor", lambda: all(len(ticks(name)) >= 3 for name in SENSORS), 120)
+        wait_until("three ticks of every sensor", lambda: all(len(ticks(name)) >= 3 for name in SENSORS), 120)
         all_ticks = {name: ticks(name) for name in SENSORS}
 
     assert sub.error is None and sub.finish is not None, sub.status

@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import psutil
 from conftest import new_database
+from dagster_helpers import wait_until
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
@@ -37,16 +37,6 @@ def cancel_from_another_process(run_id: str) -> None:
     subprocess.run([sys.executable, "-c", code, run_id], check=True, timeout=120)
 
 
-def wait(what: str, predicate, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -60,14 +50,14 @@ def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_pat
     sub_id = lab.db.submit_analysis(acq, "one-batch").sub_ids[0]
 
     with dagster_daemon(env, tmp_path / "daemon.log"), dg.DagsterInstance.get() as instance:
-        running = wait("CellProfiler to start", lambda: cellprofiler_processes(sub_id))
+        running = wait_until("CellProfiler to start", lambda: cellprofiler_processes(sub_id))
         (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
         cancel_from_another_process(run.run_id)
 
-        wait("the run to be cancelled", lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, 120)
-        wait("CellProfiler to stop", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        wait_until("the run to be cancelled", lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, 120)
+        wait_until("CellProfiler to stop", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                                      for p in running), 60)
-        sub = wait("imagedb to record the cancellation", lambda: (lambda s: s if s.error else None)(
+        sub = wait_until("imagedb to record the cancellation", lambda: (lambda s: s if s.error else None)(
             lab.db.sub_analysis(sub_id)), 120)
     assert sub.finish is None and sub.status["state"] == "failed"
     assert sub.status["message"].startswith(f"cancelled: run {run.run_id} was cancelled")

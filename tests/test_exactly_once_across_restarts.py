@@ -3,11 +3,10 @@ requested run is still queued (the sub-analysis has not started, so imagedb stil
 offers it): the run key keeps it at one run."""
 from __future__ import annotations
 
-import time
-
 import dagster as dg
 import yaml
 from conftest import new_database
+from dagster_helpers import wait_until
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
@@ -36,17 +35,11 @@ def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp
             states = [s for s in instance.all_instigator_state() if s.name == "pending_sub_analyses"]
             return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
 
-        def wait(what, predicate, timeout=120):
-            deadline = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                time.sleep(0.5)
-
         for attempt in range(2):  # the daemon, then the daemon restarted
             with dagster_daemon(env, tmp_path / f"daemon-{attempt}.log"):
-                wait("the run to be requested", runs)
+                wait_until("the run to be requested", runs)
                 seen = len(sensor_ticks())
-                wait("two more sensor ticks", lambda seen=seen: len(sensor_ticks()) >= seen + 2)
+                wait_until("two more sensor ticks", lambda seen=seen: len(sensor_ticks()) >= seen + 2)
         (run,) = runs()
         assert run.status == dg.DagsterRunStatus.QUEUED
         assert lab.db.sub_analysis(sub_id).start is None  # still offered by imagedb every tick
