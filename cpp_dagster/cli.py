@@ -76,6 +76,27 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The lab overview; an unknown barcode is an ImageDBError (one line, exit 2)."""
+    from cpp_dagster import overview
+    from cpp_dagster.config import imagedb_url, load_settings
+    from cpp_dagster.imagedb.store import ImageDB, ImageDBError
+
+    try:
+        template = overview.results_url_template()
+    except ValueError as e:
+        raise ImageDBError(str(e)) from None
+    rows = ImageDB(imagedb_url()).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
+    if not rows and args.plate is not None:
+        raise ImageDBError(f"no plate acquisition with barcode {args.plate!r}")
+    lines = overview.overview_lines(rows, url_template=template, nas_root=load_settings().nas_root)
+    if args.json:
+        print(json.dumps(overview.as_dicts(lines)))
+    else:
+        print(overview.text_table(lines) if lines else "no plate acquisitions registered")
+    return 0
+
+
 def apply_schemas() -> list[str]:
     """The schemas of imagedb and the training configuration store (idempotent); returns
     where each was applied (passwords redacted). The training store is included when
@@ -147,6 +168,14 @@ def parser() -> argparse.ArgumentParser:
     rerun = sub.add_parser("rerun", help="re-run a failed sub-analysis (only its failed batches run again)")
     rerun.add_argument("sub_id", type=int)
     rerun.set_defaults(fn=cmd_rerun)
+
+    status = sub.add_parser("status", help="the lab overview: each sub-analysis's state, why it waits, "
+                                           "its progress, failure or result folder")
+    status.add_argument("--plate", metavar="BARCODE", help="only this plate barcode")
+    status.add_argument("--all", action="store_true",
+                        help="every analysis, not only the latest per plate acquisition and pipeline")
+    status.add_argument("--json", action="store_true", help="a JSON list of rows, for scripts")
+    status.set_defaults(fn=cmd_status)
 
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(fn=cmd_db_init)

@@ -1,6 +1,7 @@
 """The one API that talks to imagedb (`ImageDB`): every query of the project lives here
-or in the two modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
-unresolvable dependencies) and `outcome.py` (the write-back of a run's outcome).
+or in the modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
+unresolvable dependencies), `outcome.py` (the write-back of a run's outcome) and
+`overview.py` (the lab overview of `cpp-dagster status`).
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
@@ -22,6 +23,7 @@ from cpp_dagster.imagedb.outcome import (  # noqa: F401  (re-exported: callers i
     revive_after_success,
     stale_message,
 )
+from cpp_dagster.imagedb.overview import OverviewQueries
 from cpp_dagster.imagedb.ready import (  # noqa: F401
     DEFAULT_PRIORITY,
     LaunchQueries,
@@ -119,7 +121,7 @@ def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) 
     return submitted
 
 
-class ImageDB(LaunchQueries, SubAnalysisOutcomes):
+class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries):
     """Every imagedb query: the launch side from ready.py, the write-back from outcome.py."""
 
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"

@@ -1,0 +1,165 @@
+"""The lab overview as people read it: why a submitted sub-analysis has not started,
+what a running one is doing, why a failed one failed, where a finished one's results
+are; as aligned text (`cpp-dagster status`), as a markdown table (for a Dagster asset's
+description) or as dicts (`--json`). Pure functions over `ImageDB.lab_overview()` rows.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from cpp_dagster.imagedb.overview import OverviewRow
+
+URL_TEMPLATE_VARIABLE = "CPP_RESULTS_URL_TEMPLATE"
+_DEPENDENCY_STATE = {"running": "running", "waiting": "not started"}
+
+
+@dataclass(frozen=True)
+class OverviewLine:
+    """One line of the overview, every field ready to show."""
+
+    plate: str  # the barcode, with the acquisition id when the barcode has several
+    plate_barcode: str
+    plate_acquisition_id: int
+    pipeline: str
+    analysis_id: int | None
+    sub_id: int | None
+    step: str  # `2/3 features`: position in its analysis and sub_type
+    state: str  # waiting / running / finished / failed / not run
+    detail: str  # why it waits, its progress, its failure message
+    result_folder: str  # result.job_folder, relative to the NAS
+    result_url: str
+
+
+def waiting_reason(row: OverviewRow) -> str:
+    """Why a submitted sub-analysis has not started, in the order the launch side
+    decides it (a row the sensor will refuse, a failed or missing dependency, the
+    acquisition, an unfinished dependency, a failed analysis); `waiting to be launched`
+    when nothing holds it back."""
+    if row.shape_problem:
+        return row.shape_problem
+    for dep in row.dependencies:
+        if dep.state in ("failed", "missing"):
+            return f"sub-analysis {dep.sub_id} {'failed' if dep.state == 'failed' else 'does not exist'}"
+    if not row.acquisition_finished:
+        return "acquisition not finished"
+    for dep in row.dependencies:
+        if dep.state != "finished":
+            return f"waiting for sub-analysis {dep.sub_id} ({_DEPENDENCY_STATE.get(dep.state, dep.state)})"
+    if row.analysis_failed:
+        return f"analysis {row.analysis_id} failed"
+    return "waiting to be launched"
+
+
+def detail(row: OverviewRow) -> str:
+    """The reason (waiting), the progress (running), the failure message (failed)."""
+    if row.state == "waiting":
+        return waiting_reason(row)
+    if row.state == "running":
+        return row.message or "running"
+    if row.state == "failed":
+        return row.message or "failed (no message recorded)"
+    if row.state == "not run" and not row.acquisition_finished:
+        return "acquisition not finished"
+    return ""
+
+
+def results_url_template() -> str | None:
+    """CPP_RESULTS_URL_TEMPLATE (e.g. `https://files.lab/{path}`), read when called;
+    None when unset. ValueError when it has no `{path}`."""
+    template = os.environ.get(URL_TEMPLATE_VARIABLE, "").strip()
+    if not template:
+        return None
+    if "{path}" not in template:
+        raise ValueError(f"{URL_TEMPLATE_VARIABLE}={template!r} must contain {{path}}, "
+                         "e.g. https://files.lab/{path}")
+    return template
+
+
+def relative_folder(job_folder: str | None, nas_root: Path | None = None) -> str:
+    """`result.job_folder` relative to the NAS root (older rows may hold it absolute)."""
+    if not job_folder:
+        return ""
+    folder = Path(job_folder)
+    if nas_root is not None and folder.is_absolute() and folder.is_relative_to(nas_root):
+        return folder.relative_to(nas_root).as_posix()
+    return job_folder
+
+
+def result_url(folder: str, template: str | None) -> str:
+    """The template with `{path}` replaced by the folder, URL-quoted (`/` kept)."""
+    if not folder or not template or Path(folder).is_absolute():
+        return ""
+    return template.replace("{path}", quote(folder, safe="/"))
+
+
+def _step(row: OverviewRow) -> str:
+    if row.sub_id is None:
+        return "-"
+    return " ".join(part for part in (f"{row.step}/{row.steps}", row.sub_type) if part)
+
+
+def overview_lines(rows: Iterable[OverviewRow], *, url_template: str | None = None,
+                   nas_root: Path | None = None) -> list[OverviewLine]:
+    lines = []
+    for row in rows:
+        folder = relative_folder(row.job_folder, nas_root) if row.state == "finished" else ""
+        several = row.barcode_acquisitions > 1
+        lines.append(OverviewLine(
+            plate=f"{row.plate_barcode} (acq {row.plate_acquisition_id})" if several else row.plate_barcode,
+            plate_barcode=row.plate_barcode, plate_acquisition_id=row.plate_acquisition_id,
+            pipeline=row.pipeline_name or "-", analysis_id=row.analysis_id, sub_id=row.sub_id,
+            step=_step(row), state=row.state, detail=detail(row),
+            result_folder=folder, result_url=result_url(folder, url_template),
+        ))
+    return lines
+
+
+def as_dicts(lines: Sequence[OverviewLine]) -> list[dict]:
+    return [asdict(line) for line in lines]
+
+
+def _one_line(text: str, limit: int | None) -> str:
+    text = " ".join(text.split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the table; the URL column only when some line has a URL."""
+    header = ["PLATE", "PIPELINE", "STEP", "SUB", "STATE", "DETAIL", "RESULT"]
+    with_url = any(line.result_url for line in lines)
+    if with_url:
+        header.append("URL")
+    cells = []
+    for line in lines:
+        row = [line.plate, line.pipeline, line.step, "" if line.sub_id is None else str(line.sub_id),
+               line.state, _one_line(line.detail, limit), line.result_folder]
+        cells.append(row + [line.result_url] if with_url else row)
+    return header, cells
+
+
+def text_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 120) -> str:
+    """Aligned columns for a terminal; long details cut at `detail_limit` characters."""
+    header, cells = _cells(lines, detail_limit)
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *cells])
+
+
+def markdown_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 300) -> str:
+    """The same table in markdown (`|` escaped, one line per cell, URLs as links)."""
+    header, cells = _cells(lines, detail_limit)
+    with_url = len(header) > 7
+
+    def cell(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|")
+
+    out = ["| " + " | ".join(h.lower() for h in header) + " |", "|" + "---|" * len(header)]
+    for row in cells:
+        shown = [cell(c) for c in row]
+        if with_url and row[-1]:
+            shown[-1] = f"[link]({row[-1]})"
+        out.append("| " + " | ".join(shown) + " |")
+    return "\n".join(out)
