@@ -128,16 +128,15 @@ def _one_line(text: str, limit: int | None) -> str:
 
 
 def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the table; the URL column only when some line has a URL."""
-    header = ["PLATE", "PIPELINE", "STEP", "SUB", "STATE", "DETAIL", "RESULT"]
+    """Header and cells of the table; the URL column only when some line has a URL; the
+    detail (which may be long) last."""
     with_url = any(line.result_url for line in lines)
-    if with_url:
-        header.append("URL")
+    header = ["PLATE", "PIPELINE", "STEP", "SUB", "STATE", "RESULT", *(["URL"] if with_url else []), "DETAIL"]
     cells = []
     for line in lines:
-        row = [line.plate, line.pipeline, line.step, "" if line.sub_id is None else str(line.sub_id),
-               line.state, _one_line(line.detail, limit), line.result_folder]
-        cells.append(row + [line.result_url] if with_url else row)
+        cells.append([line.plate, line.pipeline, line.step, "" if line.sub_id is None else str(line.sub_id),
+                      line.state, line.result_folder, *([line.result_url] if with_url else []),
+                      _one_line(line.detail, limit)])
     return header, cells
 
 
@@ -151,7 +150,7 @@ def text_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 120)
 def markdown_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 300) -> str:
     """The same table in markdown (`|` escaped, one line per cell, URLs as links)."""
     header, cells = _cells(lines, detail_limit)
-    with_url = len(header) > 7
+    url = header.index("URL") if "URL" in header else None
 
     def cell(text: str) -> str:
         return text.replace("\\", "\\\\").replace("|", "\\|")
@@ -159,7 +158,7 @@ def markdown_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 
     out = ["| " + " | ".join(h.lower() for h in header) + " |", "|" + "---|" * len(header)]
     for row in cells:
         shown = [cell(c) for c in row]
-        if with_url and row[-1]:
-            shown[-1] = f"[link]({row[-1]})"
+        if url is not None and row[url]:
+            shown[url] = f"[link]({row[url]})"
         out.append("| " + " | ".join(shown) + " |")
     return "\n".join(out)
