@@ -12,6 +12,7 @@
 | CPP_TRAINING_QUERY_MAX_ROWS  | rows a training query may return              | 1000000                              |
 | CPP_MODEL_REGISTRY_MAX_UPLOAD_MB | largest model the registry server takes   | 512                                  |
 | CPP_RETRY_TIMEOUTS  | retry a batch killed by its job_timeout (true/false) | false                                |
+| CPP_RESULTS_URL_TEMPLATE | result folder link in `cpp-dagster status` ({path}) | unset (see cpp_dagster/overview.py)  |
 
 Nothing here holds a secret: a password travels inside CPP_IMAGEDB_URL, which comes
 from the environment (on Kubernetes from a Secret) and is never logged (see `redact_url`).
