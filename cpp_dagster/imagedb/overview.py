@@ -76,11 +76,6 @@ WITH p AS (
            count(*) OVER (PARTITION BY p.plate_barcode) AS barcode_acquisitions
     FROM plate_acquisition p
     WHERE %(barcode)s::text IS NULL OR p.plate_barcode = %(barcode)s::text
-), a AS (
-    SELECT a.*, row_number() OVER (PARTITION BY a.plate_acquisition_id, a.pipeline_name ORDER BY a.id DESC)
-                AS recency
-    FROM image_analyses a
-    WHERE a.plate_acquisition_id IN (SELECT id FROM p)
 )
 SELECT p.id AS plate_acquisition_id, p.plate_barcode, p.barcode_acquisitions::int AS barcode_acquisitions,
        p.acquisition_finished, a.id AS analysis_id, a.pipeline_name,
@@ -98,7 +93,15 @@ SELECT p.id AS plate_acquisition_id, p.plate_barcode, p.barcode_acquisitions::in
        COALESCE(s.start, a.start) AS start, COALESCE(s.finish, a.finish) AS finish,
        COALESCE(s.error, a.error) AS error
 FROM p
-LEFT JOIN a ON a.plate_acquisition_id = p.id AND (a.recency = 1 OR NOT %(latest)s)
+-- per acquisition through its index: a join to all analyses ranked at once was planned as a
+-- nested loop over every (acquisition, analysis) pair (3 s at 5,000 acquisitions)
+LEFT JOIN LATERAL (
+    SELECT a.* FROM (
+        SELECT a.*, row_number() OVER (PARTITION BY a.pipeline_name ORDER BY a.id DESC) AS recency
+        FROM image_analyses a WHERE a.plate_acquisition_id = p.id
+    ) a
+    WHERE a.recency = 1 OR NOT %(latest)s
+) a ON true
 LEFT JOIN LATERAL (
     SELECT s.*, row_number() OVER (ORDER BY s.sub_id) AS step, count(*) OVER () AS steps
     FROM image_sub_analyses s WHERE s.analysis_id = a.id
