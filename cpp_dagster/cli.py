@@ -77,7 +77,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The lab overview; an unknown barcode is an ImageDBError (one line, exit 2)."""
+    """The lab overview; an unknown barcode or a bad URL template is one line, exit 2."""
     from cpp_dagster import overview
     from cpp_dagster.config import imagedb_url, load_settings
     from cpp_dagster.imagedb.store import ImageDB, ImageDBError
@@ -85,7 +85,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         template = overview.results_url_template()
     except ValueError as e:
-        raise ImageDBError(str(e)) from None
+        _echo(f"cpp-dagster status: {e}")
+        return 2
     rows = ImageDB(imagedb_url()).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
     if not rows and args.plate is not None:
         raise ImageDBError(f"no plate acquisition with barcode {args.plate!r}")

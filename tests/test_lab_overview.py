@@ -9,7 +9,7 @@ import subprocess
 
 import psycopg2
 import pytest
-from poison_rows import insert_sub_analysis
+from poison_rows import MISSING_SUB_ID, insert_sub_analysis
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
@@ -132,6 +132,7 @@ def test_malformed_rows_do_not_break_the_overview(lab):
     listed = insert_sub_analysis(lab.db, acq, meta='["features"]')
     scalar_deps = insert_sub_analysis(lab.db, acq, meta='{"sub_type": 7}', depends_on='"12"')
     odd_json = insert_sub_analysis(lab.db, acq, meta='{}')
+    orphan = insert_sub_analysis(lab.db, acq, meta='{}', depends_on=f"[{MISSING_SUB_ID}]")
     sql(lab, """UPDATE image_sub_analyses SET start = now(), finish = now(), status = '["done"]',
                        result = '"results/x"' WHERE sub_id = %s""", (odd_json,))
     sql(lab, """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
@@ -142,6 +143,7 @@ def test_malformed_rows_do_not_break_the_overview(lab):
     assert shown[good].detail == "waiting to be launched"
     assert shown[listed].detail == "not launched: meta must be a JSON object, not a list"
     assert shown[scalar_deps].detail.startswith("not launched: depends_on_sub_id must be a list of sub-analysis ids")
+    assert shown[orphan].detail == f"sub-analysis {MISSING_SUB_ID} does not exist"
     assert shown[scalar_deps].step == "1/1"  # a sub_type that is not text is left out
     assert (shown[odd_json].state, shown[odd_json].result_folder) == ("finished", "")
     assert (shown[None].state, shown[None].detail) == ("failed", "not submitted by automation: no")
