@@ -36,7 +36,7 @@ def jump_pipeline_meta() -> dict:
     return {
         "analysis_meta": {"description": "Broad/JUMP: illumination functions, then the v3 analysis"},
         "sub_analyses": [
-            {"type": "cellprofiler", "sub_type": "illum", "pipeline_file": "nf-core/illumination.cppipe",
+            {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": "nf-core/illumination.cppipe",
              "batch_size": 0, "job_timeout": 900},
             {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "nf-core/analysis.cppipe",
              "batch_size": 1, "use_icf": True, "icf_naming": "broad", "job_timeout": 900},
