@@ -5,6 +5,7 @@ import dagster as dg
 
 from cpp_dagster.defs.assets import feature_tables, plate_acquisitions, single_cell_table, well_profiles
 from cpp_dagster.defs.executor import executor_for_deployment
+from cpp_dagster.defs.overview import lab_overview, lab_overview_sensor
 from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
 from cpp_dagster.defs.sensors import (
     analysis_job,
@@ -30,13 +31,13 @@ from cpp_dagster.defs.training import (
 )
 
 defs = dg.Definitions(
-    assets=[plate_acquisitions, feature_tables, single_cell_table, well_profiles,
+    assets=[plate_acquisitions, lab_overview, feature_tables, single_cell_table, well_profiles,
             # model training (the second workflow)
             compound_database, training_configurations, training_data, descriptors, split_models,
             aggregated_model, published_model],
     jobs=[analysis_job, submit_analyses, training_job],
     sensors=[pending_sub_analyses, automation_rules, record_run_failure, record_run_cancellation,
-             record_run_without_outcome, new_training_configurations],
+             record_run_without_outcome, new_training_configurations, lab_overview_sensor],
     resources={
         "imagedb": ImageDBResource(),
         "nas": NasResource(),

@@ -9,9 +9,11 @@ import subprocess
 
 import psycopg2
 import pytest
+from dagster_helpers import tick
 from poison_rows import MISSING_SUB_ID, insert_sub_analysis
 
 from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.defs.overview import lab_overview
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
 from cpp_dagster.overview import as_dicts, markdown_table, overview_lines, results_url_template, text_table
 
@@ -199,3 +201,23 @@ def test_status_command_refuses_with_one_line_and_exit_2(lab, monkeypatch, args,
     done = status_cli(*args)
     assert done.returncode == 2 and done.stdout == ""
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_ui_shows_the_overview_as_an_observation_of_imagedb_lab_overview(lab, dagster_instance):
+    acq = plate(lab, "OV-UI-1", finished=False)
+    lab.db.submit_analysis(acq, DEMO_PIPELINE)
+    plate(lab, "OV-UI-2")  # registered, nothing submitted
+
+    first = tick(dagster_instance, "lab_overview_sensor")
+    [observation] = first.asset_events
+    assert observation.asset_key == lab_overview.key
+    table = observation.metadata["overview"].value
+    assert "| OV-UI-1 | demo-cellpainting |" in table and "acquisition not finished" in table
+    assert "| OV-UI-2 |" in table and "not run" in table
+    assert (observation.metadata["waiting"].value, observation.metadata["not run"].value) == (1, 1)
+
+    # nothing changed: no new observation; a change (the plate finishes) gives one
+    assert tick(dagster_instance, "lab_overview_sensor", cursor=first.cursor).asset_events == []
+    sql(lab, "UPDATE plate_acquisition SET finished = now() WHERE id = %s", (acq,))
+    [changed] = tick(dagster_instance, "lab_overview_sensor", cursor=first.cursor).asset_events
+    assert "waiting to be launched" in changed.metadata["overview"].value

@@ -1,0 +1,45 @@
+"""The lab overview in the UI: the `imagedb/lab_overview` asset, observed by a sensor.
+
+Its latest observation's metadata is the table `cpp-dagster status` prints (plate,
+pipeline, step, state, progress or the reason it waits or failed, result folder and link),
+as markdown, plus the count per state. A lab member finds it from the asset graph
+(group imagedb). imagedb stays the source of truth: the sensor only reads it, and
+records a new observation only when the table changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+
+import dagster as dg
+
+from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.overview import markdown_table, overview_lines, results_url_template
+
+lab_overview = dg.AssetSpec(
+    ["imagedb", "lab_overview"],
+    kinds={"postgres"},
+    group_name="imagedb",
+    description="Every plate acquisition x pipeline at a glance: waiting (and why), running (progress), "
+    "finished (result folder) or failed (why). Open the latest observation's metadata; "
+    "`cpp-dagster status` prints the same table.",
+)
+
+STATES = ("not run", "waiting", "running", "finished", "failed")
+
+
+@dg.sensor(minimum_interval_seconds=int(os.getenv("CPP_OVERVIEW_INTERVAL_S", "60")),
+           default_status=dg.DefaultSensorStatus.RUNNING)
+def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, nas: NasResource):
+    """Observe `imagedb/lab_overview` when the overview changed since the last observation."""
+    lines = overview_lines(imagedb.db().lab_overview(), url_template=results_url_template(),
+                           nas_root=nas.settings().nas_root)
+    table = markdown_table(lines)
+    digest = hashlib.sha256(table.encode()).hexdigest()
+    if digest == context.cursor:
+        return dg.SkipReason("the lab overview has not changed")
+    counts = Counter(line.state for line in lines)
+    metadata = {"overview": dg.MetadataValue.md(table), **{state: counts.get(state, 0) for state in STATES}}
+    return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=lab_overview.key, metadata=metadata)],
+                           cursor=digest)
