@@ -135,6 +135,10 @@ def merge_feature_tables(
     merged = analysis.merge(db, nas.settings(), sub_id, batch_dirs, _stamp(context))
     tables = merged.merge.tables
     status = db.sub_analysis(sub_id).status or {}
+    if isinstance(status.get("message"), str):
+        # batch steps that finish at once may set the progress tag out of order; once all
+        # have finished, the tag says what imagedb says
+        context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: status["message"]})
     objects = analysis.object_tables(db, nas.settings(), sub_id)
     checks = feature_checks(merged.tables_dir, planned_image_sets=int(status.get("image_sets") or 0),
                             batches=[o.batch for o in outcomes],
