@@ -178,14 +178,21 @@ def cache_key(pipeline: Path, cellprofiler: str) -> str:
     return digest.hexdigest()
 
 
+def _read_cached(cache: Path) -> PipelineNeeds | None:
+    """The cached inspection; None when there is none yet or it is unreadable (inspect again)."""
+    try:
+        return PipelineNeeds.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def inspect(pipeline: Path, *, cellprofiler: str, cache_dir: Path) -> PipelineNeeds:
     """What `pipeline` needs and exports: from the cache when this file (same bytes) was
     inspected with this CellProfiler before, otherwise from one CellProfiler process."""
     cache = Path(cache_dir) / f"{cache_key(pipeline, cellprofiler)}.json"
-    try:
-        return PipelineNeeds.from_json(json.loads(cache.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):  # not cached yet, or unreadable: inspect (again)
-        pass
+    cached = _read_cached(cache)
+    if cached is not None:
+        return cached
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=cache.name, suffix=".tmp", dir=cache.parent)
     os.close(fd)

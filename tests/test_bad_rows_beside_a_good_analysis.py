@@ -12,6 +12,7 @@ import psycopg2
 from conftest import new_database
 from dagster_helpers import wait_until
 from poison_rows import MISSING_PIPELINE, add_rule, automation_failures, insert_poison_rows
+from psycopg2 import sql
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta, register_plate
@@ -27,7 +28,8 @@ def error_times(url: str, table: str, ids: list[int]) -> dict[int, float]:
     conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT {key}, extract(epoch FROM error::timestamptz) FROM {table} WHERE {key} = ANY(%s)",
+            cur.execute(sql.SQL("SELECT {key}, extract(epoch FROM error::timestamptz) FROM {table} "
+                                "WHERE {key} = ANY(%s)").format(key=sql.Identifier(key), table=sql.Identifier(table)),
                         (ids,))
             return {k: float(t) for k, t in cur.fetchall() if t is not None}
     finally:

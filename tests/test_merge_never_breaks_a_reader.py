@@ -46,8 +46,9 @@ def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read
     assert frame[IMAGE_KEY_COLUMN].tolist() == [1_000_001, 1_000_002, 2_000_001]
     assert list(frame.columns).count("Metadata_Batch") == 1
     assert pl.read_parquet(image_file)["Metadata_Batch"].to_list() == [JUMP_BATCH] * 3
-    assert duckdb.sql(f"SELECT count(*), min(Metadata_Batch), min({BATCH_COLUMN}) "
-                      f"FROM read_parquet('{image_file}')").fetchall() == [(3, JUMP_BATCH, "batch_0001")]
+    # the column name is the merge's constant (quoted as an identifier), the file a parameter
+    assert duckdb.execute(f'SELECT count(*), min(Metadata_Batch), min("{BATCH_COLUMN}") FROM read_parquet(?)',
+                          [str(image_file)]).fetchall() == [(3, JUMP_BATCH, "batch_0001")]
     for table in ("Nuclei", "Cells"):
         assert len(pd.read_parquet(tmp_path / "dest" / f"{table}.parquet")) == 6
 
@@ -57,7 +58,8 @@ def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read
     assert len(cells) == 6 and set(cells["Metadata_Batch"]) == {JUMP_BATCH}
     assert set(cells[BATCH_COLUMN]) == {"batch_0001", "batch_0002"}
     assert pl.read_parquet(single).height == 6
-    assert duckdb.sql(f"SELECT count(DISTINCT Metadata_Well) FROM read_parquet('{single}')").fetchall() == [(3,)]
+    assert duckdb.execute("SELECT count(DISTINCT Metadata_Well) FROM read_parquet(?)",
+                          [str(single)]).fetchall() == [(3,)]
     profiles = pd.read_parquet(write_well_profiles(single, tmp_path / "dest" / "well_profiles.parquet").path)
     assert profiles["Metadata_Well"].tolist() == ["A01", "A02", "B01"]
     assert profiles["Metadata_Plate"].tolist() == ["BR00117035"] * 3
