@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
-from cpp_dagster.imagedb.ready import _DEP_ID, _DEPENDENCIES, _WELL_FORMED, _shape_problem
+from cpp_dagster.imagedb.ready import DEPENDENCY_ID_SQL, DEPENDENCY_IDS_SQL, WELL_FORMED_SQL, shape_problem
 from cpp_dagster.pg import Store
 
 
@@ -120,7 +120,7 @@ ORDER BY p.plate_barcode, p.id, a.pipeline_name, a.id, s.sub_id
     analysis_state=_state("a"), sub_state=_state("s"), dep_state=_state("dep"),
     analysis_message=_text("a", "status", "message"), sub_message=_text("s", "status", "message"),
     job_folder=_text("s", "result", "job_folder"),
-    well_formed=sql.SQL(_WELL_FORMED), dependencies=sql.SQL(_DEPENDENCIES), dep_id=sql.SQL(_DEP_ID),
+    well_formed=sql.SQL(WELL_FORMED_SQL), dependencies=sql.SQL(DEPENDENCY_IDS_SQL), dep_id=sql.SQL(DEPENDENCY_ID_SQL),
 )
 
 
@@ -139,5 +139,5 @@ class OverviewQueries(Store):
 def _row(r: dict) -> OverviewRow:
     shape = r.pop("shape")
     deps = tuple(Dependency(d["sub_id"], d["state"]) for d in r.pop("dependencies"))
-    problem = _shape_problem(shape["meta_type"], shape["deps_type"], shape["deps_text"] or "") if shape else None
+    problem = shape_problem(shape["meta_type"], shape["deps_type"], shape["deps_text"] or "") if shape else None
     return OverviewRow(**r, dependencies=deps, shape_problem=problem)

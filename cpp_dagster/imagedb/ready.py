@@ -18,16 +18,16 @@ DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
 
 _SUBMITTED = "s.start IS NULL AND s.error IS NULL AND s.finish IS NULL"
 # The dependency ids of sub-analysis `s`, as text; none when depends_on_sub_id is not a list.
-_DEPENDENCIES = ("jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
-                 "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)")
+DEPENDENCY_IDS_SQL = ("jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
+                      "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)")
 # One dependency id as an integer; NULL when it is not a whole number that fits.
-_DEP_ID = "(CASE WHEN d.dep_id ~ '^[0-9]{1,9}$' THEN d.dep_id::integer END)"
+DEPENDENCY_ID_SQL = "(CASE WHEN d.dep_id ~ '^[0-9]{1,9}$' THEN d.dep_id::integer END)"
 # `s` has the JSON shapes the launch path relies on: meta an object (or NULL), and
 # depends_on_sub_id a list (or NULL) of whole numbers.
-_WELL_FORMED = f"""(
+WELL_FORMED_SQL = f"""(
     jsonb_typeof(COALESCE(s.meta, '{{}}'::jsonb)) = 'object'
     AND CASE WHEN jsonb_typeof(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) = 'array'
-             THEN NOT EXISTS (SELECT 1 FROM {_DEPENDENCIES} WHERE {_DEP_ID} IS NULL)
+             THEN NOT EXISTS (SELECT 1 FROM {DEPENDENCY_IDS_SQL} WHERE {DEPENDENCY_ID_SQL} IS NULL)
              ELSE false END)"""
 
 _KIND = {"array": "a list", "object": "an object", "string": "a string", "number": "a number",
@@ -50,7 +50,7 @@ class Unlaunchable:
     message: str
 
 
-def _shape_problem(meta_type: str, deps_type: str, deps_text: str) -> str:
+def shape_problem(meta_type: str, deps_type: str, deps_text: str) -> str:
     if meta_type != "object":
         return f"not launched: meta must be a JSON object, not {_KIND.get(meta_type, meta_type)}"
     shown = deps_text if len(deps_text) <= 80 else deps_text[:77] + "..."
@@ -85,14 +85,14 @@ class LaunchQueries(Store):
                        JOIN image_analyses a ON a.id = s.analysis_id
                        WHERE {_SUBMITTED} AND a.error IS NULL AND p.finished IS NOT NULL
                          AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
-                         AND {_WELL_FORMED}
+                         AND {WELL_FORMED_SQL}
                        ORDER BY 5, 1
                        OFFSET 0
                    ) s
                    -- every dependency finished; a missing one counts as unfinished
                    WHERE NOT EXISTS (
-                       SELECT 1 FROM {_DEPENDENCIES}
-                       WHERE (SELECT dep.finish FROM image_sub_analyses dep WHERE dep.sub_id = {_DEP_ID}) IS NULL)
+                       SELECT 1 FROM {DEPENDENCY_IDS_SQL}
+                       WHERE (SELECT dep.finish FROM image_sub_analyses dep WHERE dep.sub_id = {DEPENDENCY_ID_SQL}) IS NULL)
                    ORDER BY s.priority, s.sub_id
                    LIMIT %(limit)s""",
                 {"default": DEFAULT_PRIORITY, "ap": after_priority, "aid": after_id, "limit": limit},
@@ -109,11 +109,11 @@ class LaunchQueries(Store):
                            jsonb_typeof(COALESCE(s.depends_on_sub_id, '[]'::jsonb)) AS deps_type,
                            left(s.depends_on_sub_id::text, 200) AS deps_text
                     FROM image_sub_analyses s
-                    WHERE {_SUBMITTED} AND NOT {_WELL_FORMED}
+                    WHERE {_SUBMITTED} AND NOT {WELL_FORMED_SQL}
                     ORDER BY s.sub_id LIMIT %s""",
                 (limit,),
             )
-            return [Unlaunchable(r["sub_id"], _shape_problem(r["meta_type"], r["deps_type"], r["deps_text"] or ""))
+            return [Unlaunchable(r["sub_id"], shape_problem(r["meta_type"], r["deps_type"], r["deps_text"] or ""))
                     for r in cur.fetchall()]
 
     def fail_unresolvable_dependencies(self, *, max_depth: int = 20) -> list[Unlaunchable]:
@@ -141,11 +141,11 @@ WITH blocked AS (
            %(depends_on)s || d.dep_id || CASE WHEN dep.sub_id IS NULL THEN %(missing)s ELSE %(failed)s END
                AS message
     FROM image_sub_analyses s
-    CROSS JOIN LATERAL {_DEPENDENCIES}
-    LEFT JOIN image_sub_analyses dep ON dep.sub_id = {_DEP_ID}
-    WHERE {_SUBMITTED} AND {_WELL_FORMED}
+    CROSS JOIN LATERAL {DEPENDENCY_IDS_SQL}
+    LEFT JOIN image_sub_analyses dep ON dep.sub_id = {DEPENDENCY_ID_SQL}
+    WHERE {_SUBMITTED} AND {WELL_FORMED_SQL}
       AND (dep.sub_id IS NULL OR dep.error IS NOT NULL)
-    ORDER BY s.sub_id, (dep.sub_id IS NULL) DESC, {_DEP_ID}
+    ORDER BY s.sub_id, (dep.sub_id IS NULL) DESC, {DEPENDENCY_ID_SQL}
 ), failed AS (
     UPDATE image_sub_analyses s
     SET error = now(),
