@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import cellprofiler, pipeline_check, planning
+from cpp_dagster import cellprofiler, loaddata, pipeline_check, planning
 from cpp_dagster.config import Settings
 from cpp_dagster.features import profiles, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
@@ -87,7 +87,7 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None
     plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
     icf_folder = str(sub.results_dir) if options.use_icf else None
     if icf_folder is not None:
-        icf_files = planning.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
+        icf_files = loaddata.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
         missing = [name for name in icf_files if not (sub.results_dir / name).is_file()]
         if missing:
             raise planning.PlanningError(
@@ -99,7 +99,7 @@ def prepare(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None
     for batch in plan.batches:
         batch_dir = sub.work_dir / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
-        text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
+        text = loaddata.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
                                      plate_acquisition_id=acq.id, icf_folder=icf_folder,
                                      icf_naming=options.icf_naming)
         _write_atomically(batch_dir / "loaddata.csv", text)
@@ -121,7 +121,7 @@ def check_pipeline(settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan
     needs = pipeline_check.inspect(pipeline, cellprofiler=settings.cellprofiler,
                                    cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER)
     pipeline_check.check(needs, pipeline_file=options.pipeline_file, dyes=plan.dyes,
-                         illumination_images=set(planning.illumination_images(
+                         illumination_images=set(loaddata.illumination_images(
                              plan.dyes, options.icf_naming, sub.plate_barcode)), use_icf=options.use_icf,
                          files_only_allowed=sub.feeds_others)
 

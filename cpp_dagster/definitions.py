@@ -3,8 +3,6 @@ the deployment's executor. Loaded by workspace.yaml and by [tool.dagster] in pyp
 (`defs`, built when the code location loads, never at import)."""
 from __future__ import annotations
 
-from functools import cache
-
 import dagster as dg
 
 from cpp_dagster import deployment
@@ -13,7 +11,6 @@ from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOM
 from cpp_dagster.defs.training import training_defs
 
 
-@cache
 def build_defs() -> dg.Definitions:
     launching = deployment.launching()
     shared = dg.Definitions(
@@ -27,7 +24,7 @@ def build_defs() -> dg.Definitions:
     )
     return dg.Definitions.merge(
         analysis_defs(launching, deployment.batch_retry_policy(), overview_interval_s=deployment.overview_interval_s()),
-        training_defs(sensor_interval_s=launching.interval_s),
+        training_defs(deployment.split_retry_policy(), sensor_interval_s=launching.interval_s),
         shared,
     )
 

@@ -58,3 +58,8 @@ def batch_retry_policy() -> dg.RetryPolicy:
 
 def overview_interval_s() -> int:
     return int(os.getenv("CPP_OVERVIEW_INTERVAL_S", "60"))
+
+
+def split_retry_policy() -> dg.RetryPolicy:
+    """Retries of a model-training split (CPP_SPLIT_RETRIES)."""
+    return dg.RetryPolicy(max_retries=int(os.getenv("CPP_SPLIT_RETRIES", "1")), delay=10)

@@ -6,7 +6,6 @@ import time
 import dagster as dg
 
 
-
 def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses", cursor: str | None = None):
     """One evaluation of a sensor of the real Definitions, with its partition requests applied."""
     from cpp_dagster.definitions import build_defs
@@ -35,6 +34,21 @@ def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRu
     assert request.partition_key is not None
     with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance, tags=run_request_tags(request),
                         asset_selection=list(request.asset_selection or []), raise_on_error=False) as result:
+        return instance.get_run_by_id(result.run_id)
+
+
+ANALYSIS_ASSETS = [dg.AssetKey(k) for k in ("illumination_functions", "image_qc", "feature_tables",
+                                             "single_cell_table", "well_profiles")]
+
+
+def launch_from_ui(instance: dg.DagsterInstance, pipeline: str, plate: str, assets=None) -> dg.DagsterRun:
+    """A Materialize of one plate x pipeline partition, as the UI launches it: no sensor
+    tags, every step asset of the analysis selected unless `assets` says otherwise."""
+    from cpp_dagster.definitions import analysis_job_def
+
+    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance,
+                        tags={"dagster/partition": f"{pipeline}|{plate}"},
+                        asset_selection=list(assets or ANALYSIS_ASSETS), raise_on_error=False) as result:
         return instance.get_run_by_id(result.run_id)
 
 

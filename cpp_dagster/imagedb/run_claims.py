@@ -14,6 +14,7 @@ Part of the one ImageDB API (`ImageDB` inherits `RunClaims`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from psycopg2.extras import Json
@@ -44,7 +45,7 @@ class RunClaims(Store):
             cur.execute("SELECT name FROM analysis_pipelines ORDER BY name")
             return [r["name"] for r in cur.fetchall()]
 
-    def pipeline_steps(self, pipeline_name: str) -> list[str | None]:
+    def pipeline_sub_types(self, pipeline_name: str) -> list[str | None]:
         """The sub_type of each sub-analysis the pipeline submits, in order (None: not set)."""
         with self._cursor() as cur:
             cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
@@ -56,11 +57,14 @@ class RunClaims(Store):
             raise ImageDBError(f"pipeline {pipeline_name!r}: 'sub_analyses' must be a list of JSON objects")
         return [s.get("sub_type") for s in subs]
 
-    def submit_for_run(self, plate_acquisition_id: int, pipeline_name: str, run_id: str) -> RunSubmission:
+    def submit_for_run(self, plate_acquisition_id: int, pipeline_name: str, run_id: str,
+                       claim: Callable[[Sequence[str | None]], set[int]]) -> RunSubmission:
         """The analysis run `run_id` submitted for this plate acquisition and pipeline:
-        found when it exists, else submitted now (and claimed when the acquisition is
-        finished). One transaction under a lock on the run, so the run's steps, even
-        in parallel processes, agree on one analysis."""
+        found when it exists, else submitted now. When the acquisition is finished, the
+        sub-analyses at the positions `claim(sub_types)` returns are claimed by the run
+        (the others are the sensor's, e.g. a second step of the same kind). One
+        transaction under a lock on the run, so the run's steps, even in parallel
+        processes, agree on one analysis."""
         from cpp_dagster.imagedb.store import submit_rows  # the one submission of store.py
 
         with self._cursor() as cur:
@@ -89,12 +93,16 @@ class RunClaims(Store):
             cur.execute("UPDATE image_analyses SET status = COALESCE(status, '{}'::jsonb) || %s WHERE id = %s",
                         (Json({"submitted_by_run": run_id, "claimed": finished}), submitted.analysis_id))
             if finished:
+                cur.execute("SELECT sub_id, meta->>'sub_type' AS sub_type FROM image_sub_analyses "
+                            "WHERE analysis_id = %s ORDER BY sub_id", (submitted.analysis_id,))
+                rows = cur.fetchall()
+                chosen = [rows[i]["sub_id"] for i in sorted(claim([r["sub_type"] for r in rows]))]
                 cur.execute(
                     """UPDATE image_sub_analyses
                        SET status = jsonb_build_object('state', 'submitted', 'claimed_by_run', %s::text,
                                                        'message', 'submitted from the Dagster UI; run ' || %s::text)
-                       WHERE analysis_id = %s""",
-                    (run_id, run_id, submitted.analysis_id),
+                       WHERE sub_id = ANY(%s)""",
+                    (run_id, run_id, chosen),
                 )
             return RunSubmission(submitted, finished, finished)
 

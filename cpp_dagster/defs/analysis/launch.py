@@ -17,15 +17,12 @@ import dagster as dg
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
-    SUB_ID_TAG,
-    pipeline_key,
     plate_keys,
     split_key,
     tagged_sub_id,
 )
 from cpp_dagster.imagedb.rows import SubAnalysis
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.planning import SubAnalysisOptions
 from cpp_dagster.sub_analysis import Step
 
 
@@ -53,12 +50,12 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
     acq_id = next((a for a, key in plate_keys(db.plate_acquisitions_by_id()).items() if key == plate), None)
     if acq_id is None:
         raise dg.Failure(f"no plate acquisition in imagedb has the plate key {plate!r}", allow_retries=False)
-    if pipeline not in db.pipeline_names() or pipeline != pipeline_key(pipeline, 0):
+    if pipeline not in db.pipeline_names():
         raise dg.Failure(f"no analysis pipeline named {pipeline!r} in imagedb: a run from the UI submits a "
                          "registered pipeline", allow_retries=False)
-    _check_selection(run, pipeline, [Step.of(t) for t in db.pipeline_steps(pipeline)])
+    _check_selection(run, pipeline, [Step.of(t) for t in db.pipeline_sub_types(pipeline)])
     root = run.root_run_id or run.run_id
-    submission = db.submit_for_run(acq_id, pipeline, root)
+    submission = db.submit_for_run(acq_id, pipeline, root, claim=first_of_each_step)
     analysis_id = submission.analysis.analysis_id
     if ANALYSIS_ID_TAG not in run.tags:
         context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
@@ -69,6 +66,15 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
     if not subs:
         return StepTarget(None, f"pipeline {pipeline!r} has no {step.value} step")
     return StepTarget(subs[0].sub_id)
+
+
+def first_of_each_step(sub_types) -> set[int]:
+    """The sub-analyses a UI run runs itself: the first of each kind of step (a second
+    step of the same kind is the same asset; the sensor launches it when its turn comes)."""
+    first: dict[Step, int] = {}
+    for position, sub_type in enumerate(sub_types):
+        first.setdefault(Step.of(sub_type), position)
+    return set(first.values())
 
 
 def _check_selection(run: dg.DagsterRun, pipeline: str, steps: list[Step]) -> None:
@@ -93,13 +99,3 @@ def sub_analyses_of_run(db: ImageDB, run: dg.DagsterRun) -> list[SubAnalysis]:
     root = run.root_run_id or run.run_id
     return [s for s in db.sub_analyses_of(int(analysis))
             if isinstance(s.status, dict) and root in (s.status.get("claimed_by_run"), s.status.get("run_id"))]
-
-
-def options_or_none(sub: SubAnalysis) -> SubAnalysisOptions | None:
-    try:
-        return SubAnalysisOptions.from_meta(sub.meta)
-    except ValueError:
-        return None
-
-
-__all__ = ["SUB_ID_TAG", "StepTarget", "sub_analyses_of_run", "target"]

@@ -9,7 +9,6 @@ checks `compound_counts`, `validity` and `efficiency` are blocking: a model that
 them is not published.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def plan_splits(training_data: TrainingFiles):
         yield dg.DynamicOutput(Path(path), mapping_key=f"split_{SplitParams.read(path).index}")
 
 
-@dg.op(retry_policy=dg.RetryPolicy(max_retries=int(os.getenv("CPP_SPLIT_RETRIES", "1")), delay=10))
+@dg.op
 def train_split(context: dg.OpExecutionContext, split_file: Path, descriptors: Path,
                 training_store: TrainingStoreResource) -> Path:
     """Train one split's share of the aggregated conformal predictor."""
@@ -133,11 +132,18 @@ def collect_split_models(context: dg.OpExecutionContext, models: list[Path]) -> 
     return sorted(models)
 
 
-@dg.graph_asset(partitions_def=training_versions, group_name=GROUP)
-def split_models(training_data: TrainingFiles, descriptors: Path) -> list[Path]:
-    """The split models, trained in parallel: one step per split."""
-    trained = plan_splits(training_data).map(lambda split_file: train_split(split_file, descriptors))
-    return collect_split_models(trained.collect())
+def build_split_models(retry_policy: dg.RetryPolicy) -> dg.AssetsDefinition:
+    """`split_models`, built when the definitions load (the retry policy of a split
+    comes from the settings)."""
+    train = train_split.with_retry_policy(retry_policy)
+
+    @dg.graph_asset(name="split_models", partitions_def=training_versions, group_name=GROUP)
+    def split_models(training_data: TrainingFiles, descriptors: Path) -> list[Path]:
+        """The split models, trained in parallel: one step per split."""
+        trained = plan_splits(training_data).map(lambda split_file: train(split_file, descriptors))
+        return collect_split_models(trained.collect())
+
+    return split_models
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cpp_dagster.defs.training.assets import (
-    aggregated_model,
-    descriptors,
-    published_model,
-    split_models,
-    training_configurations,
-    training_data,
-    training_versions,
-)
+from cpp_dagster.defs.training.assets import training_configurations, training_versions
 from cpp_dagster.defs.training.resources import TrainingStoreResource
 from cpp_dagster.training.store import ConfigVersion, InvalidVersion
 
 training_job = dg.define_asset_job(
     "model_training",
-    selection=dg.AssetSelection.assets(training_data, descriptors, split_models, aggregated_model, published_model),
+    selection=dg.AssetSelection.keys("training_data", "descriptors", "split_models", "aggregated_model",
+                                     "published_model"),
     partitions_def=training_versions,
     description="One configuration version: query, descriptors, split models, aggregate and checks, publish.",
 )
