@@ -47,7 +47,10 @@ def revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
         (dependency_failed_message(sub_id),),
     )
     cur.execute(
-        """UPDATE image_analyses a SET error = NULL, status = NULL
+        # the failure's state and message go; a UI run's submission marker stays (run_claims.py)
+        """UPDATE image_analyses a SET error = NULL,
+                  status = CASE WHEN jsonb_typeof(a.status) = 'object'
+                                THEN NULLIF(a.status - 'state' - 'message', '{}'::jsonb) END
            WHERE a.id = %s AND NOT EXISTS (
                SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.error IS NOT NULL
                  AND s.sub_id <> %s)""",
