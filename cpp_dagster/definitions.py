@@ -30,6 +30,15 @@ from cpp_dagster.defs.training import (
     training_job,
 )
 
+
+def _k8s_executor() -> dg.ExecutorDefinition:
+    """dagster-k8s's k8s_job_executor with the deployment's pod settings (CPP_K8S_CONFIG)
+    as defaults. Imported here only on Kubernetes (dagster-k8s is slow to import)."""
+    from cpp_dagster.k8s.executor import k8s_executor
+    from cpp_dagster.k8s.pod_config import PodSettings
+
+    return k8s_executor(PodSettings.load())
+
 defs = dg.Definitions(
     assets=[plate_acquisitions, lab_overview, feature_tables, single_cell_table, well_profiles,
             # model training (the second workflow)
@@ -46,7 +55,7 @@ defs = dg.Definitions(
         # Step outputs (small descriptors) live on the shared work area, not a step-local disk.
         "io_manager": WorkAreaIOManager(),
     },
-    executor=executor_for_deployment(),
+    executor=executor_for_deployment(_k8s_executor),
 )
 
 

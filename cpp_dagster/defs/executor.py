@@ -2,10 +2,12 @@
 multiprocess locally (each step its own process). The op code is the same.
 
 Set on the Definitions, so it holds for sensor runs, UI materializations and backfills
-(those use the implicit asset job)."""
+(those use the implicit asset job). The Kubernetes executor is cpp_dagster.k8s's; the
+top-level definitions pass it in (defs/ does not import k8s/)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -19,12 +21,12 @@ def deployment() -> str:
     return kind
 
 
-def executor_for_deployment() -> dg.ExecutorDefinition:
+def executor_for_deployment(k8s_executor: Callable[[], dg.ExecutorDefinition]) -> dg.ExecutorDefinition:
+    """The executor of CPP_EXECUTOR; `k8s_executor` builds the Kubernetes one (called only
+    on Kubernetes)."""
     kind = deployment()
     if kind == "k8s":
-        from cpp_dagster.k8s.executor import cpp_k8s_executor
-
-        return cpp_k8s_executor
+        return k8s_executor()
     if kind == "in_process":
         return dg.in_process_executor
     return dg.multiprocess_executor.configured({"max_concurrent": int(os.getenv("CPP_MAX_CONCURRENT", "2"))})
