@@ -20,6 +20,7 @@ from cpp_dagster.k8s.pod_config import (
     PodConfigError,
     PodSettings,
     executor_defaults,
+    training_run_config,
 )
 from cpp_dagster.training.configuration import ConfigError, from_dict, parse
 from cpp_dagster.training.engines.base import split_params
@@ -150,6 +151,15 @@ def test_the_executors_defaults_give_training_steps_their_pods_by_op_name(pods):
         executor_defaults(PodSettings.from_mapping({"training": {"image": "x"}}), "cpsign")
     untrained = dataclasses.replace(pods, training={})
     assert not set(TRAINING_STEPS) & set(executor_defaults(untrained, "cpsign")["per_step_k8s_config"])
+
+
+def test_a_training_run_launched_with_its_workflow_labels_every_step(pods):
+    config = with_defaults(executor_defaults(pods, "cpsign"), training_run_config("logd")["execution"]["config"])
+    for op in TRAINING_STEPS:
+        job = _job(step_layer(config, op), op)
+        assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/workflow"] == "logd"
+        assert job["metadata"]["labels"]["cpp-dagster/training-step"] == op
+    assert step_layer(config, "train_split")["container_config"]["image"] == pods.training["cpsign_image"]
 
 
 @pytest.mark.parametrize("op, secrets", [

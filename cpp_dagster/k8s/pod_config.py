@@ -257,3 +257,13 @@ def executor_defaults(settings: PodSettings, training_engine: str,
     if settings.training:
         per_step.update({op: training_step_config(settings, op, training_engine) for op in TRAINING_STEPS})
     return {"step_k8s_config": step_base_config(settings), "per_step_k8s_config": per_step}
+
+
+def training_run_config(workflow: str) -> dict:
+    """The run config of a model-training run: its workflow as a label on every training
+    step's Job and pod (`cpp-dagster/workflow`; the rest of a training step's pod is
+    static, in the executor's defaults). `workflow` is a label value (the configuration
+    checks it)."""
+    labels = {"labels": {f"{LABEL_PREFIX}/workflow": workflow}}
+    return {"execution": {"config": {"per_step_k8s_config": {
+        op: {"pod_template_spec_metadata": labels, "job_metadata": labels} for op in TRAINING_STEPS}}}}
