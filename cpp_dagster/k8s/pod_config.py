@@ -9,6 +9,7 @@ and `per_step_k8s_config` (how they reach a pod: `k8s/executor.py`).
   the training steps by op name and the analysis steps' deployment defaults.
 - `analysis_run_config`: the run config a sub-analysis's run is launched with (image
   per cp_version, resources per sub_type, deadline, priority class, labels).
+- `training_run_config`: a training run's workflow label.
 
 The deployment settings are a YAML file named by CPP_K8S_CONFIG (on Kubernetes a
 ConfigMap mounted into the user-code pods); `deploy/k8s-pods.yaml` is the documented
