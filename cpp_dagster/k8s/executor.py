@@ -23,7 +23,9 @@ The defaults are kept under per-run config with `configured` and a config schema
 executor's own): a run's `step_k8s_config` and `per_step_k8s_config[op]` are merged onto
 the defaults with dagster-k8s's own merge (`K8sContainerContext.merge`), every other
 field of the run's executor config is passed on as given. A plain
-`k8s_job_executor.configured({...})` would refuse run config for the fields it fixes.
+`k8s_job_executor.configured({...})` would silently drop a run's executor config (checked
+with dagster 1.13: `validate_run_config` keeps the fixed values), so the sensor's pod
+settings would never reach a pod.
 """
 from __future__ import annotations
 
