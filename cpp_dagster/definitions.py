@@ -24,7 +24,8 @@ def build_defs() -> dg.Definitions:
     )
     return dg.Definitions.merge(
         analysis_defs(launching, deployment.batch_retry_policy(), overview_interval_s=deployment.overview_interval_s()),
-        training_defs(deployment.split_retry_policy(), sensor_interval_s=launching.interval_s),
+        training_defs(deployment.split_retry_policy(), sensor_interval_s=launching.interval_s,
+                      run_config=deployment.training_run_config()),
         shared,
     )
 
