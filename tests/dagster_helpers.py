@@ -12,7 +12,7 @@ def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"
 
     defs = build_defs()
     sensor = defs.get_repository_def().get_sensor_def(sensor_name)
-    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,
                                       cursor=cursor)
     data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:

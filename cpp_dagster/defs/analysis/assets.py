@@ -88,7 +88,7 @@ def feature_tables_metadata(merged: analysis.Merged, found: dict, nas_root) -> d
 @dg.op(out={"feature_tables": dg.Out(dg.Nothing), "single_cell_table": dg.Out(dg.Nothing),
             "well_profiles": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing) for name in CHECKS}})
 def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                        merged: analysis.Merged | str, single_cell: dict):
+                        merged, single_cell: dict):
     """Per-well profiles, then the sub-analysis complete in imagedb; then the three assets
     of the features step materialize together, with the checks of the feature tables."""
     if not isinstance(merged, analysis.Merged):  # nothing to do, and why

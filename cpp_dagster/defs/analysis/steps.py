@@ -93,9 +93,10 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
 
 @dg.op
 def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                 sub: SubAnalysisRun | str, outcomes: list[BatchOutcome]) -> analysis.Merged | str:
+                 sub, outcomes: list[BatchOutcome]):
     """Streaming merge of the batches into one Parquet per object table, in the results
-    folder (which switches as a whole). A step with nothing to do passes its reason on."""
+    folder (which switches as a whole): `analysis.Merged`. A step with nothing to do
+    (`sub` is not a SubAnalysisRun but the reason) passes its reason on."""
     if not isinstance(sub, SubAnalysisRun):
         return sub
     db = imagedb.db()
@@ -113,7 +114,7 @@ def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
 
 @dg.op
 def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                            merged: analysis.Merged | str) -> dict:
+                            merged) -> dict:
     """The joined single-cell table; its metadata (the asset materializes at the end)."""
     if not isinstance(merged, analysis.Merged):
         return {}
@@ -146,7 +147,7 @@ def result_links(sub: SubAnalysisRun, nas_root) -> dict:
 
 @dg.op(out={"result": dg.Out(dg.Nothing)})
 def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                  merged: analysis.Merged | str):
+                  merged):
     """The end of a step others depend on (illumination, QC): record it finished in
     imagedb, then materialize its asset with the files it wrote."""
     step = step_of(context)
