@@ -230,7 +230,7 @@ class Registry(_Group):
     """Where trained models are published and served."""
 
     url: str | None = setting("CPP_MODEL_REGISTRY_URL", "a model service over HTTP to publish to", None,
-                              shown="unset: the folder below", secret="url")
+                              shown="unset: the folder registry", secret="url")
     token: str | None = setting("CPP_MODEL_REGISTRY_TOKEN", "its bearer token; `cpp-dagster train registry` "
                                 "requires it of clients", None, secret="token")
     dir: Path | None = setting("CPP_MODEL_REGISTRY_DIR", "the folder registry (without a URL) and the folder "
