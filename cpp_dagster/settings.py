@@ -24,6 +24,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPOUND_DATABASE = re.compile(r"CPP_DATABASE_([A-Z0-9_]+)_URL")
+COMPOUND_DATABASES = "CPP_DATABASE_<NAME>_URL"  # the family of variables above, one row in the table
 
 
 class SettingsError(ValueError):
@@ -199,7 +200,7 @@ class Training(_Group):
     db_url: str | None = setting("CPP_TRAINING_DB_URL", "the training configuration store, a PostgreSQL URL",
                                  None, shown="embedded server, database `training`", secret="url")
     compound_databases: tuple[tuple[str, str], ...] = setting(
-        "CPP_DATABASE_<NAME>_URL", "a compound database a training configuration names (`chembl` -> "
+        COMPOUND_DATABASES, "a compound database a training configuration names (`chembl` -> "
         "`CPP_DATABASE_CHEMBL_URL`), a PostgreSQL URL with a read-only role", (),
         shown="only `compounds`: embedded, with a public data set", secret="url")
     query_timeout_s: float = setting("CPP_TRAINING_QUERY_TIMEOUT_S", "statement timeout of a training "
@@ -321,7 +322,7 @@ class _Reader:
         return self.values[variable]
 
     def _read(self, spec: Spec) -> Any:
-        if spec.variable == "CPP_DATABASE_<NAME>_URL":
+        if spec.variable == COMPOUND_DATABASES:
             return _compound_databases(self.environ)
         raw = (self.environ.get(spec.variable) or "").strip()
         if not raw:
@@ -372,7 +373,7 @@ def current_values(settings: Any) -> list[str]:
         spec, value = _spec(f), getattr(settings, f.name)
         if spec is None:
             lines += current_values(value)
-        elif spec.variable == "CPP_DATABASE_<NAME>_URL":
+        elif spec.variable == COMPOUND_DATABASES:
             lines += [f"{k}={v}" for k, v in _shown(value, spec.secret)]
         else:
             lines.append(f"{spec.variable}={_as_text(_shown(value, spec.secret))}")
