@@ -13,11 +13,11 @@ import dagster as dg
 
 from cpp_dagster import analysis
 from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
-from cpp_dagster.config import retry_timeouts
 from cpp_dagster.defs.analysis import launch
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
 from cpp_dagster.imagedb.rows import SubAnalysisStatus
+from cpp_dagster.settings import load_settings
 from cpp_dagster.sub_analysis import Step, SubAnalysisRun
 
 OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
@@ -70,7 +70,7 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
     try:
         outcome = analysis.run_batch(nas.settings(), batch)
     except BatchTimeout as timeout:
-        if retry_timeouts():
+        if load_settings().launch.retry_timeouts:
             raise
         # Fails the step past its RetryPolicy: a batch that ran out of time would take as
         # long again (crashes and evictions are still retried).
