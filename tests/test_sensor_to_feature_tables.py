@@ -12,7 +12,8 @@ from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 
 
-def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, dagster_instance):
+def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, dagster_instance, monkeypatch):
+    monkeypatch.setenv("CPP_RESULTS_URL_TEMPLATE", "https://files.lab/{path}")  # the lab's file browser
     acq = register_plate(lab.db, lab.settings, barcode="E2E-1", wells=["B02", "C03"], sites=[1, 2], seed=7)
     submitted = lab.db.submit_analysis(acq, DEMO_PIPELINE)
     sub_id = submitted.sub_ids[0]
@@ -69,6 +70,7 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert mat.partition == key
     assert mat.metadata["Image_rows"].value == 4 and mat.metadata["Nuclei_rows"].value == nuclei.num_rows
     assert mat.metadata["results_path"].value == str(results)
+    assert mat.metadata["results_url"].value == f"https://files.lab/{sub.result['job_folder']}"
 
     # Quality checks ran on the merged tables and passed; the plate map is in the metadata.
     evaluations = {e.check_name: e.passed for e in events(dagster_instance, run.run_id,
