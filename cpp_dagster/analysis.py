@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from cpp_dagster import cellprofiler, paths, pipeline_check, planning
 from cpp_dagster.config import Settings
-from cpp_dagster.features import profiles, results_folder, single_cell
-from cpp_dagster.features.merge import MergeResult, merge_batches
+from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
+from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
 from cpp_dagster.imagedb.rows import PlateAcquisition, RunStamp, SubAnalysis
@@ -148,7 +148,9 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
     """Run CellProfiler on one batch, unless a previous run of this sub-analysis already
     finished this very batch (same LoadData CSV, pipeline and CellProfiler), in this
     generation's folder or an earlier one's: a re-run then reuses its verified outputs
-    (hard links into its own folder), so only failed batches run again."""
+    (hard links into its own folder), so only failed batches run again. The verified
+    outputs are converted to Parquet here, in the batch's own process or pod
+    (`batch_tables`), before the batch counts as done; a reused batch reuses its Parquet."""
     batch_dir = Path(spec.batch_dir)
     marker, fingerprint = batch_dir / "done.json", batch_fingerprint(settings, spec)
     done = _finished(batch_dir, fingerprint)
@@ -167,6 +169,7 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
         timeout_s=spec.job_timeout,
         echo=echo,
     )
+    batch_tables.convert_batch(batch_dir)
     _write_atomically(marker, json.dumps({"fingerprint": fingerprint, "outcome": dataclasses.asdict(outcome)}))
     return outcome
 
@@ -189,6 +192,8 @@ def _reuse(earlier: Path, batch_dir: Path, done: dict, fingerprint: str) -> cell
     shutil.rmtree(batch_dir / "output", ignore_errors=True)
     staging.rename(batch_dir / "output")
     shutil.copyfile(earlier / "cellprofiler.log", batch_dir / "cellprofiler.log")
+    if batch_tables.reuse_converted(earlier, batch_dir) is None:
+        batch_tables.convert_batch(batch_dir)
     outcome = {**done["outcome"], "output_dir": str(batch_dir / "output"),
                "log_path": str(batch_dir / "cellprofiler.log")}
     _write_atomically(batch_dir / "done.json", json.dumps({"fingerprint": fingerprint, "outcome": outcome}))
@@ -206,7 +211,8 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str],
           stamp: RunStamp | None = None) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
-    `output_dirs`); the files become outputs of the sub-analysis (it finishes once the
+    `output_dirs`, concatenated from each batch's converted Parquet: `batch_tables`);
+    the files become outputs of the sub-analysis (it finishes once the
     derived tables are written too). The folder is the analysis's: each sub-analysis's
     merge lists its files in a manifest of its own, so the features step's merge leaves
     the illumination step's ICF files alone. The folder switches as a whole, and only
@@ -214,7 +220,7 @@ def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str
     changes); this sub-analysis's derived tables from before do not survive it."""
     out_dir, tables_dir = output_dirs(db, settings, sub_id)
     derived = [str((tables_dir / name).relative_to(out_dir)) for name in (SINGLE_CELL_FILE, PROFILES_FILE)]
-    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
+    merged = batch_tables.merge_converted([Path(d) for d in batch_dirs], out_dir,
                            manifest=f".merged-files.sub{sub_id}.json", tables_dir=tables_dir,
                            replaces=derived, owner=f"sub{sub_id}", guard=lambda: db.while_current(sub_id, stamp))
     db.add_outputs(sub_id, file_list(merged.files, settings.nas_root), stamp)
