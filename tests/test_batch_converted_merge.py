@@ -7,6 +7,7 @@ import csv
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -128,7 +129,7 @@ def test_a_work_area_from_before_the_conversion_still_merges(tmp_path):
     convert_batch(batches[1])
     convert_batch(batches[2])
     (batches[0] / f"{TABLES}.partial-killed").mkdir()
-    (batches[0] / f"{TABLES}.partial-killed" / "Image.parquet").write_bytes(b"PAR1 half a file")
+    (batches[0] / f"{TABLES}.partial-killed" / "Image.arrow").write_bytes(b"ARROW1 half a file")
     (batches[1] / TABLES / COMPLETE).unlink()
     with open(batches[2] / "output" / "MyExpt_Nuclei.csv", "a") as f:
         f.write("3,1,1,999.5\n")  # its CSV changed after it was converted
@@ -146,9 +147,10 @@ def test_a_killed_conversion_leaves_no_table_the_merge_would_read(tmp_path):
     # a second conversion killed midway: only its staging folder is left
     staging = batch / f"{TABLES}.partial-1234"
     staging.mkdir()
-    (staging / "Nuclei.parquet").write_bytes(b"PAR1")
+    (staging / "Nuclei.arrow").write_bytes(b"ARROW1")
     assert set(converted(batch)) == {"Image", "Nuclei"}
-    assert pq.read_table(converted(batch)["Nuclei"]).num_rows == 4
+    with pa.ipc.open_file(converted(batch)["Nuclei"]) as table:
+        assert table.count_rows() == 4
     # a half-written file in place of a table is never taken for a complete one
     table = converted(batch)["Nuclei"]
     os.truncate(table, table.stat().st_size // 2)

@@ -31,7 +31,7 @@ def batch_folders(settings, sub_id: int, generation: int = 0, size: int = 3000) 
     """A batch's work folder as the batch step leaves it: LoadData CSV, CellProfiler's
     CSVs and log, the converted Parquet; `size` bytes per file."""
     batch = settings.work_root / f"sub_{sub_id}" / f"g{generation}" / "batch_0000"
-    for rel in ("loaddata.csv", "cellprofiler.log", "output/MyExpt_Image.csv", "tables/Image.parquet"):
+    for rel in ("loaddata.csv", "cellprofiler.log", "output/MyExpt_Image.csv", "tables/Image.arrow"):
         (batch / rel).parent.mkdir(parents=True, exist_ok=True)
         (batch / rel).write_bytes(b"x" * size)
     return batch
@@ -91,7 +91,7 @@ def test_gc_frees_finished_sub_analyses_past_the_retention_and_never_a_running_o
     assert outcomes[old].bytes == 4 * 3000 and outcomes[old].reason.startswith("finished 10.0 days ago")
     assert not (work / f"sub_{old}").exists()
     for kept in (recent, failed, running, waiting, no_tables):
-        assert (work / f"sub_{kept}" / "g0" / "batch_0000" / "tables" / "Image.parquet").is_file(), kept
+        assert (work / f"sub_{kept}" / "g0" / "batch_0000" / "tables" / "Image.arrow").is_file(), kept
         assert outcomes[kept].bytes == 0
     assert outcomes[failed].reason == "failed: kept for a re-run, which reuses its finished batches"
     assert outcomes[running].reason == "running: its batches are in use"
@@ -108,9 +108,9 @@ def test_a_rerun_keeps_the_work_area_until_the_rerun_has_finished_and_aged(gc_la
     assert collect(gc_lab)[sub_id].freed is False
     gc_lab.db.mark_sub_started(sub_id, batches=1, image_sets=1, stamp=RunStamp(generation=1))
     g1 = batch_folders(gc_lab.settings, sub_id, generation=1)
-    (g1 / "tables" / "Image.parquet").unlink()
-    os.link(gc_lab.settings.work_root / f"sub_{sub_id}" / "g0" / "batch_0000" / "tables" / "Image.parquet",
-            g1 / "tables" / "Image.parquet")  # a reused batch's Parquet is a link to g0's
+    (g1 / "tables" / "Image.arrow").unlink()
+    os.link(gc_lab.settings.work_root / f"sub_{sub_id}" / "g0" / "batch_0000" / "tables" / "Image.arrow",
+            g1 / "tables" / "Image.arrow")  # a reused batch's Parquet is a link to g0's
     assert collect(gc_lab, days=0)[sub_id].reason == "running: its batches are in use"
     gc_lab.db.mark_sub_finished(sub_id, {"file_list": []}, RunStamp(generation=1))
     age(gc_lab.db, sub_id, "finish", 8)

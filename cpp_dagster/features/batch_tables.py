@@ -1,19 +1,22 @@
-"""Each batch's tables as Parquet, converted in the batch step; the final merge
-concatenates them (no CSV parsing after the last batch).
+"""Each batch's tables converted in the batch step; the final merge concatenates them
+into the Parquet feature tables (no CSV parsing after the last batch).
 
 - `convert_batch(batch_dir)`: once CellProfiler's outputs in `batch_dir/output/` are
-  verified, each table's CSV becomes `batch_dir/tables/<table>.parquet` by the merge's
+  verified, each table's CSV becomes `batch_dir/tables/<table>.arrow` by the merge's
   own rules (`merge.merge_table` on one batch): float32, integer bookkeeping columns
   int64, `nan` as null, the batch key columns added. A column with no value in the batch
   stays of type null, so the final merge types it as the CSV route does. The tables are
   written into `tables.partial-<id>/` and renamed: a killed conversion never leaves a
-  half table under `tables/`. `tables/complete.json` lists each table's file and rows,
-  the CSV it came from with its size, and the batch number its image keys use.
+  half table under `tables/`. `tables/complete.json` lists each table's file, its size
+  and rows, the CSV it came from with its size, and the batch number its image keys use.
+  The files are Arrow IPC, not Parquet: read once, by the final merge, they cost
+  almost nothing to write and read, where Parquet's fixed cost per column chunk made
+  the final merge slower than the CSV merge (`table_writers`).
 - `converted(batch_dir, number)`: a conversion that is complete and still matches the
   CSVs in `output/`, else None.
 - `merge_converted(batch_dirs, dest_dir, ...)`: the sub-analysis's merge. A batch without
   a complete conversion (a work area from before this route, a killed batch step) is
-  converted here first. Each table is then written by streaming the batches' row groups,
+  converted here first. Each table is then written by streaming the batches' record batches,
   the schemas unified by the drift rule of `schema.unified_schema`: the same columns,
   types and values as `merge.merge_batches` over the CSVs. One case reads the CSV again:
   a column that is text in another batch but numeric in this one (the CSV route keeps
@@ -21,8 +24,9 @@ concatenates them (no CSV parsing after the last batch).
 - `reuse_converted(earlier, batch_dir)`: an earlier generation's conversion of the same
   batch, hard-linked (re-run reuse).
 
-Memory: one row group per table being written (see `merge.RowGroupWriter`), up to
-MERGE_WORKERS tables at once; a batch's row group is read one at a time.
+Memory: one row group per table being written (`table_writers.RowGroupWriter`), up
+to MERGE_WORKERS tables at once; a batch's record batches (CSV blocks) are read one at
+a time.
 """
 from __future__ import annotations
 
@@ -35,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.merge import (
@@ -44,7 +47,6 @@ from cpp_dagster.features.merge import (
     MergedTable,
     MergeError,
     MergeResult,
-    RowGroupWriter,
     batch_number,
     csv_tables,
     keyed_schema,
@@ -55,17 +57,17 @@ from cpp_dagster.features.merge import (
     table_files,
 )
 from cpp_dagster.features.schema import scan_schema, unified_schema
+from cpp_dagster.features.table_writers import ArrowFileWriter, RowGroupWriter
 
 OUTPUT = "output"  # a batch's CellProfiler outputs, in its work folder
 TABLES = "tables"  # its converted tables, beside them
 COMPLETE = "complete.json"  # in TABLES: written last, what a complete conversion holds
 KEY_COLUMNS = 2  # the batch key columns every converted table starts with (merge.keyed_schema)
-COMPRESSION = "snappy"  # of the converted tables (read once, by the final merge)
 
 
 def convert_batch(batch_dir: Path, number: int | None = None) -> dict[str, Path]:
     """Convert the tables in `batch_dir/output/` to `batch_dir/tables/` (atomically, see
-    above); returns table name -> Parquet. `number`: the batch number of its image keys
+    above); returns table name -> converted file. `number`: the batch number of its image keys
     (default: the one in the folder's name, `batch_0003` -> 3). MergeError names the file
     for a table that cannot be converted (0 bytes, no ImageNumber, an Image table without
     rows)."""
@@ -79,11 +81,11 @@ def convert_batch(batch_dir: Path, number: int | None = None) -> dict[str, Path]
     try:
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
             written = list(pool.map(
-                lambda t: merge_table(t, [(number, name, sources[t])], staging / f"{t}.parquet",
-                                      keep_null=True, compression=COMPRESSION),
+                lambda t: merge_table(t, [(number, name, sources[t])], staging / f"{t}.arrow",
+                                      keep_null=True, writer=ArrowFileWriter),
                 list(sources)))
         complete = {"batch": name, "number": number, "tables": {
-            t.name: {"file": t.path.name, "rows": t.rows, "csv": sources[t.name].name,
+            t.name: {"file": t.path.name, "bytes": t.path.stat().st_size, "rows": t.rows, "csv": sources[t.name].name,
                      "csv_bytes": sources[t.name].stat().st_size} for t in written}}
         (staging / COMPLETE).write_text(json.dumps(complete, indent=1))
         _publish(staging, batch_dir / TABLES)
@@ -93,9 +95,9 @@ def convert_batch(batch_dir: Path, number: int | None = None) -> dict[str, Path]
 
 
 def converted(batch_dir: Path, number: int | None = None) -> dict[str, Path] | None:
-    """Table name -> Parquet of the batch's conversion, if it is complete and made from
-    the CSVs now in `output/` (same tables, same sizes, same batch number, every file
-    with the rows it was written with); else None."""
+    """Table name -> file of the batch's conversion, if it is complete and made from the
+    CSVs now in `output/` (same tables, same sizes, same batch number, every file of the
+    size and rows it was written with); else None."""
     batch_dir = Path(batch_dir)
     number = batch_number(batch_dir.name, 0) if number is None else number
     folder = batch_dir / TABLES
@@ -109,8 +111,11 @@ def converted(batch_dir: Path, number: int | None = None) -> dict[str, Path] | N
             return None
         for name, t in tables.items():
             if (t["csv"] != sources[name].name or t["csv_bytes"] != sources[name].stat().st_size
-                    or pq.read_metadata(folder / t["file"]).num_rows != t["rows"]):
+                    or (folder / t["file"]).stat().st_size != t["bytes"]):
                 return None
+            with pa.ipc.open_file(folder / t["file"]) as reader:  # a footer, and every batch's rows
+                if reader.count_rows() != t["rows"]:
+                    return None
         return {name: folder / t["file"] for name, t in tables.items()}
     except (OSError, ValueError, KeyError, TypeError, MergeError, pa.ArrowException):
         return None
@@ -148,7 +153,7 @@ def merge_converted(batch_dirs: Sequence[Path], dest_dir: Path, **options) -> Me
 
 def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *,
                  converted: dict[str, dict[str, Path]]) -> MergedTable:
-    """One table of every batch, from their converted Parquet, into `dest_file`.
+    """One table of every batch, from their converted files, into `dest_file` (Parquet).
     `sources`: (batch number, batch name, CSV) in batch order, as `merge.merge_table` takes."""
     files = [converted[batch][name] for _, batch, _ in sources]
     schemas = shared_schemas(_value_schema(f) for f in files)
@@ -160,16 +165,17 @@ def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file:
                 for table in _csv_route(source, schema):
                     writer.add(table)
                 continue
-            with pq.ParquetFile(file) as batch:
-                for i in range(batch.num_row_groups):
-                    writer.add(_conform(batch.read_row_group(i), out_schema))
+            with pa.OSFile(str(file)) as f, pa.ipc.open_file(f) as batch:
+                for i in range(batch.num_record_batches):
+                    writer.add(_conform(pa.Table.from_batches([batch.get_batch(i)]), out_schema))
     return MergedTable(name, dest_file, writer.rows, len(out_schema), drift)
 
 
 def _value_schema(path: Path) -> pa.Schema:
     """A converted table's columns after the batch key columns."""
     try:
-        schema = pq.read_schema(path)
+        with pa.ipc.open_file(path) as reader:
+            schema = reader.schema
     except (OSError, pa.ArrowException) as e:
         raise MergeError(f"cannot read the converted table {path}: {e}") from None
     return pa.schema(list(schema)[KEY_COLUMNS:])
@@ -193,7 +199,7 @@ def _csv_route(source: tuple[int, str, Path], schema: pa.Schema):
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A batch's row group in the merged `schema`: its columns cast (int64 or null to
+    """A batch's record batch in the merged `schema`: its columns cast (int64 or null to
     float32, null to text: exact), the columns it lacks as nulls."""
     if table.schema.equals(schema):
         return table

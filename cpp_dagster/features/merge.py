@@ -18,8 +18,8 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   that names the batch and the file; an object table with a header only is zero objects.
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
-- Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
-  blocks per table being merged (up to MERGE_WORKERS at once), not by the plate:
+- Memory is bounded by one Parquet row group (`table_writers.ROW_GROUP_BYTES` of
+  values) and a few CSV blocks per table being merged (up to MERGE_WORKERS at once), not by the plate:
   batches are streamed.
 - DEST switches as a whole (`results_folder`): everything is written into a staging
   folder beside it, and DEST (a link) then points at the new version in one rename, so
@@ -45,7 +45,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
@@ -58,13 +57,13 @@ from cpp_dagster.features.schema import (
     scan_schema,
     unified_schema,
 )
+from cpp_dagster.features.table_writers import RowGroupWriter, TableWriter
 
 EXPERIMENT = "Experiment"
 # Tables merged at once. Not one per core: a plate's three big object tables on two
 # cores left one core idle while the third ran alone (plate benchmark: 26 s with 2,
 # 20 s with 4, the same CPU time).
 MERGE_WORKERS = 4
-ROW_GROUP_BYTES = 32 << 20  # bytes of values per Parquet row group; memory is bounded by about this per table
 MANIFEST = ".merged-files.json"  # in DEST: the files the last merge wrote, relative to DEST
 
 
@@ -107,11 +106,12 @@ def table_files(output_dir: Path) -> dict[str, Path]:
 
 def merge_table(
     name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *, keep_null: bool = False,
-    compression: str = "snappy",
+    writer: Callable[[Path, pa.Schema], TableWriter] | None = None,
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order. `keep_null`: see
-    `unified_schema` (a batch converted on its own, `batch_tables`)."""
+    `unified_schema`; `writer`: what writes the file (default `RowGroupWriter`, Parquet;
+    a batch converted on its own, `batch_tables`, passes both)."""
     for _, batch, path in sources:
         _check_not_empty(name, batch, path)
     schemas = _probed(p for _, _, p in sources)
@@ -120,13 +120,13 @@ def merge_table(
             raise MergeError(f"{path} has no ImageNumber column")
     try:
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=False,
-                            keep_null=keep_null, compression=compression)
+                            keep_null=keep_null, writer=writer or RowGroupWriter)
     except _LateTypeChange:
         # the types of some column's first block do not hold for the whole file:
         # find the types from every row and write again
         schemas = shared_schemas(scan_schema(p) for _, _, p in sources)
         return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True,
-                            keep_null=keep_null, compression=compression)
+                            keep_null=keep_null, writer=writer or RowGroupWriter)
 
 
 def _check_not_empty(name: str, batch: str, path: Path) -> None:
@@ -199,18 +199,18 @@ def keyed_schema(schema: pa.Schema) -> pa.Schema:
 
 def _write_table(
     name: str, sources: Sequence[tuple[int, str, Path]], schemas: Sequence[pa.Schema], dest_file: Path,
-    *, late_type_change_ok: bool, keep_null: bool, compression: str,
+    *, late_type_change_ok: bool, keep_null: bool, writer: Callable[[Path, pa.Schema], TableWriter],
 ) -> MergedTable:
     schema, drift = unified_schema(schemas, keep_null=keep_null)
     out_schema = keyed_schema(schema)
     plans: dict[int, tuple] = {}  # per distinct file schema
-    with RowGroupWriter(dest_file, out_schema, compression) as writer:
+    with writer(dest_file, out_schema) as out:
         for source, file_schema in zip(sources, schemas):
             if id(file_schema) not in plans:
                 plans[id(file_schema)] = read_plan(schema, file_schema, late_type_change_ok)
             for table in csv_tables(source, out_schema, plans[id(file_schema)], late_type_change_ok):
-                writer.add(table)
-    return MergedTable(name, dest_file, writer.rows, len(out_schema), drift)
+                out.add(table)
+    return MergedTable(name, dest_file, out.rows, len(out_schema), drift)
 
 
 def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple,
@@ -241,48 +241,6 @@ def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple
         if "conversion error" in str(e) and not late_type_change_ok:
             raise _LateTypeChange() from e
         raise MergeError(f"cannot merge {path}: {e}") from None
-
-
-class RowGroupWriter:
-    """A Parquet file written from tables of any size, in row groups of about
-    ROW_GROUP_BYTES (a row group per CSV block, or per small batch, would make row groups
-    of a few hundred rows of ~1,000 columns: slow to write and to read). Memory: one row
-    group of buffered tables."""
-
-    def __init__(self, path: Path, schema: pa.Schema, compression: str = "snappy"):
-        self.schema = schema
-        self.rows = 0
-        self._writer = pq.ParquetWriter(path, schema, use_dictionary=[BATCH_COLUMN], compression=compression)
-        self._pending: list[pa.Table] = []
-        self._pending_bytes = 0
-
-    def add(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_bytes += table.nbytes
-        self.rows += table.num_rows
-        if self._pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            table = pa.concat_tables(self._pending)
-            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
-            self._pending.clear()
-            self._pending_bytes = 0
-            del table
-            # give freed blocks back to the system, so the process's memory stays that of
-            # one row group however many have been written
-            pa.default_memory_pool().release_unused()
-
-    def __enter__(self) -> RowGroupWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self._flush()
-        finally:
-            self._writer.close()
 
 
 def read_plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bool):
