@@ -3,6 +3,8 @@ and the plain streaming routes of pyarrow, polars and duckdb, on the same synthe
 
     .venv/bin/python benchmarks/merge/run.py --preset quick   # ~45 MB, well under a minute (make bench-merge)
     .venv/bin/python benchmarks/merge/run.py --preset plate   # ~3 GB plate + the doubled plate, several minutes
+    .venv/bin/python benchmarks/merge/run.py --preset plate,jump --methods merge,batch-converted --no-doubled
+        # the route batch-converted against today's merge, plate and JUMP width side by side
 
 Each method runs in its own subprocess, so its peak RSS is its own: measured with
 `/usr/bin/time -v` when present, else by polling the child's RSS with psutil (and the
@@ -20,13 +22,19 @@ Methods (every table but Experiment; each writes DEST/<table>.parquet):
   polars   plain streaming: `scan_csv` over the batch files -> `sink_parquet`
   duckdb   plain streaming: `read_csv` with delim/quote/escape given (no dialect sniffing)
            -> `COPY ... TO ... (FORMAT parquet)`
+  batch-converted  what the analysis does since batches convert their own tables: every
+           batch's conversion (`batch_tables.convert_batch`, 2 batches at a time, as batch
+           pods), then the final merge of the converted tables (`merge_converted`); the
+           two are measured apart and set side by side with `merge` (batch_converted.py),
+           and its tables must be identical to `merge`'s (schemas and values)
 The plain routes add no batch keys and keep float64. Outputs are verified equal in rows
 (per table) and columns (the project's = the plain routes' + its 2 key columns), and in
 the sums of two integer columns.
 
 The doubled plate (`--scale 2` of the generator: twice the batches of the same size) is
 then merged by the project's merge alone, to see that its memory does not grow with the
-plate. The last line printed is one JSON object with the headline figures.
+plate. The last line printed is one JSON object with the headline figures (one per
+preset, keyed by preset, when several are given).
 
 Wall times are only as steady as the machine: on a shared machine, use `--repeat 2` (or
 more) to run the methods round-robin and keep each one's fastest run; the load average

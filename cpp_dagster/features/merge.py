@@ -1,6 +1,7 @@
 """One streaming merge of per-batch CellProfiler ExportToSpreadsheet CSVs into Parquet.
 
-Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
+Used by `cpp-dagster merge SRC DEST`, by each batch step to convert its own tables, and
+by the feature-table asset through `batch_tables` (which concatenates those).
 
 - One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
 - Rows of different batches never collide: `Metadata_CPP_Batch` (the batch folder's name)
