@@ -121,6 +121,26 @@ def test_jump_width_tables_give_the_same_tables_by_both_routes(tmp_path):
     assert parquet_route.tables["Cells"].columns == 2 + 3 + 2001
 
 
+def test_types_shared_between_batches_give_the_same_tables(tmp_path):
+    """Batches with one header share the types probed from the first batch converted
+    (`.probes/`): a batch whose values are wider (decimals where the first had integers)
+    is scanned whole, and a batch of empty wells (no values to type) shares nothing."""
+    header = ["ImageNumber", "ObjectNumber", "Metadata_Site", "Location_Center_X"]
+    values = {1: [[1, 1, 1, 5], [1, 2, 1, 6]], 2: [], 3: [[1, 1, 2.5, 7.25], [2, 1, 3, "nan"]]}
+    batches = []
+    for k in (2, 1, 3):  # the order the batch steps happen to finish in
+        d = tmp_path / "work" / f"batch_{k:04d}"
+        write_csv(d / "output" / "MyExpt_Image.csv", ["ImageNumber", "Metadata_Well"], [[1, "B02"], [2, "B03"]])
+        write_csv(d / "output" / "MyExpt_Nuclei.csv", header, values[k])
+        convert_batch(d)
+        batches.append(d)
+    assert len(list((tmp_path / "work" / ".probes").glob("*.schema"))) == 2  # Image, and Nuclei of batch 1
+    csv_route, parquet_route = both_routes(sorted(batches), tmp_path)
+    assert_same_tables(csv_route, parquet_route)
+    nuclei = pq.read_table(parquet_route.tables["Nuclei"].path)
+    assert nuclei["Metadata_Site"].to_pylist() == [1.0, 1.0, 2.5, 3.0]
+
+
 def test_a_work_area_from_before_the_conversion_still_merges(tmp_path):
     """No `tables/` at all (batches run before this change), a killed conversion's
     staging, a conversion without its complete.json and one older than its CSVs: the

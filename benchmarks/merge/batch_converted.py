@@ -50,7 +50,7 @@ def run_convert(src: Path, work: Path) -> float:
 def run_concat(work: Path, dest: Path) -> None:
     from cpp_dagster.features.batch_tables import merge_converted
 
-    merge_converted(sorted(p for p in Path(work).iterdir() if p.is_dir()), dest)
+    merge_converted(sorted(p for p in Path(work).iterdir() if p.is_dir() and not p.name.startswith(".")), dest)
 
 
 def same_tables(a: Path, b: Path) -> list[str]:

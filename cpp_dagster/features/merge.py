@@ -53,8 +53,8 @@ from cpp_dagster.features.schema import (
     BLOCK_SIZE,
     NULL_VALUES,
     SchemaError,
-    _probe_schema,
     _read_type,
+    probe_schema,
     scan_schema,
     unified_schema,
 )
@@ -108,14 +108,16 @@ def table_files(output_dir: Path) -> dict[str, Path]:
 def merge_table(
     name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *, keep_null: bool = False,
     writer: Callable[[Path, pa.Schema], TableWriter] | None = None,
+    probe: Callable[[Path], pa.Schema] | None = None,
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
     `sources` are (batch number, batch name, csv path) in batch order. `keep_null`: see
-    `unified_schema`; `writer`: what writes the file (default `RowGroupWriter`, Parquet;
-    a batch converted on its own, `batch_tables`, passes both)."""
+    `unified_schema`; `writer`: what writes the file (default `RowGroupWriter`, Parquet);
+    `probe`: a file's types from its first block (default `probe_schema`). A batch
+    converted on its own (`batch_tables`) passes all three."""
     for _, batch, path in sources:
         _check_not_empty(name, batch, path)
-    schemas = _probed(p for _, _, p in sources)
+    schemas = _probed((p for _, _, p in sources), probe or probe_schema)
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
             raise MergeError(f"{path} has no ImageNumber column")
@@ -150,7 +152,7 @@ def _check_not_empty(name: str, batch: str, path: Path) -> None:
                          "CellProfiler processed no image set")
 
 
-def _probed(paths: Iterable[Path]) -> list[pa.Schema]:
+def _probed(paths: Iterable[Path], probe: Callable[[Path], pa.Schema]) -> list[pa.Schema]:
     """Each file's schema from its first block, probed once per distinct header: the
     batches of a pipeline share their ~1,000 columns, and probing every file cost ~12%
     of the merge. A file whose values contradict the types of an earlier file with the
@@ -159,14 +161,14 @@ def _probed(paths: Iterable[Path]) -> list[pa.Schema]:
     by_header: dict[bytes, pa.Schema] = {}
     schemas = []
     for path in paths:
-        header = _first_line(path)
+        header = first_line(path)
         if header not in by_header:
-            by_header[header] = _probe_schema(path)
+            by_header[header] = probe(path)
         schemas.append(by_header[header])
     return schemas
 
 
-def _first_line(path: Path) -> bytes:
+def first_line(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.readline(1 << 20)

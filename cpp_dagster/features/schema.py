@@ -57,7 +57,7 @@ def _kind(values: pa.Array) -> str:
     return "text"
 
 
-def _probe_schema(path: Path) -> pa.Schema:
+def probe_schema(path: Path) -> pa.Schema:
     """Column names and types from the first block of a file: a column is null if it
     has no value there, int64 if every value is an integer, float64 if every value is a
     number, else string (the rule of `scan_schema`, on one block).
