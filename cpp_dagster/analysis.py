@@ -149,8 +149,8 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
     finished this very batch (same LoadData CSV, pipeline and CellProfiler), in this
     generation's folder or an earlier one's: a re-run then reuses its verified outputs
     (hard links into its own folder), so only failed batches run again. The verified
-    outputs are converted to Parquet here, in the batch's own process or pod
-    (`batch_tables`), before the batch counts as done; a reused batch reuses its Parquet."""
+    outputs are converted here (Arrow IPC), in the batch's own process or pod
+    (`batch_tables`), before the batch counts as done; a reused batch reuses its conversion."""
     batch_dir = Path(spec.batch_dir)
     marker, fingerprint = batch_dir / "done.json", batch_fingerprint(settings, spec)
     done = _finished(batch_dir, fingerprint)
@@ -211,7 +211,7 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str],
           stamp: RunStamp | None = None) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
-    `output_dirs`, concatenated from each batch's converted Parquet: `batch_tables`);
+    `output_dirs`, concatenated from each batch's converted tables: `batch_tables`);
     the files become outputs of the sub-analysis (it finishes once the
     derived tables are written too). The folder is the analysis's: each sub-analysis's
     merge lists its files in a manifest of its own, so the features step's merge leaves

@@ -1,4 +1,4 @@
-"""Each batch converts its own tables to Parquet, and the final merge concatenates them:
+"""Each batch converts its own tables, and the final merge concatenates them into Parquet:
 the feature tables are the same as the CSV route's (same columns, types and values),
 with drift between batches, for an Image-only pipeline and at JUMP width."""
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The demo sub-analysis end to end (sensor, Dagster run, real CellProfiler): its batch
-steps convert their own tables to Parquet, the merge concatenates them, and the feature
+steps convert their own tables, the merge concatenates them, and the feature
 tables are identical to the CSV route's over the same batch outputs. A re-run reuses
-the batches' Parquet along with their CSVs."""
+the batches' converted tables along with their CSVs."""
 from __future__ import annotations
 
 import dagster as dg
@@ -37,7 +37,7 @@ def test_demo_tables_are_identical_by_batch_conversion_and_by_the_csv_route(lab,
         assert merged.equals(expected), name
 
     # A re-run of the finished sub-analysis plans generation 1: both batch steps reuse
-    # generation 0's outputs, Parquet included (linked, not converted again).
+    # generation 0's outputs, converted tables included (linked, not converted again).
     lab.db.rerun_sub_analysis(sub_id)
     prepared = analysis.prepare(lab.db, lab.settings, sub_id)
     assert prepared.stamp.generation == 1

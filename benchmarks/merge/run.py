@@ -290,6 +290,7 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
                 print("  running batch-converted: conversion ...", end=" ", flush=True)
                 c = run_child("convert", src, work, how)
                 converts = best(converts, c)
+                os.sync()  # the conversions' writes reach the disk long before the merge, in a real run
                 print(f"{c['wall_s']:.1f} s, {c['cpu_s']:.1f} s CPU, {c['peak_rss_mb']:,.0f} MB; final merge ...",
                       end=" ", flush=True)
                 r = run_child("concat", work, dest_root / m, how)
