@@ -20,8 +20,8 @@ by the feature-table asset through `batch_tables` (which concatenates those).
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
 - Memory is bounded by one Parquet row group (`table_writers.ROW_GROUP_BYTES` of
-  values) and a few CSV blocks per table being merged (up to MERGE_WORKERS at once), not by the plate:
-  batches are streamed.
+  values) and a few CSV blocks per table being merged (up to MERGE_WORKERS at once),
+  not by the plate: batches are streamed.
 - DEST switches as a whole (`results_folder`): everything is written into a staging
   folder beside it, and DEST (a link) then points at the new version in one rename, so
   a reader, or a merge killed at any moment, never leaves a mix of old and new tables.
