@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from cpp_dagster import cellprofiler, loaddata, pipeline_check, planning
 from cpp_dagster.config import Settings
-from cpp_dagster.features import profiles, results_folder, single_cell
-from cpp_dagster.features.merge import MergeResult, merge_batches
+from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
+from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
 from cpp_dagster.imagedb.rows import RunStamp
@@ -130,7 +130,9 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
     """Run CellProfiler on one batch, unless a previous run of this sub-analysis already
     finished this very batch (same LoadData CSV, pipeline and CellProfiler), in this
     generation's folder or an earlier one's: a re-run then reuses its verified outputs
-    (hard links into its own folder), so only failed batches run again."""
+    (hard links into its own folder), so only failed batches run again. The verified
+    outputs are converted here (Arrow IPC), in the batch's own process or pod
+    (`batch_tables`), before the batch counts as done; a reused batch reuses its conversion."""
     batch_dir = Path(spec.batch_dir)
     marker, fingerprint = batch_dir / "done.json", batch_fingerprint(settings, spec)
     done = _finished(batch_dir, fingerprint)
@@ -149,6 +151,7 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
         timeout_s=spec.job_timeout,
         echo=echo,
     )
+    batch_tables.convert_batch(batch_dir)
     _write_atomically(marker, json.dumps({"fingerprint": fingerprint, "outcome": dataclasses.asdict(outcome)}))
     return outcome
 
@@ -171,6 +174,8 @@ def _reuse(earlier: Path, batch_dir: Path, done: dict, fingerprint: str) -> cell
     shutil.rmtree(batch_dir / "output", ignore_errors=True)
     staging.rename(batch_dir / "output")
     shutil.copyfile(earlier / "cellprofiler.log", batch_dir / "cellprofiler.log")
+    if batch_tables.reuse_converted(earlier, batch_dir) is None:
+        batch_tables.convert_batch(batch_dir)
     outcome = {**done["outcome"], "output_dir": str(batch_dir / "output"),
                "log_path": str(batch_dir / "cellprofiler.log")}
     _write_atomically(batch_dir / "done.json", json.dumps({"fingerprint": fingerprint, "outcome": outcome}))
@@ -187,7 +192,8 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
 
 def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequence[str]) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
-    `sub.tables_dir`); the files become outputs of the sub-analysis (it finishes once the
+    `sub.tables_dir`, concatenated from each batch's converted tables: `batch_tables`);
+    the files become outputs of the sub-analysis (it finishes once the
     derived tables are written too). The folder is the analysis's: each sub-analysis's
     merge lists its files in a manifest of its own, so the features step's merge leaves
     the illumination step's ICF files alone. The folder switches as a whole, and only
@@ -195,10 +201,10 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
     changes); this sub-analysis's derived tables from before do not survive it."""
     out_dir, tables_dir = sub.results_dir, sub.tables_dir
     derived = [str((tables_dir / name).relative_to(out_dir)) for name in (SINGLE_CELL_FILE, PROFILES_FILE)]
-    merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
-                           manifest=f".merged-files.sub{sub.sub_id}.json", tables_dir=tables_dir,
-                           replaces=derived, owner=f"sub{sub.sub_id}",
-                           guard=lambda: db.while_current(sub.sub_id, sub.stamp))
+    merged = batch_tables.merge_converted([Path(d) for d in batch_dirs], out_dir,
+                                          manifest=f".merged-files.sub{sub.sub_id}.json", tables_dir=tables_dir,
+                                          replaces=derived, owner=f"sub{sub.sub_id}",
+                                          guard=lambda: db.while_current(sub.sub_id, sub.stamp))
     db.add_outputs(sub.sub_id, file_list(merged.files, settings.nas_root), sub.stamp)
     objects = tuple(sorted(t.name for t in merged.tables.values()
                            if t.path.is_file() and "ObjectNumber" in pq.read_schema(t.path).names))

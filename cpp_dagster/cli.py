@@ -94,6 +94,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Clean the work area (`work_area.py`); prints what it freed per sub-analysis. A bad
+    CPP_WORK_RETENTION_DAYS or --retention-days is one line, exit 2."""
+    from cpp_dagster import work_area
+    from cpp_dagster.config import imagedb_url, load_settings
+    from cpp_dagster.imagedb.store import ImageDB
+
+    try:
+        settings = load_settings()
+        days = settings.work_retention_days if args.retention_days is None else args.retention_days
+        if days < 0:
+            raise ValueError(f"--retention-days must be >= 0, got {days:g}")
+    except ValueError as e:
+        _echo(f"cpp-dagster gc: {e}")
+        return 2
+    outcomes = work_area.collect(ImageDB(imagedb_url()), settings.work_root, settings.nas_root, days,
+                                 dry_run=args.dry_run, expire_failed=args.expire_failed)
+    print("\n".join(work_area.report_lines(outcomes, dry_run=args.dry_run)), flush=True)
+    return 0
+
+
 def apply_schemas() -> list[str]:
     """The schemas of imagedb and the training configuration store (idempotent); returns
     where each was applied (passwords redacted). The training store is included when
@@ -183,6 +204,17 @@ def parser() -> argparse.ArgumentParser:
                         help="every analysis, not only the latest per plate acquisition and pipeline")
     status.add_argument("--json", action="store_true", help="a JSON list of rows, for scripts")
     status.set_defaults(fn=cmd_status)
+
+    gc = sub.add_parser("gc", help="remove the work area (batch CSVs and Parquet) of sub-analyses that finished "
+                                   "longer ago than the retention; prints what it freed")
+    gc.add_argument("--dry-run", action="store_true", help="remove nothing, print what would be freed")
+    gc.add_argument("--retention-days", type=float, metavar="N",
+                    help="keep work areas of sub-analyses that finished less than N days ago "
+                         "(default: CPP_WORK_RETENTION_DAYS, else 7)")
+    gc.add_argument("--expire-failed", action="store_true",
+                    help="also remove failed sub-analyses' work areas once the retention has run out since "
+                         "their failure (by default a failed one is kept for its re-run)")
+    gc.set_defaults(fn=cmd_gc)
 
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(fn=cmd_db_init)

@@ -62,6 +62,7 @@ positive_number = _number(float, False, "a positive number")
 positive_int = _number(int, False, "a positive whole number")
 count = _number(int, True, "a whole number, 0 or more")
 duration = _number(float, True, "a number of seconds, 0 or more")
+days = _number(float, True, "a number of days, 0 or more (e.g. 7 or 0.5)")
 
 
 def boolean(raw: str) -> bool:
@@ -273,8 +274,9 @@ class Settings(_Group):
         "CPP_RESULTS_URL_TEMPLATE", "link to a result folder (`cpp-dagster status`, the lab overview), `{path}` "
         "replaced by `result.job_folder` (URL-quoted), e.g. `https://files.lab/{path}`", None, url_template,
         shown="unset (no URL column)")
-    work_retention_days: int = setting("CPP_WORK_RETENTION_DAYS", "days `cpp-dagster gc` keeps the work "
-                                       "folders of finished sub-analyses", 7, count)
+    work_retention_days: float = setting("CPP_WORK_RETENTION_DAYS", "days a finished sub-analysis's work "
+                                         "folders (batch CSVs, converted tables) are kept before `cpp-dagster gc` "
+                                         "removes them (`--retention-days N` overrides)", 7, days)
     launch: Launch = field(default_factory=Launch)
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)

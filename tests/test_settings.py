@@ -137,7 +137,7 @@ def test_defaults_follow_the_local_folder_and_the_nas_root(tmp_path):
     ("CPP_RESULTS_URL_TEMPLATE", "https://files.lab/", "CPP_RESULTS_URL_TEMPLATE='https://files.lab/': must "
                                                        "contain {path}, e.g. https://files.lab/{path}"),
     ("CPP_CPSIGN_COMMAND", "java 'x", "CPP_CPSIGN_COMMAND=\"java 'x\": not a command line (No closing quotation)"),
-    ("CPP_WORK_RETENTION_DAYS", "a week", "CPP_WORK_RETENTION_DAYS='a week': expected a whole number, 0 or more"),
+    ("CPP_WORK_RETENTION_DAYS", "a week", "CPP_WORK_RETENTION_DAYS='a week': expected a number of days, 0 or more (e.g. 7 or 0.5)"),
 ])
 def test_a_bad_value_is_refused_with_a_line_naming_the_variable(variable, value, expected):
     with pytest.raises(SettingsError) as refused:

@@ -3,6 +3,7 @@
     python benchmarks/merge/generate.py --preset quick            # a few tens of MB
     python benchmarks/merge/generate.py --preset plate            # ~3 GB: 384 wells x 9 sites, 96 batches
     python benchmarks/merge/generate.py --preset plate --scale 2  # the doubled plate (two plates, 192 batches)
+    python benchmarks/merge/generate.py --preset jump             # JUMP width, ~2,000 columns per compartment
 
 Layout (what a batch of the project's CellProfiler runs leaves behind):
 
@@ -62,6 +63,10 @@ PRESETS = {
     "quick": Preset(wells=32, sites=3, wells_per_batch=4, objects_per_image=8, features=1000),
     # 384 wells x 9 sites in 96 batches of 4 wells: ~3 GB
     "plate": Preset(wells=384, sites=9, wells_per_batch=4, objects_per_image=17, features=1000),
+    # JUMP width: ~2,000 features per compartment; 96 wells x 9 sites in 24 batches: ~1.9 GB
+    "jump": Preset(wells=96, sites=9, wells_per_batch=4, objects_per_image=17, features=2000),
+    # the same width, small: 4 batches of 4 wells x 3 sites (~50 MB), for a quick look
+    "quick-jump": Preset(wells=16, sites=3, wells_per_batch=4, objects_per_image=8, features=2000),
 }
 
 
@@ -106,6 +111,12 @@ def object_feature_names(n: int) -> list[str]:
                "SumVariance", "Variance"]
     names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (3, 5, 10) for d in DYES for t in texture
               for a in range(4)]
+    # JUMP width (~2,000 per compartment): the larger texture scales and Zernike radial
+    # features of the JUMP pipelines, after the ones above (so narrower presets keep theirs)
+    names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (15, 20) for d in DYES for t in texture
+              for a in range(4)]
+    names += [f"RadialDistribution_Zernike{kind}_{d}_{n_}_{m}" for d in DYES for kind in ("Magnitude", "Phase")
+              for n_ in range(10) for m in range(n_ % 2, n_ + 1, 2)]
     if n > len(names):
         raise ValueError(f"at most {len(names)} object features")
     return names[:n]

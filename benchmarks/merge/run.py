@@ -3,6 +3,8 @@ and the plain streaming routes of pyarrow, polars and duckdb, on the same synthe
 
     .venv/bin/python benchmarks/merge/run.py --preset quick   # ~45 MB, well under a minute (make bench-merge)
     .venv/bin/python benchmarks/merge/run.py --preset plate   # ~3 GB plate + the doubled plate, several minutes
+    .venv/bin/python benchmarks/merge/run.py --preset plate,jump --methods merge,batch-converted --no-doubled
+        # the route batch-converted against today's merge, plate and JUMP width side by side
 
 Each method runs in its own subprocess, so its peak RSS is its own: measured with
 `/usr/bin/time -v` when present, else by polling the child's RSS with psutil (and the
@@ -20,13 +22,19 @@ Methods (every table but Experiment; each writes DEST/<table>.parquet):
   polars   plain streaming: `scan_csv` over the batch files -> `sink_parquet`
   duckdb   plain streaming: `read_csv` with delim/quote/escape given (no dialect sniffing)
            -> `COPY ... TO ... (FORMAT parquet)`
+  batch-converted  what the analysis does since batches convert their own tables: every
+           batch's conversion (`batch_tables.convert_batch`, 2 batches at a time, as batch
+           pods), then the final merge of the converted tables (`merge_converted`); the
+           two are measured apart and set side by side with `merge` (batch_converted.py),
+           and its tables must be identical to `merge`'s (schemas and values)
 The plain routes add no batch keys and keep float64. Outputs are verified equal in rows
 (per table) and columns (the project's = the plain routes' + its 2 key columns), and in
 the sums of two integer columns.
 
 The doubled plate (`--scale 2` of the generator: twice the batches of the same size) is
 then merged by the project's merge alone, to see that its memory does not grow with the
-plate. The last line printed is one JSON object with the headline figures.
+plate. The last line printed is one JSON object with the headline figures (one per
+preset, keyed by preset, when several are given).
 
 Wall times are only as steady as the machine: on a shared machine, use `--repeat 2` (or
 more) to run the methods round-robin and keep each one's fastest run; the load average
@@ -38,7 +46,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,9 +53,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+import batch_converted  # noqa: E402
 import generate  # noqa: E402
+from measure import best, measurer, run_measured  # noqa: E402
 
-METHODS = ["merge", "baseline", "pyarrow", "polars", "duckdb"]
+METHODS = ["merge", "baseline", "pyarrow", "polars", "duckdb", "batch-converted"]
 PLAIN = ["pyarrow", "polars", "duckdb"]
 EXPERIMENT = "Experiment"
 MB = 1e6
@@ -143,90 +152,20 @@ def run_duckdb(src: Path, dest: Path) -> None:
 
 
 RUNNERS = {"merge": run_merge, "baseline": run_baseline, "pyarrow": run_pyarrow, "polars": run_polars,
-           "duckdb": run_duckdb}
+           "duckdb": run_duckdb,
+           # the two steps of the route "batch-converted"
+           "convert": batch_converted.run_convert, "concat": batch_converted.run_concat}
 
 
 # --- measuring (in the parent) ----------------------------------------------------
 
-TIME = "/usr/bin/time"
-
-
-def measurer(choice: str) -> str:
-    if choice == "auto":
-        if os.access(TIME, os.X_OK) and subprocess.run([TIME, "-v", "true"], capture_output=True).returncode == 0:
-            return "time"
-        return "psutil"
-    return choice
-
-
 def run_child(method: str, src: Path, dest: Path, how: str) -> dict:
-    """Run one method in a fresh interpreter; its wall seconds and peak RSS (MB)."""
+    """Run one method in a fresh interpreter; its wall and CPU seconds and peak RSS (MB)."""
     if dest.exists():
         shutil.rmtree(dest)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(src), str(dest)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
-    if how == "time":
-        t0 = time.perf_counter()
-        p = subprocess.run([TIME, "-v", *cmd], capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if p.returncode != 0:
-            raise RuntimeError(f"{method} failed:\n{p.stdout}\n{p.stderr}")
-        line = next(ln for ln in p.stderr.splitlines() if "Maximum resident set size" in ln)
-        rss_kb = int(line.rsplit(":", 1)[1])
-        return {"wall_s": wall, "peak_rss_mb": rss_kb * 1024 / MB}
-    return _run_polled(method, cmd, env)
-
-
-def _run_polled(method: str, cmd: list[str], env: dict) -> dict:
-    """Without /usr/bin/time: poll the RSS of the child (and any of its children) with
-    psutil every 20 ms; on Linux/BSD wait4 also gives the kernel's exact peak, and the
-    larger of the two is reported."""
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    exact = 0
-    # drain the pipes in threads so a chatty child cannot block
-    import threading
-    out: list[bytes] = [b"", b""]
-
-    def drain(i, pipe):
-        out[i] = pipe.read()
-
-    threads = [threading.Thread(target=drain, args=(i, pipe), daemon=True)
-               for i, pipe in enumerate((proc.stdout, proc.stderr))]
-    for t in threads:
-        t.start()
-    while True:
-        if hasattr(os, "wait4"):
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                exact = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                break
-        elif proc.poll() is not None:
-            break
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    wall = time.perf_counter() - t0
-    for t in threads:
-        t.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n" + b"\n".join(out).decode(errors="replace"))
-    return {"wall_s": wall, "peak_rss_mb": max(peak, exact) / MB}
-
-
-def best(a: dict | None, b: dict) -> dict:
-    """Of two runs of a method: the shorter wall time, the larger peak RSS."""
-    if a is None:
-        return dict(b)
-    return {"wall_s": min(a["wall_s"], b["wall_s"]), "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"])}
+    return run_measured(method, cmd, env, how)
 
 
 def warm_page_cache(src: Path) -> None:
@@ -261,7 +200,8 @@ def verify(summaries: dict[str, dict]) -> list[str]:
     from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 
     problems = []
-    ref_name = next((m for m in ["pyarrow", *summaries] if m in summaries and m != "merge"), "merge")
+    keyed = ("merge", "batch-converted")  # the project's routes: the plain columns + its 2 key columns
+    ref_name = next((m for m in ["pyarrow", *summaries] if m in summaries and m not in keyed), "merge")
     ref = summaries[ref_name]
     for method, s in summaries.items():
         if set(s) != set(ref):
@@ -272,7 +212,7 @@ def verify(summaries: dict[str, dict]) -> list[str]:
             if t["rows"] != r["rows"]:
                 problems.append(f"{method}/{table}: {t['rows']} rows, {ref_name} {r['rows']}")
             expected = r["columns"]
-            if method == "merge" and ref_name != "merge":
+            if method in keyed and ref_name not in keyed:
                 expected = [BATCH_COLUMN, IMAGE_KEY_COLUMN, *expected]
             if t["columns"] != expected:
                 problems.append(f"{method}/{table}: columns differ from {ref_name}'s "
@@ -288,7 +228,8 @@ def csv_bytes(src: Path) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(generate.PRESETS), default="quick")
+    ap.add_argument("--preset", default="quick",
+                    help=f"one of {sorted(generate.PRESETS)}, or several, comma-separated (e.g. plate,jump)")
     ap.add_argument("--out", type=Path, default=generate.DEFAULT_OUT, help="data and outputs (default benchmarks/out)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--no-doubled", action="store_true", help="skip the doubled plate")
@@ -303,39 +244,77 @@ def main(argv=None) -> int:
 
     if args.child:
         method, src, dest = args.child
-        RUNNERS[method](Path(src), Path(dest))
+        cpu, t0 = time.process_time(), time.perf_counter()
+        workers_cpu = RUNNERS[method](Path(src), Path(dest)) or 0.0
+        # the work alone, without interpreter start and imports (a step's process has them already)
+        print(json.dumps({"work_s": time.perf_counter() - t0, "work_cpu_s": time.process_time() - cpu + workers_cpu}))
         return 0
 
+    presets = [p for p in args.preset.split(",") if p]
+    unknown = [p for p in presets if p not in generate.PRESETS]
+    if unknown:
+        ap.error(f"unknown preset {unknown}; choose from {sorted(generate.PRESETS)}")
     methods = [m for m in args.methods.split(",") if m]
     how = measurer(args.measure)
     print(f"peak RSS measured with {'/usr/bin/time -v' if how == 'time' else 'psutil polling (+ wait4)'}; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    headlines, figures = {}, {}
+    for preset in presets:
+        headlines[preset], route = run_preset(preset, args, methods, how)
+        if route is not None:
+            figures[preset] = route
+    ok = all(h["outputs_equal"] for h in headlines.values())
+    if figures:
+        for text, met in batch_converted.report(figures):
+            print(f"  [{'met' if met else 'MISSED'}] {text}")
+        ok = ok and not any(f["differences"] for f in figures.values())
+    print(json.dumps(headlines[presets[0]] if len(presets) == 1 else headlines))
+    return 0 if ok else 1
 
-    src = generate.generate(args.preset, 1, args.out)
+
+def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, dict | None]:
+    """One preset's runs and report: its headline figures, and those of the route
+    batch-converted (None when it did not run)."""
+    src = generate.generate(preset, 1, args.out)
     size = csv_bytes(src)
     n_batches = len(batch_dirs(src))
-    print(f"{args.preset}: {size / MB:,.0f} MB of CSV in {n_batches} batches ({src})", flush=True)
+    print(f"{preset}: {size / MB:,.0f} MB of CSV in {n_batches} batches ({src})", flush=True)
     warm_page_cache(src)
     results: dict[str, dict] = {}
+    converts: dict | None = None
     summaries: dict[str, dict] = {}
-    dest_root = src.parent / "dest"
+    dest_root, work = src.parent / "dest", src.parent / "work"
     for round_ in range(args.repeat):
         for m in methods:
-            print(f"  running {m} ...", end=" ", flush=True)
-            r = run_child(m, src, dest_root / m, how)
-            print(f"{r['wall_s']:.1f} s, {r['peak_rss_mb']:,.0f} MB", flush=True)
+            if m == "batch-converted":
+                print("  running batch-converted: conversion ...", end=" ", flush=True)
+                c = run_child("convert", src, work, how)
+                converts = best(converts, c)
+                os.sync()  # the conversions' writes reach the disk long before the merge, in a real run
+                print(f"{c['wall_s']:.1f} s, {c['cpu_s']:.1f} s CPU, {c['peak_rss_mb']:,.0f} MB; final merge ...",
+                      end=" ", flush=True)
+                r = run_child("concat", work, dest_root / m, how)
+            else:
+                print(f"  running {m} ...", end=" ", flush=True)
+                r = run_child(m, src, dest_root / m, how)
+            print(f"{r['wall_s']:.1f} s, {r['cpu_s']:.1f} s CPU, {r['peak_rss_mb']:,.0f} MB", flush=True)
             results[m] = best(results.get(m), r)
             if round_ == 0:
                 summaries[m] = summarize(dest_root / m)
     problems = verify(summaries)
+    differences = None
+    if converts is not None and "merge" in results:
+        differences = batch_converted.same_tables(dest_root / "merge", dest_root / "batch-converted")
+        problems += differences
     if not args.keep:
         shutil.rmtree(dest_root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     doubled = None
     if not args.no_doubled and "merge" in methods:
-        src2 = generate.generate(args.preset, 2, args.out)
+        src2 = generate.generate(preset, 2, args.out)
         size2 = csv_bytes(src2)
-        print(f"{args.preset} x2: {size2 / MB:,.0f} MB of CSV in {len(batch_dirs(src2))} batches", flush=True)
+        print(f"{preset} x2: {size2 / MB:,.0f} MB of CSV in {len(batch_dirs(src2))} batches", flush=True)
         warm_page_cache(src2)
         for _ in range(args.repeat):
             print("  running merge ...", end=" ", flush=True)
@@ -351,13 +330,16 @@ def main(argv=None) -> int:
     plain = {m: results[m]["wall_s"] for m in PLAIN if m in results}
     fastest = min(plain.values()) if plain else None
     print()
-    print(f"{args.preset}: {size / MB:,.0f} MB CSV, {n_batches} batches"
+    print(f"{preset}: {size / MB:,.0f} MB CSV, {n_batches} batches"
           + (f"; fastest of {args.repeat} runs, largest peak RSS" if args.repeat > 1 else ""))
-    print(f"{'method':<10} {'wall s':>8} {'peak RSS MB':>12} {'x faster than baseline':>23} {'vs fastest plain':>17}")
+    print(f"{'method':<16} {'wall s':>8} {'peak RSS MB':>12} {'x faster than baseline':>23} {'vs fastest plain':>17}")
     for m, r in results.items():
         speed = f"{base / r['wall_s']:.2f}x" if base else "-"
         rel = f"{r['wall_s'] / fastest:.2f}x" if fastest else "-"
-        print(f"{m:<10} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12,.0f} {speed:>23} {rel:>17}")
+        label = "batch-converted*" if m == "batch-converted" else m
+        print(f"{label:<16} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12,.0f} {speed:>23} {rel:>17}")
+    if converts is not None:
+        print("  * its final merge only; the conversion ran before, in the batch steps")
     if doubled:
         growth = doubled["peak_rss_mb"] / results["merge"]["peak_rss_mb"]
         print(f"doubled plate ({doubled['csv_mb']:,.0f} MB CSV): merge {doubled['wall_s']:.1f} s, "
@@ -386,7 +368,7 @@ def main(argv=None) -> int:
     def r1(x):
         return None if x is None else round(x, 1)
 
-    print(json.dumps({
+    headline = {
         "csv_mb": round(size / MB),
         "merge_s": r1(results.get("merge", {}).get("wall_s")),
         "baseline_s": r1(base),
@@ -394,8 +376,15 @@ def main(argv=None) -> int:
         "peak_rss_mb": r1(results.get("merge", {}).get("peak_rss_mb")),
         "peak_rss_mb_doubled": r1(doubled["peak_rss_mb"]) if doubled else None,
         "outputs_equal": not problems,
-    }))
-    return 0 if not problems else 1
+    }
+    route = None
+    if converts is not None and "merge" in results:
+        route = {"csv_mb": size / MB, "merge": results["merge"], "convert": converts,
+                 "concat": results["batch-converted"], "differences": differences}
+        headline.update(batch_converted_final_s=r1(route["concat"]["wall_s"]),
+                        batch_converted_cpu_s=r1(converts["cpu_s"] + route["concat"]["cpu_s"]),
+                        merge_cpu_s=r1(results["merge"]["cpu_s"]))
+    return headline, route
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """One streaming merge of per-batch CellProfiler ExportToSpreadsheet CSVs into Parquet.
 
-Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
+Used by `cpp-dagster merge SRC DEST`, by each batch step to convert its own tables, and
+by the feature-table asset through `batch_tables` (which concatenates those).
 
 - One Parquet per object table (`<prefix>Image.csv` -> `Image.parquet`, any prefix).
 - Rows of different batches never collide: `Metadata_CPP_Batch` (the batch folder's name)
@@ -18,9 +19,9 @@ Used by the feature-table asset and by `cpp-dagster merge SRC DEST`.
   that names the batch and the file; an object table with a header only is zero objects.
 - The Experiment table (run-level key/value) is kept once, from the first batch.
 - Files other than the tables (QC images, ICF .npy) are copied into the destination.
-- Memory is bounded by one Parquet row group (ROW_GROUP_BYTES of values) and a few CSV
-  blocks per table being merged (up to MERGE_WORKERS at once), not by the plate:
-  batches are streamed.
+- Memory is bounded by one Parquet row group (`table_writers.ROW_GROUP_BYTES` of
+  values) and a few CSV blocks per table being merged (up to MERGE_WORKERS at once),
+  not by the plate: batches are streamed.
 - DEST switches as a whole (`results_folder`): everything is written into a staging
   folder beside it, and DEST (a link) then points at the new version in one rename, so
   a reader, or a merge killed at any moment, never leaves a mix of old and new tables.
@@ -36,7 +37,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -45,7 +46,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
@@ -53,18 +53,18 @@ from cpp_dagster.features.schema import (
     BLOCK_SIZE,
     NULL_VALUES,
     SchemaError,
-    _probe_schema,
     _read_type,
-    _scan_schema,
+    probe_schema,
+    scan_schema,
     unified_schema,
 )
+from cpp_dagster.features.table_writers import RowGroupWriter, TableWriter
 
 EXPERIMENT = "Experiment"
 # Tables merged at once. Not one per core: a plate's three big object tables on two
 # cores left one core idle while the third ran alone (plate benchmark: 26 s with 2,
 # 20 s with 4, the same CPU time).
 MERGE_WORKERS = 4
-ROW_GROUP_BYTES = 32 << 20  # bytes of values per Parquet row group; memory is bounded by about this per table
 MANIFEST = ".merged-files.json"  # in DEST: the files the last merge wrote, relative to DEST
 
 
@@ -106,23 +106,30 @@ def table_files(output_dir: Path) -> dict[str, Path]:
 
 
 def merge_table(
-    name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path
+    name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *, keep_null: bool = False,
+    writer: Callable[[Path, pa.Schema], TableWriter] | None = None,
+    probe: Callable[[Path], pa.Schema] | None = None,
 ) -> MergedTable:
     """Stream one object table of every batch into one Parquet file at `dest_file`.
-    `sources` are (batch number, batch name, csv path) in batch order."""
+    `sources` are (batch number, batch name, csv path) in batch order. `keep_null`: see
+    `unified_schema`; `writer`: what writes the file (default `RowGroupWriter`, Parquet);
+    `probe`: a file's types from its first block (default `probe_schema`). A batch
+    converted on its own (`batch_tables`) passes all three."""
     for _, batch, path in sources:
         _check_not_empty(name, batch, path)
-    schemas = _probed(p for _, _, p in sources)
+    schemas = _probed((p for _, _, p in sources), probe or probe_schema)
     for (_, _, path), file_schema in zip(sources, schemas):
         if "ImageNumber" not in file_schema.names:
             raise MergeError(f"{path} has no ImageNumber column")
     try:
-        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=False)
+        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=False,
+                            keep_null=keep_null, writer=writer or RowGroupWriter)
     except _LateTypeChange:
         # the types of some column's first block do not hold for the whole file:
         # find the types from every row and write again
-        schemas = _shared(_scan_schema(p) for _, _, p in sources)
-        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True)
+        schemas = shared_schemas(scan_schema(p) for _, _, p in sources)
+        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True,
+                            keep_null=keep_null, writer=writer or RowGroupWriter)
 
 
 def _check_not_empty(name: str, batch: str, path: Path) -> None:
@@ -145,7 +152,7 @@ def _check_not_empty(name: str, batch: str, path: Path) -> None:
                          "CellProfiler processed no image set")
 
 
-def _probed(paths: Iterable[Path]) -> list[pa.Schema]:
+def _probed(paths: Iterable[Path], probe: Callable[[Path], pa.Schema]) -> list[pa.Schema]:
     """Each file's schema from its first block, probed once per distinct header: the
     batches of a pipeline share their ~1,000 columns, and probing every file cost ~12%
     of the merge. A file whose values contradict the types of an earlier file with the
@@ -154,14 +161,14 @@ def _probed(paths: Iterable[Path]) -> list[pa.Schema]:
     by_header: dict[bytes, pa.Schema] = {}
     schemas = []
     for path in paths:
-        header = _first_line(path)
+        header = first_line(path)
         if header not in by_header:
-            by_header[header] = _probe_schema(path)
+            by_header[header] = probe(path)
         schemas.append(by_header[header])
     return schemas
 
 
-def _first_line(path: Path) -> bytes:
+def first_line(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.readline(1 << 20)
@@ -169,7 +176,7 @@ def _first_line(path: Path) -> bytes:
         raise MergeError(f"cannot read {path}: {e}") from None
 
 
-def _shared(schemas: Iterable[pa.Schema]) -> list[pa.Schema]:
+def shared_schemas(schemas: Iterable[pa.Schema]) -> list[pa.Schema]:
     """`schemas` with equal ones replaced by one object, as they come: batches of a
     pipeline mostly have the same ~1,000 columns, and keeping a copy per batch (~150 kB
     of C++ heap each) made the merge's memory grow with the plate."""
@@ -188,56 +195,58 @@ class _LateTypeChange(Exception):
     """A column's type from the first block does not hold for the whole file."""
 
 
+def keyed_schema(schema: pa.Schema) -> pa.Schema:
+    """A merged table's schema: the batch key columns, then `schema`."""
+    return pa.schema([pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()), *schema])
+
+
 def _write_table(
     name: str, sources: Sequence[tuple[int, str, Path]], schemas: Sequence[pa.Schema], dest_file: Path,
-    *, late_type_change_ok: bool,
+    *, late_type_change_ok: bool, keep_null: bool, writer: Callable[[Path, pa.Schema], TableWriter],
 ) -> MergedTable:
-    schema, drift = unified_schema(schemas)
-    out_schema = pa.schema([pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()),
-                            *schema])
-    rows = 0
-    pending: list[pa.Table] = []  # blocks not yet written: one row group of ~ROW_GROUP_BYTES
-    pending_bytes = 0
-    with pq.ParquetWriter(dest_file, out_schema, use_dictionary=[BATCH_COLUMN],
-                          compression="snappy") as writer:
-        plans: dict[int, tuple] = {}  # per distinct file schema
-        for (number, batch, path), file_schema in zip(sources, schemas):
+    schema, drift = unified_schema(schemas, keep_null=keep_null)
+    out_schema = keyed_schema(schema)
+    plans: dict[int, tuple] = {}  # per distinct file schema
+    with writer(dest_file, out_schema) as out:
+        for source, file_schema in zip(sources, schemas):
             if id(file_schema) not in plans:
-                plans[id(file_schema)] = _plan(schema, file_schema, late_type_change_ok)
-            column_types, position, take = plans[id(file_schema)]
-            try:
-                for block in pacsv.open_csv(
-                    path,
-                    read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
-                    convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
-                                                         strings_can_be_null=True),
-                ):
-                    n = block.num_rows
-                    if n == 0:
-                        continue
-                    image_number = block.column(position["ImageNumber"]).cast(pa.int64())
-                    key = pc.add(image_number, number * IMAGE_KEY_STRIDE)
-                    columns = [pa.array([batch] * n, pa.string()), key]
-                    for i, f in zip(take, schema):
-                        columns.append(pa.nulls(n, f.type) if i is None else block.column(i))
-                    table = pa.Table.from_arrays(columns, names=out_schema.names)
-                    if late_type_change_ok:
-                        table = table.cast(out_schema)
-                    pending.append(table)
-                    pending_bytes += table.nbytes
-                    rows += n
-                    if pending_bytes >= ROW_GROUP_BYTES:
-                        _write_row_group(writer, pending, out_schema)
-                        pending_bytes = 0
-            except pa.ArrowInvalid as e:
-                if "conversion error" in str(e) and not late_type_change_ok:
-                    raise _LateTypeChange() from e
-                raise MergeError(f"cannot merge {path}: {e}") from None
-        _write_row_group(writer, pending, out_schema)
-    return MergedTable(name, dest_file, rows, len(out_schema), drift)
+                plans[id(file_schema)] = read_plan(schema, file_schema, late_type_change_ok)
+            for table in csv_tables(source, out_schema, plans[id(file_schema)], late_type_change_ok):
+                out.add(table)
+    return MergedTable(name, dest_file, out.rows, len(out_schema), drift)
 
 
-def _plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bool):
+def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple,
+               late_type_change_ok: bool) -> Iterator[pa.Table]:
+    """One batch's CSV table, block by block, as tables of `out_schema` (the batch key
+    columns added, the batch's columns placed by `plan`: see `read_plan`)."""
+    number, batch, path = source
+    column_types, position, take = plan
+    fields = list(out_schema)[2:]
+    try:
+        for block in pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
+            convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
+                                                 strings_can_be_null=True),
+        ):
+            n = block.num_rows
+            if n == 0:
+                continue
+            image_number = block.column(position["ImageNumber"]).cast(pa.int64())
+            key = pc.add(image_number, number * IMAGE_KEY_STRIDE)
+            columns = [pa.array([batch] * n, pa.string()), key]
+            for i, f in zip(take, fields):
+                columns.append(pa.nulls(n, f.type) if i is None else block.column(i))
+            table = pa.Table.from_arrays(columns, names=out_schema.names)
+            yield table.cast(out_schema) if late_type_change_ok else table
+    except pa.ArrowInvalid as e:
+        if "conversion error" in str(e) and not late_type_change_ok:
+            raise _LateTypeChange() from e
+        raise MergeError(f"cannot merge {path}: {e}") from None
+
+
+def read_plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bool):
     """How to read a file with `file_schema` into the merged `schema`: the CSV reader's
     column types, the file's column positions, and the file column of each merged
     column (None: not in this file)."""
@@ -252,19 +261,6 @@ def _plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bool):
     return column_types, position, [position.get(f.name) for f in schema]
 
 
-def _write_row_group(writer: pq.ParquetWriter, tables: list[pa.Table], schema: pa.Schema) -> None:
-    """Write the buffered blocks as one row group (a row group per CSV block would make
-    row groups of a few hundred rows of ~1,000 columns: slow to write and to read)."""
-    if tables:
-        table = pa.concat_tables(tables)
-        writer.write_table(table, row_group_size=max(table.num_rows, 1))
-        tables.clear()
-        del table
-        # give freed blocks back to the system, so the process's memory stays that of
-        # one row group however many have been written
-        pa.default_memory_pool().release_unused()
-
-
 def batch_number(name: str, position: int) -> int:
     """The number in a planned batch's name (`batch_0003` -> 3), so a batch's image keys
     do not depend on which other batches are merged with it; else its position."""
@@ -274,7 +270,9 @@ def batch_number(name: str, position: int) -> int:
 
 def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST,
                   tables_dir: Path | None = None, replaces: Iterable[str] = (), owner: str = "merge",
-                  guard: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> MergeResult:
+                  guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                  merge_one: Callable[[str, Sequence[tuple[int, str, Path]], Path], MergedTable] = merge_table,
+                  ) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
     outputs, in batch order) into `dest_dir`, which switches to the new content as a
     whole (`results_folder`). `manifest`: the file in `dest_dir` that lists what this
@@ -283,7 +281,9 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
     the other files go to `dest_dir`. `replaces`: more files (relative to `dest_dir`) an
     earlier run of the same owner wrote from the old tables (derived tables) and that
     must not survive the switch. `owner`: who merges (one merge per owner at a time; its
-    killed merges' staging is removed). `guard`: see `results_folder.switch`."""
+    killed merges' staging is removed). `guard`: see `results_folder.switch`. `merge_one`:
+    how one table is merged from its (batch number, batch name, CSV) sources (`merge_table`:
+    the CSV route; `batch_tables` passes the route over the batches' converted Parquet)."""
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
     per_batch = []
@@ -315,7 +315,7 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
         # Tables are independent and pyarrow parses and writes without the GIL: merge
         # them side by side (memory: one row-group buffer per worker).
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
-            merged = pool.map(lambda n: merge_table(n, sources[n], staging / tables_rel / f"{n}.parquet"),
+            merged = pool.map(lambda n: merge_one(n, sources[n], staging / tables_rel / f"{n}.parquet"),
                               list(sources))
             for t in merged:
                 rel = tables_rel / f"{t.name}.parquet"

@@ -4,7 +4,7 @@ The drift rule (see merge.py): the union of the batches' columns in order of fir
 appearance; text if any batch has text in it, else numeric: int64 for ImageNumber,
 ObjectNumber and CellProfiler's integer bookkeeping columns, float32 otherwise. A
 column's type comes from the first block of each file (a numpy probe); when a later
-block contradicts it, the whole file is scanned (`_scan_schema`).
+block contradicts it, the whole file is scanned (`scan_schema`).
 """
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def _kind(values: pa.Array) -> str:
     return "text"
 
 
-def _probe_schema(path: Path) -> pa.Schema:
+def probe_schema(path: Path) -> pa.Schema:
     """Column names and types from the first block of a file: a column is null if it
     has no value there, int64 if every value is an integer, float64 if every value is a
-    number, else string (the rule of `_scan_schema`, on one block).
+    number, else string (the rule of `scan_schema`, on one block).
 
     The block's values are classified for all columns at once, in one flat array (CSV
     type inference costs ~50 us per column and file, which on ~1,000-column tables was a
@@ -172,7 +172,7 @@ def _head_values_arrow(path: Path) -> tuple[list[str], pa.Array, np.ndarray]:
     return names, values, np.repeat(np.arange(block.num_columns), block.num_rows)
 
 
-def _scan_schema(path: Path) -> pa.Schema:
+def scan_schema(path: Path) -> pa.Schema:
     """Column types from every row of a file, not just the first block (the slow path,
     used when a column changes type after the first block): each column is read as text
     and is int64 if every value is an integer, float64 if every value is a number, null
@@ -197,8 +197,11 @@ def _scan_schema(path: Path) -> pa.Schema:
     return pa.schema([pa.field(n, _TYPES[kinds[n]]) for n in names])
 
 
-def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, ...]]:
-    """The merged table's schema by the drift rule above, and the drifting columns."""
+def unified_schema(schemas: Sequence[pa.Schema], *, keep_null: bool = False) -> tuple[pa.Schema, tuple[str, ...]]:
+    """The merged table's schema by the drift rule above, and the drifting columns.
+    `keep_null`: a column with no value in any of `schemas` stays of type null (a batch
+    converted on its own: the final merge then gives it the type the other batches give
+    it, exactly as when all batches' CSVs are merged at once)."""
     order: list[str] = []
     kinds: dict[str, set[str]] = {}
     present: dict[str, int] = {}
@@ -222,7 +225,9 @@ def unified_schema(schemas: Sequence[pa.Schema]) -> tuple[pa.Schema, tuple[str, 
     fields = []
     for name in order:
         k = kinds[name] - {"null"}
-        if "text" in k:
+        if keep_null and not k:
+            t = pa.null()
+        elif "text" in k:
             t = pa.string()
         elif k <= {"int"} and _INTEGER_COLUMN.match(name):
             t = pa.int64()

@@ -1,7 +1,8 @@
 """The one API that talks to imagedb (`ImageDB`): every query of the project lives here
 or in the modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
-unresolvable dependencies), `outcome.py` (the write-back of a run's outcome) and
-`overview.py` (the lab overview of `cpp-dagster status`).
+unresolvable dependencies), `outcome.py` (the write-back of a run's outcome),
+`overview.py` (the lab overview of `cpp-dagster status`) and `work_area.py` (what
+`cpp-dagster gc` may clean).
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
@@ -39,6 +40,7 @@ from cpp_dagster.imagedb.rows import (  # noqa: F401
     SubmittedAnalysis,
 )
 from cpp_dagster.imagedb.run_claims import RunClaims
+from cpp_dagster.imagedb.work_area import WorkAreaQueries
 from cpp_dagster.planning import PlanningError, priority_of
 
 
@@ -122,9 +124,10 @@ def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) 
     return submitted
 
 
-class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims):
+class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, WorkAreaQueries):
     """Every imagedb query: the launch side from ready.py, the write-back from outcome.py,
-    the lab overview from overview.py, the UI's submissions from run_claims.py."""
+    the lab overview from overview.py, the UI's submissions from run_claims.py, the work
+    area's cleaning from work_area.py."""
 
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 
