@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,6 +25,7 @@ import yaml
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.run import dagster_process
+from cpp_dagster.ui import ui_answers
 
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 FINISHED_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -304,10 +304,7 @@ def dagster_ui(home: Path, dagster_pg_url: str, *, env: dict[str, str] | None = 
         def loaded():
             if webserver.poll() is not None:
                 raise RuntimeError(f"dagster-webserver exited with code {webserver.returncode}\n{ui.log_tails()}")
-            try:
-                with urllib.request.urlopen(f"{ui.url}/server_info", timeout=5) as response:
-                    json.load(response)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if not ui_answers(ui.url):
                 return False
             error = ui.code_location_error()
             if error not in (None, "loading", "no code location yet"):
