@@ -341,7 +341,7 @@ class RecordingImageDB(ImageDB):
 def ready_query(url: str) -> tuple[list, float, list[str], str]:
     """All ready rows paged as the sensor pages them (500 a page), the seconds it took, the
     EXPLAIN ANALYZE of the first page and its SQL."""
-    from cpp_dagster.defs.sensors import PAGE_SIZE
+    from cpp_dagster.defs.analysis.sensors import PAGE_SIZE
 
     db = ImageDB(url)
     best = float("inf")
@@ -372,8 +372,9 @@ def sensor_ticks(url: str) -> tuple[float, float, object]:
         warnings.simplefilter("ignore")
         import dagster as dg
 
-        from cpp_dagster.definitions import defs
+        from cpp_dagster.definitions import build_defs
 
+    defs = build_defs()
     sensor = defs.get_repository_def().get_sensor_def("pending_sub_analyses")
     times = []
     data = None
@@ -390,7 +391,7 @@ def sensor_ticks(url: str) -> tuple[float, float, object]:
 
 def planning_runs(url: str, sub_id: int) -> tuple[float, dict[str, float], dict[str, int]]:
     """Best of REPEATS of prepare()'s reads and planning; the parts of the best run."""
-    from cpp_dagster import planning
+    from cpp_dagster import loaddata, planning
 
     db = ImageDB(url)
     best, parts_best, shape = float("inf"), {}, {}
@@ -407,7 +408,7 @@ def planning_runs(url: str, sub_id: int) -> tuple[float, dict[str, float], dict[
         t.append(time.perf_counter())
         # as prepare() does: with use_icf, the ICF columns point at the analysis's results folder
         icf_folder = f"/share/results/{acq.plate_barcode}/{acq.id}/{sub.analysis_id}" if options.use_icf else None
-        texts = [planning.loaddata_csv(b, p.dyes, plate_barcode=acq.plate_barcode, plate_acquisition_id=acq.id,
+        texts = [loaddata.loaddata_csv(b, p.dyes, plate_barcode=acq.plate_barcode, plate_acquisition_id=acq.id,
                                        icf_folder=icf_folder)
                  for b in p.batches]
         t.append(time.perf_counter())
@@ -462,7 +463,9 @@ def main() -> int:
         plan_s, parts, shape = planning_runs(url, plan_sub)
 
     assert shape["images"] == PLAN_IMAGES and shape["image_sets"] == PLAN_WELLS * PLAN_SITES, shape
-    from cpp_dagster.defs.sensors import MAX_REQUESTS_PER_TICK
+    from cpp_dagster.deployment import launching
+
+    MAX_REQUESTS_PER_TICK = launching().max_requests
 
     def verdict(value: float, goal: float) -> str:
         return "ok" if value < goal else "MISSED"

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import cellprofiler, paths, pipeline_check, planning
+from cpp_dagster import cellprofiler, loaddata, pipeline_check, planning
 from cpp_dagster.config import Settings
 from cpp_dagster.features import profiles, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult, merge_batches
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
-from cpp_dagster.imagedb.rows import PlateAcquisition, RunStamp, SubAnalysis
+from cpp_dagster.imagedb.rows import RunStamp
 from cpp_dagster.imagedb.store import ImageDB, StaleRunError, stale_message
+from cpp_dagster.sub_analysis import SubAnalysisRun, resolve, results_dir, work_dir  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 SINGLE_CELL_FILE = "single_cell.parquet"
@@ -50,98 +51,79 @@ class BatchSpec:
 
 @dataclass(frozen=True)
 class Prepared:
-    sub_analysis: SubAnalysis
-    acquisition: PlateAcquisition
-    results_dir: Path
+    sub: SubAnalysisRun  # resolved once; the later steps get it from here
     batches: list[BatchSpec]
-    stamp: RunStamp  # the run that planned it, with its generation
 
     @property
     def image_sets(self) -> int:
         return sum(b.image_sets for b in self.batches)
 
+    @property
+    def stamp(self) -> RunStamp:
+        return self.sub.stamp
+
 
 @dataclass(frozen=True)
 class Merged:
-    tables_dir: Path  # where the sub-analysis's tables are (output_dirs)
+    sub: SubAnalysisRun
     merge: MergeResult
+    object_tables: tuple[str, ...]  # Nuclei, Cells, ...: none for a pipeline that exports only an Image table
 
-
-def results_dir(settings: Settings, acquisition: PlateAcquisition, analysis_id: int) -> Path:
-    """`results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/` under the NAS root.
-    Each value from imagedb goes through the path rule (paths.UnsafePathError: a barcode
-    `../x`, `/abs` or with a NUL byte never names a folder outside `results/`)."""
-    plate = paths.under(settings.results_root, acquisition.plate_barcode, what="plate barcode")
-    acq = paths.under(plate, acquisition.id, what="plate acquisition id")
-    return paths.under(acq, analysis_id, what="analysis id")
-
-
-def work_dir(settings: Settings, sub_id: int, generation: int = 0) -> Path:
-    """`work/sub_<id>/g<generation>/`: each re-run generation plans into a folder of its
-    own, so a cancelled or failed run's steps that are still running never write into
-    the folders of the re-run that replaced it."""
-    return paths.under(settings.work_root, f"sub_{sub_id}", f"g{generation}", what="work folder")
+    @property
+    def tables_dir(self) -> Path:
+        return self.sub.tables_dir
 
 
 def prepare(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None = None) -> Prepared:
-    """Plan a sub-analysis, write one LoadData CSV per batch and mark it started by the
-    run `stamp` (its generation: the current one when not given). Raises
-    planning.PlanningError or cellprofiler.CellProfilerError with a readable message for
-    anything wrong with the analysis as submitted (including a pipeline that cannot run on
-    this plan, `check_pipeline`, before any batch is written), StaleRunError for a run of
-    an older generation."""
-    stamp = stamp or RunStamp()
-    if stamp.generation is None:
-        stamp = dataclasses.replace(stamp, generation=db.rerun_generations([sub_id]).get(sub_id, 0))
-    sub = db.sub_analysis(sub_id)
-    acq = db.plate_acquisition(sub.plate_acquisition_id)
-    options = planning.SubAnalysisOptions.from_meta(sub.meta)
+    """Resolve a sub-analysis (`sub_analysis.resolve`), plan it, write one LoadData CSV
+    per batch and mark it started by the run `stamp` (its generation: the current one
+    when not given). Raises planning.PlanningError or cellprofiler.CellProfilerError with
+    a readable message for anything wrong with the analysis as submitted (including a
+    pipeline that cannot run on this plan, `check_pipeline`, before any batch is
+    written), StaleRunError for a run of an older generation."""
+    sub = resolve(db, settings, sub_id, stamp)
+    acq, options = sub.acquisition, sub.options
     pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
-    out_dir = results_dir(settings, acq, sub.analysis_id)  # before anything is written
     plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
-    icf_folder = str(out_dir) if options.use_icf else None
+    icf_folder = str(sub.results_dir) if options.use_icf else None
     if icf_folder is not None:
-        icf_files = planning.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
-        missing = [name for name in icf_files if not (out_dir / name).is_file()]
+        icf_files = loaddata.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
+        missing = [name for name in icf_files if not (sub.results_dir / name).is_file()]
         if missing:
             raise planning.PlanningError(
-                f"use_icf is set but {', '.join(missing)} are not in {out_dir} (icf_naming "
+                f"use_icf is set but {', '.join(missing)} are not in {sub.results_dir} (icf_naming "
                 f"{options.icf_naming.value!r}; did the illumination step run and name its files so?)"
             )
-    check_pipeline(db, settings, sub, acq, options, pipeline, plan)  # before any batch is written
+    check_pipeline(settings, sub, pipeline, plan)  # before any batch is written
     specs = []
     for batch in plan.batches:
-        batch_dir = work_dir(settings, sub_id, stamp.generation) / batch.name
+        batch_dir = sub.work_dir / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
-        text = planning.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
+        text = loaddata.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
                                      plate_acquisition_id=acq.id, icf_folder=icf_folder,
                                      icf_naming=options.icf_naming)
         _write_atomically(batch_dir / "loaddata.csv", text)
         specs.append(BatchSpec(sub_id, batch.name, batch.index, str(batch_dir), str(pipeline),
                                len(batch.image_sets), options.job_timeout, options.cp_version,
-                               options.sub_type, options.priority, stamp))
-    if not db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count, stamp=stamp):
-        raise StaleRunError(stale_message(sub_id, stamp))
-    return Prepared(sub, acq, out_dir, specs, stamp)
+                               options.sub_type, options.priority, sub.stamp))
+    if not db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count, stamp=sub.stamp):
+        raise StaleRunError(stale_message(sub_id, sub.stamp))
+    status = dataclasses.replace(sub.status, state="running", batches=len(specs), image_sets=plan.image_set_count)
+    return Prepared(dataclasses.replace(sub, status=status), specs)
 
 
-def check_pipeline(db: ImageDB, settings: Settings, sub: SubAnalysis, acq: PlateAcquisition,
-                   options: planning.SubAnalysisOptions, pipeline: Path, plan: planning.Plan) -> None:
+def check_pipeline(settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan: planning.Plan) -> None:
     """Refuse (PipelineCheckError, with every reason) a pipeline that cannot run on this
     plan: a module CellProfiler cannot load, no Image table exported, images the
     channel map cannot provide, use_icf without an illumination image. CellProfiler
     inspects each pipeline file once (cached under the work root)."""
+    options = sub.options
     needs = pipeline_check.inspect(pipeline, cellprofiler=settings.cellprofiler,
                                    cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER)
     pipeline_check.check(needs, pipeline_file=options.pipeline_file, dyes=plan.dyes,
-                         illumination_images=set(planning.illumination_images(
-                             plan.dyes, options.icf_naming, acq.plate_barcode)), use_icf=options.use_icf,
-                         files_only_allowed=others_depend_on(db, sub))
-
-
-def others_depend_on(db: ImageDB, sub: SubAnalysis) -> bool:
-    """Whether another sub-analysis of its analysis depends on `sub` (illumination, QC)."""
-    return any(sub.sub_id in (s.depends_on_sub_id or []) for s in db.sub_analyses_of(sub.analysis_id))
+                         illumination_images=set(loaddata.illumination_images(
+                             plan.dyes, options.icf_naming, sub.plate_barcode)), use_icf=options.use_icf,
+                         files_only_allowed=sub.feeds_others)
 
 
 def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
@@ -203,113 +185,74 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
     return digest.hexdigest()
 
 
-def merge(db: ImageDB, settings: Settings, sub_id: int, batch_dirs: Sequence[str],
-          stamp: RunStamp | None = None) -> Merged:
+def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequence[str]) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
-    `output_dirs`); the files become outputs of the sub-analysis (it finishes once the
+    `sub.tables_dir`); the files become outputs of the sub-analysis (it finishes once the
     derived tables are written too). The folder is the analysis's: each sub-analysis's
     merge lists its files in a manifest of its own, so the features step's merge leaves
     the illumination step's ICF files alone. The folder switches as a whole, and only
-    while `stamp` is the sub-analysis's current run (StaleRunError otherwise: nothing
+    while `sub.stamp` is the sub-analysis's current run (StaleRunError otherwise: nothing
     changes); this sub-analysis's derived tables from before do not survive it."""
-    out_dir, tables_dir = output_dirs(db, settings, sub_id)
+    out_dir, tables_dir = sub.results_dir, sub.tables_dir
     derived = [str((tables_dir / name).relative_to(out_dir)) for name in (SINGLE_CELL_FILE, PROFILES_FILE)]
     merged = merge_batches([Path(d) / "output" for d in batch_dirs], out_dir,
-                           manifest=f".merged-files.sub{sub_id}.json", tables_dir=tables_dir,
-                           replaces=derived, owner=f"sub{sub_id}", guard=lambda: db.while_current(sub_id, stamp))
-    db.add_outputs(sub_id, file_list(merged.files, settings.nas_root), stamp)
-    return Merged(tables_dir, merged)
+                           manifest=f".merged-files.sub{sub.sub_id}.json", tables_dir=tables_dir,
+                           replaces=derived, owner=f"sub{sub.sub_id}",
+                           guard=lambda: db.while_current(sub.sub_id, sub.stamp))
+    db.add_outputs(sub.sub_id, file_list(merged.files, settings.nas_root), sub.stamp)
+    objects = tuple(sorted(t.name for t in merged.tables.values()
+                           if t.path.is_file() and "ObjectNumber" in pq.read_schema(t.path).names))
+    return Merged(sub, merged, objects)
 
 
-def output_dirs(db: ImageDB, settings: Settings, sub_id: int) -> tuple[Path, Path]:
-    """(the analysis's results folder, where the sub-analysis's tables go). The step an
-    analysis ends with (no other sub-analysis depends on it) writes its tables to the
-    results folder: the feature tables the lab's notebooks read. A step others depend on
-    (illumination, QC) writes its tables to a subfolder `sub<id>_<sub_type>`, so the two
-    never replace each other's Image table; its other files (illumination functions such as
-    ICF_<dye>.npy or <Plate>_Illum<Ch>.npy, images) stay in the results folder, where
-    use_icf reads them."""
-    sub = db.sub_analysis(sub_id)
-    out_dir = results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
-    if not others_depend_on(db, sub):
-        return out_dir, out_dir
-    sub_type = planning.SubAnalysisOptions.from_meta(sub.meta).sub_type  # one of planning.SUB_TYPES
-    return out_dir, paths.under(out_dir, f"sub{sub_id}_{sub_type}" if sub_type else f"sub{sub_id}",
-                                what="tables subfolder")
-
-
-def tables_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
-    return output_dirs(db, settings, sub_id)[1]
-
-
-def object_tables(db: ImageDB, settings: Settings, sub_id: int) -> list[str]:
-    """The object tables (Nuclei, Cells, ...) among the files the sub-analysis's merge
-    wrote: none when its pipeline exports only an Image table (illumination correction,
-    QC), and then there is no single-cell table or well profile to derive. Read from its
-    recorded outputs, not the folder, which its analysis's other sub-analyses share."""
-    outputs = [paths.under_relative(settings.nas_root, f, what="recorded output")
-               for f in (db.sub_analysis(sub_id).status or {}).get("outputs", [])]
-    return sorted(p.stem for p in outputs
-                  if p.suffix == ".parquet" and p.is_file() and "ObjectNumber" in pq.read_schema(p).names)
-
-
-def write_single_cell(db: ImageDB, settings: Settings, sub_id: int,
-                      stamp: RunStamp | None = None) -> SingleCellResult | None:
+def write_single_cell(db: ImageDB, settings: Settings, merged: Merged) -> SingleCellResult | None:
     """The joined single-cell table (pycytominer layout) from the merged tables; None
     (nothing written) when the merge wrote no object tables."""
-    objects = object_tables(db, settings, sub_id)
-    if not objects:
+    if not merged.object_tables:
         return None
-    out_dir = tables_dir_of(db, settings, sub_id)
-    return _publish_derived(db, settings, sub_id, stamp, out_dir / SINGLE_CELL_FILE,
+    out_dir, objects = merged.tables_dir, list(merged.object_tables)
+    return _publish_derived(db, settings, merged.sub, out_dir / SINGLE_CELL_FILE,
                             lambda dest: single_cell.write_single_cell(out_dir, dest, objects=objects))
 
 
-def write_well_profiles(db: ImageDB, settings: Settings, sub_id: int,
-                        stamp: RunStamp | None = None) -> ProfilesResult | None:
+def write_well_profiles(db: ImageDB, settings: Settings, merged: Merged) -> ProfilesResult | None:
     """Per-well median profiles from the single-cell table; None (nothing written) when
     the merge wrote no object tables."""
-    if not object_tables(db, settings, sub_id):
+    if not merged.object_tables:
         return None
-    out_dir = tables_dir_of(db, settings, sub_id)
-    return _publish_derived(db, settings, sub_id, stamp, out_dir / PROFILES_FILE,
+    out_dir = merged.tables_dir
+    return _publish_derived(db, settings, merged.sub, out_dir / PROFILES_FILE,
                             lambda dest: profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, dest))
 
 
-def _publish_derived(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None, final: Path, write):
+def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final: Path, write):
     """Write a derived table beside the merged tables it comes from (in the version of
-    the results folder they are in), then move it into place while `stamp` is the
+    the results folder they are in), then move it into place while `sub.stamp` is the
     current run and that version is still the folder's: a stale run's table never lands
     in a newer run's results."""
     version = final.parent.resolve()
     partial = version / f".{final.name}.{uuid.uuid4().hex}.partial"
     try:
         result = write(partial)
-        with db.while_current(sub_id, stamp):
+        with db.while_current(sub.sub_id, sub.stamp):
             if final.parent.resolve() != version:
-                raise StaleRunError(f"the results folder of sub-analysis {sub_id} was replaced while "
+                raise StaleRunError(f"the results folder of sub-analysis {sub.sub_id} was replaced while "
                                     f"{final.name} was written from it; it was not published")
             os.replace(partial, version / final.name)
     finally:
         partial.unlink(missing_ok=True)
-    db.add_outputs(sub_id, file_list([final], settings.nas_root), stamp)
+    db.add_outputs(sub.sub_id, file_list([final], settings.nas_root), sub.stamp)
     return dataclasses.replace(result, path=final)
 
 
-def complete(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None = None) -> dict:
+def complete(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> dict:
     """Record success: `finish` and `result = {"job_folder", "file_list"}` with every
     output the steps recorded. StaleRunError for a stale run (nothing recorded)."""
-    out_dir = results_dir_of(db, settings, sub_id)
-    outputs = db.add_outputs(sub_id, [], stamp)
-    result = {"job_folder": str(out_dir.relative_to(settings.nas_root)), "file_list": sorted(outputs)}
-    if not db.mark_sub_finished(sub_id, result, stamp):
-        raise StaleRunError(stale_message(sub_id, stamp))
+    outputs = db.add_outputs(sub.sub_id, [], sub.stamp)
+    result = {"job_folder": str(sub.results_dir.relative_to(settings.nas_root)), "file_list": sorted(outputs)}
+    if not db.mark_sub_finished(sub.sub_id, result, sub.stamp):
+        raise StaleRunError(stale_message(sub.sub_id, sub.stamp))
     return result
-
-
-def results_dir_of(db: ImageDB, settings: Settings, sub_id: int) -> Path:
-    sub = db.sub_analysis(sub_id)
-    return results_dir(settings, db.plate_acquisition(sub.plate_acquisition_id), sub.analysis_id)
 
 
 def file_list(files: Sequence[Path], nas_root: Path) -> list[str]:

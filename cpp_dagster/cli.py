@@ -53,12 +53,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from cpp_dagster.config import imagedb_url
-    from cpp_dagster.defs.submission import overrides
     from cpp_dagster.imagedb.store import ImageDB
 
     submitted = ImageDB(imagedb_url()).submit_analysis(
         args.plate_acquisition, args.pipeline, priority=args.priority,
-        overrides=overrides(args.wells or [], args.sites or [], args.cp_version))
+        overrides={"well_filter": args.wells or None, "site_filter": args.sites or None,
+                   "cp_version": args.cp_version})  # unset: the pipeline's own
     print(json.dumps({"analysis_id": submitted.analysis_id, "sub_analysis_ids": submitted.sub_ids}))
     return 0
 

@@ -5,13 +5,12 @@ import time
 
 import dagster as dg
 
-from cpp_dagster.defs.partitions import sub_analysis_partitions
-
 
 def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses", cursor: str | None = None):
     """One evaluation of a sensor of the real Definitions, with its partition requests applied."""
-    from cpp_dagster.definitions import defs
+    from cpp_dagster.definitions import build_defs
 
+    defs = build_defs()
     sensor = defs.get_repository_def().get_sensor_def(sensor_name)
     context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
                                       cursor=cursor)
@@ -33,9 +32,23 @@ def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRu
     from cpp_dagster.definitions import analysis_job_def
 
     assert request.partition_key is not None
-    assert sub_analysis_partitions.name == "sub_analysis"
+    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance, tags=run_request_tags(request),
+                        asset_selection=list(request.asset_selection or []), raise_on_error=False) as result:
+        return instance.get_run_by_id(result.run_id)
+
+
+ANALYSIS_ASSETS = [dg.AssetKey(k) for k in ("illumination_functions", "image_qc", "feature_tables",
+                                             "single_cell_table", "well_profiles")]
+
+
+def launch_from_ui(instance: dg.DagsterInstance, pipeline: str, plate: str, assets=None) -> dg.DagsterRun:
+    """A Materialize of one plate x pipeline partition, as the UI launches it: no sensor
+    tags, every step asset of the analysis selected unless `assets` says otherwise."""
+    from cpp_dagster.definitions import analysis_job_def
+
     with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance,
-                        tags=run_request_tags(request), raise_on_error=False) as result:
+                        tags={"dagster/partition": f"{pipeline}|{plate}"},
+                        asset_selection=list(assets or ANALYSIS_ASSETS), raise_on_error=False) as result:
         return instance.get_run_by_id(result.run_id)
 
 

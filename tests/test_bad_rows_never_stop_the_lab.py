@@ -179,13 +179,13 @@ def test_a_training_version_that_no_longer_validates_is_reported_and_the_others_
 
 def test_a_fresh_instance_ticks_every_sensor_clean(pg_server, dagster_instance, tmp_path, monkeypatch):
     from cpp_dagster.cli import main
-    from cpp_dagster.definitions import defs
+    from cpp_dagster.definitions import build_defs
 
     monkeypatch.setenv("CPP_IMAGEDB_URL", new_database(pg_server, "imagedb"))
     monkeypatch.setenv("CPP_TRAINING_DB_URL", new_database(pg_server, "training"))
     monkeypatch.setenv("CPP_NAS_ROOT", str(tmp_path / "nas"))
     assert main(["db", "init"]) == 0
-    names = sorted(s.name for s in defs.get_repository_def().sensor_defs)
+    names = sorted(s.name for s in build_defs().get_repository_def().sensor_defs)
     assert {"pending_sub_analyses", "automation_rules", "new_training_configurations"} <= set(names)
     for name in names:
         tick(dagster_instance, name)  # raises on a failing evaluation

@@ -18,6 +18,7 @@ from cpp_dagster.demo.register import (
 )
 from cpp_dagster.demo.synthetic_plate import DYES
 from cpp_dagster.planning import PlanningError
+from cpp_dagster.sub_analysis import resolve
 
 ICF_THEN_FEATURES = {
     "analysis_meta": {},
@@ -39,7 +40,7 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
 
     # The illumination step ran (its outcome staged here): ICF files in the results folder.
     lab.db.mark_sub_started(icf_sub, batches=1, image_sets=3)
-    results = analysis.results_dir_of(lab.db, lab.settings, icf_sub)
+    results = resolve(lab.db, lab.settings, icf_sub).results_dir
     with pytest.raises(PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_CONC.npy, .*ICF_PHAandWGA.npy are not in"):
         analysis.prepare(lab.db, lab.settings, features_sub)
     results.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones
     lab.db.put_pipeline("broad-icf", meta)
     acq = register_plate(lab.db, lab.settings, barcode="BROAD-1", wells=["B02"], sites=[1], seed=9)
     icf_sub, features_sub = lab.db.submit_analysis(acq, "broad-icf").sub_ids
-    results = analysis.results_dir_of(lab.db, lab.settings, icf_sub)
+    results = resolve(lab.db, lab.settings, icf_sub).results_dir
     results.mkdir(parents=True)
     np.save(results / "BROAD-1_IllumHOECHST.npy", np.ones((256, 256), np.float32))
     np.save(results / "ICF_MITO.npy", np.ones((256, 256), np.float32))  # the other naming does not count

@@ -48,7 +48,7 @@ def test_bad_pipeline_file_fails_before_any_batch(lab, dagster_instance, pipelin
     acq = register_plate(lab.db, lab.settings, barcode="BADPIPE", wells=["B02"], sites=[1], seed=2)
     sub_id = submit(lab, acq, pipeline_file=pipeline_file)
     run = run_once(lab, dagster_instance, sub_id)
-    message = assert_failed(lab, sub_id, run, "step feature_tables.plan_batches failed", why)
+    message = assert_failed(lab, sub_id, run, "step features_step.plan_batches failed", why)
     assert pipeline_file in message
     assert not events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)[1:]  # only the plan step
 
@@ -81,7 +81,7 @@ def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, da
     run = run_once(lab, dagster_instance, sub_id)
 
     retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
-    assert [e.step_key for e in retried] == ["feature_tables.run_cellprofiler[batch_0001]"]
+    assert [e.step_key for e in retried] == ["features_step.run_cellprofiler[batch_0001]"]
     message = assert_failed(lab, sub_id, run, "run_cellprofiler[batch_0001]", "CellProfiler exited with code 1",
                             "last lines of its log")
     assert "Traceback" in message or "Error" in message
@@ -108,7 +108,7 @@ def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, m
     sub_id = submit(lab, acq, job_timeout=1)  # CellProfiler alone takes longer to start
     run = run_once(lab, dagster_instance, sub_id)
 
-    step = "feature_tables.run_cellprofiler[batch_0000]"
+    step = "features_step.run_cellprofiler[batch_0000]"
     retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert [e.step_key for e in retried] == [step] * (attempts - 1)
     assert [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)] == [step]
@@ -118,7 +118,7 @@ def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, m
 
 def _finished_run(instance, sub_id: int, report) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
     run = instance.add_run(dg.DagsterRun(job_name="analysis_job", run_id=str(uuid.uuid4()),
-                                         tags={"dagster/partition": f"acq1_an1_sub{sub_id}"}))
+                                         tags={"imagedb/sub_id": str(sub_id)}))
     report(run)
     event_type = (dg.DagsterEventType.RUN_CANCELED if report == instance.report_run_canceled
                   else dg.DagsterEventType.RUN_FAILURE)
@@ -129,8 +129,8 @@ def _finished_run(instance, sub_id: int, report) -> tuple[dg.DagsterRun, dg.Dags
 def test_run_status_sensors_record_what_hooks_cannot_see(lab, dagster_instance, outcome):
     """A cancelled run, or a run whose worker died (no step ran a hook): the run-status
     sensors still give the sub-analysis an outcome."""
-    from cpp_dagster.definitions import defs
-    from cpp_dagster.defs.sensors import record_run_cancellation, record_run_failure
+    from cpp_dagster.definitions import build_defs
+    from cpp_dagster.defs.analysis.sensors import record_run_cancellation, record_run_failure
 
     acq = register_plate(lab.db, lab.settings, barcode="LOST", wells=["B02"], sites=[1], seed=2)
     sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
@@ -140,7 +140,7 @@ def test_run_status_sensors_record_what_hooks_cannot_see(lab, dagster_instance, 
     sensor = record_run_cancellation if outcome == "canceled" else record_run_failure
     context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=event,
                                                  dagster_instance=dagster_instance, dagster_run=run,
-                                                 resources=defs.resources)
+                                                 resources=build_defs().resources)
     sensor(context if outcome == "canceled" else context.for_run_failure())
     sub = lab.db.sub_analysis(sub_id)
     assert sub.error is not None and sub.status["state"] == "failed"
@@ -171,19 +171,20 @@ def test_analysis_that_cannot_run_here_fails_without_a_run(lab, dagster_instance
 
 
 def test_successful_run_that_did_not_complete_the_analysis_is_reported(lab, dagster_instance):
-    """E.g. only feature_tables materialized from the UI: the sub-analysis is not left started."""
-    from cpp_dagster.definitions import defs
-    from cpp_dagster.defs.sensors import record_run_without_outcome
+    """A run that started a sub-analysis and succeeded without completing it: the
+    sub-analysis is not left started."""
+    from cpp_dagster.definitions import build_defs
+    from cpp_dagster.defs.analysis.sensors import record_run_without_outcome
 
     acq = register_plate(lab.db, lab.settings, barcode="PARTIAL", wells=["B02"], sites=[1], seed=2)
     sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
     lab.db.mark_sub_started(sub_id, batches=1, image_sets=1)
     run = dagster_instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()),
-                                                 tags={"dagster/partition": f"acq{acq}_an1_sub{sub_id}"}))
+                                                 tags={"imagedb/sub_id": str(sub_id)}))
     dagster_instance.report_run_canceled(run)  # any terminal event to build the context from
     event = events(dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED)[0]
     record_run_without_outcome(dg.build_run_status_sensor_context(
         sensor_name=record_run_without_outcome.name, dagster_event=event, dagster_instance=dagster_instance,
-        dagster_run=dagster_instance.get_run_by_id(run.run_id), resources=defs.resources))
+        dagster_run=dagster_instance.get_run_by_id(run.run_id), resources=build_defs().resources))
     sub = lab.db.sub_analysis(sub_id)
-    assert sub.error is not None and "did not write all outputs" in sub.status["message"]
+    assert sub.error is not None and "succeeded but did not complete it" in sub.status["message"]

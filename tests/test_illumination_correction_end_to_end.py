@@ -68,15 +68,16 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     # No object tables: nothing to join or profile, and the checks that count objects say so.
     assert not list(results.rglob("single_cell.parquet")) and not list(results.rglob("well_profiles.parquet"))
     assert not any(f.endswith(("single_cell.parquet", "well_profiles.parquet")) for f in sub.result["file_list"])
-    icf_key = f"acq{acq}_an{submitted.analysis_id}_sub{icf_sub}"
-    for asset in ("single_cell_table", "well_profiles"):
-        metadata = materialization(dagster_instance, asset, icf_key).metadata
-        assert metadata["written"].value is False and "no object tables" in metadata["reason"].value
-    outcomes = check_outcomes(dagster_instance, icf_run.run_id)
-    assert all(passed for passed, _ in outcomes.values()), outcomes
-    assert outcomes["well_cell_counts"][1].startswith(NOT_APPLICABLE)
-    assert outcomes["nan_share"][1].startswith(NOT_APPLICABLE)
-    assert outcomes["image_rows_match_plan"][1] == "4 image rows for 4 planned image sets"
+    # In Dagster the illumination step is its own asset, in the same plate x pipeline partition.
+    key = f"{DEMO_ICF_PIPELINE}|ICF-E2E"
+    assert first.run_requests[0].partition_key == key
+    metadata = materialization(dagster_instance, "illumination_functions", key).metadata
+    assert metadata["results_path"].value == str(results)
+    assert sorted(f for f in metadata["file_list"].value if f.endswith(".npy")) == sorted(
+        f"{job_folder}/ICF_{dye}.npy" for dye in DYES)
+    for asset in ("feature_tables", "single_cell_table", "well_profiles"):
+        assert dagster_instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
+    assert check_outcomes(dagster_instance, icf_run.run_id) == {}  # the checks are the feature tables'
     assert lab.db.analysis(submitted.analysis_id)["finish"] is None  # the features step is still to run
 
     # Now the features step is ready; its LoadData CSVs name the ICF files.
@@ -122,6 +123,18 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     outcomes = check_outcomes(dagster_instance, features_run.run_id)
     assert all(passed for passed, _ in outcomes.values()), outcomes
     assert not any(description.startswith(NOT_APPLICABLE) for _, description in outcomes.values())
+
+    # Lineage by step: the features step's assets, same partition, downstream of the
+    # illumination functions through a real asset dependency.
+    assert features_run.tags["dagster/partition"] == key
+    for asset in ("feature_tables", "single_cell_table", "well_profiles"):
+        materialization(dagster_instance, asset, key)
+    from cpp_dagster.definitions import build_defs
+
+    graph = build_defs().resolve_asset_graph()
+    assert dg.AssetKey("illumination_functions") in graph.get(dg.AssetKey("feature_tables")).parent_keys
+    assert graph.get(dg.AssetKey("single_cell_table")).parent_keys == {dg.AssetKey("feature_tables")}
+    assert graph.get(dg.AssetKey("well_profiles")).parent_keys == {dg.AssetKey("single_cell_table")}
 
     # The features step's merge kept the illumination step's files (same results folder),
     # its tables included.

@@ -13,7 +13,7 @@ from dagster_helpers import tick
 from poison_rows import MISSING_SUB_ID, insert_sub_analysis
 
 from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.defs.overview import lab_overview
+from cpp_dagster.defs.analysis.overview import lab_overview
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
 from cpp_dagster.overview import as_dicts, markdown_table, overview_lines, results_url_template, text_table
 
@@ -81,10 +81,10 @@ def test_a_failed_dependency_is_named_before_and_after_the_sensor_fails_its_depe
     assert by_sub(lab)[second].detail == f"sub-analysis {first} failed"
 
     sql(lab, "UPDATE image_sub_analyses SET start = NULL, error = NULL WHERE sub_id = %s", (first,))
-    lab.db.mark_sub_failed(first, "step feature_tables.run_cellprofiler[batch_0001] failed: exit code 1")
+    lab.db.mark_sub_failed(first, "step features_step.run_cellprofiler[batch_0001] failed: exit code 1")
     shown = by_sub(lab)
     assert (shown[first].state, shown[first].detail) == (
-        "failed", "step feature_tables.run_cellprofiler[batch_0001] failed: exit code 1")
+        "failed", "step features_step.run_cellprofiler[batch_0001] failed: exit code 1")
     assert (shown[second].state, shown[second].detail) == (
         "failed", f"not started: it depends on sub-analysis {first}, which failed")
 

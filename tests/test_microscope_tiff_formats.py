@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpp_dagster import cellprofiler, planning
+from cpp_dagster import cellprofiler, loaddata, planning
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo import synthetic_plate
 from cpp_dagster.demo.register import register_plate
@@ -70,7 +70,7 @@ def test_cellprofiler_reads_compressed_8_and_16_bit_and_2160px_tiffs_with_uncomp
     batch_dir.mkdir()
     batch = planning.Batch(0, (planning.ImageSet(1, "B02", 1, 0, tuple(paths)),))
     (batch_dir / "loaddata.csv").write_text(
-        planning.loaddata_csv(batch, names, plate_barcode="TIFF", plate_acquisition_id=1))
+        loaddata.loaddata_csv(batch, names, plate_barcode="TIFF", plate_acquisition_id=1))
 
     outcome = cellprofiler.run_batch(
         cellprofiler=str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),

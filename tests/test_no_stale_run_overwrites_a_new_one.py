@@ -3,6 +3,7 @@ replaced it (its row in imagedb, its work folders, its results), and a sub-analy
 run by one run at a time. Real imagedb, real CellProfiler, real Dagster runs and sensors."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import uuid
@@ -58,14 +59,14 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
     assert "/g0/" in late.output_dir
     assert db.record_batch_finished(sub_id, b1.name, old) is None
     with pytest.raises(StaleRunError):
-        analysis.merge(db, settings, sub_id, [b0.batch_dir, b1.batch_dir], old)
+        analysis.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
     assert not db.mark_sub_failed(sub_id, "cancelled: run-generation-0 was cancelled", old)
     assert not db.mark_sub_started(sub_id, batches=2, image_sets=2, stamp=old)
     with pytest.raises(StaleRunError):
-        analysis.complete(db, settings, sub_id, old)
+        analysis.complete(db, settings, first.sub)
     assert db.sub_analysis(sub_id) == started  # the row of generation 1, untouched
     assert started.error is None and started.finish is None and started.status["run_id"] == new.run_id
-    results = analysis.results_dir_of(db, settings, sub_id)
+    results = second.sub.results_dir
     assert not results.exists()  # nothing published by the stale merge
     assert list(versions_dir(results).iterdir()) == []  # and no staging left behind
 
@@ -76,27 +77,27 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
     assert all("/g1/" in o.output_dir for o in outcomes)
     progress = [db.record_batch_finished(sub_id, s.name, new) for s in second.batches]
     assert [p[:5] for p in progress] == ["1 / 2", "2 / 2"]
-    analysis.merge(db, settings, sub_id, [s.batch_dir for s in second.batches], new)
-    analysis.write_single_cell(db, settings, sub_id, new)
-    analysis.write_well_profiles(db, settings, sub_id, new)
-    result = analysis.complete(db, settings, sub_id, new)
+    merged = analysis.merge(db, settings, second.sub, [s.batch_dir for s in second.batches])
+    analysis.write_single_cell(db, settings, merged)
+    analysis.write_well_profiles(db, settings, merged)
+    result = analysis.complete(db, settings, second.sub)
     finished, files = db.sub_analysis(sub_id), snapshot(results)
     assert finished.finish and finished.error is None and result["file_list"]
 
     # The old run's outcome arriving even later changes nothing either.
     assert not db.mark_sub_failed(sub_id, "very late failure", old)
     with pytest.raises(StaleRunError):
-        analysis.merge(db, settings, sub_id, [b0.batch_dir, b1.batch_dir], old)
+        analysis.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
     with pytest.raises(StaleRunError):
-        analysis.write_single_cell(db, settings, sub_id, old)
+        analysis.write_single_cell(db, settings, dataclasses.replace(merged, sub=first.sub))
     assert db.sub_analysis(sub_id) == finished and snapshot(results) == files
     assert [p.name.split("-")[0] for p in versions_dir(results).iterdir()] == ["v"]  # one version, no staging
 
 
 def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refused(lab, dagster_instance):
     """Through the real run-failure sensor, as the daemon evaluates it late."""
-    from cpp_dagster.definitions import defs
-    from cpp_dagster.defs.sensors import record_run_failure
+    from cpp_dagster.definitions import build_defs
+    from cpp_dagster.defs.analysis.sensors import record_run_failure
 
     acq = register_plate(lab.db, lab.settings, barcode="LATE", wells=["B02"], sites=[1], seed=2)
     sub_id = submit(lab, acq, batch_size=1, pipeline_file="late/features.cppipe")  # not there yet
@@ -116,16 +117,17 @@ def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refuse
     event = events(dagster_instance, failed.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
     record_run_failure(dg.build_run_status_sensor_context(
         sensor_name=record_run_failure.name, dagster_event=event, dagster_instance=dagster_instance,
-        dagster_run=failed, resources=defs.resources).for_run_failure())
+        dagster_run=failed, resources=build_defs().resources).for_run_failure())
     sub = lab.db.sub_analysis(sub_id)
     assert sub == running and sub.error is None and sub.status["state"] == "running"
     assert lab.db.analysis(sub.analysis_id)["error"] is None
 
 
-def test_one_active_run_per_sub_analysis(lab, dagster_instance):
+def test_one_active_run_per_partition(lab, dagster_instance):
     """While the sensor's run of a sub-analysis is active, a Materialize of the same
-    partition from the UI stops before planning and changes nothing; the run queue's
-    tag limit (dagster.yaml) is what normally holds it back."""
+    plate x pipeline partition from the UI stops before planning (and before submitting
+    anything) and changes nothing; the run queue's tag limit (dagster.yaml) is what
+    normally holds it back."""
     import yaml
 
     from cpp_dagster.config import PROJECT_ROOT
@@ -146,12 +148,14 @@ def test_one_active_run_per_sub_analysis(lab, dagster_instance):
     before = lab.db.sub_analysis(sub_id)
 
     with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance,
-                        tags={"dagster/partition": request.partition_key}, raise_on_error=False) as ui:
+                        tags={"dagster/partition": request.partition_key}, raise_on_error=False,
+                        asset_selection=list(request.asset_selection)) as ui:
         assert not ui.success
         (failure,) = [e for e in ui.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert failure.step_key == "feature_tables.plan_batches"
+    assert failure.step_key == "features_step.plan_batches"
     assert f"is being run by run {sensor_run.run_id}" in failure.event_specific_data.error.message
     assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
+    assert lab.db.analysis_of_run(ui.run_id) is None  # and nothing submitted
     assert sorted(p.name for p in analysis.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
 
 

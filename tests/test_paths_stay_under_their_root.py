@@ -89,7 +89,7 @@ def test_an_escaping_barcode_fails_its_sub_analysis_in_imagedb_through_the_real_
     assert run.status == dg.DagsterRunStatus.FAILURE
     sub = lab.db.sub_analysis(bad)
     assert sub.error is not None and sub.status["state"] == "failed"
-    assert sub.status["message"] == ("step feature_tables.plan_batches failed: plate barcode '../../escaped' "
+    assert sub.status["message"] == ("step features_step.plan_batches failed: plate barcode '../../escaped' "
                                      "contains a path separator")
     assert outside_nas(lab.nas) == before and not (tmp_path / "escaped").exists()
     assert lab.db.sub_analysis(good).error is None

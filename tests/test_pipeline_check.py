@@ -87,11 +87,11 @@ def test_pipeline_that_cannot_run_fails_before_any_batch_with_the_module_or_imag
     assert run.status == dg.DagsterRunStatus.FAILURE
     sub = lab.db.sub_analysis(sub_id)
     assert sub.error is not None and sub.status["state"] == "failed" and "batches" not in sub.status
-    for fragment in ["step feature_tables.plan_batches failed", "test/bad.cppipe", *fragments]:
+    for fragment in ["step features_step.plan_batches failed", "test/bad.cppipe", *fragments]:
         assert fragment in sub.status["message"]
     assert lab.db.analysis(sub.analysis_id)["error"] is not None
     started = [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)]
-    assert started == ["feature_tables.plan_batches"]  # no batch ran
+    assert started == ["features_step.plan_batches"]  # no batch ran
     assert not analysis.work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
 
 

@@ -10,12 +10,12 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from cpp_dagster.imagedb.rows import Image
+from cpp_dagster.loaddata import loaddata_csv
 from cpp_dagster.planning import (
     Batch,
     ImageSet,
     PlanningError,
     SubAnalysisOptions,
-    loaddata_csv,
     parse_z_spec,
     plan,
 )

@@ -20,9 +20,10 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     first = tick(dagster_instance)
     assert len(first.run_requests) == 1
     request = first.run_requests[0]
-    key = f"acq{acq}_an{submitted.analysis_id}_sub{sub_id}"
-    assert request.partition_key == key and request.run_key == key
-    assert dagster_instance.has_dynamic_partition("sub_analysis", key)
+    # The partition a person reads: pipeline x plate barcode; the run key is the sub-analysis's.
+    assert request.partition_key == f"{DEMO_PIPELINE}|E2E-1" and request.run_key == f"sub{sub_id}"
+    assert dagster_instance.has_dynamic_partition("plate", "E2E-1")
+    assert dagster_instance.has_dynamic_partition("pipeline", DEMO_PIPELINE)
 
     run = launch(dagster_instance, request)
     assert run.status == dg.DagsterRunStatus.SUCCESS
@@ -31,7 +32,7 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     batch_steps = [e for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
                    if ".run_cellprofiler[" in e.step_key]
     assert sorted(e.step_key for e in batch_steps) == [
-        "feature_tables.run_cellprofiler[batch_0000]", "feature_tables.run_cellprofiler[batch_0001]"]
+        "features_step.run_cellprofiler[batch_0000]", "features_step.run_cellprofiler[batch_0001]"]
     assert len({e.pid for e in batch_steps}) == 2
 
     # imagedb: start, finish, result, progress; the analysis finished with it.
@@ -64,6 +65,7 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
 
     # Dagster: the partition's materialization carries the tables' metadata.
     mat = dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")).asset_materialization
+    key = f"{DEMO_PIPELINE}|E2E-1"
     assert mat.partition == key
     assert mat.metadata["Image_rows"].value == 4 and mat.metadata["Nuclei_rows"].value == nuclei.num_rows
     assert mat.metadata["results_path"].value == str(results)

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pyarrow.parquet as pq
-from dagster_helpers import events, launch, tick
+from dagster_helpers import events, launch, launch_from_ui, tick
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 
@@ -28,18 +28,21 @@ def rows_of(db, analysis_id: int) -> list[tuple]:
 
 
 def test_cli_ui_and_automation_submissions_create_the_same_rows(lab, dagster_instance):
-    from cpp_dagster.definitions import defs
-
-    acq = register_plate(lab.db, lab.settings, barcode="SUBMIT", wells=["B02"], sites=[1], seed=3)
+    """The UI's submission is a Materialize (or backfill) of a plate x pipeline partition;
+    for a plate still being imaged it submits and waits, with the same rows as the CLI."""
+    acq = register_plate(lab.db, lab.settings, barcode="SUBMIT", wells=["B02"], sites=[1], seed=3, finished=False)
+    tick(dagster_instance)  # the partitions appear with the plate and the pipeline
+    assert dagster_instance.has_dynamic_partition("plate", "SUBMIT")
+    ui = launch_from_ui(dagster_instance, DEMO_PIPELINE, "SUBMIT")
+    assert ui.status == dg.DagsterRunStatus.SUCCESS
+    by_ui = lab.db.analysis_of_run(ui.run_id)
+    assert by_ui is not None and ui.tags["imagedb/analysis_id"] == str(by_ui)
+    assert dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")) is None  # it waits
     cli = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE],
                          env=os.environ, capture_output=True, text=True, check=True)
     by_cli = json.loads(cli.stdout)["analysis_id"]
 
-    ui = defs.resolve_job_def("submit_analyses").execute_in_process(
-        run_config={"ops": {"submit_pipeline": {"config": {"pipeline": DEMO_PIPELINE, "plate_acquisitions": [acq]}}}},
-        instance=dagster_instance)
-    assert ui.success
-
+    lab.db.finish_plate_acquisition(acq)
     with psycopg2.connect(lab.db.url) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO image_analyses_automation (project, pipeline_name, channel_map) VALUES ('demo', %s, 1)",
                     (DEMO_PIPELINE,))
@@ -48,7 +51,7 @@ def test_cli_ui_and_automation_submissions_create_the_same_rows(lab, dagster_ins
     assert tick(dagster_instance, "automation_rules").asset_events == []  # once per acquisition
 
     analyses = [s.analysis_id for s in map(lab.db.sub_analysis, range(1, 4))]
-    assert by_cli == analyses[0] and len(set(analyses)) == 3
+    assert [by_ui, by_cli] == analyses[:2] and len(set(analyses)) == 3
     assert rows_of(lab.db, analyses[0]) == rows_of(lab.db, analyses[1]) == rows_of(lab.db, analyses[2])
 
 
@@ -84,8 +87,8 @@ def test_rerun_runs_only_the_failed_batch_and_gives_the_clean_run_tables(lab, da
     outputs = {e.step_key: e.event_specific_data.metadata["reused"].value
                for e in events(dagster_instance, rerun.run_id, dg.DagsterEventType.STEP_OUTPUT)
                if ".run_cellprofiler[" in e.step_key}
-    assert outputs == {"feature_tables.run_cellprofiler[batch_0000]": True,
-                       "feature_tables.run_cellprofiler[batch_0001]": False}
+    assert outputs == {"features_step.run_cellprofiler[batch_0000]": True,
+                       "features_step.run_cellprofiler[batch_0001]": False}
     sub = lab.db.sub_analysis(sub_id)
     assert sub.finish and sub.error is None
 
@@ -125,8 +128,8 @@ def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, da
         assert result.success, [(e.step_key, e.event_specific_data.error.message[:300])
                                 for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
         executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
-    assert "feature_tables.run_cellprofiler[batch_0001]" in executed
-    assert not executed & {"feature_tables.plan_batches", "feature_tables.run_cellprofiler[batch_0000]"}
+    assert "features_step.run_cellprofiler[batch_0001]" in executed
+    assert not executed & {"features_step.plan_batches", "features_step.run_cellprofiler[batch_0000]"}
     sub = lab.db.sub_analysis(first)
     assert sub.finish and sub.error is None
     assert lab.db.sub_analysis(second).error is None  # its dependent may now start
@@ -134,9 +137,8 @@ def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, da
 
 
 def test_a_priority_that_is_not_a_whole_number_from_1_to_9_is_a_clear_submission_error(lab, dagster_instance):
-    """From the command line, a pipeline's own meta or the UI: a readable error naming the
+    """From the command line or a pipeline's own meta: a readable error naming the
     priority and its range (not a database error), and no analysis row is created."""
-    from cpp_dagster.definitions import defs
     from cpp_dagster.demo.register import demo_pipeline_meta
 
     acq = register_plate(lab.db, lab.settings, barcode="PRIO", wells=["B02"], sites=[1], seed=3)
@@ -154,13 +156,6 @@ def test_a_priority_that_is_not_a_whole_number_from_1_to_9_is_a_clear_submission
     assert worded.returncode == 2 and "Traceback" not in worded.stderr
     assert f"pipeline 'worded-priority': {range_text}; got 'high'" in worded.stderr
 
-    ui = defs.resolve_job_def("submit_analyses").execute_in_process(
-        run_config={"ops": {"submit_pipeline": {"config": {"pipeline": DEMO_PIPELINE, "plate_acquisitions": [acq],
-                                                           "priority": 0}}}},
-        instance=dagster_instance, raise_on_error=False)
-    assert not ui.success
-    error = ui.get_step_failure_events()[0].event_specific_data.error
-    assert f"the submission's priority: {range_text}; got 0" in error.message + (error.cause.message if error.cause else "")
     with psycopg2.connect(lab.db.url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM image_analyses")
         assert cur.fetchone()[0] == 0

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from cpp_dagster import local, paths
 from cpp_dagster.config import PROJECT_ROOT, load_settings, local_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, plate_wells, register_plate
+from cpp_dagster.imagedb.rows import SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.training.store import ConfigStore, training_db_url
 
@@ -65,7 +66,7 @@ def wait_for_outcome(db: ImageDB, sub_id: int, timeout_s: float, echo: Callable[
     deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         sub = db.sub_analysis(sub_id)
-        message = (sub.status or {}).get("message") if isinstance(sub.status, dict) else None
+        message = SubAnalysisStatus.from_json(sub.status).message
         if message and message != last:
             echo(f"imagedb status: {message}")
             last = message
@@ -77,22 +78,22 @@ def wait_for_outcome(db: ImageDB, sub_id: int, timeout_s: float, echo: Callable[
     raise TimeoutError(f"sub-analysis {sub_id} has no outcome after {timeout_s:.0f} s")
 
 
-def wait_for_run(partition_key: str, timeout_s: float):
-    """The Dagster run of a partition, once it has reached a terminal status."""
+def wait_for_run(sub_id: int, timeout_s: float):
+    """The Dagster run of a sub-analysis, once it has reached a terminal status."""
     import dagster as dg
 
     deadline = time.monotonic() + timeout_s
     with dg.DagsterInstance.get() as instance:
         while time.monotonic() < deadline:
-            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": partition_key}), limit=1)
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}), limit=1)
             if runs and runs[0].is_finished:
                 return runs[0]
             time.sleep(1)
-    raise TimeoutError(f"the run of partition {partition_key} did not finish in {timeout_s:.0f} s")
+    raise TimeoutError(f"the run of sub-analysis {sub_id} did not finish in {timeout_s:.0f} s")
 
 
 def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None) -> dict:
-    status = sub.status if isinstance(sub.status, dict) else {}
+    status = SubAnalysisStatus.from_json(sub.status)
     tables = {}
     for f in (sub.result or {}).get("file_list", []):
         path = paths.under_relative(settings.nas_root, f, what="result file")
@@ -103,14 +104,14 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
         "plate_acquisition_id": acq_id,
         "analysis_id": analysis_id,
         "sub_analysis_id": sub.sub_id,
-        "batches": status.get("batches"),
-        "image_sets": status.get("image_sets"),
+        "batches": status.batches,
+        "image_sets": status.image_sets,
         "tables": tables,
         "db": {"finish": sub.finish.isoformat(sep=" ") if sub.finish else None,
                "error": sub.error.isoformat(sep=" ") if sub.error else None},
     }
     if sub.error:
-        out["db"]["message"] = status.get("message")
+        out["db"]["message"] = status.message
     if run is not None:
         out["dagster_run"] = {"run_id": run.run_id, "status": run.status.value}
     return out
@@ -118,8 +119,6 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
 
 def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int = 1,
              timeout_s: float = 1800, echo: Callable[[str], None] = print) -> dict:
-    from cpp_dagster.defs.partitions import partition_key
-
     env = local.environment()
     env.setdefault("CPP_SENSOR_INTERVAL_S", os.environ.get("CPP_SENSOR_INTERVAL_S", "5"))
     os.environ.update(env)
@@ -137,6 +136,6 @@ def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int =
          f"and submitted analysis {submitted.analysis_id} (sub-analysis {sub_id}); starting dagster-daemon")
     with dagster_daemon(env, local_dir() / "logs" / "dagster-daemon.log") as daemon:
         sub = wait_for_outcome(db, sub_id, timeout_s, echo, daemon)
-        run = wait_for_run(partition_key(acq_id, submitted.analysis_id, sub_id), 120)
+        run = wait_for_run(sub_id, 120)
     echo(f"done in {time.monotonic() - started:.0f} s (Dagster run {run.run_id}: {run.status.value})")
     return summary(db, settings, acq_id, submitted.analysis_id, sub, run)

@@ -17,6 +17,9 @@ from cpp_dagster.pg import Store
 DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
 
 _SUBMITTED = "s.start IS NULL AND s.error IS NULL AND s.finish IS NULL"
+# A sub-analysis a run launched from the UI submitted and runs itself (run_claims.py):
+# never the sensor's to launch. `->>` is NULL on a status that is not an object.
+_NOT_CLAIMED = "s.status->>'claimed_by_run' IS NULL"
 # The dependency ids of sub-analysis `s`, as text; none when depends_on_sub_id is not a list.
 DEPENDENCY_IDS_SQL = ("jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
                       "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)")
@@ -75,18 +78,19 @@ class LaunchQueries(Store):
                 # the dependency check out of that query, so it runs on them in order only until
                 # `limit` pass, and cannot skew the planning of the joins. A scalar subquery keeps
                 # it one primary-key probe per dependency (a join may scan the table per candidate).
-                f"""SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, s.plate_barcode, s.priority, s.meta
+                f"""SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, s.plate_barcode, s.priority, s.meta,
+                          s.pipeline_name
                    FROM (
-                       SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode,
+                       SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, p.plate_barcode, a.pipeline_name,
                               COALESCE(s.priority, a.priority, %(default)s) AS priority,
                               COALESCE(s.meta, '{{}}'::jsonb) AS meta, s.depends_on_sub_id
                        FROM image_sub_analyses s
                        JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
                        JOIN image_analyses a ON a.id = s.analysis_id
-                       WHERE {_SUBMITTED} AND a.error IS NULL AND p.finished IS NOT NULL
+                       WHERE {_SUBMITTED} AND {_NOT_CLAIMED} AND a.error IS NULL AND p.finished IS NOT NULL
                          AND (COALESCE(s.priority, a.priority, %(default)s), s.sub_id) > (%(ap)s, %(aid)s)
                          AND {WELL_FORMED_SQL}
-                       ORDER BY 5, 1
+                       ORDER BY 6, 1
                        OFFSET 0
                    ) s
                    -- every dependency finished; a missing one counts as unfinished

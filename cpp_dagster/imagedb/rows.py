@@ -59,6 +59,7 @@ class ReadySubAnalysis:
     plate_barcode: str
     priority: int
     meta: dict[str, Any] = field(default_factory=dict)
+    pipeline_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,42 @@ class RunStamp:
 
     generation: int | None = None
     run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SubAnalysisStatus:
+    """The `status` JSON of a sub-analysis, typed. Written by the outcome queries
+    (outcome.py); read here, in one place. A row whose status is not a JSON object (written
+    by hand) reads as an empty status rather than failing its reader."""
+
+    state: str | None = None
+    message: str | None = None
+    batches: int | None = None
+    image_sets: int | None = None
+    finished_batches: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    run_id: str | None = None  # the run that started the current generation
+    reruns: int = 0
+    claimed_by_run: str | None = None  # a UI run that submitted it and runs it itself
+
+    @classmethod
+    def from_json(cls, value: Any) -> SubAnalysisStatus:
+        if not isinstance(value, dict):
+            return cls()
+
+        def text(key):
+            v = value.get(key)
+            return v if isinstance(v, str) else None
+
+        def whole(key):
+            v = value.get(key)
+            return int(v) if isinstance(v, int) or (isinstance(v, str) and v.isdigit()) else None
+
+        def texts(key):
+            v = value.get(key)
+            return tuple(x for x in v if isinstance(x, str)) if isinstance(v, list) else ()
+
+        return cls(state=text("state"), message=text("message"), batches=whole("batches"),
+                   image_sets=whole("image_sets"), finished_batches=texts("finished_batches"),
+                   outputs=texts("outputs"), run_id=text("run_id"), reruns=whole("reruns") or 0,
+                   claimed_by_run=text("claimed_by_run"))

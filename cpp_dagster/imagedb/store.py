@@ -38,6 +38,7 @@ from cpp_dagster.imagedb.rows import (  # noqa: F401
     SubAnalysis,
     SubmittedAnalysis,
 )
+from cpp_dagster.imagedb.run_claims import RunClaims
 from cpp_dagster.planning import PlanningError, priority_of
 
 
@@ -70,8 +71,8 @@ def _priority(value: Any, where: str) -> int | None:
         raise ImageDBError(f"{where}: {e}") from None
 
 
-def _submit(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
-            overrides: dict[str, Any]) -> SubmittedAnalysis:
+def submit_rows(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
+                overrides: dict[str, Any]) -> SubmittedAnalysis:
     priority = _priority(priority, "the submission's priority")
     cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
     _one(cur, f"no plate acquisition {plate_acquisition_id}")
@@ -105,7 +106,7 @@ def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) 
     and a failed analysis row records why."""
     cur.execute("SAVEPOINT automation_rule")
     try:
-        submitted = _submit(cur, plate_acquisition_id, pipeline_name, None, {})
+        submitted = submit_rows(cur, plate_acquisition_id, pipeline_name, None, {})
     except (ImageDBError, psycopg2.DataError) as e:
         cur.execute("ROLLBACK TO SAVEPOINT automation_rule")
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -121,8 +122,9 @@ def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) 
     return submitted
 
 
-class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries):
-    """Every imagedb query: the launch side from ready.py, the write-back from outcome.py."""
+class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims):
+    """Every imagedb query: the launch side from ready.py, the write-back from outcome.py,
+    the lab overview from overview.py, the UI's submissions from run_claims.py."""
 
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 
@@ -197,7 +199,7 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries):
         `overrides` (e.g. well_filter, site_filter, cp_version) replace those keys in
         every sub-analysis's meta; `priority` wins over the pipeline's."""
         with self._cursor() as cur:
-            return _submit(cur, plate_acquisition_id, pipeline_name, priority, overrides or {})
+            return submit_rows(cur, plate_acquisition_id, pipeline_name, priority, overrides or {})
 
     # --- reads for the sensor and for planning
 

@@ -1,4 +1,4 @@
-"""Model training as Dagster assets, one partition per configuration version:
+"""Model training as Dagster assets (the second workflow), one partition per configuration version:
 
 compound_database, training_configurations (external: the lab's database and the store)
   -> training_data -> descriptors -> split_models (one op per split) -> aggregated_model
@@ -9,49 +9,23 @@ checks `compound_counts`, `validity` and `efficiency` are blocking: a model that
 them is not published.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from cpp_dagster.defs.resources import NasResource
+from cpp_dagster.defs.training.resources import ModelRegistryResource, TrainingStoreResource
 from cpp_dagster.training import steps
 from cpp_dagster.training.compounds import DATASET_NAME, CompoundDatabaseError
 from cpp_dagster.training.configuration import ConfigError
 from cpp_dagster.training.engines import engine_for_deployment
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
-from cpp_dagster.training.registry import RegistryError, registry_for_deployment
-from cpp_dagster.training.store import ConfigStore, ConfigVersion, InvalidVersion, UnknownVersion, training_db_url
+from cpp_dagster.training.registry import RegistryError
+from cpp_dagster.training.store import ConfigVersion, UnknownVersion
 
 GROUP = "model_training"
 training_versions = dg.DynamicPartitionsDefinition(name="training_config_version")
-
-
-class TrainingStoreResource(dg.ConfigurableResource):
-    """The configuration store; `url` defaults to CPP_TRAINING_DB_URL, else the embedded server."""
-
-    url: str | None = None
-
-    def store(self) -> ConfigStore:
-        return ConfigStore(self.url or training_db_url())
-
-
-class ModelRegistryResource(dg.ConfigurableResource):
-    """Where models are published: unset fields come from CPP_MODEL_REGISTRY_URL /
-    CPP_MODEL_REGISTRY_DIR (the token only ever from CPP_MODEL_REGISTRY_TOKEN)."""
-
-    url: str | None = None
-    directory: str | None = None
-
-    def registry(self, nas_root: Path):
-        from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry
-
-        if self.url:
-            return HttpModelRegistry(self.url, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
-        if self.directory:
-            return FolderModelRegistry(self.directory)
-        return registry_for_deployment(nas_root)
 
 
 _EXPECTED = (ConfigError, CompoundDatabaseError, steps.TrainingInputError, UnknownVersion, RegistryError)
@@ -139,7 +113,7 @@ def plan_splits(training_data: TrainingFiles):
         yield dg.DynamicOutput(Path(path), mapping_key=f"split_{SplitParams.read(path).index}")
 
 
-@dg.op(retry_policy=dg.RetryPolicy(max_retries=int(os.getenv("CPP_SPLIT_RETRIES", "1")), delay=10))
+@dg.op
 def train_split(context: dg.OpExecutionContext, split_file: Path, descriptors: Path,
                 training_store: TrainingStoreResource) -> Path:
     """Train one split's share of the aggregated conformal predictor."""
@@ -158,11 +132,18 @@ def collect_split_models(context: dg.OpExecutionContext, models: list[Path]) -> 
     return sorted(models)
 
 
-@dg.graph_asset(partitions_def=training_versions, group_name=GROUP)
-def split_models(training_data: TrainingFiles, descriptors: Path) -> list[Path]:
-    """The split models, trained in parallel: one step per split."""
-    trained = plan_splits(training_data).map(lambda split_file: train_split(split_file, descriptors))
-    return collect_split_models(trained.collect())
+def build_split_models(retry_policy: dg.RetryPolicy) -> dg.AssetsDefinition:
+    """`split_models`, built when the definitions load (the retry policy of a split
+    comes from the settings)."""
+    train = train_split.with_retry_policy(retry_policy)
+
+    @dg.graph_asset(name="split_models", partitions_def=training_versions, group_name=GROUP)
+    def split_models(training_data: TrainingFiles, descriptors: Path) -> list[Path]:
+        """The split models, trained in parallel: one step per split."""
+        trained = plan_splits(training_data).map(lambda split_file: train(split_file, descriptors))
+        return collect_split_models(trained.collect())
+
+    return split_models
 
 
 @dataclass(frozen=True)
@@ -242,41 +223,3 @@ def published_model(context: dg.AssetExecutionContext, aggregated_model: Aggrega
         raise dg.Failure(str(error)) from None
     return dg.MaterializeResult(metadata={"location": location, "model": version.workflow,
                                           "version": version.partition_key, "coverage": aggregated_model.evaluation.coverage})
-
-
-training_job = dg.define_asset_job(
-    "model_training",
-    selection=dg.AssetSelection.assets(training_data, descriptors, split_models, aggregated_model, published_model),
-    partitions_def=training_versions,
-    description="One configuration version: query, descriptors, split models, aggregate and checks, publish.",
-)
-
-
-@dg.sensor(job=training_job, minimum_interval_seconds=int(os.getenv("CPP_SENSOR_INTERVAL_S", "30")),
-           default_status=dg.DefaultSensorStatus.RUNNING)
-def new_training_configurations(context: dg.SensorEvaluationContext, training_store: TrainingStoreResource):
-    """Each new version in the store, once: the cursor is the last version seen, and the
-    run key (the version's partition key) keeps a version at one run even if the cursor
-    is lost. Re-running a version is a re-execution or a backfill in the UI. A stored
-    version that no longer validates is not launched: it is reported (a warning in the
-    tick's log and an observation of training_configurations with the problem), and the
-    other versions go on."""
-    seen = training_store.store().added_after(int(context.cursor or 0), limit=100)
-    if not seen:
-        return dg.SkipReason("no new training configuration version")
-    versions = [v for v in seen if isinstance(v, ConfigVersion)]
-    invalid = [v for v in seen if isinstance(v, InvalidVersion)]
-    for v in invalid:
-        context.log.warning(f"training configuration {v.partition_key} (id {v.id}) is not launched: {v.problem}")
-    keys = [v.partition_key for v in versions]
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=v.partition_key, partition_key=v.partition_key,
-                                    tags={"cpp-dagster/workflow": v.workflow, "cpp-dagster/config-version": v.version})
-                      for v in versions],
-        dynamic_partitions_requests=[training_versions.build_add_request(keys)] if keys else [],
-        asset_events=[dg.AssetObservation(asset_key=training_configurations.key,
-                                          metadata={"invalid_version": v.partition_key, "workflow": v.workflow,
-                                                    "config_version": v.version, "problem": v.problem})
-                      for v in invalid],
-        cursor=str(seen[-1].id),
-    )

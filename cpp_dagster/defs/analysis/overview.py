@@ -6,10 +6,8 @@ as markdown, plus the count per state. A lab member finds it from the asset grap
 (group imagedb). imagedb stays the source of truth: the sensor only reads it, and
 records a new observation only when the table changed.
 """
-from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 
 import dagster as dg
@@ -29,8 +27,11 @@ lab_overview = dg.AssetSpec(
 STATES = ("not run", "waiting", "running", "finished", "failed")
 
 
-@dg.sensor(minimum_interval_seconds=int(os.getenv("CPP_OVERVIEW_INTERVAL_S", "60")),
-           default_status=dg.DefaultSensorStatus.RUNNING)
+def build_overview_sensor(interval_s: int) -> dg.SensorDefinition:
+    return dg.sensor(name="lab_overview_sensor", minimum_interval_seconds=interval_s,
+                     default_status=dg.DefaultSensorStatus.RUNNING)(lab_overview_sensor)
+
+
 def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, nas: NasResource):
     """Observe `imagedb/lab_overview` when the overview changed since the last observation."""
     lines = overview_lines(imagedb.db().lab_overview(), url_template=results_url_template(),

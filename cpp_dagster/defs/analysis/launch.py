@@ -1,0 +1,101 @@
+"""Which sub-analysis a step of a run runs.
+
+- A run the `pending_sub_analyses` sensor launched carries `imagedb/sub_id`: that one.
+- A run launched from the UI (Materialize, or a backfill over plate x pipeline
+  partitions) *is* a submission: its first step submits the pipeline for the partition's
+  plate acquisition (the same rows as `cpp-dagster submit`, `RunClaims.submit_for_run`)
+  and the run runs every step of it, in dependency order. A plate whose acquisition is
+  not finished is submitted and waits: the step materializes nothing and the sensor
+  launches the analysis once the acquisition finishes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from cpp_dagster.defs.analysis.partitions import (
+    ANALYSIS_ID_TAG,
+    GENERATION_TAG,
+    plate_keys,
+    split_key,
+    tagged_sub_id,
+)
+from cpp_dagster.imagedb.rows import SubAnalysis
+from cpp_dagster.imagedb.store import ImageDB
+from cpp_dagster.sub_analysis import Step
+
+
+@dataclass(frozen=True)
+class StepTarget:
+    """What a step of this run does: run `sub_id`, or nothing (`reason` says why)."""
+
+    sub_id: int | None
+    reason: str = ""
+
+
+def step_of_sub(sub: SubAnalysis) -> Step:
+    meta = sub.meta if isinstance(sub.meta, dict) else {}
+    sub_type = meta.get("sub_type")
+    return Step.of(sub_type if isinstance(sub_type, str) else None)
+
+
+def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarget:
+    """The sub-analysis `step` runs in this run (see the module's docstring)."""
+    run = context.run
+    sub_id = tagged_sub_id(run)
+    if sub_id is not None:
+        return StepTarget(sub_id)
+    pipeline, plate = split_key(context.partition_key)
+    acq_id = next((a for a, key in plate_keys(db.plate_acquisitions_by_id()).items() if key == plate), None)
+    if acq_id is None:
+        raise dg.Failure(f"no plate acquisition in imagedb has the plate key {plate!r}", allow_retries=False)
+    if pipeline not in db.pipeline_names():
+        raise dg.Failure(f"no analysis pipeline named {pipeline!r} in imagedb: a run from the UI submits a "
+                         "registered pipeline", allow_retries=False)
+    _check_selection(run, pipeline, [Step.of(t) for t in db.pipeline_sub_types(pipeline)])
+    root = run.root_run_id or run.run_id
+    submission = db.submit_for_run(acq_id, pipeline, root, claim=first_of_each_step)
+    analysis_id = submission.analysis.analysis_id
+    if ANALYSIS_ID_TAG not in run.tags:
+        context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
+    if not submission.claimed:
+        return StepTarget(None, f"plate {plate}: acquisition not finished; analysis {analysis_id} is submitted and "
+                                "the sensor launches it once the acquisition has finished")
+    subs = [s for s in db.sub_analyses_of(analysis_id) if step_of_sub(s) == step]
+    if not subs:
+        return StepTarget(None, f"pipeline {pipeline!r} has no {step.value} step")
+    return StepTarget(subs[0].sub_id)
+
+
+def first_of_each_step(sub_types) -> set[int]:
+    """The sub-analyses a UI run runs itself: the first of each kind of step (a second
+    step of the same kind is the same asset; the sensor launches it when its turn comes)."""
+    first: dict[Step, int] = {}
+    for position, sub_type in enumerate(sub_types):
+        first.setdefault(Step.of(sub_type), position)
+    return set(first.values())
+
+
+def _check_selection(run: dg.DagsterRun, pipeline: str, steps: list[Step]) -> None:
+    """A UI run runs a whole pipeline: refuse (before submitting anything) a selection
+    that leaves out one of its steps, which would then never run."""
+    selected = {key.to_user_string() for key in (run.asset_selection or ())}
+    missing = [s.value for s in dict.fromkeys(steps) if selected and s.value not in selected]
+    if missing:
+        raise dg.Failure(f"pipeline {pipeline!r} has the steps {', '.join(s.value for s in dict.fromkeys(steps))}: "
+                         f"select {', '.join(missing)} too (nothing was submitted)", allow_retries=False)
+
+
+def sub_analyses_of_run(db: ImageDB, run: dg.DagsterRun) -> list[SubAnalysis]:
+    """The sub-analyses a run runs: the one it was launched for, or every one of the
+    analysis a UI run submitted (and claimed)."""
+    sub_id = tagged_sub_id(run)
+    if sub_id is not None:
+        return [db.sub_analysis(sub_id)]
+    analysis = run.tags.get(ANALYSIS_ID_TAG, "")
+    if not analysis.isdigit():
+        return []
+    root = run.root_run_id or run.run_id
+    return [s for s in db.sub_analyses_of(int(analysis))
+            if isinstance(s.status, dict) and root in (s.status.get("claimed_by_run"), s.status.get("run_id"))]

@@ -1,0 +1,226 @@
+"""Sensors: keep the plate x pipeline partitions in step with imagedb, launch ready
+sub-analyses exactly once, submit automation rules, and record what hooks cannot see."""
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from cpp_dagster.defs.analysis.assets import FEATURE_TABLES, PROFILES, SINGLE_CELL, plate_acquisitions
+from cpp_dagster.defs.analysis.hooks import failure_message
+from cpp_dagster.defs.analysis.launch import sub_analyses_of_run
+from cpp_dagster.defs.analysis.partitions import (
+    ANALYSIS_ID_TAG,
+    GENERATION_TAG,
+    SUB_ID_TAG,
+    analysis_partitions,
+    other_active_runs,
+    partition_key,
+    pipeline_key,
+    pipeline_partitions,
+    plate_keys,
+    plate_partitions,
+    run_stamp,
+)
+from cpp_dagster.defs.resources import ImageDBResource
+from cpp_dagster.imagedb.ready import Unlaunchable
+from cpp_dagster.imagedb.rows import ReadySubAnalysis
+from cpp_dagster.planning import SubAnalysisOptions
+from cpp_dagster.sub_analysis import Step
+
+analysis_job = dg.define_asset_job(
+    "analysis_job",
+    selection=dg.AssetSelection.groups("analysis"),
+    partitions_def=analysis_partitions,
+    description="The steps of a pipeline on a plate (plate x pipeline partition): illumination, QC, feature "
+                "tables, single-cell table, well profiles. The sensor runs one sub-analysis (step) per run.",
+)
+
+# The assets a sensor-launched run of a sub-analysis materializes, by its step.
+STEP_ASSETS = {Step.ILLUMINATION: [dg.AssetKey(Step.ILLUMINATION.value)], Step.QC: [dg.AssetKey(Step.QC.value)],
+               Step.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES]}
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Launching:
+    """What the launch sensors need from the deployment, given by definitions.py:
+    `check` raises ValueError for a sub-analysis's options this deployment cannot run
+    (e.g. no image for its cp_version); `run_config` is the run config of its run (the
+    per-step pod settings on Kubernetes; {} locally)."""
+
+    interval_s: int = 30
+    max_requests: int = 2000
+    check: Callable[[SubAnalysisOptions], None] = lambda options: None
+    run_config: Callable[[ReadySubAnalysis, SubAnalysisOptions], dict] = lambda ready, options: {}
+
+
+def run_request(r: ReadySubAnalysis, plate: str, rerun: int = 0, run_config: dict | None = None) -> dg.RunRequest:
+    options = SubAnalysisOptions.from_meta(r.meta)
+    key = f"sub{r.sub_id}"
+    return dg.RunRequest(
+        # One run per sub-analysis and re-run generation, ever: a failed run is not
+        # requested again by itself; `cpp-dagster rerun` bumps the generation.
+        run_key=key if rerun == 0 else f"{key}:rerun{rerun}",
+        partition_key=partition_key(pipeline_key(r.pipeline_name, r.analysis_id), plate),
+        asset_selection=STEP_ASSETS[Step.of(options.sub_type)],
+        run_config=run_config or {},
+        tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
+              SUB_ID_TAG: str(r.sub_id), ANALYSIS_ID_TAG: str(r.analysis_id), GENERATION_TAG: str(rerun)},
+    )
+
+
+def problem(check: Callable[[SubAnalysisOptions], None], meta: dict) -> str | None:
+    """Why this sub-analysis's meta cannot run here, or None. Anything raised on a meta
+    nobody foresaw is still this row's problem, never the whole tick's."""
+    try:
+        check(SubAnalysisOptions.from_meta(meta))
+    except ValueError as e:
+        return str(e)
+    except Exception as e:  # one row's surprise must not stop every other row
+        return f"its meta could not be read ({type(e).__name__}: {e})"
+    return None
+
+
+def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pipelines: list[str]) -> list:
+    """Add-requests for the plate and pipeline keys imagedb has and Dagster not yet."""
+    requests = []
+    for definition, keys in ((plate_partitions, sorted(set(plates.values()))),
+                             (pipeline_partitions, [pipeline_key(p, 0) for p in pipelines])):
+        new = sorted(set(keys) - set(instance.get_dynamic_partitions(definition.name)))
+        if new:
+            requests.append(definition.build_add_request(new))
+    return requests
+
+
+def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
+    @dg.sensor(job=analysis_job, name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
+        """Keeps the plate x pipeline partitions in step with imagedb, and launches the
+        sub-analyses that are submitted, whose acquisition is finished and whose
+        dependencies are finished, by priority. The run key makes each one run once
+        across ticks and daemon restarts; a sub-analysis leaves the query once its run
+        starts. Each row is judged on its own: one that can never run (wrong JSON shape,
+        a missing or failed dependency, options this deployment cannot run) fails in
+        imagedb with the reason while every other row goes on."""
+        db = imagedb.db()
+        plates = plate_keys(db.plate_acquisitions_by_id())
+        partitions = partition_requests(context.instance, plates, db.pipeline_names())
+        failed = [row for row in db.malformed_sub_analyses() if db.mark_sub_failed(row.sub_id, row.message)]
+        failed += db.fail_unresolvable_dependencies()
+        ready: list[ReadySubAnalysis] = []
+        after = None
+        while len(ready) < launching.max_requests:
+            page = db.ready_sub_analyses(limit=PAGE_SIZE, after=after)
+            ready += page
+            if len(page) < PAGE_SIZE:
+                break
+            after = (page[-1].priority, page[-1].sub_id)
+        launchable = []
+        for r in ready:
+            why = problem(launching.check, r.meta)
+            if why is None:
+                launchable.append(r)
+            elif db.mark_sub_failed(r.sub_id, f"not launched: {why}"):
+                failed.append(Unlaunchable(r.sub_id, f"not launched: {why}"))
+        for row in failed:
+            context.log.warning(f"sub-analysis {row.sub_id} failed: {row.message}")
+        reruns = db.rerun_generations([r.sub_id for r in launchable])
+        requests = [run_request(r, plates[r.plate_acquisition_id], reruns.get(r.sub_id, 0),
+                                launching.run_config(r, SubAnalysisOptions.from_meta(r.meta))) for r in launchable]
+        pipelines = sorted({pipeline_key(r.pipeline_name, r.analysis_id) for r in launchable} -
+                           set(context.instance.get_dynamic_partitions(pipeline_partitions.name)) -
+                           {key for request in partitions for key in request.partition_keys})
+        if pipelines:  # an analysis with no usable pipeline name gets a key of its own
+            partitions.append(pipeline_partitions.build_add_request(pipelines))
+        ready_per_plate = Counter(r.plate_acquisition_id for r in launchable)
+        if not requests and not partitions:
+            return dg.SkipReason("no submitted sub-analysis is ready"
+                                 + (f"; {len(failed)} that can never run failed in imagedb" if failed else ""))
+        return dg.SensorResult(
+            run_requests=requests, dynamic_partitions_requests=partitions,
+            asset_events=[dg.AssetObservation(asset_key=plate_acquisitions.key,
+                                              metadata={"plate_acquisition_id": acq_id, "plate": plates[acq_id],
+                                                        "ready_sub_analyses": n})
+                          for acq_id, n in sorted(ready_per_plate.items())])
+
+    return pending_sub_analyses
+
+
+def build_automation_sensor(interval_s: int) -> dg.SensorDefinition:
+    @dg.sensor(name="automation_rules", minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def automation_rules(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
+        """Submit the pipelines of image_analyses_automation rules for newly finished
+        acquisitions, once each (recorded in image_analyses_automation_submitted). The
+        submitted analyses are then launched by pending_sub_analyses like any other. A
+        rule whose pipeline cannot be submitted (e.g. it names a missing pipeline) is
+        recorded as a failed analysis in imagedb, with the reason, and the others go on."""
+        submitted = imagedb.db().submit_by_automation()
+        if not submitted:
+            return dg.SkipReason("no finished acquisition matches an automation rule")
+        for acq, pipeline, analysis in submitted:
+            if analysis.error:
+                context.log.warning(f"automation: {pipeline!r} for plate acquisition {acq} failed "
+                                    f"(analysis {analysis.analysis_id}): {analysis.error}")
+            else:
+                context.log.info(f"automation: submitted {pipeline} for plate acquisition {acq} "
+                                 f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})")
+        return dg.SensorResult(asset_events=[
+            dg.AssetObservation(asset_key=plate_acquisitions.key,
+                                metadata={"plate_acquisition_id": acq, "submitted_by_automation": pipeline,
+                                          "analysis_id": analysis.analysis_id,
+                                          **({"automation_error": analysis.error} if analysis.error else {})})
+            for acq, pipeline, analysis in submitted])
+
+    return automation_rules
+
+
+def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str,
+            *, only_started: bool = False) -> None:
+    """The run's failure, on every sub-analysis it runs that has not finished, stamped
+    with its generation and run id: imagedb refuses it when the sub-analysis has been
+    re-run (or started by another run) since, so a failed old run never marks the newer
+    re-run failed; and while another run of the same partition is active, that run decides."""
+    run = context.dagster_run
+    db = imagedb.db()
+    for sub in sub_analyses_of_run(db, run):
+        if sub.finish is not None or sub.error is not None or (only_started and sub.start is None):
+            continue
+        if other_active_runs(context.instance, run):
+            context.log.info(f"sub-analysis {sub.sub_id}: another run is active; not recorded: {message}")
+        elif db.mark_sub_failed(sub.sub_id, message, run_stamp(run)):
+            context.log.info(f"sub-analysis {sub.sub_id} marked failed: {message}")
+
+
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBResource):
+    """A failed run whose failure no hook recorded (killed worker, start timeout, a step
+    that failed without running its hook): its sub-analyses fail with the steps' errors."""
+    steps = context.get_step_failure_events()
+    if steps:
+        message = "; ".join(
+            failure_message(e.step_key, e.event_specific_data.error.message.strip() if e.event_specific_data.error else "")
+            for e in steps
+        )
+    else:
+        message = f"run {context.dagster_run.run_id} failed: {context.dagster_event.message}"
+    _record(context, imagedb, message)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, default_status=dg.DefaultSensorStatus.RUNNING,
+                      minimum_interval_seconds=10)
+def record_run_cancellation(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+    _record(context, imagedb, f"cancelled: run {context.dagster_run.run_id} was cancelled in Dagster")
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING,
+                      minimum_interval_seconds=30)
+def record_run_without_outcome(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
+    """A run that succeeded without completing a sub-analysis it started (a step's asset
+    left out of the selection) must not leave it started forever."""
+    _record(context, imagedb, f"run {context.dagster_run.run_id} succeeded but did not complete it; launch "
+                              "every step of the pipeline (the analysis_job, or all its assets) to complete it",
+            only_started=True)

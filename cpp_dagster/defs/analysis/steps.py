@@ -1,0 +1,164 @@
+"""The ops of a pipeline step: plan -> one CellProfiler op per batch -> merge -> (for the
+features step) single-cell table -> well profiles and completion.
+
+Thin wrappers around cpp_dagster.analysis. The sub-analysis is resolved once, by
+plan_batches (`analysis.prepare` -> `SubAnalysisRun`), and passed along as an input; the
+step's assets materialize together in the last op, once the sub-analysis is complete in
+imagedb, so a partition is green only when its step finished, derived tables included.
+Under the multiprocess executor each op is its own process; under the k8s executor its own
+pod (per-step pod settings are keyed by these op names).
+"""
+
+import dagster as dg
+
+from cpp_dagster import analysis
+from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
+from cpp_dagster.config import retry_timeouts
+from cpp_dagster.defs.analysis import launch
+from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
+from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.imagedb.rows import SubAnalysisStatus
+from cpp_dagster.sub_analysis import Step, SubAnalysisRun
+
+OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
+            "complete_step")
+
+
+def step_of(context: dg.OpExecutionContext) -> Step:
+    """The pipeline step (asset) this op belongs to."""
+    keys = {key.to_user_string() for key in context.assets_def.keys}
+    return next(step for step in Step if step.value in keys)
+
+
+@dg.op(ins={"acquisitions": dg.In(dg.Nothing), "illumination": dg.In(dg.Nothing), "qc": dg.In(dg.Nothing)},
+       out={"batches": dg.DynamicOut(analysis.BatchSpec), "sub": dg.Out(is_required=False)})
+def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource):
+    """Which sub-analysis (launch.target), then image sets -> batches -> one LoadData CSV
+    per batch on the work area. One run of a partition at a time: the run queue holds a
+    second one back (tag concurrency limit on dagster/partition in dagster.yaml); one
+    launched past the queue stops here. `sub` is None when the pipeline has no such step;
+    nothing is yielded when it waits (its acquisition is not finished)."""
+    db, step = imagedb.db(), step_of(context)
+    others = other_active_runs(context.instance, context.run)
+    if others:
+        raise dg.Failure(f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
+                         "partition at a time; this run changed nothing (launch it again once that run has ended)",
+                         allow_retries=False)
+    found = launch.target(context, db, step)
+    if found.sub_id is None:
+        context.log.info(found.reason)
+        if "acquisition not finished" not in found.reason:
+            yield dg.Output(None, "sub")  # no such step: the step's asset says so
+        return
+    prepared = analysis.prepare(db, nas.settings(), found.sub_id, run_stamp(context.run))
+    if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
+        context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
+    context.log.info(f"sub-analysis {found.sub_id} ({step.value}) of plate {prepared.sub.plate_barcode}: "
+                     f"{prepared.image_sets} image sets in {len(prepared.batches)} batches")
+    for spec in prepared.batches:
+        yield dg.DynamicOutput(spec, mapping_key=spec.name, output_name="batches",
+                               metadata={"image_sets": spec.image_sets, "loaddata": spec.batch_dir + "/loaddata.csv"})
+    yield dg.Output(prepared.sub, "sub")
+
+
+@dg.op(pool="cellprofiler")
+def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+                     batch: analysis.BatchSpec) -> BatchOutcome:
+    """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
+    context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
+    try:
+        outcome = analysis.run_batch(nas.settings(), batch)
+    except BatchTimeout as timeout:
+        if retry_timeouts():
+            raise
+        # Fails the step past its RetryPolicy: a batch that ran out of time would take as
+        # long again (crashes and evictions are still retried).
+        raise dg.Failure(description=str(timeout), allow_retries=False) from timeout
+    progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name, batch.stamp)
+    if progress is None:
+        raise dg.Failure(f"sub-analysis {batch.sub_id} has been re-run or started by another run since this run "
+                         f"planned it (generation {batch.stamp.generation}); {batch.name} is not recorded",
+                         allow_retries=False)
+    context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress})  # the runs list shows it
+    how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"
+    context.log.info(f"{batch.name} {how}; sub-analysis {batch.sub_id}: {progress}")
+    context.add_output_metadata({
+        "exit_code": outcome.exit_code, "reused": outcome.reused, "seconds": round(outcome.seconds, 2),
+        "image_sets": outcome.image_sets, "cellprofiler_log": dg.MetadataValue.path(outcome.log_path),
+        "progress": progress,
+    })
+    return outcome
+
+
+@dg.op
+def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+                 sub: SubAnalysisRun | None, outcomes: list[BatchOutcome]) -> analysis.Merged | None:
+    """Streaming merge of the batches into one Parquet per object table, in the results
+    folder (which switches as a whole)."""
+    if sub is None:
+        return None
+    db = imagedb.db()
+    batch_dirs = [o.output_dir.rsplit("/", 1)[0] for o in sorted(outcomes, key=lambda o: o.batch)]
+    merged = analysis.merge(db, nas.settings(), sub, batch_dirs)
+    status = SubAnalysisStatus.from_json(db.sub_analysis(sub.sub_id).status)
+    if status.message:
+        # batch steps that finish at once may set the progress tag out of order; once all
+        # have finished, the tag says what imagedb says
+        context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: status.message})
+    context.log.info(f"merged {len(outcomes)} batches into {sub.tables_dir}: "
+                     f"{', '.join(sorted(merged.merge.tables)) or 'no tables'}")
+    return merged
+
+
+@dg.op
+def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+                            merged: analysis.Merged | None) -> dict:
+    """The joined single-cell table; its metadata (the asset materializes at the end)."""
+    if merged is None:
+        return {}
+    result = analysis.write_single_cell(imagedb.db(), nas.settings(), merged)
+    if result is None:
+        context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
+        return {"written": False, "reason": NO_OBJECT_TABLES}
+    return {"path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows,
+            "columns": result.columns, "base_object": result.base}
+
+
+# A pipeline that exports only an Image table (illumination correction, QC): no cells to
+# count per well, no object features, no single-cell table or well profiles.
+NO_OBJECT_TABLES = "no object tables (the pipeline exports only an Image table)"
+
+
+def result_links(sub: SubAnalysisRun, nas_root) -> dict:
+    """The results folder on the NAS, and its URL in the lab's file browser when
+    CPP_RESULTS_URL_TEMPLATE is set."""
+    from cpp_dagster.overview import result_url, results_url_template
+
+    links = {"results_path": dg.MetadataValue.path(str(sub.results_dir)),
+             "sub_analysis": sub.sub_id, "analysis": sub.analysis_id, "plate_acquisition": sub.acquisition.id}
+    template = results_url_template()
+    if template:
+        links["results_url"] = dg.MetadataValue.url(
+            result_url(str(sub.results_dir.relative_to(nas_root)), template))
+    return links
+
+
+def no_step(step: Step) -> dict:
+    return {"step": f"none: the pipeline has no {step.value} step"}
+
+
+@dg.op(out={"result": dg.Out(dg.Nothing)})
+def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+                  merged: analysis.Merged | None):
+    """The end of a step others depend on (illumination, QC): record it finished in
+    imagedb, then materialize its asset with the files it wrote."""
+    step = step_of(context)
+    if merged is None:
+        return dg.Output(None, "result", metadata=no_step(step))
+    settings = nas.settings()
+    outcome = analysis.complete(imagedb.db(), settings, merged.sub)
+    context.log.info(f"sub-analysis {merged.sub.sub_id} ({step.value}) finished: "
+                     f"{len(outcome['file_list'])} result files")
+    return dg.Output(None, "result", metadata={
+        **result_links(merged.sub, settings.nas_root), "files": len(outcome["file_list"]),
+        "file_list": dg.MetadataValue.json(outcome["file_list"])})

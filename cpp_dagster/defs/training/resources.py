@@ -1,0 +1,36 @@
+"""The resources of model training: the configuration store and the model registry."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from cpp_dagster.training.registry import registry_for_deployment
+from cpp_dagster.training.store import ConfigStore, training_db_url
+
+
+class TrainingStoreResource(dg.ConfigurableResource):
+    """The configuration store; `url` defaults to CPP_TRAINING_DB_URL, else the embedded server."""
+
+    url: str | None = None
+
+    def store(self) -> ConfigStore:
+        return ConfigStore(self.url or training_db_url())
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """Where models are published: unset fields come from CPP_MODEL_REGISTRY_URL /
+    CPP_MODEL_REGISTRY_DIR (the token only ever from CPP_MODEL_REGISTRY_TOKEN)."""
+
+    url: str | None = None
+    directory: str | None = None
+
+    def registry(self, nas_root: Path):
+        from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry
+
+        if self.url:
+            return HttpModelRegistry(self.url, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
+        if self.directory:
+            return FolderModelRegistry(self.directory)
+        return registry_for_deployment(nas_root)

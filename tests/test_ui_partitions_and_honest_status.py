@@ -1,0 +1,120 @@
+"""The lab's front door in the UI, with real parts: a Materialize of a plate x pipeline
+partition is a submission that runs the pipeline's steps in dependency order; a step
+that fails after the feature tables were merged leaves the partition failed, in Dagster
+and in imagedb."""
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from dagster_helpers import ANALYSIS_ASSETS, events, launch_from_ui, tick
+
+from cpp_dagster.defs.analysis.partitions import plate_keys
+from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
+
+FEATURES_STEP = [dg.AssetKey(k) for k in ("feature_tables", "single_cell_table", "well_profiles")]
+
+
+def step_order(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [e.step_key for e in events(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)]
+
+
+def test_plate_keys_are_barcodes_readable_and_stable():
+    keys = plate_keys({1: "P-1", 2: "P-2", 3: "P-1", 4: "bad|bar,code", 5: ""})
+    assert keys == {1: "P-1", 2: "P-2", 3: "P-1~3", 4: "~4", 5: "~5"}
+    # a later acquisition never changes an earlier key
+    assert plate_keys({1: "P-1", 2: "P-2", 3: "P-1", 4: "bad|bar,code", 5: "", 6: "P-1"})[3] == "P-1~3"
+
+
+def test_a_materialize_from_the_ui_submits_the_pipeline_and_runs_its_steps_in_order(lab, dagster_instance):
+    acq = register_plate(lab.db, lab.settings, barcode="UI-ICF", wells=["B02"], sites=[1, 2], seed=4)
+    tick(dagster_instance)  # the plate and the pipelines become partitions
+    assert {"UI-ICF"} <= set(dagster_instance.get_dynamic_partitions("plate"))
+    assert {DEMO_PIPELINE, DEMO_ICF_PIPELINE} <= set(dagster_instance.get_dynamic_partitions("pipeline"))
+
+    run = launch_from_ui(dagster_instance, DEMO_ICF_PIPELINE, "UI-ICF")
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+
+    # The same rows as a CLI submission, both steps finished, by this one run.
+    analysis_id = lab.db.analysis_of_run(run.run_id)
+    icf, features = lab.db.sub_analyses_of(analysis_id)
+    assert lab.db.analysis(analysis_id)["pipeline_name"] == DEMO_ICF_PIPELINE
+    assert features.depends_on_sub_id == [icf.sub_id]
+    assert icf.finish and features.finish and not (icf.error or features.error)
+    assert icf.status["run_id"] == features.status["run_id"] == run.run_id
+    assert lab.db.analysis(analysis_id)["finish"] is not None
+    order = step_order(dagster_instance, run.run_id)
+    assert order.index("illumination_functions.complete_step") < order.index("features_step.plan_batches")
+
+    key = f"{DEMO_ICF_PIPELINE}|UI-ICF"
+    for asset in ("illumination_functions", "feature_tables", "single_cell_table", "well_profiles"):
+        event = dagster_instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event.asset_materialization.partition == key
+    # The pipeline has no QC step: its asset says so rather than stopping the run.
+    qc = dagster_instance.get_latest_materialization_event(dg.AssetKey("image_qc")).asset_materialization
+    assert qc.metadata["step"].value == "none: the pipeline has no image_qc step"
+
+    # The sensor never launches what the UI run claimed.
+    assert tick(dagster_instance).run_requests == []
+    assert acq  # (registered above)
+
+
+def test_a_selection_that_leaves_out_a_step_of_the_pipeline_is_refused_before_submitting(lab, dagster_instance):
+    register_plate(lab.db, lab.settings, barcode="UI-PART", wells=["B02"], sites=[1], seed=4)
+    tick(dagster_instance)
+    run = launch_from_ui(dagster_instance, DEMO_ICF_PIPELINE, "UI-PART", assets=FEATURES_STEP)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)
+    assert "select illumination_functions too (nothing was submitted)" in failure.event_specific_data.error.message
+    assert lab.db.analysis_of_run(run.run_id) is None
+
+
+def test_a_failed_single_cell_table_leaves_the_partition_failed_in_dagster_and_imagedb(
+        lab, dagster_instance, monkeypatch):
+    """The NAS fills up while the single-cell table is written (the in-process executor
+    lets the test make the writer raise as the disk would): the feature tables were
+    merged, yet no asset of the features step turns green, and imagedb says failed."""
+    from cpp_dagster.features import single_cell
+
+    monkeypatch.setenv("CPP_EXECUTOR", "in_process")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(single_cell, "write_single_cell", disk_full)
+    register_plate(lab.db, lab.settings, barcode="UI-FULL", wells=["B02"], sites=[1], seed=4)
+    tick(dagster_instance)
+    run = launch_from_ui(dagster_instance, DEMO_PIPELINE, "UI-FULL")
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "features_step.write_single_cell_table"
+
+    # Dagster: the merge succeeded, but none of the step's assets materialized; each is
+    # recorded as failed for this partition (what the partition grid shows).
+    assert "features_step.merge_tables" in step_order(dagster_instance, run.run_id)
+    for asset in FEATURES_STEP:
+        assert dagster_instance.get_latest_materialization_event(asset) is None
+    failed = {(e.asset_key, e.partition) for e in events(dagster_instance, run.run_id,
+                                                         dg.DagsterEventType.ASSET_FAILED_TO_MATERIALIZE)}
+    assert {(asset, f"{DEMO_PIPELINE}|UI-FULL") for asset in FEATURES_STEP} <= failed
+
+    # imagedb: the sub-analysis and its analysis failed, with the step and the reason.
+    (sub,) = lab.db.sub_analyses_of(lab.db.analysis_of_run(run.run_id))
+    assert sub.error is not None and sub.finish is None
+    assert sub.status["message"].startswith("step features_step.write_single_cell_table failed")
+    assert "No space left on device" in sub.status["message"]
+    assert lab.db.analysis(sub.analysis_id)["error"] is not None
+
+
+@pytest.mark.parametrize("barcode", ["UI-WAIT"])
+def test_a_plate_still_being_imaged_is_submitted_and_waits(lab, dagster_instance, barcode):
+    acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02"], sites=[1], seed=4, finished=False)
+    tick(dagster_instance)
+    run = launch_from_ui(dagster_instance, DEMO_PIPELINE, barcode, assets=ANALYSIS_ASSETS)
+    assert run.status == dg.DagsterRunStatus.SUCCESS  # nothing failed: it waits
+    assert dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")) is None
+    (sub,) = lab.db.sub_analyses_of(lab.db.analysis_of_run(run.run_id))
+    assert sub.start is None and sub.error is None  # submitted, not claimed by the run
+    assert tick(dagster_instance).run_requests == []  # not ready: the acquisition is not finished
+    lab.db.finish_plate_acquisition(acq)
+    (request,) = tick(dagster_instance).run_requests  # now the sensor launches it
+    assert request.tags["imagedb/sub_id"] == str(sub.sub_id) and request.partition_key == f"{DEMO_PIPELINE}|{barcode}"
