@@ -463,9 +463,9 @@ def main() -> int:
         plan_s, parts, shape = planning_runs(url, plan_sub)
 
     assert shape["images"] == PLAN_IMAGES and shape["image_sets"] == PLAN_WELLS * PLAN_SITES, shape
-    from cpp_dagster.deployment import launching
+    from cpp_dagster.settings import load_settings
 
-    MAX_REQUESTS_PER_TICK = launching().max_requests
+    MAX_REQUESTS_PER_TICK = load_settings().launch.sensor_max_requests
 
     def verdict(value: float, goal: float) -> str:
         return "ok" if value < goal else "MISSED"

@@ -79,15 +79,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cpp_dagster.config import imagedb_url, load_settings
     from cpp_dagster.imagedb.store import ImageDB, ImageDBError
 
-    try:
-        template = overview.results_url_template()
-    except ValueError as e:
-        _echo(f"cpp-dagster status: {e}")
-        return 2
-    rows = ImageDB(imagedb_url()).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
+    settings = load_settings()
+    rows = ImageDB(imagedb_url(settings)).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
     if not rows and args.plate is not None:
         raise ImageDBError(f"no plate acquisition with barcode {args.plate!r}")
-    lines = overview.overview_lines(rows, url_template=template, nas_root=load_settings().nas_root)
+    lines = overview.overview_lines(rows, url_template=settings.results_url_template, nas_root=settings.nas_root)
     if args.json:
         print(json.dumps(overview.as_dicts(lines)))
     else:
@@ -99,13 +95,14 @@ def apply_schemas() -> list[str]:
     """The schemas of imagedb and the training configuration store (idempotent); returns
     where each was applied (passwords redacted). The training store is included when
     CPP_TRAINING_DB_URL is set or the deployment is the local one (no CPP_IMAGEDB_URL)."""
-    from cpp_dagster.config import imagedb_url, redact_url
+    from cpp_dagster.config import imagedb_url, load_settings, redact_url
     from cpp_dagster.imagedb.store import ImageDB
     from cpp_dagster.training.store import ConfigStore, training_db_url
 
-    stores = [("imagedb", ImageDB(imagedb_url()))]
-    if os.environ.get("CPP_TRAINING_DB_URL") or not os.environ.get("CPP_IMAGEDB_URL"):
-        stores.append(("training configuration store", ConfigStore(training_db_url())))
+    settings = load_settings()
+    stores = [("imagedb", ImageDB(imagedb_url(settings)))]
+    if settings.training.db_url or not settings.imagedb_url:
+        stores.append(("training configuration store", ConfigStore(training_db_url(settings.training))))
     for _, store in stores:
         store.apply_schema()
     return [f"{name} schema applied at {redact_url(store.url)}" for name, store in stores]
@@ -114,6 +111,15 @@ def apply_schemas() -> list[str]:
 def cmd_db_init(args: argparse.Namespace) -> int:
     for line in apply_schemas():
         _echo(line)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """The settings in effect (secrets redacted), or with --markdown the README's table."""
+    from cpp_dagster import settings
+
+    lines = [settings.settings_table()] if args.markdown else settings.current_values(settings.load_settings())
+    print("\n".join(lines))
     return 0
 
 
@@ -180,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(fn=cmd_db_init)
 
+    settings = sub.add_parser("settings", help="every CPP_* setting in effect (checked; secrets redacted)")
+    settings.add_argument("--markdown", action="store_true",
+                          help="the table of every setting, its meaning and default (the README's)")
+    settings.set_defaults(fn=cmd_settings)
+
     from cpp_dagster.training.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
@@ -192,13 +203,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A refusal (bad settings, an imagedb error) is a line per problem and exit code 2."""
     from cpp_dagster.imagedb.store import ImageDBError
+    from cpp_dagster.settings import SettingsError
 
     args = parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except ImageDBError as e:
-        _echo(f"cpp-dagster {args.command}: {e}")
+    except (ImageDBError, SettingsError) as e:
+        for line in str(e).splitlines():
+            _echo(f"cpp-dagster {args.command}: {line}")
         return 2
 
 

@@ -1,6 +1,7 @@
-"""What differs between deployments, chosen once when the definitions load:
-CPP_EXECUTOR=k8s on Kubernetes (each step its own pod, dagster-k8s's k8s_job_executor),
-multiprocess locally (each step its own process). The op code is the same.
+"""What differs between deployments, chosen once when the definitions load (from the
+typed Settings): CPP_EXECUTOR=k8s on Kubernetes (each step its own pod, dagster-k8s's
+k8s_job_executor), multiprocess locally (each step its own process). The op code is the
+same.
 
 The executor is set on the Definitions, so it holds for sensor runs, UI
 materializations and backfills (those use the implicit asset job). On Kubernetes the
@@ -9,57 +10,63 @@ cp_version before launching it, and gives each run its per-step pod settings.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
 import dagster as dg
 
 from cpp_dagster.defs.analysis import Launching
+from cpp_dagster.defs.analysis.steps import OP_NAMES
+from cpp_dagster.imagedb.rows import ReadySubAnalysis
 from cpp_dagster.planning import SubAnalysisOptions
+from cpp_dagster.settings import Settings
 
 
-def deployment() -> str:
-    kind = os.getenv("CPP_EXECUTOR", "multiprocess")
-    if kind not in ("multiprocess", "in_process", "k8s"):
-        raise ValueError(f"CPP_EXECUTOR={kind!r}: expected 'multiprocess', 'in_process' or 'k8s'")
-    return kind
-
-
-def executor_for_deployment() -> dg.ExecutorDefinition:
-    kind = deployment()
-    if kind == "k8s":
-        from cpp_dagster.k8s.executor import cpp_k8s_executor
-
-        return cpp_k8s_executor
-    if kind == "in_process":
-        return dg.in_process_executor
-    return dg.multiprocess_executor.configured({"max_concurrent": int(os.getenv("CPP_MAX_CONCURRENT", "2"))})
-
-
-def check_options(options: SubAnalysisOptions) -> None:
-    """What can be checked before a run is launched: on Kubernetes, the deployment has
-    an image for its cp_version. Raises ValueError with a readable message."""
-    if deployment() == "k8s":
+def executor(settings: Settings) -> dg.ExecutorDefinition:
+    if settings.launch.executor == "k8s":  # dagster-k8s is slow to import: only on Kubernetes
+        from cpp_dagster.k8s.executor import k8s_executor
         from cpp_dagster.k8s.pod_config import PodSettings
 
-        PodSettings.load().image_for(options.cp_version)
+        return k8s_executor(PodSettings.load(), analysis_steps=OP_NAMES)
+    if settings.launch.executor == "in_process":
+        return dg.in_process_executor
+    return dg.multiprocess_executor.configured({"max_concurrent": settings.launch.max_concurrent})
 
 
-def launching() -> Launching:
-    return Launching(interval_s=int(os.getenv("CPP_SENSOR_INTERVAL_S", "30")),
-                     max_requests=int(os.getenv("CPP_SENSOR_MAX_REQUESTS", "2000")), check=check_options)
+def launching(settings: Settings) -> Launching:
+    """How the sensor launches: on Kubernetes it first checks that the deployment has an
+    image for a sub-analysis's cp_version (ValueError with a readable message, and the
+    sub-analysis fails without a run), and gives its run the per-step pod settings."""
+    launch = settings.launch
+    if launch.executor != "k8s":
+        return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests)
+    from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
+
+    pods = PodSettings.load()
+
+    def run_config(ready: ReadySubAnalysis, options: SubAnalysisOptions) -> dict:
+        ids = AnalysisIds(ready.plate_acquisition_id, ready.analysis_id, ready.sub_id)
+        return analysis_run_config(pods, options, ids, steps=OP_NAMES)
+
+    return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests,
+                     check=lambda options: pods.image_for(options.cp_version), run_config=run_config)
 
 
-def batch_retry_policy() -> dg.RetryPolicy:
+def training_run_config(settings: Settings) -> Callable[[str], dict]:
+    """The run config of a model-training run, by workflow (its pod label on Kubernetes)."""
+    if settings.launch.executor != "k8s":
+        return lambda workflow: {}
+    from cpp_dagster.k8s.pod_config import training_run_config as on_kubernetes
+
+    return on_kubernetes
+
+
+def batch_retry_policy(settings: Settings) -> dg.RetryPolicy:
     """Crashes, evictions and killed step processes are retried; a batch killed by its
     job_timeout is not, unless CPP_RETRY_TIMEOUTS=true (see steps.run_cellprofiler)."""
-    return dg.RetryPolicy(max_retries=int(os.getenv("CPP_BATCH_RETRIES", "1")),
-                          delay=float(os.getenv("CPP_BATCH_RETRY_DELAY_S", "5")), backoff=dg.Backoff.EXPONENTIAL)
+    return dg.RetryPolicy(max_retries=settings.launch.batch_retries, delay=settings.launch.batch_retry_delay_s,
+                          backoff=dg.Backoff.EXPONENTIAL)
 
 
-def overview_interval_s() -> int:
-    return int(os.getenv("CPP_OVERVIEW_INTERVAL_S", "60"))
-
-
-def split_retry_policy() -> dg.RetryPolicy:
+def split_retry_policy(settings: Settings) -> dg.RetryPolicy:
     """Retries of a model-training split (CPP_SPLIT_RETRIES)."""
-    return dg.RetryPolicy(max_retries=int(os.getenv("CPP_SPLIT_RETRIES", "1")), delay=10)
+    return dg.RetryPolicy(max_retries=settings.training.split_retries, delay=10)

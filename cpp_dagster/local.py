@@ -30,7 +30,7 @@ def environment() -> dict[str, str]:
     starts the embedded server when CPP_IMAGEDB_URL / DAGSTER_PG_URL are not given."""
     settings = load_settings()
     env = {
-        "CPP_IMAGEDB_URL": imagedb_url(),
+        "CPP_IMAGEDB_URL": imagedb_url(settings),
         "DAGSTER_PG_URL": os.environ.get("DAGSTER_PG_URL") or sqlalchemy_url(local_postgres.database_url("dagster")),
         "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(dagster_home()),
         "CPP_NAS_ROOT": str(settings.nas_root),

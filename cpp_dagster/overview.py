@@ -5,15 +5,14 @@ description) or as dicts (`--json`). Pure functions over `ImageDB.lab_overview()
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from cpp_dagster.imagedb.overview import OverviewRow
+from cpp_dagster.settings import Settings, load_settings
 
-URL_TEMPLATE_VARIABLE = "CPP_RESULTS_URL_TEMPLATE"
 _DEPENDENCY_STATE = {"running": "running", "waiting": "not started"}
 
 
@@ -67,16 +66,10 @@ def detail(row: OverviewRow) -> str:
     return ""
 
 
-def results_url_template() -> str | None:
-    """CPP_RESULTS_URL_TEMPLATE (e.g. `https://files.lab/{path}`), read when called;
-    None when unset. ValueError when it has no `{path}`."""
-    template = os.environ.get(URL_TEMPLATE_VARIABLE, "").strip()
-    if not template:
-        return None
-    if "{path}" not in template:
-        raise ValueError(f"{URL_TEMPLATE_VARIABLE}={template!r} must contain {{path}}, "
-                         "e.g. https://files.lab/{path}")
-    return template
+def results_url_template(settings: Settings | None = None) -> str | None:
+    """CPP_RESULTS_URL_TEMPLATE (e.g. `https://files.lab/{path}`, checked to hold `{path}`
+    when the settings are read), None when unset; the process's settings by default."""
+    return (settings or load_settings()).results_url_template
 
 
 def relative_folder(job_folder: str | None, nas_root: Path | None = None) -> str:

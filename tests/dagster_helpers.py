@@ -12,9 +12,11 @@ def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"
 
     defs = build_defs()
     sensor = defs.get_repository_def().get_sensor_def(sensor_name)
-    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
-                                      cursor=cursor)
-    data = sensor.evaluate_tick(context)
+    # As a context manager: the instance it opens from the ref is closed (and unset as the
+    # current one) when the tick is done.
+    with dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
+                                 cursor=cursor) as context:
+        data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return data

@@ -22,6 +22,8 @@ from cpp_dagster.local import sqlalchemy_url
 
 NAMESPACE = "cpp"
 IMAGE = "registry.example.org/cpp-dagster:test-cp5"
+DEFAULT_CP_VERSION, DEFAULT_IMAGE = "5.0.0.default", "registry.example.org/cpp-dagster:test-default"
+DEFAULT_BATCH_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
 BIN = Path(sys.executable).parent
 
 
@@ -33,7 +35,11 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
     every pod, as the Helm values do, and each step pod's own layer adds the Secret it
     needs (the pod settings)."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
-    pods["images"] = {DEMO_CP_VERSION: IMAGE}
+    # A default CellProfiler and default batch resources that differ from the demo
+    # analysis's, so a test sees which of the two a pod got.
+    pods["images"] = {DEMO_CP_VERSION: IMAGE, DEFAULT_CP_VERSION: DEFAULT_IMAGE}
+    pods["default_cp_version"] = DEFAULT_CP_VERSION
+    pods["resources"]["default"] = DEFAULT_BATCH_RESOURCES
     pods["training"]["image"] = IMAGE
     pods_file = tmp_path / "k8s-pods.yaml"
     pods_file.write_text(yaml.safe_dump(pods))
@@ -68,11 +74,14 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
             yield k8s, instance
 
 
-def launch(instance, key: str, job: str = "analysis_job") -> None:
+def launch(instance, key: str, job: str = "analysis_job", run_config: dict | None = None,
+           tags: dict[str, str] | None = None) -> None:
     """`dagster job launch`: the run is created from the code location and handed to the
-    instance's run launcher (K8sRunLauncher), as a launch from the UI would be."""
+    instance's run launcher (K8sRunLauncher), as a launch from the UI (no run config) or
+    by the daemon for a sensor's request (its run config and tags) would be."""
     subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                    "-j", job, "--tags", json.dumps({"dagster/partition": key})],
+                    "-j", job, "--tags", json.dumps({**(tags or {}), "dagster/partition": key}),
+                    "--config-json", json.dumps(run_config or {})],
                    check=True, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
 
 
@@ -86,6 +95,14 @@ def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.D
             on_poll()
         time.sleep(1)
     raise TimeoutError(f"run of {key} did not finish")
+
+
+def step_layer(executor_config: dict, op: str) -> dict:
+    """The pod config a step gets from the k8s executor's config: `per_step_k8s_config[op]`
+    merged onto `step_k8s_config`, as dagster-k8s's step handler merges them."""
+    from cpp_dagster.k8s.executor import merge_layers
+
+    return merge_layers(executor_config.get("step_k8s_config"), executor_config["per_step_k8s_config"].get(op))
 
 
 def step_job(layer: dict, op: str, launcher_secrets: tuple[str, ...] = ()) -> dict:

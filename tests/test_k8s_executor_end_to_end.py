@@ -1,7 +1,8 @@
 """The demo analysis on "Kubernetes": the real K8sRunLauncher and k8s_job_executor talk
 HTTP to a local stand-in of the Kubernetes API (tests/k8s_standin.py), which runs every
 Job's container command with its env as a local process. One Job per batch; every Job
-validates against the Kubernetes schema and carries the analysis's pod configuration."""
+validates against the Kubernetes schema and carries the analysis's pod configuration when
+launched with the sensor's run config, the deployment's defaults when launched without."""
 from __future__ import annotations
 
 import dagster as dg
@@ -9,11 +10,22 @@ import kubernetes_validate
 import pyarrow.parquet as pq
 import pytest
 from dagster_helpers import events, tick
-from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
+from k8s_cluster import (
+    DEFAULT_BATCH_RESOURCES,
+    DEFAULT_IMAGE,
+    IMAGE,
+    assert_least_privilege,
+    launch,
+    secrets_of,
+    standin_cluster,
+    wait_for_run,
+)
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.features.columns import BATCH_COLUMN
+from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
+from cpp_dagster.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 
 
 @pytest.fixture
@@ -25,12 +37,19 @@ def cluster(lab, pg_server, tmp_path, monkeypatch):
         yield found
 
 
-def submit_demo(lab, instance, barcode: str) -> tuple[str, int]:
+def submit_demo(lab, instance, barcode: str) -> tuple[dg.RunRequest, int]:
     acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=11)
     lab.db.put_pipeline("k8s-demo", demo_pipeline_meta(batch_size=1))  # two batches of one image set
     sub_id = lab.db.submit_analysis(acq, "k8s-demo").sub_ids[0]
     (request,) = tick(instance).run_requests
-    return request.partition_key, sub_id
+    return request, sub_id
+
+
+def sensor_run_config(lab, sub_id: int) -> dict:
+    """The run config the sensor gives a sub-analysis's run on Kubernetes."""
+    sub = lab.db.sub_analysis(sub_id)
+    return analysis_run_config(PodSettings.load(), SubAnalysisOptions.from_meta(sub.meta),
+                               AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id))
 
 
 def step_jobs(k8s, fragment: str) -> list[dict]:
@@ -39,8 +58,9 @@ def step_jobs(k8s, fragment: str) -> list[dict]:
 
 def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, cluster):
     k8s, instance = cluster
-    key, sub_id = submit_demo(lab, instance, "K8S-1")
-    launch(instance, key)
+    request, sub_id = submit_demo(lab, instance, "K8S-1")
+    key = request.partition_key
+    launch(instance, key, job=request.job_name, run_config=sensor_run_config(lab, sub_id), tags=request.tags)
     run = wait_for_run(instance, key)
     assert run.status == dg.DagsterRunStatus.SUCCESS, k8s.pod_log(k8s.jobs[0]["metadata"]["name"])[-3000:]
 
@@ -48,7 +68,7 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
     assert kinds.count("run_worker") == 1  # the run itself ran as a Job, launched by K8sRunLauncher
     batches = step_jobs(k8s, "run_cellprofiler")
     assert len(batches) == 2 == len({j["metadata"]["name"] for j in batches})
-    assert len(step_jobs(k8s, "plan_batches")) == 1 and len(step_jobs(k8s, "merge_feature_tables")) == 1
+    assert len(step_jobs(k8s, "plan_batches")) == 1 and len(step_jobs(k8s, "merge_tables")) == 1
     assert k8s.unhandled == []
 
     for job in k8s.jobs:
@@ -79,7 +99,11 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
         assert {"secretRef": {"name": "imagedb-credentials"}} in container["envFrom"]
         labels = job["spec"]["template"]["metadata"]["labels"]
         assert labels["cpp-dagster/sub-analysis"] == str(sub_id) and labels["dagster/run-id"] == run.run_id
+        assert labels["cpp-dagster/sub-type"] == "features" and labels["cpp-dagster/pod-settings"] == "sub-analysis"
         assert container["args"][:3] == ["dagster", "api", "execute_step"]
+    for job in step_jobs(k8s, "plan_batches") + step_jobs(k8s, "merge_tables"):
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+        assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/sub-analysis"] == str(sub_id)
 
     sub = lab.db.sub_analysis(sub_id)
     assert sub.finish and sub.error is None and sub.status["message"].startswith("2 / 2 batches finished")
@@ -91,8 +115,11 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
 
 @pytest.mark.parametrize("kills", [1, 2], ids=["killed-once-then-retried", "killed-twice-fails"])
 def test_killed_batch_pod_is_retried_then_fails_the_analysis(lab, cluster, kills):
+    """Launched with the sensor's tags but without its run config (as a re-launch from the
+    UI would be): the pods get the deployment's defaults, and the analysis still runs."""
     k8s, instance = cluster
-    key, sub_id = submit_demo(lab, instance, f"K8S-KILL{kills}")
+    request, sub_id = submit_demo(lab, instance, f"K8S-KILL{kills}")
+    key = request.partition_key
     killed: list[str] = []
 
     def kill_batch_pods():
@@ -102,12 +129,19 @@ def test_killed_batch_pod_is_retried_then_fails_the_analysis(lab, cluster, kills
                 k8s.kill(name, reason="OOMKilled")  # as the kubelet would on a memory limit
                 killed.append(name)
 
-    launch(instance, key)
+    launch(instance, key, job=request.job_name, tags=request.tags)
     run = wait_for_run(instance, key, on_poll=kill_batch_pods)
     assert len(killed) == kills
     retried = events(instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
-    assert [e.step_key for e in retried] == ["feature_tables.run_cellprofiler[batch_0001]"]
+    assert [e.step_key for e in retried] == ["features_step.run_cellprofiler[batch_0001]"]
     assert killed[0] + "-1" in {j["metadata"]["name"] for j in k8s.jobs}  # the retry is a new Job
+    for job in step_jobs(k8s, "run_cellprofiler"):  # the defaults: no sub-analysis settings reached them
+        pod = job["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == DEFAULT_IMAGE
+        assert pod["containers"][0]["resources"] == DEFAULT_BATCH_RESOURCES
+        assert job["spec"]["activeDeadlineSeconds"] == DEFAULT_JOB_TIMEOUT_S + 300
+        assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/pod-settings"] == "defaults"
+        assert_least_privilege(job)
 
     sub = lab.db.sub_analysis(sub_id)
     if kills == 1:
@@ -117,13 +151,13 @@ def test_killed_batch_pod_is_retried_then_fails_the_analysis(lab, cluster, kills
     assert run.status == dg.DagsterRunStatus.FAILURE
     # The pod was killed: no hook ran in it. The run-failure sensor (run by the daemon)
     # records the outcome.
-    from cpp_dagster.definitions import defs
-    from cpp_dagster.defs.sensors import record_run_failure
+    from cpp_dagster.definitions import build_defs
+    from cpp_dagster.defs.analysis.sensors import record_run_failure
 
     failure = events(instance, run.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
     context = dg.build_run_status_sensor_context(sensor_name=record_run_failure.name, dagster_event=failure,
                                                  dagster_instance=instance, dagster_run=run,
-                                                 resources=defs.resources).for_run_failure()
+                                                 resources=build_defs().resources).for_run_failure()
     record_run_failure(context)
     sub = lab.db.sub_analysis(sub_id)
     assert sub.error is not None and sub.finish is None

@@ -1,7 +1,7 @@
 """A model-training run on "Kubernetes": the real K8sRunLauncher and k8s_job_executor
 against the local stand-in of the Kubernetes API. Every step, each split included, is
-its own Job with the training pod settings; the credentials come from Secrets; the
-model is trained and published."""
+its own Job with the training pod settings (the k8s executor's defaults, by op name);
+the credentials come from Secrets; the model is trained and published."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, stand
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.k8s.pod_config import training_run_config
 from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.store import ConfigStore
@@ -51,7 +52,9 @@ def test_every_training_step_and_split_is_its_own_job_and_the_model_is_published
     added = store.add(from_dict(json.loads(EXAMPLE.read_text())))
     (request,) = tick(instance, "new_training_configurations", cursor=str(added.version.id - 1)).run_requests
     key = request.partition_key
-    launch(instance, key, job="model_training")
+    # the pods' settings are the executor's defaults; the run config only adds the workflow label
+    launch(instance, key, job="model_training", run_config=training_run_config(added.version.workflow),
+           tags=request.tags)
     run = wait_for_run(instance, key)
     assert run.status == dg.DagsterRunStatus.SUCCESS, k8s.pod_log(k8s.jobs[0]["metadata"]["name"])[-3000:]
     assert k8s.unhandled == []

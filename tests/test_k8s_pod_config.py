@@ -1,6 +1,9 @@
-"""Per-analysis pod configuration (pure), the executor switch, and the deployment files."""
+"""Pod configuration per step (pure): the executor's defaults, a sub-analysis's run config
+and how they merge; the executor switch and the deployment files."""
 from __future__ import annotations
 
+import ast
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +12,20 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_cluster import assert_least_privilege, secrets_of, step_job
+from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.k8s.pod_config import AnalysisIds, PodConfigError, PodSettings, step_config
-from cpp_dagster.planning import SubAnalysisOptions
+from cpp_dagster.k8s.executor import with_defaults
+from cpp_dagster.k8s.pod_config import (
+    ANALYSIS_STEPS,
+    AnalysisIds,
+    PodConfigError,
+    PodSettings,
+    analysis_run_config,
+    executor_defaults,
+)
+from cpp_dagster.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 
 EXAMPLE = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
 IDS = AnalysisIds(plate_acquisition_id=3, analysis_id=5, sub_id=8)
@@ -29,29 +40,39 @@ def settings() -> PodSettings:
     return PodSettings.load(EXAMPLE)
 
 
+def executor_config(settings: PodSettings, run_config: dict) -> dict:
+    """The executor config of a run launched with `run_config` (what the k8s executor's
+    config mapping makes of it; the subprocess test below checks Dagster applies it)."""
+    return with_defaults(executor_defaults(settings, "embedded"), run_config.get("execution", {}).get("config", {}))
+
+
+def sensor_layer(settings: PodSettings, op: str, **meta) -> dict:
+    """The pod config of step `op` of a run the sensor launched for a sub-analysis with `meta`."""
+    return step_layer(executor_config(settings, analysis_run_config(settings, options(**meta), IDS)), op)
+
+
 @pytest.mark.parametrize("sub_type, memory", [("qc", "4Gi"), ("icf", "8Gi"), ("features", "8Gi"), (None, "8Gi")])
 def test_batch_resources_follow_sub_type(settings, sub_type, memory):
-    config = step_config(settings, options(sub_type=sub_type), IDS, "run_cellprofiler")
-    resources = config["container_config"]["resources"]
+    resources = sensor_layer(settings, "run_cellprofiler", sub_type=sub_type)["container_config"]["resources"]
     assert resources == settings.resources[sub_type or "default"]
     assert resources["limits"]["memory"] == memory
 
 
 def test_job_timeout_is_the_batch_deadline_with_start_up_grace(settings):
-    config = step_config(settings, options(job_timeout=600), IDS, "run_cellprofiler")
+    config = sensor_layer(settings, "run_cellprofiler", job_timeout=600)
     assert config["job_spec_config"] == {"active_deadline_seconds": 600 + settings.startup_grace_seconds}
-    assert "job_spec_config" not in step_config(settings, options(), IDS, "merge_feature_tables")
+    assert "job_spec_config" not in sensor_layer(settings, "merge_tables", job_timeout=600)
 
 
 def test_priority_one_gets_the_high_priority_class(settings):
-    high = step_config(settings, options(priority=1), IDS, "run_cellprofiler")
-    normal = step_config(settings, options(priority=2), IDS, "run_cellprofiler")
+    high = sensor_layer(settings, "run_cellprofiler", priority=1)
+    normal = sensor_layer(settings, "run_cellprofiler", priority=2)
     assert high["pod_spec_config"]["priority_class_name"] == "cpp-high"
     assert "priority_class_name" not in normal["pod_spec_config"]
 
 
-def test_nas_mounts_tmp_security_and_placement(settings):
-    config = step_config(settings, options(), IDS, "run_cellprofiler")
+def test_nas_mounts_tmp_security_labels_and_placement(settings):
+    config = sensor_layer(settings, "run_cellprofiler")
     container, pod = config["container_config"], config["pod_spec_config"]
     mounts = {m["name"]: m for m in container["volume_mounts"]}
     assert mounts["nas-images"]["read_only"] is True
@@ -63,12 +84,15 @@ def test_nas_mounts_tmp_security_and_placement(settings):
     assert pod["security_context"]["run_as_non_root"] is True and pod["security_context"]["run_as_user"] == 1000
     assert pod["node_selector"] == {"cpp-dagster/node": "true"}
     assert {"name": "OMP_NUM_THREADS", "value": "1"} in container["env"]
-    assert config["pod_template_spec_metadata"]["labels"]["cpp-dagster/sub-analysis"] == "8"
+    labels = config["pod_template_spec_metadata"]["labels"]
+    assert labels == {"cpp-dagster/pod-settings": "sub-analysis", "cpp-dagster/sub-type": "none",
+                      "cpp-dagster/plate-acquisition": "3", "cpp-dagster/analysis": "5",
+                      "cpp-dagster/sub-analysis": "8"} == config["job_metadata"]["labels"]
 
 
-@pytest.mark.parametrize("op", ["plan_batches", "run_cellprofiler", "merge_feature_tables", "well_profiles"])
+@pytest.mark.parametrize("op", ANALYSIS_STEPS)
 def test_analysis_step_pods_get_least_privilege_and_only_the_imagedb_secret(settings, op):
-    job = step_job(step_config(settings, options(), IDS, op), op)
+    job = step_job(sensor_layer(settings, op), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     assert_least_privilege(job)
     assert secrets_of(job) == ["imagedb-credentials"]  # never the training credentials
@@ -78,34 +102,82 @@ def test_analysis_step_pods_get_least_privilege_and_only_the_imagedb_secret(sett
 
 def test_the_service_account_token_stays_off_over_the_run_workers_setting(settings):
     """The Helm values turn the token on for the run worker (it creates the step Jobs);
-    dagster-k8s merges that into every step pod, and the step layer turns it off again."""
-    from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import UserDefinedDagsterK8sConfig
+    dagster-k8s merges that into every step pod, and the executor's layer turns it off."""
+    from cpp_dagster.k8s.executor import merge_layers
 
-    run_worker = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
-        {"pod_spec_config": {"automount_service_account_token": True}}))
-    layer = step_config(settings, options(), IDS, "run_cellprofiler")
-    merged = run_worker.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer)))
-    assert merged.run_k8s_config.pod_spec_config["automount_service_account_token"] is False
+    run_worker = {"pod_spec_config": {"automount_service_account_token": True}}
+    merged = merge_layers(run_worker, sensor_layer(settings, "run_cellprofiler"))
+    assert merged["pod_spec_config"]["automount_service_account_token"] is False
 
 
 def test_pod_settings_can_use_the_nodes_disk_for_tmp_and_other_secret_names(settings):
     changed = PodSettings.from_mapping({**yaml.safe_load(EXAMPLE.read_text()), "tmp_medium": "",
                                         "imagedb_secret": "lab-imagedb"})
-    job = step_job(step_config(changed, options(), IDS, "run_cellprofiler"), "run_cellprofiler")
+    job = step_job(sensor_layer(changed, "run_cellprofiler"), "run_cellprofiler")
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}} in job["spec"]["template"]["spec"]["volumes"]
     assert secrets_of(job) == ["lab-imagedb"]
 
 
 def test_image_follows_cp_version_and_unknown_versions_are_refused(settings):
-    config = step_config(settings, options(), IDS, "plan_batches")
+    config = sensor_layer(settings, "plan_batches")
     assert config["container_config"]["image"] == "registry.example.org/cpp-dagster:0.1.0-cp5.0.0.dev784"
     assert config["container_config"]["resources"] == settings.step_resources["plan_batches"]
     with pytest.raises(PodConfigError, match=r"cp_version '4.2.8' has no container image configured \(known: 5.0.0.dev784\)"):
-        step_config(settings, options(cp_version="4.2.8"), IDS, "run_cellprofiler")
-    defaulted = step_config(settings, SubAnalysisOptions.from_meta({"pipeline_file": "x"}), IDS, "run_cellprofiler")
-    assert defaulted["container_config"]["image"].endswith("cp5.0.0.dev784")
+        analysis_run_config(settings, options(cp_version="4.2.8"), IDS)
+    unnamed = analysis_run_config(settings, SubAnalysisOptions.from_meta({"pipeline_file": "x"}), IDS)
+    layer = step_layer(executor_config(settings, unnamed), "run_cellprofiler")
+    assert layer["container_config"]["image"].endswith("cp5.0.0.dev784")
+
+
+def other_defaults(settings: PodSettings) -> PodSettings:
+    """The example settings with a default CellProfiler and default batch resources that
+    differ from a sub-analysis's."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["images"]["9.9"] = "registry.example.org/cpp-dagster:cp9.9"
+    raw["resources"]["default"] = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    return PodSettings.from_mapping({**raw, "default_cp_version": "9.9", "priority_class": "cpp-normal"})
+
+
+def test_a_run_launched_without_the_sensors_run_config_gets_the_deployments_defaults(settings):
+    defaults = other_defaults(settings)
+    for op in ANALYSIS_STEPS:
+        job = step_job(step_layer(executor_config(defaults, {}), op), op)
+        kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
+        assert_least_privilege(job)
+        assert secrets_of(job) == ["imagedb-credentials"]
+        pod = job["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == "registry.example.org/cpp-dagster:cp9.9"
+        assert pod["priorityClassName"] == "cpp-normal"
+        assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/pod-settings"] == "defaults"
+        assert "cpp-dagster/sub-analysis" not in job["spec"]["template"]["metadata"]["labels"]
+    batch = step_layer(executor_config(defaults, {}), "run_cellprofiler")
+    assert batch["container_config"]["resources"] == defaults.resources["default"]
+    assert batch["job_spec_config"] == {"active_deadline_seconds": DEFAULT_JOB_TIMEOUT_S + 300}
+
+    # the sensor's run config replaces what it names; the labels say which settings a pod got
+    launched = step_layer(executor_config(defaults, analysis_run_config(defaults, options(sub_type="qc"), IDS)),
+                          "run_cellprofiler")
+    assert launched["container_config"]["image"].endswith("cp5.0.0.dev784")
+    assert launched["container_config"]["resources"] == defaults.resources["qc"]
+    assert launched["pod_template_spec_metadata"]["labels"]["cpp-dagster/pod-settings"] == "sub-analysis"
+
+
+def test_pod_config_given_at_launch_is_merged_onto_the_defaults(settings):
+    """A run launched from the UI's Launchpad with its own executor config: what it names
+    wins, key by key, and the defaults stay for everything else."""
+    own = {"execution": {"config": {
+        "max_concurrent": 3,
+        "per_step_k8s_config": {"run_cellprofiler": {"container_config": {"resources": {"limits": {"memory": "16Gi"}}}}},
+        "step_k8s_config": {"pod_spec_config": {"node_selector": {"zone": "a"}}}}}}
+    config = executor_config(settings, own)
+    assert config["max_concurrent"] == 3
+    batch = step_layer(config, "run_cellprofiler")
+    assert batch["container_config"]["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
+                                                      "limits": {"cpu": "2", "memory": "16Gi"}}
+    assert batch["container_config"]["image"].endswith("cp5.0.0.dev784")
+    assert batch["pod_spec_config"]["node_selector"] == {"cpp-dagster/node": "true", "zone": "a"}
+    assert_least_privilege(step_job(batch, "run_cellprofiler"))
 
 
 def test_pod_settings_reject_unknown_keys(tmp_path):
@@ -121,12 +193,67 @@ def test_executor_is_chosen_by_deployment_for_every_way_a_run_starts(kind, name)
     (UI Materialize, backfills) both use it."""
     env = {k: v for k, v in os.environ.items() if k != "CPP_EXECUTOR"}
     if kind:
-        env["CPP_EXECUTOR"] = kind
-    code = ("from cpp_dagster.definitions import defs\n"
-            "print(defs.resolve_job_def('analysis_job').executor_def.name,"
+        env.update(CPP_EXECUTOR=kind, CPP_K8S_CONFIG=str(EXAMPLE))
+    code = ("from cpp_dagster.definitions import build_defs\n"
+            "defs = build_defs()\n"
+            "print(defs.resolve_job_def('feature_tables_job').executor_def.name,"
             " defs.resolve_implicit_global_asset_job_def().executor_def.name)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [name, name]
+
+
+RESOLVE = """
+import json, sys
+import dagster as dg
+from cpp_dagster.definitions import build_defs
+defs = build_defs()
+
+run_config = json.loads(sys.argv[1])
+jobs = [defs.resolve_job_def("feature_tables_job"), defs.resolve_implicit_global_asset_job_def()]
+print(json.dumps([dg.validate_run_config(job, config)["execution"]["k8s"] for job in jobs for config in ({}, run_config)]))
+"""
+
+
+def test_the_definitions_k8s_executor_takes_the_sensors_run_config_and_keeps_its_defaults(settings):
+    """Dagster itself resolves the executor config of the real Definitions on Kubernetes,
+    for the sensor's job and for the implicit asset job: a run with the sensor's run
+    config gets the sub-analysis's pod settings, a run without it the defaults."""
+    run_config = analysis_run_config(settings, options(sub_type="qc", priority=1), IDS)
+    env = {**os.environ, "CPP_EXECUTOR": "k8s", "CPP_K8S_CONFIG": str(EXAMPLE)}
+    out = subprocess.run([sys.executable, "-c", RESOLVE, json.dumps(run_config)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resolved = json.loads(out.stdout)
+    assert len(resolved) == 4
+    for without, given in (resolved[0:2], resolved[2:4]):
+        assert without["per_step_k8s_config"]["run_cellprofiler"]["pod_template_spec_metadata"]["labels"] == {
+            "cpp-dagster/pod-settings": "defaults"}
+        batch = step_layer(given, "run_cellprofiler")
+        assert batch["container_config"]["resources"] == settings.resources["qc"]
+        assert batch["pod_spec_config"]["priority_class_name"] == "cpp-high"
+        assert batch["pod_template_spec_metadata"]["labels"]["cpp-dagster/sub-analysis"] == "8"
+        assert step_layer(given, "train_split")["container_config"]["image"] == settings.training["image"]
+        assert_least_privilege(step_job(batch, "run_cellprofiler"))
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_kubernetes_layer_uses_public_dagster_names_and_not_the_wiring():
+    package = PROJECT_ROOT / "cpp_dagster"
+    for path in package.rglob("*.py"):
+        private = {name for name in _imports(path) if name.startswith("dagster._")}
+        assert not private, f"{path.relative_to(PROJECT_ROOT)} imports {private}"
+    for path in (package / "k8s").rglob("*.py"):
+        wiring = {name for name in _imports(path) if name.startswith(("cpp_dagster.defs", "cpp_dagster.definitions"))}
+        assert not wiring, f"{path.relative_to(PROJECT_ROOT)} imports {wiring}"
 
 
 def test_helm_values_pass_the_official_chart_schema():
@@ -170,3 +297,11 @@ def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contex
     dagster_yaml = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     assert dagster_yaml["concurrency"]["pools"]["default_limit"] > 0
     assert dagster_yaml["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_PG_URL"}
+
+
+def test_the_pod_settings_name_every_op_of_an_analysis_step():
+    """per_step_k8s_config is keyed by op name: the k8s layer's list is the steps' ops."""
+    from cpp_dagster.defs.analysis.steps import OP_NAMES
+    from cpp_dagster.k8s.pod_config import ANALYSIS_STEPS
+
+    assert set(ANALYSIS_STEPS) == set(OP_NAMES)

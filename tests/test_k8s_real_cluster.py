@@ -18,7 +18,8 @@ import pytest
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import demo_pipeline_meta
-from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, step_config
+from cpp_dagster.k8s.executor import merge_layers
+from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_step_config, step_base_config
 from cpp_dagster.planning import SubAnalysisOptions
 
 CONTEXT = os.environ.get("CPP_K8S_TEST_CONTEXT")
@@ -33,7 +34,8 @@ def batch_job(image: str | None = None, args: list[str] | None = None):
 
     settings = PodSettings.load(os.environ.get("CPP_K8S_CONFIG", PROJECT_ROOT / "deploy" / "k8s-pods.yaml"))
     options = SubAnalysisOptions.from_meta(demo_pipeline_meta()["sub_analyses"][0])
-    layer = step_config(settings, options, AnalysisIds(1, 1, 1), "run_cellprofiler")
+    layer = merge_layers(step_base_config(settings),  # the executor's step_k8s_config, then the batch's own layer
+                         analysis_step_config(settings, "run_cellprofiler", options, AnalysisIds(1, 1, 1)))
     if image:
         layer["container_config"]["image"] = image
     name = f"cpp-dagster-test-{uuid.uuid4().hex[:8]}"

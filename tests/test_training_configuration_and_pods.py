@@ -2,6 +2,7 @@
 the pods a training run gets on Kubernetes, built by dagster-k8s's own Job builder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,12 +10,18 @@ import subprocess
 import kubernetes_validate
 import pytest
 from conftest import new_database
-from k8s_cluster import assert_least_privilege, secrets_of, step_job
+from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.k8s.executor import analysis_step_config
-from cpp_dagster.k8s.pod_config import PodConfigError, PodSettings, training_step_config
+from cpp_dagster.k8s.executor import with_defaults
+from cpp_dagster.k8s.pod_config import (
+    TRAINING_STEPS,
+    PodConfigError,
+    PodSettings,
+    executor_defaults,
+    training_run_config,
+)
 from cpp_dagster.training.configuration import ConfigError, from_dict, parse
 from cpp_dagster.training.engines.base import split_params
 
@@ -89,9 +96,15 @@ def _job(layer: dict, op: str) -> dict:
     return step_job(layer, op, launcher_secrets=("imagedb-credentials",))
 
 
+def training_layer(pods: PodSettings, op: str, engine: str) -> dict:
+    """The pod config of training step `op`: the k8s executor's defaults (a training run
+    is launched without pod config)."""
+    return step_layer(with_defaults(executor_defaults(pods, engine), {}), op)
+
+
 @pytest.mark.parametrize("op", ["descriptors", "train_split", "aggregated_model"])
 def test_cpsign_steps_run_the_cpsign_image_with_the_license_secret(pods, op):
-    job = _job(training_step_config(pods, op, "cpsign", "logd"), op)
+    job = _job(training_layer(pods, op, "cpsign"), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -105,7 +118,7 @@ def test_cpsign_steps_run_the_cpsign_image_with_the_license_secret(pods, op):
     assert env["CPP_CPSIGN_LICENSE"] == "/etc/cpsign/license.license"
     assert "licensed" not in json.dumps(job)  # the license's content is never in the spec
     assert pod["securityContext"]["runAsNonRoot"] is True and mounts["tmp"]["mountPath"] == "/tmp"
-    assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/workflow"] == "logd"
+    assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/training-step"] == op
     if op == "train_split":
         assert job["spec"]["activeDeadlineSeconds"] == 21600
 
@@ -113,25 +126,40 @@ def test_cpsign_steps_run_the_cpsign_image_with_the_license_secret(pods, op):
 @pytest.mark.parametrize("op, engine", [("training_data", "cpsign"), ("published_model", "cpsign"),
                                         ("train_split", "embedded")])
 def test_other_training_steps_run_the_project_image_without_the_license(pods, op, engine):
-    job = _job(training_step_config(pods, op, engine, "logd"), op)
+    job = _job(training_layer(pods, op, engine), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"] == pods.training["image"]
     assert "cpsign-license" not in json.dumps(job)
 
 
-def test_the_executor_layer_routes_training_steps_and_needs_an_image(pods, monkeypatch, tmp_path):
-    monkeypatch.setenv("CPP_K8S_CONFIG", str(PODS))
-    monkeypatch.setenv("CPP_TRAINING_ENGINE", "cpsign")
-    from cpp_dagster.k8s import executor
-
-    executor._settings.cache_clear()
-    layer = analysis_step_config("logd-0123456789ab", "train_split")
-    assert layer["container_config"]["image"] == pods.training["cpsign_image"]
-    assert analysis_step_config("logd-0123456789ab", "some_other_op") == {}
+def test_the_executors_defaults_give_training_steps_their_pods_by_op_name(pods):
+    """A training run is launched without pod config: its steps get theirs from the k8s
+    executor's defaults, by op name, for the deployment's engine."""
+    config = with_defaults(executor_defaults(pods, "cpsign"), {})
+    assert step_layer(config, "train_split")["container_config"]["image"] == pods.training["cpsign_image"]
+    assert step_layer(config, "training_data")["container_config"]["image"] == pods.training["image"]
+    for op in TRAINING_STEPS:
+        assert_least_privilege(_job(step_layer(config, op), op))
+    embedded = with_defaults(executor_defaults(pods, "embedded"), {})
+    assert step_layer(embedded, "train_split")["container_config"]["image"] == pods.training["image"]
+    assert "cpsign-license" not in json.dumps(embedded)
+    # other ops (e.g. submit_pipeline) get the shared least-privilege layer only
+    assert_least_privilege(_job(step_layer(config, "some_other_op"), "some_other_op"))
+    assert "image" not in step_layer(config, "some_other_op")["container_config"]
     with pytest.raises(PodConfigError, match="training section names no cpsign_image"):
-        training_step_config(PodSettings.from_mapping({"training": {"image": "x"}}), "train_split", "cpsign", "w")
-    executor._settings.cache_clear()
+        executor_defaults(PodSettings.from_mapping({"training": {"image": "x"}}), "cpsign")
+    untrained = dataclasses.replace(pods, training={})
+    assert not set(TRAINING_STEPS) & set(executor_defaults(untrained, "cpsign")["per_step_k8s_config"])
+
+
+def test_a_training_run_launched_with_its_workflow_labels_every_step(pods):
+    config = with_defaults(executor_defaults(pods, "cpsign"), training_run_config("logd")["execution"]["config"])
+    for op in TRAINING_STEPS:
+        job = _job(step_layer(config, op), op)
+        assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/workflow"] == "logd"
+        assert job["metadata"]["labels"]["cpp-dagster/training-step"] == op
+    assert step_layer(config, "train_split")["container_config"]["image"] == pods.training["cpsign_image"]
 
 
 @pytest.mark.parametrize("op, secrets", [
@@ -140,7 +168,7 @@ def test_the_executor_layer_routes_training_steps_and_needs_an_image(pods, monke
     ("published_model", ["training-credentials"]), ("plan_splits", []), ("collect_split_models", []),
 ])
 def test_training_steps_get_only_the_training_secret_and_least_privilege(pods, op, secrets):
-    job = step_job(training_step_config(pods, op, "cpsign", "logd"), op)
+    job = step_job(training_layer(pods, op, "cpsign"), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     assert secrets_of(job) == secrets  # never imagedb-credentials from the step's own layer
     assert_least_privilege(job)

@@ -119,13 +119,13 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
 
 def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int = 1,
              timeout_s: float = 1800, echo: Callable[[str], None] = print) -> dict:
+    os.environ.setdefault("CPP_SENSOR_INTERVAL_S", "5")  # the demo's sensors tick faster, unless set
     env = local.environment()
-    env.setdefault("CPP_SENSOR_INTERVAL_S", os.environ.get("CPP_SENSOR_INTERVAL_S", "5"))
     os.environ.update(env)
     db = ImageDB(env["CPP_IMAGEDB_URL"])
     db.apply_schema()
-    ConfigStore(training_db_url()).apply_schema()  # so `make dev` afterwards ticks every sensor clean
     settings = load_settings()
+    ConfigStore(training_db_url(settings.training)).apply_schema()  # so `make dev` afterwards ticks every sensor clean
     install_demo_pipeline(db, settings, batch_size=batch_size)
     started = time.monotonic()
     acq_id = register_plate(db, settings, barcode=f"DEMO-{seed:04d}", wells=plate_wells(wells),

@@ -46,12 +46,12 @@ def revive_after_success(cur, sub_id: int, analysis_id: int) -> None:
            WHERE start IS NULL AND status->>'message' = %s""",
         (dependency_failed_message(sub_id),),
     )
-    # Only the failure goes: the rest of the analysis's status stays (e.g. the UI run that
-    # submitted it, `submitted_by_run`, which `analysis_of_run` finds it by).
     cur.execute(
-        """UPDATE image_analyses a
-           SET error = NULL, status = NULLIF(a.status - 'state' - 'message', '{}'::jsonb)
-           WHERE a.id = %s AND a.error IS NOT NULL AND NOT EXISTS (
+        # the failure's state and message go; a UI run's submission marker stays (run_claims.py)
+        """UPDATE image_analyses a SET error = NULL,
+                  status = CASE WHEN jsonb_typeof(a.status) = 'object'
+                                THEN NULLIF(a.status - 'state' - 'message', '{}'::jsonb) END
+           WHERE a.id = %s AND NOT EXISTS (
                SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.error IS NOT NULL
                  AND s.sub_id <> %s)""",
         (analysis_id, sub_id),

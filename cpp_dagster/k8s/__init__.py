@@ -1,1 +1,1 @@
-"""Kubernetes: per-analysis pod configuration and the k8s executor that applies it."""
+"""Kubernetes: pod configuration per step and dagster-k8s's k8s_job_executor with it as defaults."""

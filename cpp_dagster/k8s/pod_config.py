@@ -1,7 +1,15 @@
-"""Pod configuration of an analysis's steps, from the analysis meta and the deployment's
-settings. Pure: returns dagster-k8s "raw k8s config" dicts
-(`container_config`, `pod_spec_config`, `pod_template_spec_metadata`, `job_spec_config`,
-`job_metadata`), the shape `dagster-k8s/config` op tags take.
+"""Pod configuration of every step on Kubernetes, from the deployment's pod settings and,
+for an analysis, its sub-analysis's options. Pure: returns dagster-k8s "raw k8s config"
+layers (`container_config`, `pod_spec_config`, `pod_template_spec_metadata`,
+`job_spec_config`, `job_metadata`), the values of the k8s executor's `step_k8s_config`
+and `per_step_k8s_config` (how they reach a pod: `k8s/executor.py`).
+
+- `step_base_config`: what every step pod shares (volumes, /tmp, least privilege).
+- `executor_defaults`: the executor's config when a run gives none: the shared layer,
+  the training steps by op name and the analysis steps' deployment defaults.
+- `analysis_run_config`: the run config a sub-analysis's run is launched with (image
+  per cp_version, resources per sub_type, deadline, priority class, labels).
+- `training_run_config`: a training run's workflow label.
 
 The deployment settings are a YAML file named by CPP_K8S_CONFIG (on Kubernetes a
 ConfigMap mounted into the user-code pods); `deploy/k8s-pods.yaml` is the documented
@@ -17,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from cpp_dagster.planning import SubAnalysisOptions
+from cpp_dagster.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
+from cpp_dagster.settings import load_settings
 
 BATCH_OP = "run_cellprofiler"
 LABEL_PREFIX = "cpp-dagster"
@@ -73,7 +82,7 @@ class PodSettings:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> PodSettings:
-        path = path or os.environ.get("CPP_K8S_CONFIG")
+        path = path or load_settings().launch.k8s_config
         if not path:
             raise PodConfigError("CPP_K8S_CONFIG is not set: it names the pod settings file (see deploy/k8s-pods.yaml)")
         return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
@@ -103,27 +112,22 @@ WRITABLE_ENV = {"TMPDIR": "/tmp", "HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/mat
                 "XDG_CACHE_HOME": "/tmp/.cache", "XDG_CONFIG_HOME": "/tmp/.config", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _base(settings: PodSettings, image: str, labels: dict[str, str], secrets: tuple[str | None, ...] = ()
-          ) -> tuple[dict, dict, dict]:
-    """The parts every step pod shares: image, NAS volumes, a /tmp emptyDir, least
-    privilege (no service-account token, RuntimeDefault seccomp, non-root, no privilege
-    escalation, no capabilities, a read-only root filesystem), only the Secrets this step
-    needs (`secrets`, as envFrom), placement and labels."""
+def step_base_config(settings: PodSettings) -> dict:
+    """What every step pod shares (the executor's `step_k8s_config`): NAS volumes, a /tmp
+    emptyDir, least privilege (no service-account token, RuntimeDefault seccomp,
+    non-root, no privilege escalation, no capabilities, a read-only root filesystem) and
+    placement. Image, Secrets, labels and resources are per step (below)."""
     mounts = [{"name": v.name, "mount_path": v.mount_path, "read_only": v.read_only} for v in settings.volumes]
     volumes = [{"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
                for v in settings.volumes]
     tmp = {"size_limit": settings.tmp_size_limit, **({"medium": settings.tmp_medium} if settings.tmp_medium else {})}
-    container: dict[str, Any] = {
-        "image": image,
+    container = {
         "env": [{"name": "OMP_NUM_THREADS", "value": "1"}, *({"name": k, "value": v} for k, v in WRITABLE_ENV.items())],
         "volume_mounts": [*mounts, {"name": "tmp", "mount_path": "/tmp"}],
         "security_context": {"allow_privilege_escalation": False, "run_as_non_root": True,
                              "capabilities": {"drop": ["ALL"]},
                              "read_only_root_filesystem": settings.read_only_root_filesystem},
     }
-    env_from = [{"secret_ref": {"name": name}} for name in secrets if name]
-    if env_from:
-        container["env_from"] = env_from
     pod_spec: dict[str, Any] = {
         "automount_service_account_token": False,  # a step never talks to the Kubernetes API
         "volumes": [*volumes, {"name": "tmp", "empty_dir": tmp}],
@@ -135,6 +139,17 @@ def _base(settings: PodSettings, image: str, labels: dict[str, str], secrets: tu
         pod_spec["node_selector"] = dict(settings.node_selector)
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    return {"container_config": container, "pod_spec_config": pod_spec}
+
+
+def _step(image: str | None, labels: dict[str, str], secrets: tuple[str | None, ...]) -> tuple[dict, dict, dict]:
+    """One step's own layer: its image (none: dagster-k8s's, the code location's), the
+    Secrets it needs (as envFrom) and labels on the Job and its pod."""
+    container: dict[str, Any] = {"image": image} if image else {}
+    env_from = [{"secret_ref": {"name": name}} for name in secrets if name]
+    if env_from:
+        container["env_from"] = env_from
+    pod_spec: dict[str, Any] = {}
     config = {"container_config": container, "pod_spec_config": pod_spec,
               "pod_template_spec_metadata": {"labels": labels}, "job_metadata": {"labels": labels}}
     return config, container, pod_spec
@@ -147,12 +162,13 @@ CPSIGN_LICENSE_DIR = "/etc/cpsign"
 TRAINING_STEPS_WITHOUT_SECRETS = ("plan_splits", "collect_split_models")  # only hand file paths on
 
 
-def training_step_config(settings: PodSettings, op_name: str, engine: str, workflow: str | None) -> dict:
-    """Raw k8s config for one step of a model-training run. The `training` section of
-    the pod settings names the image (`image`; with the CPSign engine, `cpsign_image` for
-    the steps that call the CPSign CLI), the CPSign license Secret (`cpsign_license_secret`,
-    mounted read-only at /etc/cpsign, its file named by CPP_CPSIGN_LICENSE) and
-    `resources` by op name; each split is its own pod. The steps that read the
+def training_step_config(settings: PodSettings, op_name: str, engine: str) -> dict:
+    """Raw k8s config for one step of a model-training run (static: by op name and the
+    deployment's engine). The `training` section of the pod settings names the image
+    (`image`; with the CPSign engine, `cpsign_image` for the steps that call the CPSign
+    CLI), the CPSign license Secret (`cpsign_license_secret`, mounted read-only at
+    /etc/cpsign, its file named by CPP_CPSIGN_LICENSE) and `resources` and
+    `deadline_seconds` by op name; each split is its own pod. The steps that read the
     configuration store, a compound database or the model service get the
     `training_secret` (never the imagedb one from here)."""
     training = settings.training
@@ -161,48 +177,96 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str, workf
     if not image:
         raise PodConfigError("the pod settings' training section names no "
                              + ("cpsign_image" if uses_cpsign else "image"))
-    labels = {f"{LABEL_PREFIX}/workflow": workflow or "none", f"{LABEL_PREFIX}/training-step": op_name}
+    labels = {f"{LABEL_PREFIX}/training-step": op_name}
     secrets = () if op_name in TRAINING_STEPS_WITHOUT_SECRETS else (settings.training_secret,)
-    config, container, pod_spec = _base(settings, image, labels, secrets)
+    config, container, pod_spec = _step(image, labels, secrets)
     resources = training.get("resources", {}).get(op_name)
     if resources:
         container["resources"] = dict(resources)
     if uses_cpsign and training.get("cpsign_license_secret"):
         secret = training["cpsign_license_secret"]
-        pod_spec["volumes"].append({"name": "cpsign-license", "secret": {"secret_name": secret}})
-        container["volume_mounts"].append({"name": "cpsign-license", "mount_path": CPSIGN_LICENSE_DIR,
-                                           "read_only": True})
+        pod_spec["volumes"] = [{"name": "cpsign-license", "secret": {"secret_name": secret}}]
+        container["volume_mounts"] = [{"name": "cpsign-license", "mount_path": CPSIGN_LICENSE_DIR, "read_only": True}]
         license_file = f"{CPSIGN_LICENSE_DIR}/{training.get('cpsign_license_key', 'license.license')}"
-        container["env"].append({"name": "CPP_CPSIGN_LICENSE", "value": license_file})
+        container["env"] = [{"name": "CPP_CPSIGN_LICENSE", "value": license_file}]
     if training.get("deadline_seconds", {}).get(op_name):
         config["job_spec_config"] = {"active_deadline_seconds": int(training["deadline_seconds"][op_name])}
     return config
 
 
-def step_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, op_name: str) -> dict:
-    """Raw k8s config for one step of a sub-analysis's run. Every step gets the image of
-    the analysis's cp_version, the NAS volumes, a memory-backed /tmp, the security
-    context, placement and the `imagedb_secret` (each step records its progress or
-    failure in imagedb; never the training credentials); the batch step also gets
-    resources by sub_type and the analysis's job_timeout as a hard deadline."""
-    labels = {
-        f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
-        f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
-        f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
-        f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
-    }
-    config, container, pod_spec = _base(settings, settings.image_for(options.cp_version), labels,
-                                        (settings.imagedb_secret,))
-    priority_class = settings.high_priority_class if options.priority == 1 else settings.priority_class
+# The ops (node names) of an analysis run. Each gets the analysis's image, the imagedb
+# Secret and labels; BATCH_OP also resources by sub_type and the job_timeout deadline;
+# the others their `step_resources`. A step op added to the analysis jobs goes here.
+ANALYSIS_STEPS = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
+                  "complete_step")  # the op names of cpp_dagster.defs.analysis.steps (a test checks)
+
+
+def analysis_step_config(settings: PodSettings, op_name: str, options: SubAnalysisOptions | None = None,
+                         ids: AnalysisIds | None = None) -> dict:
+    """Raw k8s config for one step of a sub-analysis's run: the image of its cp_version,
+    the `imagedb_secret` (each step records its progress or failure in imagedb; never
+    the training credentials), the priority class, labels; the batch step also gets
+    resources by sub_type and the job_timeout as a hard deadline. Without `options` (a
+    run launched without the sensor's run config), the deployment's defaults:
+    `default_cp_version` (no image there: the code location's), resources `default`,
+    the default job_timeout, `priority_class`, and the label `cpp-dagster/pod-settings:
+    defaults` instead of the sub-analysis's."""
+    if options is None:
+        version = settings.default_cp_version
+        image = settings.images.get(version) if version else None
+        labels = {f"{LABEL_PREFIX}/pod-settings": "defaults"}
+        sub_type, priority, job_timeout = None, None, DEFAULT_JOB_TIMEOUT_S
+    else:
+        image = settings.image_for(options.cp_version)
+        labels = {f"{LABEL_PREFIX}/pod-settings": "sub-analysis", f"{LABEL_PREFIX}/sub-type": options.sub_type or "none"}
+        if ids is not None:
+            labels.update({f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
+                           f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
+                           f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id)})
+        sub_type, priority, job_timeout = options.sub_type, options.priority, options.job_timeout
+    config, container, pod_spec = _step(image, labels, (settings.imagedb_secret,))
+    priority_class = settings.high_priority_class if priority == 1 else settings.priority_class
     if priority_class:
         pod_spec["priority_class_name"] = priority_class
     if op_name == BATCH_OP:
-        resources = settings.resources.get(options.sub_type or "default") or settings.resources.get("default")
+        # dagster-k8s merges this layer onto the defaults' key by key: a sub_type's
+        # resources are layered on `default`.
+        resources = settings.resources.get(sub_type or "default") or settings.resources.get("default")
         if resources:
             container["resources"] = dict(resources)
         # The batch's own timer kills CellProfiler at job_timeout; the Job's deadline is the
         # hard limit behind it (pod start and imports get a grace period).
-        config["job_spec_config"] = {"active_deadline_seconds": options.job_timeout + settings.startup_grace_seconds}
+        config["job_spec_config"] = {"active_deadline_seconds": job_timeout + settings.startup_grace_seconds}
     elif settings.step_resources.get(op_name):
         container["resources"] = dict(settings.step_resources[op_name])
     return config
+
+
+def analysis_run_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds,
+                        steps: tuple[str, ...] = ANALYSIS_STEPS) -> dict:
+    """The run config of one sub-analysis's run (what the sensor launches it with): the
+    k8s executor's `per_step_k8s_config`, one layer per step op. Raises PodConfigError
+    when the deployment cannot run it (no image for its cp_version)."""
+    return {"execution": {"config": {"per_step_k8s_config": {
+        op: analysis_step_config(settings, op, options, ids) for op in steps}}}}
+
+
+def executor_defaults(settings: PodSettings, training_engine: str,
+                      analysis_steps: tuple[str, ...] = ANALYSIS_STEPS) -> dict:
+    """The k8s executor's config when a run gives none: `step_k8s_config` (every step),
+    and `per_step_k8s_config` for the analysis steps (the deployment's defaults) and, if
+    the pod settings have a `training` section, the training steps."""
+    per_step = {op: analysis_step_config(settings, op) for op in analysis_steps}
+    if settings.training:
+        per_step.update({op: training_step_config(settings, op, training_engine) for op in TRAINING_STEPS})
+    return {"step_k8s_config": step_base_config(settings), "per_step_k8s_config": per_step}
+
+
+def training_run_config(workflow: str) -> dict:
+    """The run config of a model-training run: its workflow as a label on every training
+    step's Job and pod (`cpp-dagster/workflow`; the rest of a training step's pod is
+    static, in the executor's defaults). `workflow` is a label value (the configuration
+    checks it)."""
+    labels = {"labels": {f"{LABEL_PREFIX}/workflow": workflow}}
+    return {"execution": {"config": {"per_step_k8s_config": {
+        op: {"pod_template_spec_metadata": labels, "job_metadata": labels} for op in TRAINING_STEPS}}}}

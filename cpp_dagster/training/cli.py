@@ -47,19 +47,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    import os
-
     from cpp_dagster.config import load_settings
     from cpp_dagster.training.registry_server import RegistryServerError, serve
 
-    root = Path(args.root or os.environ.get("CPP_MODEL_REGISTRY_DIR") or load_settings().nas_root / "models")
-    token = os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None
+    settings = load_settings()
+    root = Path(args.root) if args.root else settings.registry.folder(settings.nas_root)
+    token = settings.registry.token
     if token is None and args.insecure_local and args.host not in ("127.0.0.1", "localhost", "::1"):
         _echo(f"cpp-dagster train registry: --insecure-local serves only on this machine, not on {args.host}")
         return 2
     try:
         serve(root, args.host, args.port, token=token, insecure_local=args.insecure_local,
-              timeout_s=args.timeout, workers=args.workers, on_ready=lambda: _echo(
+              max_upload_bytes=settings.registry.max_upload_bytes, timeout_s=args.timeout, workers=args.workers, on_ready=lambda: _echo(
                   f"model registry on http://{args.host}:{args.port}/models/ serving {root}"
                   + ("" if token else " WITHOUT a token (--insecure-local)")))
     except RegistryServerError as error:
@@ -73,7 +72,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cpp_dagster.training.engines.embedded import load_model
     from cpp_dagster.training.registry import registry_for_deployment
 
-    registry = registry_for_deployment(load_settings().nas_root)
+    settings = load_settings()
+    registry = registry_for_deployment(settings.nas_root, settings.registry)
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(registry.fetch(args.model, args.version, Path(tmp)))
     frame = model.predict(args.smiles, args.significance)

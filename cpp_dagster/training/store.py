@@ -6,17 +6,18 @@ A table in the project's PostgreSQL (CPP_TRAINING_DB_URL; locally the embedded s
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 
 from psycopg2.extras import Json
 
 from cpp_dagster.pg import Store
+from cpp_dagster.settings import Training, load_settings
 from cpp_dagster.training.configuration import TrainingConfig, from_dict
 
 
-def training_db_url() -> str:
-    url = os.environ.get("CPP_TRAINING_DB_URL")
+def training_db_url(training: Training | None = None) -> str:
+    """CPP_TRAINING_DB_URL, else the embedded local server's `training` database."""
+    url = (training or load_settings().training).db_url
     if url:
         return url
     from cpp_dagster import local_postgres

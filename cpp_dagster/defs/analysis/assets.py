@@ -19,7 +19,6 @@ from cpp_dagster.defs.analysis.steps import (
     NO_OBJECT_TABLES,
     complete_step,
     merge_tables,
-    no_step,
     plan_batches,
     result_links,
     run_cellprofiler,
@@ -89,12 +88,12 @@ def feature_tables_metadata(merged: analysis.Merged, found: dict, nas_root) -> d
 @dg.op(out={"feature_tables": dg.Out(dg.Nothing), "single_cell_table": dg.Out(dg.Nothing),
             "well_profiles": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing) for name in CHECKS}})
 def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                        merged: analysis.Merged | None, single_cell: dict):
+                        merged, single_cell: dict):
     """Per-well profiles, then the sub-analysis complete in imagedb; then the three assets
     of the features step materialize together, with the checks of the feature tables."""
-    if merged is None:
+    if not isinstance(merged, analysis.Merged):  # nothing to do, and why
         for name in ("feature_tables", "single_cell_table", "well_profiles"):
-            yield dg.Output(None, name, metadata=no_step(Step.FEATURES))
+            yield dg.Output(None, name, metadata={"step": merged})
         return
     db, settings = imagedb.db(), nas.settings()
     profiles = analysis.write_well_profiles(db, settings, merged)

@@ -28,10 +28,13 @@ from cpp_dagster.sub_analysis import Step
 
 @dataclass(frozen=True)
 class StepTarget:
-    """What a step of this run does: run `sub_id`, or nothing (`reason` says why)."""
+    """What a step of this run does: run `sub_id`, or nothing (`reason` says why; `waits`:
+    its plate acquisition is not finished, so the step's asset does not materialize,
+    else it materializes saying why there was nothing to do)."""
 
     sub_id: int | None
     reason: str = ""
+    waits: bool = False
 
 
 def step_of_sub(sub: SubAnalysis) -> Step:
@@ -45,6 +48,10 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
     run = context.run
     sub_id = tagged_sub_id(run)
     if sub_id is not None:
+        found = step_of_sub(db.sub_analysis(sub_id))
+        if found != step:
+            raise dg.Failure(f"this run is for sub-analysis {sub_id}, a {found.value} step, not {step.value}: "
+                             f"launch it with the {found.value}_job (as the sensor does)", allow_retries=False)
         return StepTarget(sub_id)
     pipeline, plate = split_key(context.partition_key)
     acq_id = next((a for a, key in plate_keys(db.plate_acquisitions_by_id()).items() if key == plate), None)
@@ -61,10 +68,10 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
         context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
     if not submission.claimed:
         return StepTarget(None, f"plate {plate}: acquisition not finished; analysis {analysis_id} is submitted and "
-                                "the sensor launches it once the acquisition has finished")
+                                "the sensor launches it once the acquisition has finished", waits=True)
     subs = [s for s in db.sub_analyses_of(analysis_id) if step_of_sub(s) == step]
     if not subs:
-        return StepTarget(None, f"pipeline {pipeline!r} has no {step.value} step")
+        return StepTarget(None, f"none: pipeline {pipeline!r} has no {step.value} step")
     return StepTarget(subs[0].sub_id)
 
 

@@ -33,13 +33,18 @@ analysis_job = dg.define_asset_job(
     "analysis_job",
     selection=dg.AssetSelection.groups("analysis"),
     partitions_def=analysis_partitions,
-    description="The steps of a pipeline on a plate (plate x pipeline partition): illumination, QC, feature "
-                "tables, single-cell table, well profiles. The sensor runs one sub-analysis (step) per run.",
+    description="Every step of a pipeline on a plate (pipeline x plate partition): illumination, QC, feature "
+                "tables, single-cell table, well profiles; launched from the UI, it submits the pipeline.",
 )
 
-# The assets a sensor-launched run of a sub-analysis materializes, by its step.
+# The assets a sensor-launched run of a sub-analysis materializes, by its step, and the
+# job that runs them (one sub-analysis per run).
 STEP_ASSETS = {Step.ILLUMINATION: [dg.AssetKey(Step.ILLUMINATION.value)], Step.QC: [dg.AssetKey(Step.QC.value)],
                Step.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES]}
+STEP_JOBS = {step: dg.define_asset_job(
+    f"{step.value}_job", selection=dg.AssetSelection.assets(*keys), partitions_def=analysis_partitions,
+    description=f"One sub-analysis of sub_type {step.name.lower()}: its {step.value} step, launched by the "
+                "pending_sub_analyses sensor.") for step, keys in STEP_ASSETS.items()}
 PAGE_SIZE = 500
 
 
@@ -59,12 +64,14 @@ class Launching:
 def run_request(r: ReadySubAnalysis, plate: str, rerun: int = 0, run_config: dict | None = None) -> dg.RunRequest:
     options = SubAnalysisOptions.from_meta(r.meta)
     key = f"sub{r.sub_id}"
+    step = Step.of(options.sub_type)
     return dg.RunRequest(
         # One run per sub-analysis and re-run generation, ever: a failed run is not
         # requested again by itself; `cpp-dagster rerun` bumps the generation.
         run_key=key if rerun == 0 else f"{key}:rerun{rerun}",
+        job_name=STEP_JOBS[step].name,
         partition_key=partition_key(pipeline_key(r.pipeline_name, r.analysis_id), plate),
-        asset_selection=STEP_ASSETS[Step.of(options.sub_type)],
+        asset_selection=STEP_ASSETS[step],
         run_config=run_config or {},
         tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
               SUB_ID_TAG: str(r.sub_id), ANALYSIS_ID_TAG: str(r.analysis_id), GENERATION_TAG: str(rerun)},
@@ -95,7 +102,7 @@ def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pip
 
 
 def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
-    @dg.sensor(job=analysis_job, name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
+    @dg.sensor(jobs=list(STEP_JOBS.values()), name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
         """Keeps the plate x pipeline partitions in step with imagedb, and launches the

@@ -13,11 +13,11 @@ import dagster as dg
 
 from cpp_dagster import analysis
 from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
-from cpp_dagster.config import retry_timeouts
 from cpp_dagster.defs.analysis import launch
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
 from cpp_dagster.imagedb.rows import SubAnalysisStatus
+from cpp_dagster.settings import load_settings
 from cpp_dagster.sub_analysis import Step, SubAnalysisRun
 
 OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
@@ -36,8 +36,9 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
     """Which sub-analysis (launch.target), then image sets -> batches -> one LoadData CSV
     per batch on the work area. One run of a partition at a time: the run queue holds a
     second one back (tag concurrency limit on dagster/partition in dagster.yaml); one
-    launched past the queue stops here. `sub` is None when the pipeline has no such step;
-    nothing is yielded when it waits (its acquisition is not finished)."""
+    launched past the queue stops here. `sub` is the resolved SubAnalysisRun, or the
+    reason this step has nothing to do (e.g. the pipeline has no such step), which its
+    asset then reports; nothing is yielded when it waits (acquisition not finished)."""
     db, step = imagedb.db(), step_of(context)
     others = other_active_runs(context.instance, context.run)
     if others:
@@ -47,8 +48,8 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
     found = launch.target(context, db, step)
     if found.sub_id is None:
         context.log.info(found.reason)
-        if "acquisition not finished" not in found.reason:
-            yield dg.Output(None, "sub")  # no such step: the step's asset says so
+        if not found.waits:
+            yield dg.Output(found.reason, "sub")
         return
     prepared = analysis.prepare(db, nas.settings(), found.sub_id, run_stamp(context.run))
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
@@ -69,7 +70,7 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
     try:
         outcome = analysis.run_batch(nas.settings(), batch)
     except BatchTimeout as timeout:
-        if retry_timeouts():
+        if load_settings().launch.retry_timeouts:
             raise
         # Fails the step past its RetryPolicy: a batch that ran out of time would take as
         # long again (crashes and evictions are still retried).
@@ -92,11 +93,12 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
 
 @dg.op
 def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                 sub: SubAnalysisRun | None, outcomes: list[BatchOutcome]) -> analysis.Merged | None:
+                 sub, outcomes: list[BatchOutcome]):
     """Streaming merge of the batches into one Parquet per object table, in the results
-    folder (which switches as a whole)."""
-    if sub is None:
-        return None
+    folder (which switches as a whole): `analysis.Merged`. A step with nothing to do
+    (`sub` is not a SubAnalysisRun but the reason) passes its reason on."""
+    if not isinstance(sub, SubAnalysisRun):
+        return sub
     db = imagedb.db()
     batch_dirs = [o.output_dir.rsplit("/", 1)[0] for o in sorted(outcomes, key=lambda o: o.batch)]
     merged = analysis.merge(db, nas.settings(), sub, batch_dirs)
@@ -112,9 +114,9 @@ def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
 
 @dg.op
 def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                            merged: analysis.Merged | None) -> dict:
+                            merged) -> dict:
     """The joined single-cell table; its metadata (the asset materializes at the end)."""
-    if merged is None:
+    if not isinstance(merged, analysis.Merged):
         return {}
     result = analysis.write_single_cell(imagedb.db(), nas.settings(), merged)
     if result is None:
@@ -143,18 +145,14 @@ def result_links(sub: SubAnalysisRun, nas_root) -> dict:
     return links
 
 
-def no_step(step: Step) -> dict:
-    return {"step": f"none: the pipeline has no {step.value} step"}
-
-
 @dg.op(out={"result": dg.Out(dg.Nothing)})
 def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                  merged: analysis.Merged | None):
+                  merged):
     """The end of a step others depend on (illumination, QC): record it finished in
     imagedb, then materialize its asset with the files it wrote."""
     step = step_of(context)
-    if merged is None:
-        return dg.Output(None, "result", metadata=no_step(step))
+    if not isinstance(merged, analysis.Merged):
+        return dg.Output(None, "result", metadata={"step": merged})
     settings = nas.settings()
     outcome = analysis.complete(imagedb.db(), settings, merged.sub)
     context.log.info(f"sub-analysis {merged.sub.sub_id} ({step.value}) finished: "

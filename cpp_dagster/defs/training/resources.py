@@ -1,11 +1,11 @@
 """The resources of model training: the configuration store and the model registry."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
+from cpp_dagster.settings import load_settings
 from cpp_dagster.training.registry import registry_for_deployment
 from cpp_dagster.training.store import ConfigStore, training_db_url
 
@@ -30,7 +30,7 @@ class ModelRegistryResource(dg.ConfigurableResource):
         from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry
 
         if self.url:
-            return HttpModelRegistry(self.url, token=os.environ.get("CPP_MODEL_REGISTRY_TOKEN") or None)
+            return HttpModelRegistry(self.url, token=load_settings().registry.token)
         if self.directory:
             return FolderModelRegistry(self.directory)
         return registry_for_deployment(nas_root)

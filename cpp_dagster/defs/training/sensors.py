@@ -1,6 +1,8 @@
 """Model training runs: one per new configuration version, exactly once."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from cpp_dagster.defs.training.assets import training_configurations, training_versions
@@ -16,12 +18,19 @@ training_job = dg.define_asset_job(
 )
 
 
-def build_training_sensor(interval_s: int) -> dg.SensorDefinition:
-    return dg.sensor(job=training_job, name="new_training_configurations", minimum_interval_seconds=interval_s,
-                     default_status=dg.DefaultSensorStatus.RUNNING)(new_training_configurations)
+def build_training_sensor(interval_s: int, run_config: Callable[[str], dict]) -> dg.SensorDefinition:
+    """`run_config(workflow)`: the run config of a version's run (pod labels on Kubernetes)."""
+
+    @dg.sensor(job=training_job, name="new_training_configurations", minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def sensor(context: dg.SensorEvaluationContext, training_store: TrainingStoreResource):
+        return new_training_configurations(context, training_store, run_config)
+
+    return sensor
 
 
-def new_training_configurations(context: dg.SensorEvaluationContext, training_store: TrainingStoreResource):
+def new_training_configurations(context: dg.SensorEvaluationContext, training_store: TrainingStoreResource,
+                                run_config: Callable[[str], dict]):
     """Each new version in the store, once: the cursor is the last version seen, and the
     run key (the version's partition key) keeps a version at one run even if the cursor
     is lost. Re-running a version is a re-execution or a backfill in the UI. A stored
@@ -38,6 +47,7 @@ def new_training_configurations(context: dg.SensorEvaluationContext, training_st
     keys = [v.partition_key for v in versions]
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=v.partition_key, partition_key=v.partition_key,
+                                    run_config=run_config(v.workflow),
                                     tags={"cpp-dagster/workflow": v.workflow, "cpp-dagster/config-version": v.version})
                       for v in versions],
         dynamic_partitions_requests=[training_versions.build_add_request(keys)] if keys else [],

@@ -2,23 +2,21 @@
 by CPP_TRAINING_ENGINE: `embedded` (default; RDKit + crepes, no license) or `cpsign`."""
 from __future__ import annotations
 
-import os
-
+from cpp_dagster.settings import Training, load_settings
 from cpp_dagster.training.engines.base import TrainingEngine
 
 
-def engine_name() -> str:
-    name = os.environ.get("CPP_TRAINING_ENGINE", "embedded")
-    if name not in ("embedded", "cpsign"):
-        raise ValueError(f"CPP_TRAINING_ENGINE={name!r}: expected 'embedded' or 'cpsign'")
-    return name
+def engine_name(training: Training | None = None) -> str:
+    """The deployment's engine (checked when the settings are read)."""
+    return (training or load_settings().training).engine
 
 
-def engine_for_deployment() -> TrainingEngine:
-    if engine_name() == "cpsign":
-        from cpp_dagster.training.engines.cpsign import CPSignEngine
+def engine_for_deployment(training: Training | None = None) -> TrainingEngine:
+    training = training or load_settings().training
+    if training.engine == "cpsign":
+        from cpp_dagster.training.engines.cpsign import CPSignEngine, CPSignSettings
 
-        return CPSignEngine()
+        return CPSignEngine(CPSignSettings.from_settings(training))
     from cpp_dagster.training.engines.embedded import EmbeddedEngine
 
     return EmbeddedEngine()

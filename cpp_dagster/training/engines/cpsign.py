@@ -1,11 +1,7 @@
 """The CPSign engine: the precompute, train, aggregate and predict steps call the CPSign
-CLI, as the lab's Pachyderm pipelines did. Configured per deployment:
-
-| variable            | meaning                                                | default                              |
-|---------------------|--------------------------------------------------------|--------------------------------------|
-| CPP_CPSIGN_COMMAND  | how to start CPSign (split on spaces)                   | `java -jar /opt/cpsign/cpsign.jar`   |
-| CPP_CPSIGN_LICENSE  | the license file (on Kubernetes a mounted Secret)       | none: CPSign 2 (open source) needs none |
-| CPP_CPSIGN_DESCRIPTORS | the precompute descriptors                           | `signatures:1:3`                     |
+CLI, as the lab's Pachyderm pipelines did. Configured per deployment by CPP_CPSIGN_COMMAND,
+CPP_CPSIGN_LICENSE and CPP_CPSIGN_DESCRIPTORS (`Settings.training`, the README's
+configuration table).
 
 On Kubernetes the steps run in the image named in the pod settings' `training.cpsign_image`
 (the project plus Java and the CPSign jar), with the license Secret mounted read-only
@@ -15,7 +11,6 @@ is not installed on the machines the tests run on.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cpp_dagster.settings import Training, load_settings
 from cpp_dagster.training.configuration import ConfigError, TrainingConfig
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
 
@@ -43,10 +39,9 @@ class CPSignSettings:
     descriptors: str = "signatures:1:3"
 
     @classmethod
-    def from_env(cls) -> CPSignSettings:
-        return cls(command=tuple(shlex.split(os.environ.get("CPP_CPSIGN_COMMAND", "java -jar /opt/cpsign/cpsign.jar"))),
-                   license=os.environ.get("CPP_CPSIGN_LICENSE") or None,
-                   descriptors=os.environ.get("CPP_CPSIGN_DESCRIPTORS", "signatures:1:3"))
+    def from_settings(cls, training: Training) -> CPSignSettings:
+        return cls(command=training.cpsign_command, license=training.cpsign_license,
+                   descriptors=training.cpsign_descriptors)
 
 
 def _license(settings: CPSignSettings) -> list[str]:
@@ -110,7 +105,7 @@ class CPSignEngine:
     model_suffix = ".jar"
 
     def __init__(self, settings: CPSignSettings | None = None, runner=run):
-        self.settings = settings or CPSignSettings.from_env()
+        self.settings = settings or CPSignSettings.from_settings(load_settings().training)
         self.run = runner
 
     def precompute(self, config: TrainingConfig, files: TrainingFiles, out_dir: Path) -> Path:
