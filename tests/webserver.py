@@ -3,9 +3,9 @@ the project's workspace.yaml on a DAGSTER_HOME of their own, and a small client 
 GraphQL API the UI itself speaks (urllib, no extra dependency).
 
     with dagster_ui(tmp_path, pg_url) as ui:
-        backfill_id = ui.launch_partition_backfill(["feature_tables"], ["demo|P1"])
+        backfill_id = ui.launch_partition_backfill(["feature_tables"], ["demo-cellpainting|P-1"])
         ui.wait_for_backfill(backfill_id)
-        ui.partition_statuses("feature_tables")  # {"demo|P1": "materialized", ...}
+        ui.partition_statuses("feature_tables")  # {"demo-cellpainting|P-1": "materialized", ...}
 
 Both processes (and their code servers and run workers) are stopped when the block ends,
 also when it fails. Their output is in `<home>/webserver.log` and `<home>/daemon.log`, which
