@@ -22,16 +22,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from cpp_dagster import local
+    from cpp_dagster import local, ui
     from cpp_dagster.config import PROJECT_ROOT
 
     env = {**os.environ, **local.environment()}
     apply_schemas()
-    exe = str(Path(sys.executable).with_name("dagster"))
-    argv = [exe, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    _echo(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
-    os.chdir(PROJECT_ROOT)
-    os.execve(exe, argv, env)
+    return ui.run_dev(PROJECT_ROOT / "workspace.yaml", args.host, args.port, env,
+                      open_browser=not args.no_browser, echo=_echo)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -174,9 +171,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
     demo.set_defaults(fn=cmd_demo)
 
-    dev = sub.add_parser("dev", help="Dagster UI (webserver + daemon) over the local instance")
+    dev = sub.add_parser("dev", help="Dagster UI (webserver + daemon) over the local instance; "
+                                     "prints (and opens) the asset graph's URL")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--no-browser", action="store_true", help="only print the URL of the asset graph")
     dev.set_defaults(fn=cmd_dev)
 
     merge = sub.add_parser("merge", help="merge per-batch CellProfiler CSV folders into Parquet feature tables")

@@ -128,6 +128,22 @@ def test_analysis_finishes_with_its_last_sub_analysis(db):
     assert db.sub_analysis(second).result == {"job_folder": "r", "file_list": ["b"]}
 
 
+def test_the_ui_run_that_submitted_an_analysis_still_finds_it_once_it_finished_or_recovered(db):
+    """`analysis_of_run` reads the analysis's status: finishing (or recovering from a
+    failure) clears the failure, never the record of the run that submitted it."""
+    db.put_pipeline("two-step", TWO_STEP)
+    submission = db.submit_for_run(plate(db), "two-step", "run-1", claim=lambda types: set(range(len(types))))
+    first, second = submission.analysis.sub_ids
+    db.mark_sub_failed(first, "boom")
+    db.rerun_sub_analysis(first)
+    for sub_id in (first, second):
+        db.mark_sub_finished(sub_id, {"job_folder": "r", "file_list": [str(sub_id)]})
+    analysis = db.analysis(submission.analysis.analysis_id)
+    assert analysis["finish"] is not None and analysis["error"] is None
+    assert "state" not in analysis["status"] and "message" not in analysis["status"]
+    assert db.analysis_of_run("run-1") == submission.analysis.analysis_id
+
+
 def test_failure_is_recorded_once_and_fails_the_analysis(db):
     db.put_pipeline("two-step", TWO_STEP)
     submitted = db.submit_analysis(plate(db), "two-step")

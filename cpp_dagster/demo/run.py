@@ -26,19 +26,25 @@ from cpp_dagster.training.store import ConfigStore, training_db_url
 
 
 @contextmanager
-def dagster_daemon(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """`dagster-daemon run` over workspace.yaml, stopped (with its code server and run
-    workers) on exit."""
+def dagster_process(command: str, args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A Dagster command of this virtualenv (`dagster-daemon`, `dagster-webserver`) over
+    workspace.yaml in its own process group, its output in `log_path`; stopped (with its
+    code server and run workers) on exit, also when the body fails."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).with_name("dagster-daemon")
+    exe = Path(sys.executable).with_name(command)
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([str(exe), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        proc = subprocess.Popen([str(exe), *args, "-w", str(PROJECT_ROOT / "workspace.yaml")],
                                 cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield proc
         finally:
             _stop_group(proc)
+
+
+def dagster_daemon(env: dict[str, str], log_path: Path):
+    """`dagster-daemon run` (sensors, run queue, backfills, run monitoring)."""
+    return dagster_process("dagster-daemon", ["run"], env, log_path)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
