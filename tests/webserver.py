@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import dagster_helpers
 import yaml
 
 from cpp_dagster.config import PROJECT_ROOT
@@ -127,13 +127,10 @@ class DagsterUI:
     def wait_until(self, what: str, predicate, timeout: float = 300, every: float = 2):
         """Poll `predicate` until it returns something truthy; on timeout the error quotes
         the servers' logs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(every)
-        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.log_tails()}")
+        try:
+            return dagster_helpers.wait_until(what, predicate, timeout=timeout, every=every)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e} (after {timeout:.0f} s)\n{self.log_tails()}") from None
 
     # -- the code location ------------------------------------------------------------------
 
