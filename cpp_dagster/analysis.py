@@ -68,6 +68,7 @@ class Merged:
     sub: SubAnalysisRun
     merge: MergeResult
     object_tables: tuple[str, ...]  # Nuclei, Cells, ...: none for a pipeline that exports only an Image table
+    batches: tuple[str, ...]  # the planned batches merged (batch_NNNN)
 
     @property
     def tables_dir(self) -> Path:
@@ -208,7 +209,7 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
     db.add_outputs(sub.sub_id, file_list(merged.files, settings.nas_root), sub.stamp)
     objects = tuple(sorted(t.name for t in merged.tables.values()
                            if t.path.is_file() and "ObjectNumber" in pq.read_schema(t.path).names))
-    return Merged(sub, merged, objects)
+    return Merged(sub, merged, objects, tuple(Path(d).name for d in batch_dirs))
 
 
 def write_single_cell(db: ImageDB, settings: Settings, merged: Merged) -> SingleCellResult | None:

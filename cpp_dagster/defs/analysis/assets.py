@@ -46,13 +46,12 @@ CHECKS = {
 }
 
 
-def feature_checks(merged: analysis.Merged, batches: int) -> dict:
+def feature_checks(merged: analysis.Merged) -> dict:
     """The data-quality checks of the merged tables (pure results, features.checks)."""
     results_dir, objects = merged.tables_dir, list(merged.object_tables)
-    names = [f"batch_{i:04d}" for i in range(batches)]
     return {
         "image_rows_match_plan": checks.image_rows_match_plan(results_dir, merged.sub.status.image_sets or 0),
-        "all_batches_present": checks.all_batches_present(results_dir, names),
+        "all_batches_present": checks.all_batches_present(results_dir, list(merged.batches)),
         "well_cell_counts": (checks.well_counts_outliers(results_dir, objects=objects) if objects
                              else checks.not_applicable(NO_OBJECT_TABLES)),
         "nan_share": (checks.nan_share(results_dir, tables=objects) if objects
@@ -99,7 +98,7 @@ def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource
     profiles = analysis.write_well_profiles(db, settings, merged)
     outcome = analysis.complete(db, settings, merged.sub)
     context.log.info(f"sub-analysis {merged.sub.sub_id} finished: {len(outcome['file_list'])} result files")
-    found = feature_checks(merged, merged.sub.status.batches or 0)
+    found = feature_checks(merged)
     yield dg.Output(None, "feature_tables", metadata=feature_tables_metadata(merged, found, settings.nas_root))
     yield dg.Output(None, "single_cell_table", metadata=single_cell)
     yield dg.Output(None, "well_profiles", metadata=(

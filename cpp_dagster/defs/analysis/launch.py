@@ -21,7 +21,7 @@ from cpp_dagster.defs.analysis.partitions import (
     split_key,
     tagged_sub_id,
 )
-from cpp_dagster.imagedb.rows import SubAnalysis
+from cpp_dagster.imagedb.rows import SubAnalysis, SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.sub_analysis import Step
 
@@ -104,5 +104,5 @@ def sub_analyses_of_run(db: ImageDB, run: dg.DagsterRun) -> list[SubAnalysis]:
     if not analysis.isdigit():
         return []
     root = run.root_run_id or run.run_id
-    return [s for s in db.sub_analyses_of(int(analysis))
-            if isinstance(s.status, dict) and root in (s.status.get("claimed_by_run"), s.status.get("run_id"))]
+    runs_it = lambda status: root in (status.claimed_by_run, status.run_id)  # noqa: E731
+    return [s for s in db.sub_analyses_of(int(analysis)) if runs_it(SubAnalysisStatus.from_json(s.status))]

@@ -22,6 +22,7 @@ from cpp_dagster.defs.analysis.partitions import (
     plate_keys,
     plate_partitions,
     run_stamp,
+    usable,
 )
 from cpp_dagster.defs.resources import ImageDBResource
 from cpp_dagster.imagedb.ready import Unlaunchable
@@ -94,7 +95,7 @@ def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pip
     """Add-requests for the plate and pipeline keys imagedb has and Dagster not yet."""
     requests = []
     for definition, keys in ((plate_partitions, sorted(set(plates.values()))),
-                             (pipeline_partitions, [pipeline_key(p, 0) for p in pipelines])):
+                             (pipeline_partitions, [p for p in pipelines if usable(p)])):
         new = sorted(set(keys) - set(instance.get_dynamic_partitions(definition.name)))
         if new:
             requests.append(definition.build_add_request(new))
