@@ -159,10 +159,21 @@ RUNNERS = {"merge": run_merge, "baseline": run_baseline, "pyarrow": run_pyarrow,
 
 # --- measuring (in the parent) ----------------------------------------------------
 
+def remove_output(dest: Path) -> None:
+    """An earlier run's output: a folder, or the project's merge's link to its version
+    folder (`results_folder`), with its versions."""
+    from cpp_dagster.features import results_folder
+
+    if dest.is_symlink():
+        dest.unlink()
+    elif dest.exists():
+        shutil.rmtree(dest)
+    shutil.rmtree(results_folder.versions_dir(dest), ignore_errors=True)
+
+
 def run_child(method: str, src: Path, dest: Path, how: str) -> dict:
     """Run one method in a fresh interpreter; its wall and CPU seconds and peak RSS (MB)."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    remove_output(dest)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(src), str(dest)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
     return run_measured(method, cmd, env, how)
