@@ -4,6 +4,7 @@ with drift between batches, for an Image-only pipeline and at JUMP width."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -184,3 +185,25 @@ def test_a_table_that_cannot_be_converted_names_the_batch_and_file(tmp_path):
     with pytest.raises(MergeError, match=r"batch batch_0007: its Cells table .*MyExpt_Cells.csv is empty"):
         convert_batch(batch)
     assert not (batch / TABLES).exists() and not list(batch.glob(f"{TABLES}.*"))
+
+
+def test_a_converted_table_that_disagrees_with_its_complete_json_is_an_error_naming_it(tmp_path):
+    """The check before the final merge only `stat`s the files: a file of the right size
+    whose rows or columns are not the ones `complete.json` lists is caught while it is
+    read, and nothing is published."""
+    batches = drifting_batches(tmp_path / "work")
+    for d in batches:
+        convert_batch(d)
+    complete = json.loads((batches[1] / TABLES / COMPLETE).read_text())
+    complete["tables"]["Nuclei"]["rows"] += 1
+    (batches[1] / TABLES / COMPLETE).write_text(json.dumps(complete))
+    with pytest.raises(MergeError, match=r"batch_0001/tables/Nuclei.arrow has 4 rows, its batch's complete.json says 5"):
+        merge_converted(batches, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+    complete["tables"]["Nuclei"]["rows"] -= 1
+    complete["tables"]["Nuclei"]["schema"] = json.loads((batches[0] / TABLES / COMPLETE).read_text())[
+        "tables"]["Nuclei"]["schema"]  # batch 1's Nuclei has a column batch 0's has not
+    (batches[1] / TABLES / COMPLETE).write_text(json.dumps(complete))
+    with pytest.raises(MergeError, match=r"batch_0001/tables/Nuclei.arrow is not the one its batch's complete.json"):
+        merge_converted(batches, tmp_path / "dest")

@@ -7,14 +7,16 @@ into the Parquet feature tables (no CSV parsing after the last batch).
   int64, `nan` as null, the batch key columns added. A column with no value in the batch
   stays of type null, so the final merge types it as the CSV route does. The tables are
   written into `tables.partial-<id>/` and renamed: a killed conversion never leaves a
-  half table under `tables/`. The types of a CSV header are probed once per run and
-  shared through `.probes/` beside the batch folders (`shared_probe`). `tables/complete.json` lists each table's file, its size
-  and rows, the CSV it came from with its size, and the batch number its image keys use.
+  half table under `tables/`. The tables are converted one after another (batches
+  convert side by side). The types of a CSV header are probed once per run and shared
+  through `.probes/` beside the batch folders (`shared_probe`). `tables/complete.json`
+  lists each table's file, its size, rows and schema key, the CSV it came from with its
+  size, and the batch number its image keys use.
   The files are Arrow IPC, not Parquet: read once, by the final merge, they cost
   almost nothing to write and read, where Parquet's fixed cost per column chunk made
   the final merge slower than the CSV merge (`table_writers`).
 - `converted(batch_dir, number)`: a conversion that is complete and still matches the
-  CSVs in `output/`, else None.
+  CSVs in `output/`, else None (checked by `stat` alone).
 - `merge_converted(batch_dirs, dest_dir, ...)`: the sub-analysis's merge. A batch without
   a complete conversion (a work area from before this route, a killed batch step) is
   converted here first. Each table is then written by streaming the batches' record batches,
@@ -26,8 +28,10 @@ into the Parquet feature tables (no CSV parsing after the last batch).
   batch, hard-linked (re-run reuse).
 
 Memory: one row group per table being written (`table_writers.RowGroupWriter`), up
-to MERGE_WORKERS tables at once; a batch's record batches (CSV blocks) are read one at
-a time.
+to `merge.MERGE_WORKERS` tables at once. The final merge memory-maps the converted
+files: their record batches go to the Parquet writer without a copy (reading them into
+memory was a quarter of its CPU), and the pages of a file are let go once its row group
+is written.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,7 +50,6 @@ import pyarrow as pa
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.merge import (
     EXPERIMENT,
-    MERGE_WORKERS,
     MergedTable,
     MergeError,
     MergeResult,
@@ -57,7 +60,6 @@ from cpp_dagster.features.merge import (
     merge_batches,
     merge_table,
     read_plan,
-    shared_schemas,
     table_files,
 )
 from cpp_dagster.features.schema import probe_schema, scan_schema, unified_schema
@@ -85,13 +87,15 @@ def convert_batch(batch_dir: Path, number: int | None = None) -> dict[str, Path]
     staging.mkdir()
     probe = functools.partial(shared_probe, cache=batch_dir.parent / PROBES)
     try:
-        with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
-            written = list(pool.map(
-                lambda t: merge_table(t, [(number, name, sources[t])], staging / f"{t}.arrow",
-                                      keep_null=True, writer=ArrowFileWriter, probe=probe),
-                list(sources)))
+        # one table after another: batches convert side by side (pods, or local
+        # processes), and threads here cost ~20% more CPU for the same tables
+        # (plate benchmark, 2 batches at once on 2 cores: 22.5 s CPU, 27 s with 4 threads)
+        written = [merge_table(t, [(number, name, path)], staging / f"{t}.arrow", keep_null=True,
+                               writer=ArrowFileWriter, probe=probe)
+                   for t, path in sources.items()]
         complete = {"batch": name, "number": number, "tables": {
-            t.name: {"file": t.path.name, "bytes": t.path.stat().st_size, "rows": t.rows, "csv": sources[t.name].name,
+            t.name: {"file": t.path.name, "bytes": t.path.stat().st_size, "rows": t.rows,
+                     "schema": _schema_key(t.schema), "csv": sources[t.name].name,
                      "csv_bytes": sources[t.name].stat().st_size} for t in written}}
         (staging / COMPLETE).write_text(json.dumps(complete, indent=1))
         _publish(staging, batch_dir / TABLES)
@@ -125,11 +129,28 @@ def shared_probe(path: Path, cache: Path) -> pa.Schema:
     return schema
 
 
+@dataclass(frozen=True)
+class ConvertedTable:
+    """One table of a batch's conversion, as its `complete.json` lists it."""
+
+    path: Path
+    rows: int
+    schema_key: str  # the same for batches whose tables have the same columns and types
+
+
 def converted(batch_dir: Path, number: int | None = None) -> dict[str, Path] | None:
     """Table name -> file of the batch's conversion, if it is complete and made from the
-    CSVs now in `output/` (same tables, same sizes, same batch number, every file of the
-    size and rows it was written with); else None."""
-    batch_dir = Path(batch_dir)
+    CSVs now in `output/`; else None (see `_conversion`)."""
+    tables = _conversion(Path(batch_dir), number)
+    return None if tables is None else {name: t.path for name, t in tables.items()}
+
+
+def _conversion(batch_dir: Path, number: int | None = None) -> dict[str, ConvertedTable] | None:
+    """The batch's conversion, if `complete.json` is in place and matches: the same
+    tables as the CSVs in `output/`, each made from a CSV of the size it has now, the same
+    batch number, every file of the size it was written with. Only `stat`s: opening each
+    file (its ~1,000-column schema) cost a tenth of the final merge on 96 batches; a
+    file whose rows do not match is caught while the merge reads it."""
     number = batch_number(batch_dir.name, 0) if number is None else number
     folder = batch_dir / TABLES
     try:
@@ -140,16 +161,20 @@ def converted(batch_dir: Path, number: int | None = None) -> dict[str, Path] | N
         tables = complete["tables"]
         if set(tables) != set(sources):
             return None
+        out = {}
         for name, t in tables.items():
+            path = folder / t["file"]
             if (t["csv"] != sources[name].name or t["csv_bytes"] != sources[name].stat().st_size
-                    or (folder / t["file"]).stat().st_size != t["bytes"]):
+                    or path.stat().st_size != t["bytes"]):
                 return None
-            with pa.ipc.open_file(folder / t["file"]) as reader:  # a footer, and every batch's rows
-                if reader.count_rows() != t["rows"]:
-                    return None
-        return {name: folder / t["file"] for name, t in tables.items()}
-    except (OSError, ValueError, KeyError, TypeError, MergeError, pa.ArrowException):
+            out[name] = ConvertedTable(path, int(t["rows"]), str(t["schema"]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, MergeError):
         return None
+
+
+def _schema_key(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()[:32]
 
 
 def reuse_converted(earlier: Path, batch_dir: Path) -> dict[str, Path] | None:
@@ -157,7 +182,7 @@ def reuse_converted(earlier: Path, batch_dir: Path) -> dict[str, Path] | None:
     `batch_dir` (whose `output/` holds links to the same CSVs); None when that one is not
     complete (the caller converts)."""
     earlier, batch_dir = Path(earlier), Path(batch_dir)
-    if converted(earlier) is None:
+    if _conversion(earlier) is None:
         return None
     _remove_leftovers(batch_dir)
     staging = batch_dir / f"{TABLES}.partial-{uuid.uuid4().hex}"
@@ -174,20 +199,32 @@ def merge_converted(batch_dirs: Sequence[Path], dest_dir: Path, **options) -> Me
     batch work folder's `output/` gives the Experiment table and the other files, its
     `tables/` the tables. A batch without a complete conversion is converted first."""
     batch_dirs = [Path(d) for d in batch_dirs]
-    tables: dict[str, dict[str, Path]] = {}
+    tables: dict[str, dict[str, ConvertedTable]] = {}
     for position, d in enumerate(batch_dirs):
         number = batch_number(d.name, position)
-        tables[d.name] = converted(d, number) or convert_batch(d, number)
+        found = _conversion(d, number)
+        if found is None:
+            convert_batch(d, number)
+            found = _conversion(d, number)
+        if found is None:
+            raise MergeError(f"batch {d.name}: its tables were converted but do not match its CSVs")
+        tables[d.name] = found
     return merge_batches([d / OUTPUT for d in batch_dirs], dest_dir,
                          merge_one=functools.partial(concat_table, converted=tables), **options)
 
 
 def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *,
-                 converted: dict[str, dict[str, Path]]) -> MergedTable:
+                 converted: dict[str, dict[str, ConvertedTable]]) -> MergedTable:
     """One table of every batch, from their converted files, into `dest_file` (Parquet).
-    `sources`: (batch number, batch name, CSV) in batch order, as `merge.merge_table` takes."""
+    `sources`: (batch number, batch name, CSV) in batch order, as `merge.merge_table` takes.
+    Each file's schema is read once per distinct schema; the files are memory-mapped,
+    so their record batches go to the Parquet writer without a copy."""
     files = [converted[batch][name] for _, batch, _ in sources]
-    schemas = shared_schemas(_value_schema(f) for f in files)
+    by_key: dict[str, pa.Schema] = {}
+    for f in files:
+        if f.schema_key not in by_key:
+            by_key[f.schema_key] = _value_schema(f.path)
+    schemas = [by_key[f.schema_key] for f in files]
     schema, drift = unified_schema(schemas)
     out_schema = keyed_schema(schema)
     with RowGroupWriter(dest_file, out_schema) as writer:
@@ -196,16 +233,25 @@ def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file:
                 for table in _csv_route(source, schema):
                     writer.add(table)
                 continue
-            with pa.OSFile(str(file)) as f, pa.ipc.open_file(f) as batch:
+            rows = 0
+            with (pa.memory_map(str(file.path)) if os.environ.get("XM","1")=="1" else pa.OSFile(str(file.path))) as f, pa.ipc.open_file(f) as batch:
+                if not batch.schema.equals(keyed_schema(file_schema)):
+                    raise MergeError(f"the converted table {file.path} is not the one its batch's "
+                                     f"{COMPLETE} lists: remove {file.path.parent} to convert the batch again")
                 for i in range(batch.num_record_batches):
-                    writer.add(_conform(pa.Table.from_batches([batch.get_batch(i)]), out_schema))
+                    record_batch = batch.get_batch(i)
+                    rows += record_batch.num_rows
+                    writer.add(_conform(pa.Table.from_batches([record_batch]), out_schema))
+            if rows != file.rows:
+                raise MergeError(f"the converted table {file.path} has {rows} rows, its batch's {COMPLETE} "
+                                 f"says {file.rows}: remove {file.path.parent} to convert the batch again")
     return MergedTable(name, dest_file, writer.rows, len(out_schema), drift)
 
 
 def _value_schema(path: Path) -> pa.Schema:
     """A converted table's columns after the batch key columns."""
     try:
-        with pa.ipc.open_file(path) as reader:
+        with pa.memory_map(str(path)) as source, pa.ipc.open_file(source) as reader:
             schema = reader.schema
     except (OSError, pa.ArrowException) as e:
         raise MergeError(f"cannot read the converted table {path}: {e}") from None

