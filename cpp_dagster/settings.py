@@ -275,8 +275,8 @@ class Settings(_Group):
         "replaced by `result.job_folder` (URL-quoted), e.g. `https://files.lab/{path}`", None, url_template,
         shown="unset (no URL column)")
     work_retention_days: float = setting("CPP_WORK_RETENTION_DAYS", "days a finished sub-analysis's work "
-                                         "folders (batch CSVs, converted tables) are kept before `cpp-dagster gc` "
-                                         "removes them (`--retention-days N` overrides)", 7, days)
+                                         "folders (batch CSVs, converted tables) are kept before the nightly `clean_work_area` "
+                                         "job or `cpp-dagster gc` removes them (`--retention-days N` overrides)", 7, days)
     launch: Launch = field(default_factory=Launch)
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)

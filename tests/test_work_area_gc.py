@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import psycopg2
 import pytest
 from psycopg2 import sql
@@ -151,3 +152,31 @@ def test_a_retention_that_is_not_a_number_of_days_is_one_clear_line(gc_lab):
                                   "0 or more (e.g. 7 or 0.5)")
     assert Settings.from_env({}).work_retention_days == 7.0
     assert Settings.from_env({"CPP_WORK_RETENTION_DAYS": "0.5"}).work_retention_days == 0.5
+
+
+def test_the_nightly_cleaning_frees_what_gc_frees_and_says_what_it_kept(gc_lab, monkeypatch):
+    """The job `clean_work_area` (on by default, every night) is `cpp-dagster gc` with the
+    deployment's retention: its run frees the finished sub-analysis past the retention,
+    keeps the recent and failed ones, and its step's metadata gives the totals."""
+    from cpp_dagster.definitions import build_defs
+
+    monkeypatch.setenv("CPP_WORK_RETENTION_DAYS", "2.5")
+    old = gc_lab.sub("finished", days_ago=3)
+    recent = gc_lab.sub("finished", days_ago=2)
+    failed = gc_lab.sub("failed", days_ago=30)
+    defs = build_defs()
+    schedule = defs.resolve_schedule_def("clean_work_area_nightly")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "30 3 * * *"
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("clean_work_area").execute_in_process(instance=instance)
+    assert result.success
+    work = gc_lab.settings.work_root
+    assert not (work / f"sub_{old}").exists()
+    assert (work / f"sub_{recent}").is_dir() and (work / f"sub_{failed}").is_dir()
+    [materialized] = [e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = {k: v.value for k, v in materialized.step_output_data.metadata.items()}
+    assert metadata["freed_bytes"] == 12000 and metadata["freed_sub_analyses"] == [old]
+    assert metadata["kept_sub_analyses"] == 2 and metadata["retention_days"] == 2.5
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(f"sub-analysis {failed}: kept (failed: kept for a re-run" in m for m in logs)

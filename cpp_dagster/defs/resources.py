@@ -2,6 +2,7 @@
 (cpp_dagster.config) when the run starts, not when the code location loads."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -29,7 +30,10 @@ class NasResource(dg.ConfigurableResource):
 
     def settings(self) -> config.Settings:
         base = config.load_settings()
-        return config.Settings(
+        # the environment's settings, with this resource's fields over them (every other
+        # field, e.g. the retention, stays the environment's)
+        return dataclasses.replace(
+            base,
             nas_root=Path(self.nas_root) if self.nas_root else base.nas_root,
             work_root=Path(self.work_root) if self.work_root else base.work_root,
             pipelines_dir=Path(self.pipelines_dir) if self.pipelines_dir else base.pipelines_dir,
