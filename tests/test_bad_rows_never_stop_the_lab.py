@@ -17,6 +17,7 @@ from poison_rows import (
     insert_poison_rows,
     insert_sub_analysis,
 )
+from psycopg2.extras import Json
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta
@@ -189,3 +190,40 @@ def test_a_fresh_instance_ticks_every_sensor_clean(pg_server, dagster_instance, 
     assert {"pending_sub_analyses", "automation_rules", "new_training_configurations"} <= set(names)
     for name in names:
         tick(dagster_instance, name)  # raises on a failing evaluation
+
+
+def test_a_cycle_of_dependencies_fails_with_the_cycle_instead_of_waiting_forever(db):
+    """A sub-analysis that depends on itself, or two that depend on each other, can never
+    start: each fails at once naming its cycle; one that depends on the cycle fails as a
+    dependent of a failed one; a sub-analysis waiting on an unfinished one goes on waiting."""
+    acq = plate(db)
+    itself = insert_sub_analysis(db, acq, meta=GOOD_META)
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s",
+                    (Json([itself]), itself))
+    first = insert_sub_analysis(db, acq, meta=GOOD_META)
+    second = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{first}]")
+    with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s",
+                    (Json([second]), first))
+    on_cycle = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{second}]")
+    waiting_on = insert_sub_analysis(db, acq, meta=GOOD_META)
+    waits = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{waiting_on}]")
+
+    failed_now = {r.sub_id: r.message for r in db.fail_unresolvable_dependencies()}
+    assert failed_now == {
+        itself: f"not started: its dependencies form a cycle (sub-analysis {itself} -> {itself}): "
+                "it would wait forever",
+        first: f"not started: its dependencies form a cycle (sub-analysis {first} -> {second} -> {first}): "
+               "it would wait forever",
+        second: f"not started: its dependencies form a cycle (sub-analysis {second} -> {first} -> {second}): "
+                "it would wait forever",
+        on_cycle: f"not started: it depends on sub-analysis {second}, which failed",
+    }
+    for sub_id, text in failed_now.items():
+        assert message(db, sub_id) == text
+        analysis = db.analysis(db.sub_analysis(sub_id).analysis_id)
+        assert analysis["error"] is not None and text in analysis["status"]["message"]
+    assert db.sub_analysis(waits).error is None and db.sub_analysis(waiting_on).error is None
+    assert [r.sub_id for r in db.ready_sub_analyses()] == [waiting_on]
+    assert db.fail_unresolvable_dependencies() == []

@@ -1,6 +1,7 @@
 """imagedb queries of the launch side: which submitted sub-analyses the sensor may launch
 now, and which can never start and must fail at once with the reason (a row whose JSON
-has the wrong shape, a dependency that does not exist or has already failed).
+has the wrong shape, a dependency that does not exist or has already failed, a
+cycle of dependencies).
 
 Part of the one ImageDB API (`ImageDB` inherits `LaunchQueries`); kept in its own module
 so that store.py stays readable. Values always travel as query parameters. No query here
@@ -39,6 +40,8 @@ _KIND = {"array": "a list", "object": "an object", "string": "a string", "number
 # `not started: it depends on sub-analysis N, which failed` (or `..., which does not exist`)
 _DEPENDS_ON = "not started: it depends on sub-analysis "
 _FAILED, _MISSING = ", which failed", ", which does not exist"
+# `not started: its dependencies form a cycle (sub-analysis 5 -> 7 -> 5): ...`
+_CYCLE, _FOREVER = "not started: its dependencies form a cycle (sub-analysis ", "): it would wait forever"
 
 
 def dependency_failed_message(sub_id: int) -> str:
@@ -122,12 +125,15 @@ class LaunchQueries(Store):
 
     def fail_unresolvable_dependencies(self, *, max_depth: int = 20) -> list[Unlaunchable]:
         """Fail now, with the reason, every submitted sub-analysis that depends on one that
-        does not exist or has already failed (its analysis fails too, as with
-        `mark_sub_failed`); such a dependent would otherwise wait forever, silently. The
-        statement is repeated (same transaction) so that a chain of dependents fails at
-        once, each naming its own dependency. Returns what it failed."""
+        does not exist or has already failed, or whose dependencies lead back to itself
+        (its analysis fails too, as with `mark_sub_failed`); such a dependent would
+        otherwise wait forever, silently. The cycles fail first; then the statement for
+        missing and failed dependencies is repeated (same transaction) so that a chain of
+        dependents fails at once, each naming its own dependency. Returns what it failed."""
         failed: list[Unlaunchable] = []
         with self._cursor() as cur:
+            cur.execute(_FAIL_CYCLES, {"cycle": _CYCLE, "forever": _FOREVER, "depth": max_depth})
+            failed += [Unlaunchable(r["sub_id"], r["message"]) for r in cur.fetchall()]
             for _ in range(max_depth):
                 cur.execute(_FAIL_UNRESOLVABLE, {"depends_on": _DEPENDS_ON, "failed": _FAILED, "missing": _MISSING})
                 rows = [Unlaunchable(r["sub_id"], r["message"]) for r in cur.fetchall()]
@@ -137,20 +143,11 @@ class LaunchQueries(Store):
         return failed
 
 
-# One statement: the blocked sub-analyses (their first missing, else first failed
-# dependency), their failure, and their analyses' failure.
-_FAIL_UNRESOLVABLE = f"""
-WITH blocked AS (
-    SELECT DISTINCT ON (s.sub_id) s.sub_id,
-           %(depends_on)s || d.dep_id || CASE WHEN dep.sub_id IS NULL THEN %(missing)s ELSE %(failed)s END
-               AS message
-    FROM image_sub_analyses s
-    CROSS JOIN LATERAL {DEPENDENCY_IDS_SQL}
-    LEFT JOIN image_sub_analyses dep ON dep.sub_id = {DEPENDENCY_ID_SQL}
-    WHERE {_SUBMITTED} AND {WELL_FORMED_SQL}
-      AND (dep.sub_id IS NULL OR dep.error IS NOT NULL)
-    ORDER BY s.sub_id, (dep.sub_id IS NULL) DESC, {DEPENDENCY_ID_SQL}
-), failed AS (
+def _fail_blocked(blocked: str) -> str:
+    """One statement: the sub-analyses the CTE `blocked` (sub_id, message) names fail with
+    its message, and their analyses fail too."""
+    return f"""
+WITH RECURSIVE {blocked}, failed AS (
     UPDATE image_sub_analyses s
     SET error = now(),
         status = COALESCE(s.status, '{{}}'::jsonb) || jsonb_build_object('state', 'failed', 'message', b.message)
@@ -167,3 +164,42 @@ WITH blocked AS (
     RETURNING a.id
 )
 SELECT sub_id, message FROM failed ORDER BY sub_id"""
+
+
+# The blocked sub-analyses: their first missing, else first failed dependency.
+_FAIL_UNRESOLVABLE = _fail_blocked(f"""blocked AS (
+    SELECT DISTINCT ON (s.sub_id) s.sub_id,
+           %(depends_on)s || d.dep_id || CASE WHEN dep.sub_id IS NULL THEN %(missing)s ELSE %(failed)s END
+               AS message
+    FROM image_sub_analyses s
+    CROSS JOIN LATERAL {DEPENDENCY_IDS_SQL}
+    LEFT JOIN image_sub_analyses dep ON dep.sub_id = {DEPENDENCY_ID_SQL}
+    WHERE {_SUBMITTED} AND {WELL_FORMED_SQL}
+      AND (dep.sub_id IS NULL OR dep.error IS NOT NULL)
+    ORDER BY s.sub_id, (dep.sub_id IS NULL) DESC, {DEPENDENCY_ID_SQL}
+)""")
+
+# The sub-analyses on a cycle of dependencies (one that depends on itself included),
+# each with its shortest cycle: `walk` follows every submitted sub-analysis's
+# dependencies that have not started, never visiting one twice, up to %(depth)s deep.
+_FAIL_CYCLES = _fail_blocked(f"""walk(start_id, sub_id, path) AS (
+    SELECT s.sub_id, s.sub_id, ARRAY[s.sub_id]
+    FROM image_sub_analyses s
+    WHERE {_SUBMITTED} AND {WELL_FORMED_SQL}
+  UNION ALL
+    SELECT w.start_id, dep.sub_id, w.path || dep.sub_id
+    FROM walk w
+    JOIN image_sub_analyses s ON s.sub_id = w.sub_id
+    CROSS JOIN LATERAL {DEPENDENCY_IDS_SQL}
+    JOIN image_sub_analyses dep ON dep.sub_id = {DEPENDENCY_ID_SQL}
+    WHERE dep.start IS NULL AND dep.error IS NULL AND dep.finish IS NULL
+      AND NOT dep.sub_id = ANY(w.path) AND cardinality(w.path) < %(depth)s
+), blocked AS (
+    SELECT DISTINCT ON (w.start_id) w.start_id AS sub_id,
+           %(cycle)s || array_to_string(w.path || w.start_id, ' -> ') || %(forever)s AS message
+    FROM walk w
+    JOIN image_sub_analyses s ON s.sub_id = w.sub_id
+    CROSS JOIN LATERAL {DEPENDENCY_IDS_SQL}
+    WHERE {DEPENDENCY_ID_SQL} = w.start_id
+    ORDER BY w.start_id, cardinality(w.path), w.path
+)""")
