@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 from dagster_helpers import ANALYSIS_ASSETS, events, launch_from_ui, tick
 
-from cpp_dagster.defs.analysis.partitions import plate_keys
+from cpp_dagster.defs.analysis.partitions import key_lookup, plate_keys
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
 
 FEATURES_STEP = [dg.AssetKey(k) for k in ("feature_tables", "single_cell_table", "well_profiles")]
@@ -23,6 +23,21 @@ def test_plate_keys_are_barcodes_readable_and_stable():
     assert keys == {1: "P-1", 2: "P-2", 3: "P-1~3", 4: "~4", 5: "~5"}
     # a later acquisition never changes an earlier key
     assert plate_keys({1: "P-1", 2: "P-2", 3: "P-1", 4: "bad|bar,code", 5: "", 6: "P-1"})[3] == "P-1~3"
+
+
+def test_each_plate_key_leads_back_to_its_acquisition_with_one_small_query(db):
+    """A run from the UI finds the acquisition of its partition's plate key by looking up
+    that barcode or id alone, never by reading every acquisition."""
+    db.put_channel_map(1, {1: "HOECHST"})
+    barcodes = ["P-1", "P-2", "P-1", "bad|bar,code", "X~2", "P-1"]
+    ids = [db.add_plate_acquisition(b, channel_map_id=1, folder=f"/nas/{k}") for k, b in enumerate(barcodes)]
+    keys = plate_keys(db.plate_acquisitions_by_id())
+    assert [keys[i] for i in ids] == ["P-1", "P-2", f"P-1~{ids[2]}", f"~{ids[3]}", f"~{ids[4]}", f"P-1~{ids[5]}"]
+    for acq_id, key in keys.items():
+        found = plate_keys(db.plate_acquisitions_like(*key_lookup(key)))
+        assert [a for a, k in found.items() if k == key] == [acq_id], key
+    for unknown in ("P-3", f"P-1~{ids[0]}", f"P-2~{ids[2]}", "~999999", "P-1~x"):
+        assert unknown not in plate_keys(db.plate_acquisitions_like(*key_lookup(unknown))).values(), unknown
 
 
 def test_a_materialize_from_the_ui_submits_the_pipeline_and_runs_its_steps_in_order(lab, dagster_instance):

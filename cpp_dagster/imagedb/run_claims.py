@@ -40,6 +40,14 @@ class RunClaims(Store):
             cur.execute("SELECT id, plate_barcode FROM plate_acquisition ORDER BY id")
             return {r["id"]: r["plate_barcode"] for r in cur.fetchall()}
 
+    def plate_acquisitions_like(self, barcode: str, acq_id: int | None = None) -> dict[int, str]:
+        """The barcode of every acquisition of `barcode`, and of acquisition `acq_id`, by
+        id: what a plate key can name (`partitions.plate_keys` on them gives their keys)."""
+        with self._cursor() as cur:
+            cur.execute("SELECT id, plate_barcode FROM plate_acquisition WHERE plate_barcode = %s OR id = %s",
+                        (barcode, acq_id))
+            return {r["id"]: r["plate_barcode"] for r in cur.fetchall()}
+
     def pipeline_names(self) -> list[str]:
         with self._cursor() as cur:
             cur.execute("SELECT name FROM analysis_pipelines ORDER BY name")

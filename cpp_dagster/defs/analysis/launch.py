@@ -17,6 +17,7 @@ import dagster as dg
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
+    key_lookup,
     plate_keys,
     split_key,
     tagged_sub_id,
@@ -54,7 +55,8 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
                              f"launch it with the {found.value}_job (as the sensor does)", allow_retries=False)
         return StepTarget(sub_id)
     pipeline, plate = split_key(context.partition_key)
-    acq_id = next((a for a, key in plate_keys(db.plate_acquisitions_by_id()).items() if key == plate), None)
+    keys = plate_keys(db.plate_acquisitions_like(*key_lookup(plate)))
+    acq_id = next((a for a, key in keys.items() if key == plate), None)
     if acq_id is None:
         raise dg.Failure(f"no plate acquisition in imagedb has the plate key {plate!r}", allow_retries=False)
     if pipeline not in db.pipeline_names():

@@ -50,6 +50,16 @@ def plate_keys(barcodes: dict[int, str]) -> dict[int, str]:
     return keys
 
 
+def key_lookup(plate_key: str) -> tuple[str, int | None]:
+    """(barcode, acquisition id) to look up for a plate key: a key that ends in `~<id>`
+    names that acquisition; otherwise it is a barcode. Their acquisitions, given to
+    `plate_keys`, include the one the key names, if any."""
+    barcode, tilde, acq_id = plate_key.rpartition("~")
+    if tilde and acq_id.isdigit() and len(acq_id) <= 9:
+        return barcode, int(acq_id)
+    return plate_key, None
+
+
 def pipeline_key(pipeline_name: str | None, analysis_id: int) -> str:
     """The pipeline dimension's key: the pipeline's name, or `~an<id>` for an analysis
     with no usable pipeline name (one written into imagedb by hand)."""
