@@ -116,6 +116,35 @@ def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, m
                                     "and was killed")
 
 
+def test_outputs_that_cannot_be_converted_fail_the_batch_without_running_cellprofiler_again(
+        lab, dagster_instance, monkeypatch):
+    """CellProfiler finished and its outputs were verified, but a table cannot be converted
+    (here its Cells table is 0 bytes, as a full disk leaves it): CellProfiler would write
+    the same again, so the batch fails at once, with retries configured, naming the file."""
+    from cpp_dagster.features import batch_tables
+
+    monkeypatch.setenv("CPP_EXECUTOR", "in_process")  # the conversion runs in this process
+    monkeypatch.setenv("CPP_BATCH_RETRIES", "2")
+    convert = batch_tables.convert_batch
+
+    def emptied_cells_table(batch_dir, number=None):
+        next((batch_dir / "output").glob("*Cells.csv")).write_bytes(b"")
+        return convert(batch_dir, number)
+
+    monkeypatch.setattr(batch_tables, "convert_batch", emptied_cells_table)
+    acq = register_plate(lab.db, lab.settings, barcode="EMPTYCSV", wells=["B02"], sites=[1], seed=5)
+    sub_id = submit(lab, acq)
+    run = run_once(lab, dagster_instance, sub_id)
+
+    step = "features_step.run_cellprofiler[batch_0000]"
+    assert not events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)] == [step]
+    message = assert_failed(lab, sub_id, run, f"step {step} failed: batch_0000: its outputs cannot be converted",
+                            "its Cells table", "is empty (0 bytes, no header)")
+    assert "Cells.csv" in message
+    assert not list((lab.nas / "results").rglob("*.parquet"))
+
+
 def _finished_run(instance, sub_id: int, report) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
     run = instance.add_run(dg.DagsterRun(job_name="analysis_job", run_id=str(uuid.uuid4()),
                                          tags={"imagedb/sub_id": str(sub_id)}))

@@ -16,6 +16,7 @@ from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
 from cpp_dagster.defs.analysis import launch
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.features.schema import SchemaError
 from cpp_dagster.imagedb.rows import SubAnalysisStatus
 from cpp_dagster.settings import load_settings
 from cpp_dagster.sub_analysis import Step, SubAnalysisRun
@@ -75,6 +76,11 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
         # Fails the step past its RetryPolicy: a batch that ran out of time would take as
         # long again (crashes and evictions are still retried).
         raise dg.Failure(description=str(timeout), allow_retries=False) from timeout
+    except SchemaError as unconvertible:
+        # CellProfiler's verified outputs that cannot be converted (an empty or header-only
+        # table, no ImageNumber): running CellProfiler again would write the same
+        raise dg.Failure(description=f"{batch.name}: its outputs cannot be converted: {unconvertible}",
+                         allow_retries=False) from unconvertible
     progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name, batch.stamp)
     if progress is None:
         raise dg.Failure(f"sub-analysis {batch.sub_id} has been re-run or started by another run since this run "
