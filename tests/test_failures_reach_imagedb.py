@@ -119,8 +119,9 @@ def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, m
 def test_outputs_that_cannot_be_converted_fail_the_batch_without_running_cellprofiler_again(
         lab, dagster_instance, monkeypatch):
     """CellProfiler finished and its outputs were verified, but a table cannot be converted
-    (here its Cells table is 0 bytes, as a full disk leaves it): CellProfiler would write
-    the same again, so the batch fails at once, with retries configured, naming the file."""
+    (here its Cells table is emptied after the verification): CellProfiler would write the
+    same again, so the batch fails at once, with retries configured, naming the file. A
+    disk error while converting (OSError) is still retried like a crash."""
     from cpp_dagster.features import batch_tables
 
     monkeypatch.setenv("CPP_EXECUTOR", "in_process")  # the conversion runs in this process
