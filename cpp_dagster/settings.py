@@ -184,6 +184,16 @@ class Launch(_Group):
                                    "default it fails at once, since it would take as long again", False, boolean)
     k8s_config: Path | None = setting("CPP_K8S_CONFIG", "the pod settings file of the `k8s` executor "
                                       "(see `deploy/k8s-pods.yaml`)", None, path)
+    ui_runs: str | None = setting(
+        "CPP_UI_RUNS", "what a run launched from the UI (Materialize, backfill) does once it has submitted the "
+        "pipeline: `run` its steps itself, or `submit` only, and the launch sensor runs each sub-analysis with its "
+        "own pod settings (a UI run cannot carry a cp_version's image)", None, one_of("run", "submit"),
+        shown="`submit` with `CPP_EXECUTOR=k8s`, else `run`")
+
+    @property
+    def ui_runs_run_steps(self) -> bool:
+        """Whether a UI run runs the steps it submitted (CPP_UI_RUNS, by executor when unset)."""
+        return (self.ui_runs or ("submit" if self.executor == "k8s" else "run")) == "run"
 
 
 @dataclass(frozen=True)

@@ -191,3 +191,10 @@ def test_settings_built_by_hand_take_the_defaults_not_the_environment(monkeypatc
                         cellprofiler="cellprofiler")
     assert settings.launch.batch_retries == 1 and settings.results_root == Path("/nas/results")
     assert load_settings().launch.batch_retries == 9
+
+
+@pytest.mark.parametrize("executor, ui_runs, runs_steps", [
+    ("multiprocess", None, True), ("k8s", None, False), ("k8s", "run", True), ("multiprocess", "submit", False)])
+def test_ui_runs_only_submit_on_kubernetes_unless_told(executor, ui_runs, runs_steps):
+    environ = {"CPP_EXECUTOR": executor, **({"CPP_UI_RUNS": ui_runs} if ui_runs else {})}
+    assert Settings.from_env(environ).launch.ui_runs_run_steps is runs_steps

@@ -134,3 +134,27 @@ def test_a_plate_still_being_imaged_is_submitted_and_waits(lab, dagster_instance
     lab.db.finish_plate_acquisition(acq)
     (request,) = tick(dagster_instance).run_requests  # now the sensor launches it
     assert request.tags["imagedb/sub_id"] == str(sub.sub_id) and request.partition_key == f"{DEMO_PIPELINE}|{barcode}"
+
+
+def test_on_kubernetes_a_ui_run_only_submits_and_the_sensor_runs_each_step_with_its_pod_settings(
+        lab, dagster_instance, monkeypatch):
+    """CPP_UI_RUNS=submit (the default with CPP_EXECUTOR=k8s): a Materialize submits the
+    pipeline and runs no batch itself; the sensor then launches each sub-analysis as a run
+    of its own (the runs that carry a cp_version's image and a step's resources)."""
+    monkeypatch.setenv("CPP_UI_RUNS", "submit")
+    register_plate(lab.db, lab.settings, barcode="UI-K8S", wells=["B02"], sites=[1], seed=4)
+    tick(dagster_instance)
+    run = launch_from_ui(dagster_instance, DEMO_ICF_PIPELINE, "UI-K8S")
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    started = {e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)}
+    assert started and not any("run_cellprofiler" in key for key in started)
+    assert not events(dagster_instance, run.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    logs = [e.user_message for e in dagster_instance.all_logs(run.run_id)]
+    assert any("the sensor launches each of its sub-analyses as a run of its own" in m for m in logs)
+
+    icf, features = lab.db.sub_analyses_of(lab.db.analysis_of_run(run.run_id))
+    assert all(s.start is None and "claimed_by_run" not in (s.status or {}) for s in (icf, features))
+    (request,) = tick(dagster_instance).run_requests  # the illumination step first; features waits for it
+    assert request.tags["imagedb/sub_id"] == str(icf.sub_id)
+    assert request.job_name == "illumination_functions_job"
+    assert request.partition_key == f"{DEMO_ICF_PIPELINE}|UI-K8S"

@@ -26,7 +26,8 @@ from cpp_dagster.pg import Store
 @dataclass(frozen=True)
 class RunSubmission:
     """What a UI run's submission found or made: the analysis, its sub-analyses, and
-    whether this run runs them (False: the acquisition is not finished)."""
+    whether this run runs them (False: the acquisition is not finished, or the run
+    only submits: `claim` chose none)."""
 
     analysis: SubmittedAnalysis
     claimed: bool
@@ -98,13 +99,15 @@ class RunClaims(Store):
                 return RunSubmission(SubmittedAnalysis(found["id"], list(found["sub_ids"])),
                                      bool(found["claimed"]), finished)
             submitted = submit_rows(cur, plate_acquisition_id, pipeline_name, None, {})
-            cur.execute("UPDATE image_analyses SET status = COALESCE(status, '{}'::jsonb) || %s WHERE id = %s",
-                        (Json({"submitted_by_run": run_id, "claimed": finished}), submitted.analysis_id))
+            chosen: list[int] = []
             if finished:
                 cur.execute("SELECT sub_id, meta->>'sub_type' AS sub_type FROM image_sub_analyses "
                             "WHERE analysis_id = %s ORDER BY sub_id", (submitted.analysis_id,))
                 rows = cur.fetchall()
                 chosen = [rows[i]["sub_id"] for i in sorted(claim([r["sub_type"] for r in rows]))]
+            cur.execute("UPDATE image_analyses SET status = COALESCE(status, '{}'::jsonb) || %s WHERE id = %s",
+                        (Json({"submitted_by_run": run_id, "claimed": bool(chosen)}), submitted.analysis_id))
+            if chosen:
                 cur.execute(
                     """UPDATE image_sub_analyses
                        SET status = jsonb_build_object('state', 'submitted', 'claimed_by_run', %s::text,
@@ -112,7 +115,7 @@ class RunClaims(Store):
                        WHERE sub_id = ANY(%s)""",
                     (run_id, run_id, chosen),
                 )
-            return RunSubmission(submitted, finished, finished)
+            return RunSubmission(submitted, bool(chosen), finished)
 
     def analysis_of_run(self, run_id: str) -> int | None:
         """The analysis a UI run submitted (None for a run that submitted none)."""

@@ -7,6 +7,9 @@
   and the run runs every step of it, in dependency order. A plate whose acquisition is
   not finished is submitted and waits: the step materializes nothing and the sensor
   launches the analysis once the acquisition finishes.
+- With CPP_UI_RUNS=submit (the default on Kubernetes) a UI run only submits: the sensor
+  launches each sub-analysis as its own run, with its own pod settings (its cp_version's
+  image, its step's resources), which a run launched from the UI cannot carry.
 """
 from __future__ import annotations
 
@@ -44,8 +47,9 @@ def step_of_sub(sub: SubAnalysis) -> Step:
     return Step.of(sub_type if isinstance(sub_type, str) else None)
 
 
-def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarget:
-    """The sub-analysis `step` runs in this run (see the module's docstring)."""
+def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps: bool = True) -> StepTarget:
+    """The sub-analysis `step` runs in this run (see the module's docstring). `run_steps`
+    False (CPP_UI_RUNS=submit): a UI run only submits, and runs nothing itself."""
     run = context.run
     sub_id = tagged_sub_id(run)
     if sub_id is not None:
@@ -64,13 +68,18 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step) -> StepTarge
                          "registered pipeline", allow_retries=False)
     _check_selection(run, pipeline, [Step.of(t) for t in db.pipeline_sub_types(pipeline)])
     root = run.root_run_id or run.run_id
-    submission = db.submit_for_run(acq_id, pipeline, root, claim=first_of_each_step)
+    submission = db.submit_for_run(acq_id, pipeline, root,
+                                   claim=first_of_each_step if run_steps else lambda sub_types: set())
     analysis_id = submission.analysis.analysis_id
     if ANALYSIS_ID_TAG not in run.tags:
         context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
-    if not submission.claimed:
+    if not submission.acquisition_finished:
         return StepTarget(None, f"plate {plate}: acquisition not finished; analysis {analysis_id} is submitted and "
                                 "the sensor launches it once the acquisition has finished", waits=True)
+    if not submission.claimed:
+        return StepTarget(None, f"plate {plate}: analysis {analysis_id} is submitted; the sensor launches each of "
+                                "its sub-analyses as a run of its own, with its pod settings (CPP_UI_RUNS=submit)",
+                          waits=True)
     subs = [s for s in db.sub_analyses_of(analysis_id) if step_of_sub(s) == step]
     if not subs:
         return StepTarget(None, f"none: pipeline {pipeline!r} has no {step.value} step")

@@ -46,13 +46,14 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
         raise dg.Failure(f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
                          "partition at a time; this run changed nothing (launch it again once that run has ended)",
                          allow_retries=False)
-    found = launch.target(context, db, step)
+    settings = nas.settings()
+    found = launch.target(context, db, step, run_steps=settings.launch.ui_runs_run_steps)
     if found.sub_id is None:
         context.log.info(found.reason)
         if not found.waits:
             yield dg.Output(found.reason, "sub")
         return
-    prepared = analysis.prepare(db, nas.settings(), found.sub_id, run_stamp(context.run))
+    prepared = analysis.prepare(db, settings, found.sub_id, run_stamp(context.run))
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
         context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
     context.log.info(f"sub-analysis {found.sub_id} ({step.value}) of plate {prepared.sub.plate_barcode}: "
