@@ -29,11 +29,11 @@ BIN = Path(sys.executable).parent
 
 @contextmanager
 def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]],
-                    launcher_secrets: tuple[str, ...] = ("imagedb-credentials",)):
+                    launcher_secrets: tuple[str, ...] = ()):
     """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher. The
     cluster holds `secrets` (name -> env); the run launcher passes `launcher_secrets` to
-    every pod, as the Helm values do, and each step pod's own layer adds the Secret it
-    needs (the pod settings)."""
+    every pod (none, as in the Helm values), and each step pod's own layer adds the
+    Secret it needs (the pod settings)."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
     # A default CellProfiler and default batch resources that differ from the demo
     # analysis's, so a test sees which of the two a pod got.

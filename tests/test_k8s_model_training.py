@@ -71,6 +71,7 @@ def test_every_training_step_and_split_is_its_own_job_and_the_model_is_published
         op = op_of(job)
         labels = job["spec"]["template"]["metadata"]["labels"]
         assert_least_privilege(job)
+        assert "imagedb-credentials" not in secrets_of(job)  # a training pod never gets imagedb
         if op in ("plan_splits", "collect_split_models"):
             assert "training-credentials" not in secrets_of(job)  # they only pass file paths on
             continue  # the graph asset's bookkeeping steps: no training settings

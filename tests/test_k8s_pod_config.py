@@ -280,9 +280,10 @@ def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contex
     # the code server's sensors read imagedb and the training store; none of it is copied into runs
     assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
-    # the run worker (and, through dagster-k8s, every step pod) gets imagedb only
-    assert launcher["envSecrets"] == [{"name": "imagedb-credentials"}]
-    assert "training-credentials" not in yaml.safe_dump(launcher)
+    # the run worker gets no Secret (dagster-k8s would copy it into every step pod,
+    # training ones included): each step pod gets its own from the pod settings
+    assert launcher["envSecrets"] == []
+    assert "credentials" not in yaml.safe_dump(launcher)
     # runs get the code server's settings, not its Secrets
     assert launcher["runK8sConfig"]["containerConfig"]["env"] == deployment["env"]
     assert launcher["volumes"] == deployment["volumes"] and launcher["volumeMounts"] == deployment["volumeMounts"]

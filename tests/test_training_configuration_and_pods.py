@@ -93,7 +93,7 @@ def pods() -> PodSettings:
 
 
 def _job(layer: dict, op: str) -> dict:
-    return step_job(layer, op, launcher_secrets=("imagedb-credentials",))
+    return step_job(layer, op)  # the run launcher passes no Secret (helm-values.yaml)
 
 
 def training_layer(pods: PodSettings, op: str, engine: str) -> dict:
@@ -170,5 +170,5 @@ def test_a_training_run_launched_with_its_workflow_labels_every_step(pods):
 def test_training_steps_get_only_the_training_secret_and_least_privilege(pods, op, secrets):
     job = step_job(training_layer(pods, op, "cpsign"), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
-    assert secrets_of(job) == secrets  # never imagedb-credentials from the step's own layer
+    assert secrets_of(job) == secrets  # never imagedb-credentials
     assert_least_privilege(job)

@@ -17,6 +17,7 @@ from cpp_dagster.defs.analysis.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.analysis.partitions import analysis_partitions
 from cpp_dagster.defs.analysis.steps import (
     NO_OBJECT_TABLES,
+    STEP_GRAPHS,
     complete_step,
     merge_tables,
     plan_batches,
@@ -121,7 +122,7 @@ def _step_asset(step: Step, description: str, run_batch) -> dg.AssetsDefinition:
     """A step others depend on (illumination, QC): plan -> batches -> merge -> complete."""
 
     @dg.graph_multi_asset(
-        name=step.value, ins=ACQUISITIONS, group_name="analysis", **STEP,
+        name=STEP_GRAPHS[step], ins=ACQUISITIONS, group_name="analysis", **STEP,
         outs={step.value: dg.AssetOut(key=dg.AssetKey(step.value), dagster_type=dg.Nothing,
                                       kinds={"cellprofiler"}, description=description)})
     def _graph(acquisitions):
@@ -162,7 +163,7 @@ def _features_step(run_batch) -> dg.AssetsDefinition:
     one graph whose last op materializes them together."""
     check_outs = {f"feature_tables_{name}": dg.GraphOut() for name in CHECKS}
 
-    @dg.graph(name="features_step", out={**{name: dg.GraphOut() for name in FEATURES_OUTS}, **check_outs})
+    @dg.graph(name=STEP_GRAPHS[Step.FEATURES], out={**{name: dg.GraphOut() for name in FEATURES_OUTS}, **check_outs})
     def features_step(acquisitions, illumination, qc):
         batches, sub = plan_batches(acquisitions=acquisitions, illumination=illumination, qc=qc)
         merged = merge_tables(sub, batches.map(run_batch).collect())

@@ -12,17 +12,11 @@ import dagster as dg
 
 from cpp_dagster.defs.analysis.launch import step_of_sub, sub_analyses_of_run
 from cpp_dagster.defs.analysis.partitions import other_active_runs, run_stamp
-from cpp_dagster.sub_analysis import Step
+from cpp_dagster.defs.analysis.steps import step_of_key
 
 
 def failure_message(step_key: str, error: object) -> str:
     return f"step {step_key} failed: {error}"
-
-
-def step_of_key(step_key: str) -> Step | None:
-    """The pipeline step of a step key (`features_step.merge_tables` -> FEATURES)."""
-    graph = step_key.split(".", 1)[0]
-    return Step.FEATURES if graph == "features_step" else next((s for s in Step if s.value == graph), None)
 
 
 @dg.failure_hook(required_resource_keys={"imagedb"})

@@ -25,6 +25,17 @@ OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_ce
             "complete_step")
 
 
+# The graph (node name, the first part of a step key) of each pipeline step's ops: the
+# asset's name, but the features step's graph holds three assets.
+STEP_GRAPHS = {Step.ILLUMINATION: Step.ILLUMINATION.value, Step.QC: Step.QC.value, Step.FEATURES: "features_step"}
+
+
+def step_of_key(step_key: str) -> Step | None:
+    """The pipeline step of a step key (`features_step.merge_tables` -> FEATURES)."""
+    graph = step_key.split(".", 1)[0]
+    return next((step for step, name in STEP_GRAPHS.items() if name == graph), None)
+
+
 def step_of(context: dg.OpExecutionContext) -> Step:
     """The pipeline step (asset) this op belongs to."""
     keys = {key.to_user_string() for key in context.assets_def.keys}
