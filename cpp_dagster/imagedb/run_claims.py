@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis
+from cpp_dagster.imagedb.submission import submit_rows
 from cpp_dagster.pg import Store
 
 
@@ -74,8 +75,6 @@ class RunClaims(Store):
         (the others are the sensor's, e.g. a second step of the same kind). One
         transaction under a lock on the run, so the run's steps, even in parallel
         processes, agree on one analysis."""
-        from cpp_dagster.imagedb.store import submit_rows  # the one submission of store.py
-
         with self._cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cpp-dagster run {run_id}",))
             cur.execute("SELECT finished IS NOT NULL AS finished FROM plate_acquisition WHERE id = %s",

@@ -2,7 +2,8 @@
 or in the modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
 unresolvable dependencies), `outcome.py` (the write-back of a run's outcome),
 `overview.py` (the lab overview of `cpp-dagster status`) and `work_area.py` (what
-`cpp-dagster gc` may clean).
+`cpp-dagster gc` may clean); `submission.py` holds the rows a submission writes, shared
+with run_claims.py (a run launched from the UI).
 
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
@@ -40,88 +41,8 @@ from cpp_dagster.imagedb.rows import (  # noqa: F401
     SubmittedAnalysis,
 )
 from cpp_dagster.imagedb.run_claims import RunClaims
+from cpp_dagster.imagedb.submission import one_row, submit_isolated, submit_rows
 from cpp_dagster.imagedb.work_area import WorkAreaQueries
-from cpp_dagster.planning import PlanningError, priority_of
-
-
-def _one(cur, missing: str) -> dict:
-    """The row the last statement returned; ImageDBError(`missing`) when there is none."""
-    row = cur.fetchone()
-    if row is None:
-        raise ImageDBError(missing)
-    return row
-
-
-def _check_pipeline_shape(pipeline_name: str, meta: Any) -> None:
-    """analysis_pipelines.meta must be `{"analysis_meta": {...}, "sub_analyses": [{...}, ...]}`."""
-    where = f"analysis pipeline {pipeline_name!r}"
-    if not isinstance(meta, dict):
-        raise ImageDBError(f"{where}: meta must be a JSON object with a list 'sub_analyses'")
-    if not isinstance(meta.get("analysis_meta", {}), dict):
-        raise ImageDBError(f"{where}: 'analysis_meta' must be a JSON object")
-    subs = meta.get("sub_analyses", [])
-    if not isinstance(subs, list) or not all(isinstance(sub, dict) for sub in subs):
-        raise ImageDBError(f"{where}: 'sub_analyses' must be a list of JSON objects")
-
-
-def _priority(value: Any, where: str) -> int | None:
-    """imagedb's priority columns are integers: a value that is not one in the documented
-    range is a readable error at submission, not a database error."""
-    try:
-        return priority_of(value)
-    except PlanningError as e:
-        raise ImageDBError(f"{where}: {e}") from None
-
-
-def submit_rows(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
-                overrides: dict[str, Any]) -> SubmittedAnalysis:
-    priority = _priority(priority, "the submission's priority")
-    cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
-    _one(cur, f"no plate acquisition {plate_acquisition_id}")
-    cur.execute("SELECT meta FROM analysis_pipelines WHERE name = %s", (pipeline_name,))
-    meta = _one(cur, f"no analysis pipeline named {pipeline_name!r}")["meta"]
-    _check_pipeline_shape(pipeline_name, meta)
-    cur.execute(
-        """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted, priority)
-           VALUES (%s, %s, %s, now(), %s) RETURNING id""",
-        (plate_acquisition_id, pipeline_name, Json(meta.get("analysis_meta", {})), priority),
-    )
-    analysis_id = cur.fetchone()["id"]
-    sub_ids: list[int] = []
-    for sub_meta in meta.get("sub_analyses", []):
-        sub_meta = {**sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
-        if priority is not None:
-            sub_meta["priority"] = priority
-        sub_priority = _priority(sub_meta.get("priority"), f"pipeline {pipeline_name!r}")
-        cur.execute(
-            """INSERT INTO image_sub_analyses
-                   (analysis_id, plate_acquisition_id, meta, depends_on_sub_id, priority)
-               VALUES (%s, %s, %s, %s, %s) RETURNING sub_id""",
-            (analysis_id, plate_acquisition_id, Json(sub_meta), Json(sub_ids[-1:]), sub_priority),
-        )
-        sub_ids.append(cur.fetchone()["sub_id"])
-    return SubmittedAnalysis(analysis_id, sub_ids)
-
-
-def _submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) -> SubmittedAnalysis:
-    """One automatic submission under a savepoint: when it fails, only it is rolled back,
-    and a failed analysis row records why."""
-    cur.execute("SAVEPOINT automation_rule")
-    try:
-        submitted = submit_rows(cur, plate_acquisition_id, pipeline_name, None, {})
-    except (ImageDBError, psycopg2.DataError) as e:
-        cur.execute("ROLLBACK TO SAVEPOINT automation_rule")
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        message = f"not submitted by automation: {reason}"
-        cur.execute(
-            """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
-               VALUES (%s, %s, now(), now(), jsonb_build_object('state', 'failed', 'message', %s::text))
-               RETURNING id""",
-            (plate_acquisition_id, pipeline_name, message),
-        )
-        return SubmittedAnalysis(cur.fetchone()["id"], [], error=message)
-    cur.execute("RELEASE SAVEPOINT automation_rule")
-    return submitted
 
 
 class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, WorkAreaQueries):
@@ -297,7 +218,7 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
                 if cur.fetchone() is None:
                     continue  # handled concurrently
                 for pipeline in row["pipelines"]:
-                    submitted.append((row["id"], pipeline, _submit_isolated(cur, row["id"], pipeline)))
+                    submitted.append((row["id"], pipeline, submit_isolated(cur, row["id"], pipeline)))
         return submitted
 
     def rerun_sub_analysis(self, sub_id: int) -> int:
@@ -317,7 +238,7 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
             row = cur.fetchone()
             if row is None:
                 cur.execute("SELECT start, error, finish FROM image_sub_analyses WHERE sub_id = %s", (sub_id,))
-                current = _one(cur, f"no sub-analysis {sub_id}")
+                current = one_row(cur, f"no sub-analysis {sub_id}")
                 state = "not started yet" if current["start"] is None else "still running"
                 raise ImageDBError(f"sub-analysis {sub_id} is {state}: only a failed or finished one can be re-run")
             revive_after_success(cur, sub_id, row["analysis_id"])
