@@ -95,17 +95,28 @@ def _step(row: OverviewRow) -> str:
     return " ".join(part for part in (f"{row.step}/{row.steps}", row.sub_type) if part)
 
 
+def queued_detail(run_id: str) -> str:
+    return (f"launched, queued in Dagster's run queue (run {run_id[:8]}): it starts when the queue's limits "
+            "let it (one run per plate x pipeline, the runs at once)")
+
+
 def overview_lines(rows: Iterable[OverviewRow], *, url_template: str | None = None,
-                   nas_root: Path | None = None) -> list[OverviewLine]:
+                   nas_root: Path | None = None, queued: dict[int, str] | None = None) -> list[OverviewLine]:
+    """`queued`: sub-analysis id -> the id of its run waiting in Dagster's run queue (the
+    UI's overview knows it; imagedb alone does not): such a sub-analysis, which nothing
+    in imagedb holds back, says so instead of `waiting to be launched`."""
     lines = []
     for row in rows:
         folder = relative_folder(row.job_folder, nas_root) if row.state == "finished" else ""
+        why = detail(row)
+        if why == "waiting to be launched" and row.sub_id in (queued or {}):
+            why = queued_detail(queued[row.sub_id])
         several = row.barcode_acquisitions > 1
         lines.append(OverviewLine(
             plate=f"{row.plate_barcode} (acq {row.plate_acquisition_id})" if several else row.plate_barcode,
             plate_barcode=row.plate_barcode, plate_acquisition_id=row.plate_acquisition_id,
             pipeline=row.pipeline_name or "-", analysis_id=row.analysis_id, sub_id=row.sub_id,
-            step=_step(row), state=row.state, detail=detail(row),
+            step=_step(row), state=row.state, detail=why,
             result_folder=folder, result_url=result_url(folder, url_template),
         ))
     return lines

@@ -221,3 +221,30 @@ def test_the_ui_shows_the_overview_as_an_observation_of_imagedb_lab_overview(lab
     sql(lab, "UPDATE plate_acquisition SET finished = now() WHERE id = %s", (acq,))
     [changed] = tick(dagster_instance, "lab_overview_sensor", cursor=first.cursor).asset_events
     assert "waiting to be launched" in changed.metadata["overview"].value
+
+
+def detail_of(observation, barcode: str) -> str:
+    """The detail cell of a plate's line in an overview observation's markdown table."""
+    (row,) = [r for r in observation.metadata["overview"].value.splitlines() if f"| {barcode} |" in r]
+    return row.split("|")[-2].strip()
+
+
+def test_a_launched_run_waiting_in_the_run_queue_is_named_in_the_ui_overview(lab, dagster_instance):
+    """imagedb only knows the sub-analysis has not started; the UI's overview also knows
+    its run was launched and waits in Dagster's run queue (e.g. another run of the same
+    plate x pipeline is active), and says so."""
+    import dagster as dg
+
+    queued_sub = lab.db.submit_analysis(plate(lab, "OV-QUEUE-1"), DEMO_PIPELINE).sub_ids[0]
+    lab.db.submit_analysis(plate(lab, "OV-QUEUE-2"), DEMO_PIPELINE)
+    # A run the sensor launched and that has not started (a QUEUED run needs a code
+    # location's origin, which a test instance has not: NOT_STARTED, created, not yet queued)
+    run = dagster_instance.add_run(dg.DagsterRun(job_name="feature_tables_job", run_id="0badc0de-" + "0" * 27,
+                                                 tags={"imagedb/sub_id": str(queued_sub)}))
+    assert run.status == dg.DagsterRunStatus.NOT_STARTED
+    [observation] = tick(dagster_instance, "lab_overview_sensor").asset_events
+    assert detail_of(observation, "OV-QUEUE-1").startswith("launched, queued in Dagster's run queue (run 0badc0de)")
+    assert detail_of(observation, "OV-QUEUE-2") == "waiting to be launched"
+    dagster_instance.report_run_canceled(run)  # no longer waiting to start: the plain reason again
+    [changed] = tick(dagster_instance, "lab_overview_sensor").asset_events
+    assert detail_of(changed, "OV-QUEUE-1") == "waiting to be launched"

@@ -1,7 +1,8 @@
 """The lab overview in the UI: the `imagedb/lab_overview` asset, observed by a sensor.
 
 Its latest observation's metadata is the table `cpp-dagster status` prints (plate,
-pipeline, step, state, progress or the reason it waits or failed, result folder and link),
+pipeline, step, state, progress or the reason it waits or failed, result folder and link;
+here a launched run still in Dagster's run queue is named as such),
 as markdown, plus the count per state. A lab member finds it from the asset graph
 (group imagedb). imagedb stays the source of truth: the sensor only reads it, and
 records a new observation only when the table changed.
@@ -12,6 +13,7 @@ from collections import Counter
 
 import dagster as dg
 
+from cpp_dagster.defs.analysis.partitions import tagged_sub_id
 from cpp_dagster.defs.resources import ImageDBResource, NasResource
 from cpp_dagster.overview import markdown_table, overview_lines, results_url_template
 
@@ -32,10 +34,18 @@ def build_overview_sensor(interval_s: int) -> dg.SensorDefinition:
                      default_status=dg.DefaultSensorStatus.RUNNING)(lab_overview_sensor)
 
 
+def queued_runs(instance: dg.DagsterInstance, limit: int = 5000) -> dict[int, str]:
+    """Sub-analysis id -> its run that the sensor launched and that has not started:
+    waiting in the run queue (or just created, about to be queued)."""
+    waiting = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=waiting), limit=limit)
+    return {sub_id: run.run_id for run in runs if (sub_id := tagged_sub_id(run)) is not None}
+
+
 def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, nas: NasResource):
     """Observe `imagedb/lab_overview` when the overview changed since the last observation."""
     lines = overview_lines(imagedb.db().lab_overview(), url_template=results_url_template(),
-                           nas_root=nas.settings().nas_root)
+                           nas_root=nas.settings().nas_root, queued=queued_runs(context.instance))
     table = markdown_table(lines)
     digest = hashlib.sha256(table.encode()).hexdigest()
     if digest == context.cursor:
