@@ -76,8 +76,30 @@ def run_dev(workspace: Path, host: str, port: int, env: dict[str, str], *, open_
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, grace_s=60)
+
+
+def stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """Stop `dagster dev` (SIGTERM: it stops its webserver, daemon and code server) and
+    make sure nothing it started outlives it: a process of its tree still there after
+    `grace_s` (a daemon still loading the code location on a busy machine) is killed, or
+    it would keep the UI's port and the instance, orphaned."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    deadline = time.monotonic() + grace_s
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=max(deadline - time.monotonic(), 1))
+    for leftover in alive:
+        try:
+            leftover.kill()
+        except psutil.Error:
+            pass

@@ -75,3 +75,19 @@ def group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_a_dagster_dev_that_does_not_stop_in_time_is_stopped_with_everything_it_started():
+    """What `cpp-dagster dev` does when dagster dev ignores SIGTERM past the grace period
+    (a daemon still loading the code location): killing it alone would orphan its
+    webserver and daemon; every process it started goes with it."""
+    from cpp_dagster.ui import stop
+
+    proc = subprocess.Popen(["bash", "-c", 'trap "" TERM; sleep 300 & echo $!; wait'], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    child = int(proc.stdout.readline())
+    started = time.monotonic()
+    stop(proc, grace_s=1)
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 30
+    assert wait_until("the process it started to be gone", lambda: not os.path.exists(f"/proc/{child}")
+                      or open(f"/proc/{child}/stat").read().split()[2] == "Z", 10)
