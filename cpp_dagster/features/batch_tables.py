@@ -227,14 +227,15 @@ def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file:
     schemas = [by_key[f.schema_key] for f in files]
     schema, drift = unified_schema(schemas)
     out_schema = keyed_schema(schema)
+    loses_text = {key: _loses_text(schema, file_schema) for key, file_schema in by_key.items()}
     with RowGroupWriter(dest_file, out_schema) as writer:
         for source, file, file_schema in zip(sources, files, schemas):
-            if _loses_text(schema, file_schema):
+            if loses_text[file.schema_key]:
                 for table in _csv_route(source, schema):
                     writer.add(table)
                 continue
             rows = 0
-            with (pa.memory_map(str(file.path)) if os.environ.get("XM","1")=="1" else pa.OSFile(str(file.path))) as f, pa.ipc.open_file(f) as batch:
+            with pa.memory_map(str(file.path)) as f, pa.ipc.open_file(f) as batch:
                 if not batch.schema.equals(keyed_schema(file_schema)):
                     raise MergeError(f"the converted table {file.path} is not the one its batch's "
                                      f"{COMPLETE} lists: remove {file.path.parent} to convert the batch again")
@@ -260,8 +261,9 @@ def _value_schema(path: Path) -> pa.Schema:
 
 def _loses_text(schema: pa.Schema, file_schema: pa.Schema) -> bool:
     """Whether a column that is text in the merged table is numeric in this batch."""
-    return any(pa.types.is_string(schema.field(f.name).type) and not pa.types.is_string(f.type)
-               and not pa.types.is_null(f.type) for f in file_schema)
+    text = {name for name, t in zip(schema.names, schema.types) if pa.types.is_string(t)}
+    return any(name in text and not (pa.types.is_string(t) or pa.types.is_null(t))
+               for name, t in zip(file_schema.names, file_schema.types))
 
 
 def _csv_route(source: tuple[int, str, Path], schema: pa.Schema):

@@ -48,7 +48,8 @@ class RowGroupWriter:
 
     def add(self, table: pa.Table) -> None:
         self._pending.append(table)
-        self._pending_bytes += table.nbytes
+        # its buffers' size: `nbytes` walks every array's slices (~4 ms on 2,000 columns)
+        self._pending_bytes += table.get_total_buffer_size()
         self.rows += table.num_rows
         if self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
