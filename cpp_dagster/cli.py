@@ -27,6 +27,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     env = {**os.environ, **local.environment()}
     apply_schemas()
+    local.pin_pool_limits(env)
     return ui.run_dev(PROJECT_ROOT / "workspace.yaml", args.host, args.port, env,
                       open_browser=not args.no_browser, echo=_echo)
 

@@ -3,7 +3,11 @@ a NAS folder, and a DAGSTER_HOME that uses the repository's dagster.yaml."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from cpp_dagster import local_postgres
 from cpp_dagster.config import PROJECT_ROOT, imagedb_url, load_settings, local_dir
@@ -36,3 +40,17 @@ def environment() -> dict[str, str]:
         "CPP_NAS_ROOT": str(settings.nas_root),
     }
     return env
+
+
+def pin_pool_limits(env: dict[str, str]) -> None:
+    """Set each pool's limit (dagster.yaml's `default_limit`) in the instance of `env`
+    (DAGSTER_HOME, DAGSTER_PG_URL), as `dagster instance concurrency set` does. Left to
+    its default, the limit is written by the first runs that claim the pool, and two runs
+    doing it at once fail one of them on PostgreSQL (dagster-io/dagster#33552)."""
+    from cpp_dagster.defs.analysis.steps import CELLPROFILER_POOL
+
+    config = yaml.safe_load((Path(env["DAGSTER_HOME"]) / "dagster.yaml").read_text())
+    limit = config["concurrency"]["pools"]["default_limit"]
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    subprocess.run([dagster, "instance", "concurrency", "set", CELLPROFILER_POOL, str(limit)],
+                   env=env, check=True, capture_output=True, timeout=300)

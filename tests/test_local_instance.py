@@ -91,3 +91,20 @@ def test_a_dagster_dev_that_does_not_stop_in_time_is_stopped_with_everything_it_
     assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 30
     assert wait_until("the process it started to be gone", lambda: not os.path.exists(f"/proc/{child}")
                       or open(f"/proc/{child}/stat").read().split()[2] == "Z", 10)
+
+
+def test_the_cellprofiler_pool_limit_is_set_before_any_run_claims_it(pg_server, tmp_path):
+    """Left to dagster.yaml's default, the pool's limit is written by the first runs that
+    claim it, and two runs doing it at once fail one of them on PostgreSQL (seen in the
+    UI backfill test; dagster-io/dagster#33552). `cpp-dagster dev` and the UI test harness
+    set it first, as `dagster instance concurrency set` does."""
+    from cpp_dagster.local import pin_pool_limits
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster"))}
+    pin_pool_limits(env)
+    shown = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "dagster"), "instance", "concurrency", "get",
+                            "cellprofiler"], env=env, capture_output=True, text=True, check=True, timeout=300)
+    assert "cellprofiler" in shown.stdout and "4" in shown.stdout, shown.stdout

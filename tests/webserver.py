@@ -14,6 +14,7 @@ a failing wait quotes.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import yaml
 
 from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.run import dagster_process
+from cpp_dagster.local import pin_pool_limits
 from cpp_dagster.ui import ui_answers
 
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
@@ -293,6 +295,7 @@ def dagster_ui(home: Path, dagster_pg_url: str, *, env: dict[str, str] | None = 
            **(env or {})}
     logs = [home / "webserver.log", home / "daemon.log"]
     ui = DagsterUI(f"http://127.0.0.1:{port}", logs)
+    pin_pool_limits({**os.environ, **env})  # as `cpp-dagster dev` does
     with ExitStack() as stack:
         webserver = stack.enter_context(dagster_process(
             "dagster-webserver", ["-h", "127.0.0.1", "-p", str(port)], env, logs[0]))

@@ -21,6 +21,7 @@ from cpp_dagster.imagedb.rows import SubAnalysisStatus
 from cpp_dagster.settings import load_settings
 from cpp_dagster.sub_analysis import Step, SubAnalysisRun
 
+CELLPROFILER_POOL = "cellprofiler"  # every batch op's pool: the cap on CellProfiler processes across runs
 OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
             "complete_step")
 
@@ -75,7 +76,7 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
     yield dg.Output(prepared.sub, "sub")
 
 
-@dg.op(pool="cellprofiler")
+@dg.op(pool=CELLPROFILER_POOL)
 def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
                      batch: analysis.BatchSpec) -> BatchOutcome:
     """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
