@@ -2,6 +2,7 @@
 instance, announced by the URL a lab member starts from: the asset graph."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,7 +100,5 @@ def stop(proc: subprocess.Popen, grace_s: float) -> None:
         proc.wait()
     _, alive = psutil.wait_procs(tree, timeout=max(deadline - time.monotonic(), 1))
     for leftover in alive:
-        try:
+        with contextlib.suppress(psutil.Error):  # it exited meanwhile
             leftover.kill()
-        except psutil.Error:
-            pass

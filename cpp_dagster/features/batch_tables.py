@@ -227,16 +227,18 @@ def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file:
     schemas = [by_key[f.schema_key] for f in files]
     schema, drift = unified_schema(schemas)
     out_schema = keyed_schema(schema)
+    # per distinct schema: whether the CSV route is needed, and the file's own keyed schema
     loses_text = {key: _loses_text(schema, file_schema) for key, file_schema in by_key.items()}
+    written_as = {key: keyed_schema(file_schema) for key, file_schema in by_key.items()}
     with RowGroupWriter(dest_file, out_schema) as writer:
-        for source, file, file_schema in zip(sources, files, schemas):
+        for source, file in zip(sources, files):
             if loses_text[file.schema_key]:
                 for table in _csv_route(source, schema):
                     writer.add(table)
                 continue
             rows = 0
             with pa.memory_map(str(file.path)) as f, pa.ipc.open_file(f) as batch:
-                if not batch.schema.equals(keyed_schema(file_schema)):
+                if not batch.schema.equals(written_as[file.schema_key]):
                     raise MergeError(f"the converted table {file.path} is not the one its batch's "
                                      f"{COMPLETE} lists: remove {file.path.parent} to convert the batch again")
                 for i in range(batch.num_record_batches):
