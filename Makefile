@@ -41,6 +41,7 @@ dev: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,

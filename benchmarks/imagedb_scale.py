@@ -136,7 +136,7 @@ def sensor_ticks(url: str) -> tuple[float, float, object]:
 
 def planning_runs(url: str, sub_id: int) -> tuple[float, dict[str, float], dict[str, int]]:
     """Best of REPEATS of prepare()'s reads and planning; the parts of the best run."""
-    from cpp_dagster import loaddata, planning
+    from cpp_dagster.analysis import loaddata, planning
 
     db = ImageDB(url)
     best, parts_best, shape = float("inf"), {}, {}

@@ -22,12 +22,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from cpp_dagster import local, ui
-    from cpp_dagster.config import PROJECT_ROOT
+    from cpp_dagster.local import environment as local_env
+    from cpp_dagster.local import ui
+    from cpp_dagster.settings import PROJECT_ROOT
 
-    env = {**os.environ, **local.environment()}
+    env = {**os.environ, **local_env.environment()}
     apply_schemas()
-    local.pin_pool_limits(env)
+    local_env.pin_pool_limits(env)
     return ui.run_dev(PROJECT_ROOT / "workspace.yaml", args.host, args.port, env,
                       open_browser=not args.no_browser, echo=_echo)
 
@@ -53,8 +54,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cpp_dagster.config import imagedb_url
     from cpp_dagster.imagedb.store import ImageDB
+    from cpp_dagster.local.environment import imagedb_url
 
     submitted = ImageDB(imagedb_url()).submit_analysis(
         args.plate_acquisition, args.pipeline, priority=args.priority,
@@ -65,8 +66,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from cpp_dagster.config import imagedb_url
     from cpp_dagster.imagedb.store import ImageDB
+    from cpp_dagster.local.environment import imagedb_url
 
     generation = ImageDB(imagedb_url()).rerun_sub_analysis(args.sub_id)
     _echo(f"sub-analysis {args.sub_id} re-submitted (re-run {generation}); the sensor launches it, "
@@ -76,28 +77,30 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The lab overview; an unknown barcode or a bad URL template is one line, exit 2."""
-    from cpp_dagster import overview
-    from cpp_dagster.config import imagedb_url, load_settings
+    from cpp_dagster.analysis import lab_overview
     from cpp_dagster.imagedb.store import ImageDB, ImageDBError
+    from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.settings import load_settings
 
     settings = load_settings()
     rows = ImageDB(imagedb_url(settings)).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
     if not rows and args.plate is not None:
         raise ImageDBError(f"no plate acquisition with barcode {args.plate!r}")
-    lines = overview.overview_lines(rows, url_template=settings.results_url_template, nas_root=settings.nas_root)
+    lines = lab_overview.overview_lines(rows, url_template=settings.results_url_template, nas_root=settings.nas_root)
     if args.json:
-        print(json.dumps(overview.as_dicts(lines)))
+        print(json.dumps(lab_overview.as_dicts(lines)))
     else:
-        print(overview.text_table(lines) if lines else "no plate acquisitions registered")
+        print(lab_overview.text_table(lines) if lines else "no plate acquisitions registered")
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Clean the work area (`work_area.py`); prints what it freed per sub-analysis. A bad
     CPP_WORK_RETENTION_DAYS or --retention-days is one line, exit 2."""
-    from cpp_dagster import work_area
-    from cpp_dagster.config import imagedb_url, load_settings
+    from cpp_dagster.analysis import work_area
     from cpp_dagster.imagedb.store import ImageDB
+    from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.settings import load_settings
 
     try:
         settings = load_settings()
@@ -117,14 +120,15 @@ def apply_schemas() -> list[str]:
     """The schemas of imagedb and the training configuration store (idempotent); returns
     where each was applied (passwords redacted). The training store is included when
     CPP_TRAINING_DB_URL is set or the deployment is the local one (no CPP_IMAGEDB_URL)."""
-    from cpp_dagster.config import imagedb_url, load_settings, redact_url
     from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.training.store import ConfigStore, training_db_url
+    from cpp_dagster.local.environment import imagedb_url, training_db_url
+    from cpp_dagster.settings import load_settings, redact_url
+    from cpp_dagster.training.store import ConfigStore
 
     settings = load_settings()
     stores = [("imagedb", ImageDB(imagedb_url(settings)))]
     if settings.training.db_url or not settings.imagedb_url:
-        stores.append(("training configuration store", ConfigStore(training_db_url(settings.training))))
+        stores.append(("training configuration store", ConfigStore(training_db_url(settings))))
     for _, store in stores:
         store.apply_schema()
     return [f"{name} schema applied at {redact_url(store.url)}" for name, store in stores]
@@ -146,15 +150,15 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_local_env(args: argparse.Namespace) -> int:
-    from cpp_dagster import local
+    from cpp_dagster.local import environment as local_env
 
-    for key, value in local.environment().items():
+    for key, value in local_env.environment().items():
         print(f"export {key}='{value}'")
     return 0
 
 
 def cmd_local_stop(args: argparse.Namespace) -> int:
-    from cpp_dagster import local_postgres
+    from cpp_dagster.local import postgres as local_postgres
 
     _echo("embedded PostgreSQL stopped" if local_postgres.stop() else "embedded PostgreSQL was not running")
     return 0
@@ -224,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
                           help="the table of every setting, its meaning and default (the README's)")
     settings.set_defaults(fn=cmd_settings)
 
-    from cpp_dagster.training.cli import add_parser as add_train_parser
+    from cpp_dagster.train_cli import add_parser as add_train_parser
 
     add_train_parser(sub)
 

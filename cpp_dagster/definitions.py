@@ -8,7 +8,7 @@ import dagster as dg
 
 from cpp_dagster import deployment
 from cpp_dagster.defs.analysis import analysis_defs
-from cpp_dagster.defs.resources import ImageDBResource, NasResource, WorkAreaIOManager
+from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource, WorkAreaIOManager
 from cpp_dagster.defs.training import training_defs
 from cpp_dagster.settings import load_settings
 
@@ -19,7 +19,7 @@ def build_defs() -> dg.Definitions:
     shared = dg.Definitions(
         resources={
             "imagedb": ImageDBResource(),
-            "nas": NasResource(),
+            "deployment": DeploymentResource(),
             # Step outputs (small descriptors) live on the shared work area, not a step-local disk.
             "io_manager": WorkAreaIOManager(),
         },

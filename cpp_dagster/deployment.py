@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from cpp_dagster.analysis.planning import SubAnalysisOptions
 from cpp_dagster.defs.analysis import Launching
 from cpp_dagster.defs.analysis.steps import OP_NAMES
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
-from cpp_dagster.planning import SubAnalysisOptions
 from cpp_dagster.settings import Settings
 
 
@@ -26,7 +26,7 @@ def executor(settings: Settings) -> dg.ExecutorDefinition:
         from cpp_dagster.k8s.executor import k8s_executor
         from cpp_dagster.k8s.pod_config import PodSettings
 
-        return k8s_executor(PodSettings.load(), analysis_steps=OP_NAMES)
+        return k8s_executor(PodSettings.load(settings.launch.k8s_config), settings.training.engine, analysis_steps=OP_NAMES)
     if settings.launch.executor == "in_process":
         return dg.in_process_executor
     return dg.multiprocess_executor.configured({"max_concurrent": settings.launch.max_concurrent})
@@ -41,7 +41,7 @@ def launching(settings: Settings) -> Launching:
         return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests)
     from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
 
-    pods = PodSettings.load()
+    pods = PodSettings.load(settings.launch.k8s_config)
 
     def run_config(ready: ReadySubAnalysis, options: SubAnalysisOptions) -> dict:
         ids = AnalysisIds(ready.plate_acquisition_id, ready.analysis_id, ready.sub_id)

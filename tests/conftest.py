@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cpp_dagster.config import PROJECT_ROOT, Settings, load_settings
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.local import sqlalchemy_url
-from cpp_dagster.local_postgres import ensure_database
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.local.postgres import ensure_database
+from cpp_dagster.settings import PROJECT_ROOT, Settings, load_settings
 
 
 @pytest.fixture(scope="session")

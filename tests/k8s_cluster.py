@@ -16,9 +16,9 @@ import yaml
 from conftest import new_database
 from k8s_standin import KubeStandIn
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_CP_VERSION
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.settings import PROJECT_ROOT
 
 NAMESPACE = "cpp"
 IMAGE = "registry.example.org/cpp-dagster:test-cp5"

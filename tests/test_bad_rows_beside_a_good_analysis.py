@@ -14,10 +14,10 @@ from dagster_helpers import wait_until
 from poison_rows import MISSING_PIPELINE, add_rule, automation_failures, insert_poison_rows
 from psycopg2 import sql
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.settings import PROJECT_ROOT
 
 SENSORS = ("pending_sub_analyses", "automation_rules", "new_training_configurations")
 

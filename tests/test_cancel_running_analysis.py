@@ -12,10 +12,10 @@ import psutil
 from conftest import new_database
 from dagster_helpers import wait_until
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.settings import PROJECT_ROOT
 
 
 def cellprofiler_processes(sub_id: int) -> list[psutil.Process]:

@@ -11,8 +11,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from cpp_dagster.loaddata import illumination_images, loaddata_csv, well_row_col
-from cpp_dagster.planning import Batch, IcfNaming, ImageSet, PlanningError, SubAnalysisOptions
+from cpp_dagster.analysis.loaddata import illumination_images, loaddata_csv, well_row_col
+from cpp_dagster.analysis.planning import Batch, IcfNaming, ImageSet, PlanningError, SubAnalysisOptions
 
 JUMP_EXAMPLE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting" / "load_data.example.csv"
 JUMP_IMAGES = ("OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito",

@@ -8,10 +8,10 @@ import yaml
 from conftest import new_database
 from dagster_helpers import wait_until
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.settings import PROJECT_ROOT
 
 
 def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp_path, monkeypatch):

@@ -186,7 +186,7 @@ def test_run_status_sensors_record_what_hooks_cannot_see(lab, dagster_instance, 
 )
 def test_analysis_that_cannot_run_here_fails_without_a_run(lab, dagster_instance, monkeypatch, deployment,
                                                            sub_meta, why):
-    from cpp_dagster.config import PROJECT_ROOT
+    from cpp_dagster.settings import PROJECT_ROOT
 
     monkeypatch.setenv("CPP_EXECUTOR", deployment)
     monkeypatch.setenv("CPP_K8S_CONFIG", str(PROJECT_ROOT / "deploy" / "k8s-pods.yaml"))

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from dagster_helpers import launch, tick
 
-from cpp_dagster import analysis
+from cpp_dagster.analysis import lifecycle
 from cpp_dagster.features.columns import BATCH_COLUMN as BATCH_KEY
 
 NF_CORE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting"
@@ -38,7 +38,7 @@ def jump_pipeline_meta() -> dict:
         "sub_analyses": [
             {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": "nf-core/illumination.cppipe",
              "batch_size": 0, "job_timeout": 900},
-            {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "nf-core/analysis.cppipe",
+            {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "nf-core/lifecycle.cppipe",
              "batch_size": 1, "use_icf": True, "icf_naming": "broad", "job_timeout": 900},
         ],
     }
@@ -48,7 +48,7 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     from cpp_dagster.demo.register import register_plate
 
     (lab.settings.pipelines_dir / "nf-core").mkdir(parents=True)
-    for name in ("illumination.cppipe", "analysis.cppipe"):
+    for name in ("illumination.cppipe", "lifecycle.cppipe"):
         shutil.copyfile(NF_CORE / name, lab.settings.pipelines_dir / "nf-core" / name)
     lab.db.put_pipeline("jump-cellpainting", jump_pipeline_meta())
     # One well, two sites of a few cells each (JUMP's MeasureTexture takes ~5 s of CPU per
@@ -82,7 +82,7 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     second = tick(dagster_instance)
     assert [r.tags["imagedb/sub_id"] for r in second.run_requests] == [str(features_sub)]
     launch(dagster_instance, second.run_requests[0])  # its outcome in imagedb is checked below
-    batches = sorted(analysis.work_dir(lab.settings, features_sub).glob("batch_*"))
+    batches = sorted(lifecycle.work_dir(lab.settings, features_sub).glob("batch_*"))
     assert len(batches) == 2
     [row] = list(csv.DictReader(open(batches[0] / "loaddata.csv")))
     assert (row["Metadata_Plate"], row["Metadata_Well"], row["Metadata_Row"], row["Metadata_Col"]) == \

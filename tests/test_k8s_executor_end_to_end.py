@@ -22,10 +22,10 @@ from k8s_cluster import (
 )
 from k8s_standin import SCHEMA_VERSION
 
+from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.features.columns import BATCH_COLUMN
 from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
-from cpp_dagster.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 
 
 @pytest.fixture

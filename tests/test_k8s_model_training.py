@@ -14,8 +14,8 @@ from dagster_helpers import tick
 from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.k8s.pod_config import training_run_config
+from cpp_dagster.settings import PROJECT_ROOT
 from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.store import ConfigStore

@@ -16,11 +16,11 @@ import uuid
 
 import pytest
 
-from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.analysis.planning import SubAnalysisOptions
 from cpp_dagster.demo.register import demo_pipeline_meta
 from cpp_dagster.k8s.executor import merge_layers
 from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_step_config, step_base_config
-from cpp_dagster.planning import SubAnalysisOptions
+from cpp_dagster.settings import PROJECT_ROOT
 
 CONTEXT = os.environ.get("CPP_K8S_TEST_CONTEXT")
 NAMESPACE = os.environ.get("CPP_K8S_TEST_NAMESPACE", "default")

@@ -12,10 +12,10 @@ import pytest
 from dagster_helpers import tick
 from poison_rows import MISSING_SUB_ID, insert_sub_analysis
 
-from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.defs.analysis.overview import lab_overview
+from cpp_dagster.analysis.lab_overview import as_dicts, markdown_table, overview_lines, text_table
+from cpp_dagster.defs.analysis.lab_overview import lab_overview
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, DEMO_PIPELINE, register_plate
-from cpp_dagster.overview import as_dicts, markdown_table, overview_lines, results_url_template, text_table
+from cpp_dagster.settings import PROJECT_ROOT, load_settings
 
 CLI = str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster")
 
@@ -36,7 +36,7 @@ def sql(lab, statement: str, params: tuple = ()) -> None:
 
 
 def lines(lab, **query):
-    return overview_lines(lab.db.lab_overview(**query), url_template=results_url_template(),
+    return overview_lines(lab.db.lab_overview(**query), url_template=load_settings().results_url_template,
                           nas_root=lab.nas)
 
 

@@ -16,9 +16,9 @@ from conftest import new_database
 from dagster_helpers import wait_until
 from webserver import free_port
 
-from cpp_dagster.config import PROJECT_ROOT
-from cpp_dagster.local import sqlalchemy_url
-from cpp_dagster.ui import ui_answers
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.local.ui import ui_answers
+from cpp_dagster.settings import PROJECT_ROOT
 
 
 def test_the_ui_opens_without_the_community_modal(pg_server, tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_a_dagster_dev_that_does_not_stop_in_time_is_stopped_with_everything_it_
     """What `cpp-dagster dev` does when dagster dev ignores SIGTERM past the grace period
     (a daemon still loading the code location): killing it alone would orphan its
     webserver and daemon; every process it started goes with it."""
-    from cpp_dagster.ui import stop
+    from cpp_dagster.local.ui import stop
 
     proc = subprocess.Popen(["bash", "-c", 'trap "" TERM; sleep 300 & echo $!; wait'], stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -98,7 +98,7 @@ def test_the_cellprofiler_pool_limit_is_set_before_any_run_claims_it(pg_server, 
     claim it, and two runs doing it at once fail one of them on PostgreSQL (seen in the
     UI backfill test; dagster-io/dagster#33552). `cpp-dagster dev` and the UI test harness
     set it first, as `dagster instance concurrency set` does."""
-    from cpp_dagster.local import pin_pool_limits
+    from cpp_dagster.local.environment import pin_pool_limits
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.settings import PROJECT_ROOT
 
 CLI = str(Path(sys.executable).with_name("cpp-dagster"))
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from cpp_dagster import cellprofiler, loaddata, planning
-from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.analysis import cellprofiler, loaddata, planning
 from cpp_dagster.demo import synthetic_plate
 from cpp_dagster.demo.register import register_plate
+from cpp_dagster.settings import PROJECT_ROOT
 
 CP_PYTHON = PROJECT_ROOT / ".venv-cp" / "bin" / "python"
 DEMO_DIR = Path(synthetic_plate.__file__).parent

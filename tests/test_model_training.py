@@ -13,7 +13,7 @@ import pytest
 from conftest import new_database
 from dagster_helpers import events, tick
 
-from cpp_dagster.config import PROJECT_ROOT
+from cpp_dagster.settings import PROJECT_ROOT
 from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.engines.embedded import load_model

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from dagster_helpers import events, launch, tick
 
-from cpp_dagster import analysis
+from cpp_dagster.analysis import lifecycle
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 from cpp_dagster.features.results_folder import versions_dir
 from cpp_dagster.imagedb.store import RunStamp, StaleRunError
@@ -41,29 +41,29 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
 
     # Generation 0: batch_0000 finishes; batch_0001 fails and the run is failed while
     # that batch's retry is still running.
-    first = analysis.prepare(db, settings, sub_id, old)
+    first = lifecycle.prepare(db, settings, sub_id, old)
     b0, b1 = first.batches
-    analysis.run_batch(settings, b0)
+    lifecycle.run_batch(settings, b0)
     assert db.record_batch_finished(sub_id, b0.name, old).startswith("1 / 2 batches finished")
     assert db.mark_sub_failed(sub_id, "step run_cellprofiler[batch_0001] failed: exit code 1", old)
 
     # The lab re-runs it; generation 1 plans into folders of its own.
     assert db.rerun_sub_analysis(sub_id) == 1
-    second = analysis.prepare(db, settings, sub_id, new)
+    second = lifecycle.prepare(db, settings, sub_id, new)
     assert all("/g1/" in s.batch_dir for s in second.batches)
     assert all("/g0/" in s.batch_dir for s in first.batches)
     started = db.sub_analysis(sub_id)
 
     # The old run's retry of batch_0001 now finishes, and its outcome arrives.
-    late = analysis.run_batch(settings, b1)
+    late = lifecycle.run_batch(settings, b1)
     assert "/g0/" in late.output_dir
     assert db.record_batch_finished(sub_id, b1.name, old) is None
     with pytest.raises(StaleRunError):
-        analysis.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
+        lifecycle.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
     assert not db.mark_sub_failed(sub_id, "cancelled: run-generation-0 was cancelled", old)
     assert not db.mark_sub_started(sub_id, batches=2, image_sets=2, stamp=old)
     with pytest.raises(StaleRunError):
-        analysis.complete(db, settings, first.sub)
+        lifecycle.complete(db, settings, first.sub)
     assert db.sub_analysis(sub_id) == started  # the row of generation 1, untouched
     assert started.error is None and started.finish is None and started.status["run_id"] == new.run_id
     results = second.sub.results_dir
@@ -72,24 +72,24 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
 
     # Generation 1 runs: both batches are reused (verified outputs, same fingerprint),
     # linked into its own folders, then merged and completed.
-    outcomes = [analysis.run_batch(settings, s) for s in second.batches]
+    outcomes = [lifecycle.run_batch(settings, s) for s in second.batches]
     assert [o.reused for o in outcomes] == [True, True]
     assert all("/g1/" in o.output_dir for o in outcomes)
     progress = [db.record_batch_finished(sub_id, s.name, new) for s in second.batches]
     assert [p[:5] for p in progress] == ["1 / 2", "2 / 2"]
-    merged = analysis.merge(db, settings, second.sub, [s.batch_dir for s in second.batches])
-    analysis.write_single_cell(db, settings, merged)
-    analysis.write_well_profiles(db, settings, merged)
-    result = analysis.complete(db, settings, second.sub)
+    merged = lifecycle.merge(db, settings, second.sub, [s.batch_dir for s in second.batches])
+    lifecycle.write_single_cell(db, settings, merged)
+    lifecycle.write_well_profiles(db, settings, merged)
+    result = lifecycle.complete(db, settings, second.sub)
     finished, files = db.sub_analysis(sub_id), snapshot(results)
     assert finished.finish and finished.error is None and result["file_list"]
 
     # The old run's outcome arriving even later changes nothing either.
     assert not db.mark_sub_failed(sub_id, "very late failure", old)
     with pytest.raises(StaleRunError):
-        analysis.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
+        lifecycle.merge(db, settings, first.sub, [b0.batch_dir, b1.batch_dir])
     with pytest.raises(StaleRunError):
-        analysis.write_single_cell(db, settings, dataclasses.replace(merged, sub=first.sub))
+        lifecycle.write_single_cell(db, settings, dataclasses.replace(merged, sub=first.sub))
     assert db.sub_analysis(sub_id) == finished and snapshot(results) == files
     assert [p.name.split("-")[0] for p in versions_dir(results).iterdir()] == ["v"]  # one version, no staging
 
@@ -111,7 +111,7 @@ def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refuse
     assert lab.db.rerun_sub_analysis(sub_id) == 1
     (again,) = tick(dagster_instance).run_requests
     assert again.tags["imagedb/generation"] == "1"
-    analysis.prepare(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun"))  # as generation 1's plan step
+    lifecycle.prepare(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun"))  # as generation 1's plan step
     running = lab.db.sub_analysis(sub_id)
 
     event = events(dagster_instance, failed.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
@@ -130,8 +130,8 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     normally holds it back."""
     import yaml
 
-    from cpp_dagster.config import PROJECT_ROOT
     from cpp_dagster.definitions import analysis_job_def
+    from cpp_dagster.settings import PROJECT_ROOT
 
     limits = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
@@ -144,7 +144,7 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     sensor_run = dagster_instance.add_run(dg.DagsterRun(
         job_name="analysis_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
         tags={"dagster/partition": request.partition_key, **request.tags}))
-    analysis.prepare(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id))  # the sensor's run is planning
+    lifecycle.prepare(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id))  # the sensor's run is planning
     before = lab.db.sub_analysis(sub_id)
 
     with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance,
@@ -156,7 +156,7 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     assert f"is being run by run {sensor_run.run_id}" in failure.event_specific_data.error.message
     assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
     assert lab.db.analysis_of_run(ui.run_id) is None  # and nothing submitted
-    assert sorted(p.name for p in analysis.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
+    assert sorted(p.name for p in lifecycle.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
 
 
 def test_progress_of_batches_finishing_at_once_is_never_lost(lab):
@@ -183,7 +183,7 @@ def test_a_refused_stale_write_is_in_the_run_log_the_lab_reads(lab, tmp_path):
     (`python_logs`: the `cpp_dagster` loggers are Dagster-managed)."""
     import yaml
 
-    from cpp_dagster.config import PROJECT_ROOT
+    from cpp_dagster.settings import PROJECT_ROOT
 
     python_logs = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["python_logs"]
     acq = register_plate(lab.db, lab.settings, barcode="STALE-LOG", wells=["B02"], sites=[1], seed=2)

@@ -11,13 +11,14 @@ import dagster as dg
 import pytest
 from dagster_helpers import launch, tick
 
-from cpp_dagster import analysis, paths
-from cpp_dagster.cellprofiler import CellProfilerError
+from cpp_dagster import paths
+from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.cellprofiler import CellProfilerError
+from cpp_dagster.analysis.planning import PlanningError, SubAnalysisOptions
 from cpp_dagster.defs.resources import WorkAreaIOManager
 from cpp_dagster.demo.register import DEMO_CHANNEL_MAP, DEMO_PIPELINE, DEMO_PIPELINE_FILE, demo_pipeline_meta
 from cpp_dagster.demo.synthetic_plate import write_plate
 from cpp_dagster.imagedb.rows import Image, PlateAcquisition
-from cpp_dagster.planning import PlanningError, SubAnalysisOptions
 from cpp_dagster.training import configuration, steps
 from cpp_dagster.training.configuration import ConfigError
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
@@ -65,11 +66,11 @@ def test_a_plate_barcode_that_would_leave_results_is_refused_before_anything_is_
             lab.db.add_plate_acquisition(value, channel_map_id=DEMO_CHANNEL_MAP, folder=str(tmp_path))
         acquisition = PlateAcquisition(1, value, None, None, DEMO_CHANNEL_MAP, 1, None, None)
         with pytest.raises(paths.UnsafePathError, match=WHY[kind]):
-            analysis.results_dir(lab.settings, acquisition, 1)
+            lifecycle.results_dir(lab.settings, acquisition, 1)
     else:
         sub_id = lab.db.submit_analysis(plate(lab, value), DEMO_PIPELINE).sub_ids[0]
         with pytest.raises(paths.UnsafePathError, match=WHY[kind]) as refused:
-            analysis.prepare(lab.db, lab.settings, sub_id)
+            lifecycle.prepare(lab.db, lab.settings, sub_id)
         assert "plate barcode" in str(refused.value) and repr(value) in str(refused.value)
         assert lab.db.sub_analysis(sub_id).start is None  # not started, no work folder
         assert not (lab.settings.work_root / f"sub_{sub_id}").exists()
@@ -134,7 +135,7 @@ def test_a_pipeline_file_reached_through_a_symlink_out_of_the_folder_is_refused(
     (outside / "x.cppipe").write_bytes((lab.settings.pipelines_dir / DEMO_PIPELINE_FILE).read_bytes())
     (lab.settings.pipelines_dir / "linked").symlink_to(outside)
     with pytest.raises(CellProfilerError, match="'linked/x.cppipe' resolves outside"):
-        analysis.cellprofiler.resolve_pipeline_file(lab.settings.pipelines_dir, "linked/x.cppipe")
+        lifecycle.cellprofiler.resolve_pipeline_file(lab.settings.pipelines_dir, "linked/x.cppipe")
 
 
 # --- model name, version and training workflow ---------------------------------------

@@ -13,9 +13,9 @@ import dagster as dg
 import pytest
 from dagster_helpers import events, launch, tick
 
-from cpp_dagster import analysis, pipeline_check
+from cpp_dagster.analysis import lifecycle, pipeline_check
+from cpp_dagster.analysis.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
-from cpp_dagster.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMO_DYES = ("HOECHST", "CONC", "SYTO", "MITO", "PHAandWGA")
@@ -92,7 +92,7 @@ def test_pipeline_that_cannot_run_fails_before_any_batch_with_the_module_or_imag
     assert lab.db.analysis(sub.analysis_id)["error"] is not None
     started = [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)]
     assert started == ["features_step.plan_batches"]  # no batch ran
-    assert not analysis.work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
+    assert not lifecycle.work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
 
 
 def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_message(lab):
@@ -100,11 +100,11 @@ def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_messa
     pipeline_file = install(lab, "ExampleHuman.cppipe", (FIXTURES / "examplehuman" / "ExampleHuman.cppipe").read_text())
     sub_id = submit(lab, acq, pipeline_file)
     with pytest.raises(PipelineCheckError) as refused:
-        analysis.prepare(lab.db, lab.settings, sub_id)
+        lifecycle.prepare(lab.db, lab.settings, sub_id)
     assert str(refused.value) == (
         f"pipeline {pipeline_file!r} reads its images through NamesAndTypes; cpp-dagster feeds images through "
         "LoadData: replace Images/Metadata/NamesAndTypes/Groups by LoadData")
-    assert lab.db.sub_analysis(sub_id).start is None and not analysis.work_dir(lab.settings, sub_id).exists()
+    assert lab.db.sub_analysis(sub_id).start is None and not lifecycle.work_dir(lab.settings, sub_id).exists()
 
 
 def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_process(lab):
@@ -113,7 +113,7 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     cache_dir = lab.settings.work_root / pipeline_check.CACHE_FOLDER
 
     started = time.monotonic()
-    assert len(analysis.prepare(lab.db, lab.settings, first).batches) == 1
+    assert len(lifecycle.prepare(lab.db, lab.settings, first).batches) == 1
     first_s = time.monotonic() - started
     [cached] = list(cache_dir.iterdir())
     pipeline = lab.settings.pipelines_dir / DEMO_PIPELINE_FILE
@@ -121,7 +121,7 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     written = cached.stat()
 
     started = time.monotonic()
-    assert len(analysis.prepare(lab.db, lab.settings, second).batches) == 1
+    assert len(lifecycle.prepare(lab.db, lab.settings, second).batches) == 1
     second_s = time.monotonic() - started
     # A second inspection would have written a new file and renamed it over the cached one.
     assert list(cache_dir.iterdir()) == [cached]
@@ -147,11 +147,11 @@ def test_public_jump_pipelines_pass_on_the_channels_they_are_written_for(tmp_pat
     # As the last step of an analysis it writes no table: that is refused.
     assert "exports no tables" in pipeline_check.problems(
         illumination, pipeline_file="illumination.cppipe", dyes=orig, illumination_images=illum, use_icf=False)[0]
-    jump_analysis = needs(jump / "analysis.cppipe")
+    jump_analysis = needs(jump / "lifecycle.cppipe")
     assert [m.label for m in jump_analysis.modules if not m.enabled] == ["FlagImage #5"]
     assert jump_analysis.exports == (Export("ExportToSpreadsheet #39", False,
                                             ("Image", "Experiment", "Cells", "Cytoplasm", "Nuclei")),)
-    assert pipeline_check.problems(jump_analysis, pipeline_file="analysis.cppipe", dyes=orig,
+    assert pipeline_check.problems(jump_analysis, pipeline_file="lifecycle.cppipe", dyes=orig,
                                    illumination_images=illum, use_icf=True) == []
     assert len(list(cache_dir.iterdir())) == 2  # one inspection per file
 

@@ -9,9 +9,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from cpp_dagster.imagedb.rows import Image
-from cpp_dagster.loaddata import loaddata_csv
-from cpp_dagster.planning import (
+from cpp_dagster.analysis.loaddata import loaddata_csv
+from cpp_dagster.analysis.planning import (
     Batch,
     ImageSet,
     PlanningError,
@@ -19,6 +18,7 @@ from cpp_dagster.planning import (
     parse_z_spec,
     plan,
 )
+from cpp_dagster.imagedb.rows import Image
 
 CHANNELS = {1: "HOECHST", 2: "SYTO", 3: "MITO"}
 

@@ -13,7 +13,6 @@ from conftest import new_database
 from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.k8s.executor import with_defaults
 from cpp_dagster.k8s.pod_config import (
     TRAINING_STEPS,
@@ -22,6 +21,7 @@ from cpp_dagster.k8s.pod_config import (
     executor_defaults,
     training_run_config,
 )
+from cpp_dagster.settings import PROJECT_ROOT
 from cpp_dagster.training.configuration import ConfigError, from_dict, parse
 from cpp_dagster.training.engines.base import split_params
 

@@ -7,7 +7,7 @@ import psycopg2.extras
 import pytest
 from conftest import new_database
 
-from cpp_dagster.config import TrainingQueryLimits
+from cpp_dagster.settings import TrainingQueryLimits, load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, load_public_dataset, run_query
 from cpp_dagster.training.configuration import ConfigError, from_dict
 
@@ -33,7 +33,7 @@ def count(url: str) -> int:
 
 def test_commit_inside_the_query_text_is_refused_and_deletes_nothing(compounds):
     with pytest.raises(CompoundDatabaseError, match="exactly one SQL statement.*3 statements"):
-        run_query("compounds", "SELECT 1; COMMIT; DELETE FROM compounds")
+        run_query("compounds", "SELECT 1; COMMIT; DELETE FROM compounds", load_settings().training)
     assert count(compounds) == ROWS
 
 
@@ -52,7 +52,7 @@ def test_a_configuration_holding_more_than_one_statement_is_refused_when_added()
 ])
 def test_a_query_that_would_write_is_refused_by_postgresql_and_deletes_nothing(compounds, query, refusal):
     with pytest.raises(CompoundDatabaseError, match="the query failed on 'compounds'") as refused:
-        run_query("compounds", query)
+        run_query("compounds", query, load_settings().training)
     assert refusal in str(refused.value)
     assert count(compounds) == ROWS
 
@@ -60,7 +60,7 @@ def test_a_query_that_would_write_is_refused_by_postgresql_and_deletes_nothing(c
 def test_semicolons_in_strings_comments_and_dollar_quotes_are_one_statement(compounds):
     query = ("SELECT smiles, solubility AS label, ';' AS a, $q$; DELETE FROM compounds $q$ AS b "
              "FROM compounds /* ; */ WHERE id <= 3; -- a trailing comment; still one statement")
-    result = run_query("compounds", query)
+    result = run_query("compounds", query, load_settings().training)
     assert len(result.frame) == 3 and result.frame["a"].tolist() == [";"] * 3
     assert count(compounds) == ROWS
 
@@ -68,14 +68,14 @@ def test_semicolons_in_strings_comments_and_dollar_quotes_are_one_statement(comp
 def test_more_rows_than_the_cap_fail_with_a_readable_message(compounds):
     query = "SELECT smiles, solubility AS label FROM compounds"
     with pytest.raises(CompoundDatabaseError, match="more than 1,000 rows .* CPP_TRAINING_QUERY_MAX_ROWS"):
-        run_query("compounds", query, limits=TrainingQueryLimits(timeout_s=60, max_rows=1000))
-    assert len(run_query("compounds", query, limits=TrainingQueryLimits(timeout_s=60, max_rows=ROWS)).frame) == ROWS
+        run_query("compounds", query, load_settings().training, limits=TrainingQueryLimits(timeout_s=60, max_rows=1000))
+    assert len(run_query("compounds", query, load_settings().training, limits=TrainingQueryLimits(timeout_s=60, max_rows=ROWS)).frame) == ROWS
 
 
 def test_a_query_over_the_statement_timeout_is_cancelled(compounds, monkeypatch):
     monkeypatch.setenv("CPP_TRAINING_QUERY_TIMEOUT_S", "0.5")
     with pytest.raises(CompoundDatabaseError, match=r"longer than 0.5 s .*CPP_TRAINING_QUERY_TIMEOUT_S"):
-        run_query("compounds", "SELECT smiles, solubility AS label FROM compounds, pg_sleep(5) LIMIT 1")
+        run_query("compounds", "SELECT smiles, solubility AS label FROM compounds, pg_sleep(5) LIMIT 1", load_settings().training)
 
 
 def test_a_stored_version_whose_query_escapes_its_transaction_fails_its_run_and_deletes_nothing(

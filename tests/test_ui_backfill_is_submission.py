@@ -13,9 +13,9 @@ import subprocess
 from conftest import new_database
 from webserver import dagster_ui, write_dagster_home
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
-from cpp_dagster.local import sqlalchemy_url
+from cpp_dagster.local.environment import sqlalchemy_url
+from cpp_dagster.settings import PROJECT_ROOT
 
 # What a lab member selects with "Materialize all" on the analysis assets.
 ANALYSIS_ASSETS = ["illumination_functions", "image_qc", "feature_tables", "single_cell_table", "well_profiles"]

@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from cpp_dagster import work_area
+from cpp_dagster.analysis import work_area
 from cpp_dagster.imagedb.rows import RunStamp
 from cpp_dagster.settings import Settings
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import dagster_helpers
 import yaml
 
-from cpp_dagster.config import PROJECT_ROOT
 from cpp_dagster.demo.run import dagster_process
-from cpp_dagster.local import pin_pool_limits
-from cpp_dagster.ui import ui_answers
+from cpp_dagster.local.environment import pin_pool_limits
+from cpp_dagster.local.ui import ui_answers
+from cpp_dagster.settings import PROJECT_ROOT
 
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 FINISHED_RUN = {"SUCCESS", "FAILURE", "CANCELED"}

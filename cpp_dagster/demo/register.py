@@ -7,10 +7,10 @@ from importlib import resources
 from pathlib import Path
 
 from cpp_dagster import paths
-from cpp_dagster.config import Settings
 from cpp_dagster.demo.synthetic_plate import DYES, write_plate
 from cpp_dagster.imagedb.rows import Image
 from cpp_dagster.imagedb.store import ImageDB
+from cpp_dagster.settings import Settings
 
 DEMO_PIPELINE = "demo-cellpainting"
 DEMO_PIPELINE_FILE = "demo/demo_features.cppipe"

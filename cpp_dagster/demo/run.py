@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import local, paths
-from cpp_dagster.config import PROJECT_ROOT, load_settings, local_dir
+from cpp_dagster import paths
 from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, plate_wells, register_plate
 from cpp_dagster.imagedb.rows import SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.training.store import ConfigStore, training_db_url
+from cpp_dagster.local import environment as local_env
+from cpp_dagster.settings import PROJECT_ROOT, load_settings
+from cpp_dagster.training.store import ConfigStore
 
 
 @contextmanager
@@ -120,12 +121,12 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
 def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int = 1,
              timeout_s: float = 1800, echo: Callable[[str], None] = print) -> dict:
     os.environ.setdefault("CPP_SENSOR_INTERVAL_S", "5")  # the demo's sensors tick faster, unless set
-    env = local.environment()
+    env = local_env.environment(compounds=False)
     os.environ.update(env)
     db = ImageDB(env["CPP_IMAGEDB_URL"])
     db.apply_schema()
     settings = load_settings()
-    ConfigStore(training_db_url(settings.training)).apply_schema()  # so `make dev` afterwards ticks every sensor clean
+    ConfigStore(env["CPP_TRAINING_DB_URL"]).apply_schema()  # so `make dev` afterwards ticks every sensor clean
     install_demo_pipeline(db, settings, batch_size=batch_size)
     started = time.monotonic()
     acq_id = register_plate(db, settings, barcode=f"DEMO-{seed:04d}", wells=plate_wells(wells),
@@ -134,7 +135,7 @@ def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int =
     sub_id = submitted.sub_ids[0]
     echo(f"registered plate acquisition {acq_id} ({wells} wells x {sites} sites x 5 channels) "
          f"and submitted analysis {submitted.analysis_id} (sub-analysis {sub_id}); starting dagster-daemon")
-    with dagster_daemon(env, local_dir() / "logs" / "dagster-daemon.log") as daemon:
+    with dagster_daemon(env, settings.local_dir / "logs" / "dagster-daemon.log") as daemon:
         sub = wait_for_outcome(db, sub_id, timeout_s, echo, daemon)
         run = wait_for_run(sub_id, 120)
     echo(f"done in {time.monotonic() - started:.0f} s (Dagster run {run.run_id}: {run.status.value})")

@@ -5,9 +5,42 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+PRIORITY_RANGE = (1, 9)  # imagedb's priority columns: 1 = high; unset is ready.DEFAULT_PRIORITY
+
 
 class ImageDBError(Exception):
     """imagedb does not hold what an operation needs (unknown id, missing pipeline...)."""
+
+
+def whole_number(value: Any) -> int:
+    """An integer from an int or a string of one; bools and fractional numbers are refused."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def whole_number_in(key: str, value: Any, low: int | None, high: int | None, unit: str) -> int:
+    """`value` as a whole number in [low, high] (None: unbounded); ValueError naming `key`,
+    the bounds and `unit` otherwise (a message for the scientist who wrote it)."""
+    bounds = (f" from {low} to {high}" if low is not None and high is not None
+              else f" of at least {low}" if low is not None else "")
+    expected = f"{key!r} must be a whole number{bounds}, in {unit}; got {value!r}"
+    try:
+        number = whole_number(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(expected) from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ValueError(expected)
+    return number
+
+
+def priority_of(value: Any) -> int | None:
+    """A priority (PRIORITY_RANGE, 1 = high) from meta or a submission; None when unset.
+    ValueError naming the range otherwise (imagedb's column is an integer)."""
+    if value is None:
+        return None
+    low, high = PRIORITY_RANGE
+    return whole_number_in("priority", value, low, high, f"{low} = high, {high} = low")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import psycopg2.extras
 from psycopg2 import sql
 from psycopg2.extras import Json
 
+from cpp_dagster.imagedb.lab_overview import OverviewQueries
 from cpp_dagster.imagedb.outcome import (  # noqa: F401  (re-exported: callers import them from here)
     StaleRunError,
     SubAnalysisOutcomes,
@@ -25,7 +26,6 @@ from cpp_dagster.imagedb.outcome import (  # noqa: F401  (re-exported: callers i
     revive_after_success,
     stale_message,
 )
-from cpp_dagster.imagedb.overview import OverviewQueries
 from cpp_dagster.imagedb.ready import (  # noqa: F401
     DEFAULT_PRIORITY,
     LaunchQueries,

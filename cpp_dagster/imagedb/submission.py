@@ -11,8 +11,7 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json
 
-from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis
-from cpp_dagster.planning import PlanningError, priority_of
+from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis, priority_of
 
 
 def one_row(cur, missing: str) -> dict:
@@ -40,7 +39,7 @@ def _priority(value: Any, where: str) -> int | None:
     range is a readable error at submission, not a database error."""
     try:
         return priority_of(value)
-    except PlanningError as e:
+    except ValueError as e:
         raise ImageDBError(f"{where}: {e}") from None
 
 

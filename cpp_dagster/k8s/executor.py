@@ -64,15 +64,11 @@ def with_defaults(defaults: Mapping[str, Any], run_config: Mapping[str, Any]) ->
     return config
 
 
-def k8s_executor(pod_settings: PodSettings, training_engine: str | None = None,
+def k8s_executor(pod_settings: PodSettings, training_engine: str,
                  analysis_steps: tuple[str, ...] = ANALYSIS_STEPS) -> dg.ExecutorDefinition:
     """`k8s_job_executor` with `pod_settings` as its defaults; accepts the same run config
     as `k8s_job_executor` (e.g. `pod_config.analysis_run_config`). Call it when the
-    definitions load; `training_engine` defaults to CPP_TRAINING_ENGINE (read now)."""
-    if training_engine is None:
-        from cpp_dagster.training.engines import engine_name
-
-        training_engine = engine_name()
+    definitions load; `training_engine` is the deployment's (CPP_TRAINING_ENGINE)."""
     defaults = executor_defaults(pod_settings, training_engine, analysis_steps)
     return k8s_job_executor.configured(
         lambda run_config: with_defaults(defaults, run_config),

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from cpp_dagster.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
+from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 from cpp_dagster.settings import load_settings
 
 BATCH_OP = "run_cellprofiler"

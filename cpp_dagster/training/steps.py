@@ -53,14 +53,14 @@ class Ingested:
         return self.skipped / self.rows if self.rows else 0.0
 
 
-def ingest(config: TrainingConfig, folder: Path, training: Training | None = None) -> Ingested:
+def ingest(config: TrainingConfig, folder: Path, training: Training) -> Ingested:
     """Run the configuration's query (on the deployment's databases, with its limits:
-    `training`, the process's settings by default), keep the rows that can be trained on,
+    `training`), keep the rows that can be trained on,
     hold out `test_fraction` of them (stratified for classification, seeded) and write
     one parameter file per split."""
     from sklearn.model_selection import train_test_split
 
-    result = compounds.run_query(config.database, config.query, training=training)
+    result = compounds.run_query(config.database, config.query, training)
     parsed = molecules.parse(result.frame, config.model.task)
     reasons = dict(Counter(parsed.skipped["reason"]))
     usable = parsed.usable

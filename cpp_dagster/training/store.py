@@ -11,18 +11,7 @@ from dataclasses import dataclass
 from psycopg2.extras import Json
 
 from cpp_dagster.pg import Store
-from cpp_dagster.settings import Training, load_settings
 from cpp_dagster.training.configuration import TrainingConfig, from_dict
-
-
-def training_db_url(training: Training | None = None) -> str:
-    """CPP_TRAINING_DB_URL, else the embedded local server's `training` database."""
-    url = (training or load_settings().training).db_url
-    if url:
-        return url
-    from cpp_dagster import local_postgres
-
-    return local_postgres.database_url("training")
 
 
 @dataclass(frozen=True)

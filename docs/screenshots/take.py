@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # the UI harness of the acceptance test
 
 from webserver import DagsterUI, dagster_ui, write_dagster_home  # noqa: E402
 
-from cpp_dagster import local, local_postgres  # noqa: E402
-from cpp_dagster.config import load_settings  # noqa: E402
 from cpp_dagster.demo.register import DEMO_PIPELINE, install_demo_pipeline, register_plate  # noqa: E402
 from cpp_dagster.imagedb.store import ImageDB  # noqa: E402
-from cpp_dagster.training.store import ConfigStore, training_db_url  # noqa: E402
+from cpp_dagster.local import environment as local_env  # noqa: E402
+from cpp_dagster.local import postgres as local_postgres
+from cpp_dagster.settings import load_settings  # noqa: E402
+from cpp_dagster.training.store import ConfigStore  # noqa: E402
 
 PLATES = [("P-0001", True), ("P-0002", True), ("P-0003", True), ("P-0004", False)]
 ASSETS = ["feature_tables", "single_cell_table", "well_profiles"]
@@ -84,11 +85,11 @@ def main() -> int:
                 "CPP_PIPELINES_DIR", "CPP_TRAINING_DB_URL"):
         os.environ.pop(var, None)
     try:
-        env = local.environment()
+        env = local_env.environment()
         os.environ.update({k: v for k, v in env.items() if k != "DAGSTER_HOME"})
         db = ImageDB(env["CPP_IMAGEDB_URL"])
         db.apply_schema()
-        ConfigStore(training_db_url()).apply_schema()
+        ConfigStore(env["CPP_TRAINING_DB_URL"]).apply_schema()
         demo_lab(db)
         home = write_dagster_home(work / "dagster_home_ui")
         with dagster_ui(home, env["DAGSTER_PG_URL"], sensor_interval_s=3) as ui:

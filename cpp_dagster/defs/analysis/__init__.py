@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cpp_dagster.defs.analysis.assets import build_step_assets, plate_acquisitions
-from cpp_dagster.defs.analysis.overview import build_overview_sensor, lab_overview
+from cpp_dagster.defs.analysis.lab_overview import build_overview_sensor, lab_overview
 from cpp_dagster.defs.analysis.sensors import (
     STEP_JOBS,
     Launching,

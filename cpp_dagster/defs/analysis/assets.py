@@ -12,7 +12,8 @@ in any of its ops leaves all three failed for that partition, in Dagster as in i
 
 import dagster as dg
 
-from cpp_dagster import analysis
+from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.sub_analysis import Step
 from cpp_dagster.defs.analysis.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.analysis.partitions import analysis_partitions
 from cpp_dagster.defs.analysis.steps import (
@@ -26,9 +27,9 @@ from cpp_dagster.defs.analysis.steps import (
     step_of,
     write_single_cell_table,
 )
-from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 from cpp_dagster.features import checks, plate_map
-from cpp_dagster.sub_analysis import Step
+from cpp_dagster.settings import Settings
 
 plate_acquisitions = dg.AssetSpec(
     ["imagedb", "plate_acquisitions"], kinds={"postgres"}, group_name="imagedb",
@@ -47,7 +48,7 @@ CHECKS = {
 }
 
 
-def feature_checks(merged: analysis.Merged) -> dict:
+def feature_checks(merged: lifecycle.Merged) -> dict:
     """The data-quality checks of the merged tables (pure results, features.checks)."""
     results_dir, objects = merged.tables_dir, list(merged.object_tables)
     return {
@@ -65,11 +66,11 @@ def _metadata_value(value):
     return dg.MetadataValue.json(value) if isinstance(value, (dict, list, tuple)) else value
 
 
-def feature_tables_metadata(merged: analysis.Merged, found: dict, nas_root) -> dict:
+def feature_tables_metadata(merged: lifecycle.Merged, found: dict, settings: Settings) -> dict:
     tables = merged.merge.tables
     lines = ["| table | rows | columns | file |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.rows} | {t.columns} | {t.path.name} |" for t in tables.values()]
-    metadata: dict = {**result_links(merged.sub, nas_root), "tables": dg.MetadataValue.md("\n".join(lines)),
+    metadata: dict = {**result_links(merged.sub, settings), "tables": dg.MetadataValue.md("\n".join(lines)),
                       "image_sets": merged.sub.status.image_sets or 0,
                       "object_tables": ", ".join(merged.object_tables) or NO_OBJECT_TABLES}
     for t in tables.values():
@@ -87,20 +88,20 @@ def feature_tables_metadata(merged: analysis.Merged, found: dict, nas_root) -> d
 
 @dg.op(out={"feature_tables": dg.Out(dg.Nothing), "single_cell_table": dg.Out(dg.Nothing),
             "well_profiles": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing) for name in CHECKS}})
-def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
                         merged, single_cell: dict):
     """Per-well profiles, then the sub-analysis complete in imagedb; then the three assets
     of the features step materialize together, with the checks of the feature tables."""
-    if not isinstance(merged, analysis.Merged):  # nothing to do, and why
+    if not isinstance(merged, lifecycle.Merged):  # nothing to do, and why
         for name in ("feature_tables", "single_cell_table", "well_profiles"):
             yield dg.Output(None, name, metadata={"step": merged})
         return
-    db, settings = imagedb.db(), nas.settings()
-    profiles = analysis.write_well_profiles(db, settings, merged)
-    outcome = analysis.complete(db, settings, merged.sub)
+    db, settings = imagedb.db(), deployment.settings
+    profiles = lifecycle.write_well_profiles(db, settings, merged)
+    outcome = lifecycle.complete(db, settings, merged.sub)
     context.log.info(f"sub-analysis {merged.sub.sub_id} finished: {len(outcome['file_list'])} result files")
     found = feature_checks(merged)
-    yield dg.Output(None, "feature_tables", metadata=feature_tables_metadata(merged, found, settings.nas_root))
+    yield dg.Output(None, "feature_tables", metadata=feature_tables_metadata(merged, found, settings))
     yield dg.Output(None, "single_cell_table", metadata=single_cell)
     yield dg.Output(None, "well_profiles", metadata=(
         {"written": False, "reason": NO_OBJECT_TABLES} if profiles is None else

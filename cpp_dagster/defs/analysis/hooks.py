@@ -10,8 +10,8 @@ imagedb, and one while another run of the same partition is active is not record
 
 import dagster as dg
 
-from cpp_dagster.defs.analysis.launch import step_of_sub, sub_analyses_of_run
 from cpp_dagster.defs.analysis.partitions import other_active_runs, run_stamp
+from cpp_dagster.defs.analysis.run_target import step_of_sub, sub_analyses_of_run
 from cpp_dagster.defs.analysis.steps import step_of_key
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from cpp_dagster.analysis.planning import SubAnalysisOptions
+from cpp_dagster.analysis.sub_analysis import Step
 from cpp_dagster.defs.analysis.assets import FEATURE_TABLES, PROFILES, SINGLE_CELL, plate_acquisitions
 from cpp_dagster.defs.analysis.hooks import failure_message
-from cpp_dagster.defs.analysis.launch import sub_analyses_of_run
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
@@ -24,11 +25,10 @@ from cpp_dagster.defs.analysis.partitions import (
     run_stamp,
     usable,
 )
+from cpp_dagster.defs.analysis.run_target import sub_analyses_of_run
 from cpp_dagster.defs.resources import ImageDBResource
 from cpp_dagster.imagedb.ready import Unlaunchable
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
-from cpp_dagster.planning import SubAnalysisOptions
-from cpp_dagster.sub_analysis import Step
 
 analysis_job = dg.define_asset_job(
     "analysis_job",

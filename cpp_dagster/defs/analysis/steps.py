@@ -2,7 +2,7 @@
 features step) single-cell table -> well profiles and completion.
 
 Thin wrappers around cpp_dagster.analysis. The sub-analysis is resolved once, by
-plan_batches (`analysis.prepare` -> `SubAnalysisRun`), and passed along as an input; the
+plan_batches (`lifecycle.prepare` -> `SubAnalysisRun`), and passed along as an input; the
 step's assets materialize together in the last op, once the sub-analysis is complete in
 imagedb, so a partition is green only when its step finished, derived tables included.
 Under the multiprocess executor each op is its own process; under the k8s executor its own
@@ -11,15 +11,15 @@ pod (per-step pod settings are keyed by these op names).
 
 import dagster as dg
 
-from cpp_dagster import analysis
-from cpp_dagster.cellprofiler import BatchOutcome, BatchTimeout
-from cpp_dagster.defs.analysis import launch
+from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
+from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun
+from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
-from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 from cpp_dagster.features.schema import SchemaError
 from cpp_dagster.imagedb.rows import SubAnalysisStatus
-from cpp_dagster.settings import load_settings
-from cpp_dagster.sub_analysis import Step, SubAnalysisRun
+from cpp_dagster.settings import Settings
 
 CELLPROFILER_POOL = "cellprofiler"  # every batch op's pool: the cap on CellProfiler processes across runs
 OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
@@ -44,9 +44,9 @@ def step_of(context: dg.OpExecutionContext) -> Step:
 
 
 @dg.op(ins={"acquisitions": dg.In(dg.Nothing), "illumination": dg.In(dg.Nothing), "qc": dg.In(dg.Nothing)},
-       out={"batches": dg.DynamicOut(analysis.BatchSpec), "sub": dg.Out(is_required=False)})
-def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource):
-    """Which sub-analysis (launch.target), then image sets -> batches -> one LoadData CSV
+       out={"batches": dg.DynamicOut(lifecycle.BatchSpec), "sub": dg.Out(is_required=False)})
+def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource):
+    """Which sub-analysis (run_target.target), then image sets -> batches -> one LoadData CSV
     per batch on the work area. One run of a partition at a time: the run queue holds a
     second one back (tag concurrency limit on dagster/partition in dagster.yaml); one
     launched past the queue stops here. `sub` is the resolved SubAnalysisRun, or the
@@ -58,14 +58,14 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
         raise dg.Failure(f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
                          "partition at a time; this run changed nothing (launch it again once that run has ended)",
                          allow_retries=False)
-    settings = nas.settings()
-    found = launch.target(context, db, step, run_steps=settings.launch.ui_runs_run_steps)
+    settings = deployment.settings
+    found = run_target.target(context, db, step, run_steps=settings.launch.ui_runs_run_steps)
     if found.sub_id is None:
         context.log.info(found.reason)
         if not found.waits:
             yield dg.Output(found.reason, "sub")
         return
-    prepared = analysis.prepare(db, settings, found.sub_id, run_stamp(context.run))
+    prepared = lifecycle.prepare(db, settings, found.sub_id, run_stamp(context.run))
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
         context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
     context.log.info(f"sub-analysis {found.sub_id} ({step.value}) of plate {prepared.sub.plate_barcode}: "
@@ -77,14 +77,14 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
 
 
 @dg.op(pool=CELLPROFILER_POOL)
-def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
-                     batch: analysis.BatchSpec) -> BatchOutcome:
+def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
+                     batch: lifecycle.BatchSpec) -> BatchOutcome:
     """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
     try:
-        outcome = analysis.run_batch(nas.settings(), batch)
+        outcome = lifecycle.run_batch(deployment.settings, batch)
     except BatchTimeout as timeout:
-        if load_settings().launch.retry_timeouts:
+        if deployment.settings.launch.retry_timeouts:
             raise
         # Fails the step past its RetryPolicy: a batch that ran out of time would take as
         # long again (crashes and evictions are still retried).
@@ -111,16 +111,16 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, n
 
 
 @dg.op
-def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
                  sub, outcomes: list[BatchOutcome]):
     """Streaming merge of the batches into one Parquet per object table, in the results
-    folder (which switches as a whole): `analysis.Merged`. A step with nothing to do
+    folder (which switches as a whole): `lifecycle.Merged`. A step with nothing to do
     (`sub` is not a SubAnalysisRun but the reason) passes its reason on."""
     if not isinstance(sub, SubAnalysisRun):
         return sub
     db = imagedb.db()
     batch_dirs = [o.output_dir.rsplit("/", 1)[0] for o in sorted(outcomes, key=lambda o: o.batch)]
-    merged = analysis.merge(db, nas.settings(), sub, batch_dirs)
+    merged = lifecycle.merge(db, deployment.settings, sub, batch_dirs)
     status = SubAnalysisStatus.from_json(db.sub_analysis(sub.sub_id).status)
     if status.message:
         # batch steps that finish at once may set the progress tag out of order; once all
@@ -132,12 +132,12 @@ def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: 
 
 
 @dg.op
-def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
                             merged) -> dict:
     """The joined single-cell table; its metadata (the asset materializes at the end)."""
-    if not isinstance(merged, analysis.Merged):
+    if not isinstance(merged, lifecycle.Merged):
         return {}
-    result = analysis.write_single_cell(imagedb.db(), nas.settings(), merged)
+    result = lifecycle.write_single_cell(imagedb.db(), deployment.settings, merged)
     if result is None:
         context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
         return {"written": False, "reason": NO_OBJECT_TABLES}
@@ -150,32 +150,32 @@ def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBReso
 NO_OBJECT_TABLES = "no object tables (the pipeline exports only an Image table)"
 
 
-def result_links(sub: SubAnalysisRun, nas_root) -> dict:
+def result_links(sub: SubAnalysisRun, settings: Settings) -> dict:
     """The results folder on the NAS, and its URL in the lab's file browser when
     CPP_RESULTS_URL_TEMPLATE is set."""
-    from cpp_dagster.overview import result_url, results_url_template
+    from cpp_dagster.analysis.lab_overview import result_url
 
     links = {"results_path": dg.MetadataValue.path(str(sub.results_dir)),
              "sub_analysis": sub.sub_id, "analysis": sub.analysis_id, "plate_acquisition": sub.acquisition.id}
-    template = results_url_template()
+    template = settings.results_url_template
     if template:
         links["results_url"] = dg.MetadataValue.url(
-            result_url(str(sub.results_dir.relative_to(nas_root)), template))
+            result_url(str(sub.results_dir.relative_to(settings.nas_root)), template))
     return links
 
 
 @dg.op(out={"result": dg.Out(dg.Nothing)})
-def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, nas: NasResource,
+def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
                   merged):
     """The end of a step others depend on (illumination, QC): record it finished in
     imagedb, then materialize its asset with the files it wrote."""
     step = step_of(context)
-    if not isinstance(merged, analysis.Merged):
+    if not isinstance(merged, lifecycle.Merged):
         return dg.Output(None, "result", metadata={"step": merged})
-    settings = nas.settings()
-    outcome = analysis.complete(imagedb.db(), settings, merged.sub)
+    settings = deployment.settings
+    outcome = lifecycle.complete(imagedb.db(), settings, merged.sub)
     context.log.info(f"sub-analysis {merged.sub.sub_id} ({step.value}) finished: "
                      f"{len(outcome['file_list'])} result files")
     return dg.Output(None, "result", metadata={
-        **result_links(merged.sub, settings.nas_root), "files": len(outcome["file_list"]),
+        **result_links(merged.sub, settings), "files": len(outcome["file_list"]),
         "file_list": dg.MetadataValue.json(outcome["file_list"])})

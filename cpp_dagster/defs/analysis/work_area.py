@@ -9,16 +9,16 @@ The schedule is on by default; a lab that cleans by hand turns it off in the UI.
 """
 import dagster as dg
 
-from cpp_dagster import work_area
-from cpp_dagster.defs.resources import ImageDBResource, NasResource
+from cpp_dagster.analysis import work_area
+from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 
 CLEANING_CRON = "30 3 * * *"  # every night at 03:30 (the instance's time zone)
 
 
 @dg.op(description="Frees the work folders of sub-analyses finished longer ago than CPP_WORK_RETENTION_DAYS")
 def free_finished_work_folders(context: dg.OpExecutionContext, imagedb: ImageDBResource,
-                               nas: NasResource) -> dg.Output[int]:
-    settings = nas.settings()
+                               deployment: DeploymentResource) -> dg.Output[int]:
+    settings = deployment.settings
     outcomes = work_area.collect(imagedb.db(), settings.work_root, settings.nas_root,
                                  settings.work_retention_days)
     for line in work_area.report_lines(outcomes, dry_run=False):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cpp_dagster.defs.resources import NasResource
+from cpp_dagster.defs.resources import DeploymentResource
 from cpp_dagster.defs.training.resources import ModelRegistryResource, TrainingStoreResource
 from cpp_dagster.training import steps
 from cpp_dagster.training.compounds import DATASET_NAME, CompoundDatabaseError
@@ -45,8 +45,8 @@ def _stop_unless(passed: bool, message: str) -> None:
         raise dg.Failure(message)
 
 
-def _folder(context, nas: NasResource) -> Path:
-    return steps.version_folder(nas.settings().work_root, context.partition_key)
+def _folder(context, deployment: DeploymentResource) -> Path:
+    return steps.version_folder(deployment.settings.work_root, context.partition_key)
 
 
 compound_database = dg.AssetSpec(
@@ -63,14 +63,14 @@ training_configurations = dg.AssetSpec(
                                    description="compounds used, held out and skipped (and why); fails when more "
                                                "than max_skipped_fraction of the rows are skipped")],
 )
-def training_data(context: dg.AssetExecutionContext, training_store: TrainingStoreResource, nas: NasResource):
+def training_data(context: dg.AssetExecutionContext, training_store: TrainingStoreResource, deployment: DeploymentResource):
     """Runs the configuration's query against its compound database; writes the training
     set, the held-out set, the skipped rows and one parameter file per split."""
     version = _version(context, training_store)
     config = version.config
     context.log.info(f"version {version.version} of {config.workflow!r}: query on {config.database!r}")
     try:
-        ingested = steps.ingest(config, _folder(context, nas))
+        ingested = steps.ingest(config, _folder(context, deployment), deployment.settings.training)
     except _EXPECTED as error:
         raise dg.Failure(str(error)) from None
     counts = {"rows": ingested.rows, "trained_on": ingested.trained_on, "held_out": ingested.heldout,
@@ -95,9 +95,9 @@ def training_data(context: dg.AssetExecutionContext, training_store: TrainingSto
 
 @dg.asset(partitions_def=training_versions, group_name=GROUP)
 def descriptors(context: dg.AssetExecutionContext, training_data: TrainingFiles,
-                training_store: TrainingStoreResource) -> Path:
+                training_store: TrainingStoreResource, deployment: DeploymentResource) -> Path:
     """Molecular descriptors of the training and held-out sets (precompute)."""
-    engine = engine_for_deployment()
+    engine = engine_for_deployment(deployment.settings.training)
     try:
         out = engine.precompute(_version(context, training_store).config, training_data, training_data.folder)
     except _EXPECTED as error:
@@ -115,9 +115,9 @@ def plan_splits(training_data: TrainingFiles):
 
 @dg.op
 def train_split(context: dg.OpExecutionContext, split_file: Path, descriptors: Path,
-                training_store: TrainingStoreResource) -> Path:
+                training_store: TrainingStoreResource, deployment: DeploymentResource) -> Path:
     """Train one split's share of the aggregated conformal predictor."""
-    engine = engine_for_deployment()
+    engine = engine_for_deployment(deployment.settings.training)
     split = SplitParams.read(split_file)
     context.log.info(f"split {split.index + 1} of {split.splits}: models {list(split.models)} with {engine.name}")
     try:
@@ -171,10 +171,10 @@ def _evaluation_metadata(e: Evaluation) -> dict:
     ],
 )
 def aggregated_model(context: dg.AssetExecutionContext, split_models: list[Path], training_data: TrainingFiles,
-                     training_store: TrainingStoreResource):
+                     training_store: TrainingStoreResource, deployment: DeploymentResource):
     """The split models combined into one predictor, evaluated on the held-out set."""
     config = _version(context, training_store).config
-    engine = engine_for_deployment()
+    engine = engine_for_deployment(deployment.settings.training)
     try:
         path = engine.aggregate(config, split_models, training_data.folder)
         evaluation = engine.evaluate(config, path, training_data, training_data.folder)
@@ -208,7 +208,7 @@ def aggregated_model(context: dg.AssetExecutionContext, split_models: list[Path]
 @dg.asset(partitions_def=training_versions, group_name=GROUP)
 def published_model(context: dg.AssetExecutionContext, aggregated_model: AggregatedModel,
                     training_data: TrainingFiles, training_store: TrainingStoreResource,
-                    model_registry: ModelRegistryResource, nas: NasResource) -> dg.MaterializeResult:
+                    model_registry: ModelRegistryResource, deployment: DeploymentResource) -> dg.MaterializeResult:
     """The aggregated model uploaded to the model service (locally: the folder registry)."""
     version = _version(context, training_store)
     metadata = {"workflow": version.workflow, "config_version": version.version,
@@ -216,7 +216,7 @@ def published_model(context: dg.AssetExecutionContext, aggregated_model: Aggrega
                 "engine": aggregated_model.engine, "model_suffix": aggregated_model.model_suffix,
                 "evaluation": _evaluation_metadata(aggregated_model.evaluation),
                 "dagster_run_id": context.run_id}
-    registry = model_registry.registry(nas.settings().nas_root)
+    registry = model_registry.registry(deployment.settings.nas_root)
     try:
         location = registry.publish(version.workflow, version.partition_key, aggregated_model.path, metadata)
     except RegistryError as error:

@@ -5,18 +5,19 @@ from pathlib import Path
 
 import dagster as dg
 
+from cpp_dagster.defs.resources import required_url
 from cpp_dagster.settings import load_settings
 from cpp_dagster.training.registry import registry_for_deployment
-from cpp_dagster.training.store import ConfigStore, training_db_url
+from cpp_dagster.training.store import ConfigStore
 
 
 class TrainingStoreResource(dg.ConfigurableResource):
-    """The configuration store; `url` defaults to CPP_TRAINING_DB_URL, else the embedded server."""
+    """The configuration store; `url` defaults to CPP_TRAINING_DB_URL."""
 
     url: str | None = None
 
     def store(self) -> ConfigStore:
-        return ConfigStore(self.url or training_db_url())
+        return ConfigStore(self.url or required_url(load_settings().training.db_url, "CPP_TRAINING_DB_URL"))
 
 
 class ModelRegistryResource(dg.ConfigurableResource):

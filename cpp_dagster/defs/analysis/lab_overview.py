@@ -13,9 +13,9 @@ from collections import Counter
 
 import dagster as dg
 
+from cpp_dagster.analysis.lab_overview import markdown_table, overview_lines
 from cpp_dagster.defs.analysis.partitions import tagged_sub_id
-from cpp_dagster.defs.resources import ImageDBResource, NasResource
-from cpp_dagster.overview import markdown_table, overview_lines, results_url_template
+from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 
 lab_overview = dg.AssetSpec(
     ["imagedb", "lab_overview"],
@@ -42,10 +42,11 @@ def queued_runs(instance: dg.DagsterInstance, limit: int = 5000) -> dict[int, st
     return {sub_id: run.run_id for run in runs if (sub_id := tagged_sub_id(run)) is not None}
 
 
-def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, nas: NasResource):
+def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, deployment: DeploymentResource):
     """Observe `imagedb/lab_overview` when the overview changed since the last observation."""
-    lines = overview_lines(imagedb.db().lab_overview(), url_template=results_url_template(),
-                           nas_root=nas.settings().nas_root, queued=queued_runs(context.instance))
+    settings = deployment.settings
+    lines = overview_lines(imagedb.db().lab_overview(), url_template=settings.results_url_template,
+                           nas_root=settings.nas_root, queued=queued_runs(context.instance))
     table = markdown_table(lines)
     digest = hashlib.sha256(table.encode()).hexdigest()
     if digest == context.cursor:

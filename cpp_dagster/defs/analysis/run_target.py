@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from cpp_dagster.analysis.sub_analysis import Step
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
@@ -27,7 +28,6 @@ from cpp_dagster.defs.analysis.partitions import (
 )
 from cpp_dagster.imagedb.rows import SubAnalysis, SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.sub_analysis import Step
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cpp_dagster import cellprofiler, loaddata, pipeline_check, planning
-from cpp_dagster.config import Settings
+from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning
+from cpp_dagster.analysis.sub_analysis import SubAnalysisRun, resolve, results_dir, work_dir  # noqa: F401  (re-exported)
 from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
 from cpp_dagster.imagedb.rows import RunStamp
 from cpp_dagster.imagedb.store import ImageDB, StaleRunError, stale_message
-from cpp_dagster.sub_analysis import SubAnalysisRun, resolve, results_dir, work_dir  # noqa: F401  (re-exported)
+from cpp_dagster.settings import Settings
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 SINGLE_CELL_FILE = "single_cell.parquet"

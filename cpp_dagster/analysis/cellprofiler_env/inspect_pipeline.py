@@ -5,7 +5,7 @@ and cellprofiler_core / cellprofiler are imported, never cpp_dagster::
 
     /path/to/cpvenv/bin/python inspect_pipeline.py PIPELINE.cppipe OUT.json
 
-Writes one JSON object to OUT.json (the project side, `cpp_dagster.pipeline_check`,
+Writes one JSON object to OUT.json (the project side, `cpp_dagster.analysis.pipeline_check`,
 compares it with an acquisition's channel map):
 
 - `modules`: every module block of the file, in file order: `number` (its position

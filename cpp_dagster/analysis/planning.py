@@ -13,13 +13,13 @@ from enum import StrEnum
 from typing import Any
 
 from cpp_dagster import labels, paths
-from cpp_dagster.imagedb.rows import Image
+from cpp_dagster.imagedb.rows import Image, whole_number, whole_number_in
+from cpp_dagster.imagedb.rows import priority_of as rows_priority_of
 
 DEFAULT_JOB_TIMEOUT_S = 10800
 MAX_JOB_TIMEOUT_S = 7 * 24 * 3600  # a batch that needs longer should be split (batch_size)
 SUB_ANALYSIS_TYPES = ("cellprofiler",)
 SUB_TYPES = ("qc", "icf", "features")  # resource sizing on Kubernetes; a pod label
-PRIORITY_RANGE = (1, 9)  # 1 = high; unset is imagedb.store.DEFAULT_PRIORITY
 
 
 class PlanningError(ValueError):
@@ -99,7 +99,7 @@ class SubAnalysisOptions:
             if not isinstance(sites, list):
                 raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}")
             try:
-                sites = tuple(_as_int(s) for s in sites)
+                sites = tuple(whole_number(s) for s in sites)
             except (TypeError, ValueError):
                 raise PlanningError(f"'site_filter' must be a list of integers, got {sites!r}") from None
         else:
@@ -135,35 +135,23 @@ class SubAnalysisOptions:
         )
 
 
-def _as_int(value: Any) -> int:
-    """An integer from an int or a string of one; bools and fractional numbers are refused."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"{value!r} is not a whole number")
-    return int(value)
-
-
 def _int_in(meta: Mapping[str, Any], key: str, default: int, low: int | None, high: int | None, unit: str) -> int:
     """meta[key] as a whole number in [low, high] (None: unbounded); absent or null is `default`."""
     value = meta.get(key)
     if value is None:
         return default
-    bounds = (f" from {low} to {high}" if low is not None and high is not None
-              else f" of at least {low}" if low is not None else "")
-    expected = f"{key!r} must be a whole number{bounds}, in {unit}; got {value!r}"
     try:
-        number = _as_int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise PlanningError(expected) from None
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise PlanningError(expected)
-    return number
+        return whole_number_in(key, value, low, high, unit)
+    except ValueError as e:
+        raise PlanningError(str(e)) from None
 
 
 def priority_of(value: Any) -> int | None:
-    """A priority (PRIORITY_RANGE, 1 = high) from meta or a submission; None when unset.
-    PlanningError naming the range otherwise (imagedb's column is an integer)."""
-    low, high = PRIORITY_RANGE
-    return _int_in({"priority": value}, "priority", None, low, high, f"{low} = high, {high} = low")
+    """A priority (PRIORITY_RANGE, 1 = high) from meta; None when unset; PlanningError otherwise."""
+    try:
+        return rows_priority_of(value)
+    except ValueError as e:
+        raise PlanningError(str(e)) from None
 
 
 def _label_value(meta: Mapping[str, Any], key: str) -> str | None:

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpp_dagster.cellprofiler import CellProfilerError
-from cpp_dagster.planning import PlanningError
+from cpp_dagster.analysis.cellprofiler import CellProfilerError
+from cpp_dagster.analysis.planning import PlanningError
 
 INSPECT_SCRIPT = Path(__file__).resolve().parent / "cellprofiler_env" / "inspect_pipeline.py"
 INSPECT_TIMEOUT_S = 300

