@@ -33,9 +33,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def readme_settings_table() -> str:
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "operations.md").read_text()
     found = re.search(r"<!-- settings table: .*? -->\n(.*?)\n<!-- end of settings table -->", readme, re.S)
-    assert found, "README.md has no generated settings table (the markers are missing)"
+    assert found, "docs/operations.md has no generated settings table (the markers are missing)"
     return found.group(1)
 
 
@@ -43,7 +43,7 @@ def test_readme_configuration_table_is_what_cpp_dagster_settings_prints():
     printed = cli("settings", "--markdown")
     assert printed.returncode == 0, printed.stderr
     assert readme_settings_table() == printed.stdout.rstrip("\n"), \
-        "README.md's configuration table is stale: paste `cpp-dagster settings --markdown` between its markers"
+        "docs/operations.md's configuration table is stale: paste `cpp-dagster settings --markdown` between its markers"
     variables = [s.variable for s in specs()]
     assert len(variables) == len(set(variables))
     for spec in specs():  # every row: the variable, its meaning and its default
