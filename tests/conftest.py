@@ -92,3 +92,15 @@ def dagster_instance(pg_server, tmp_path):
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}},
                               temp_dir=str(tmp_path / "dagster_home")) as instance:
         yield instance
+
+
+@pytest.fixture(autouse=True)
+def fresh_forkserver():
+    """The multiprocess executor forks each step from Python's forkserver, which keeps the
+    environment it started with. In a run worker that is the run's; in this test process,
+    where `execute_job` runs jobs of many tests, it would be the first test's (its
+    CPP_IMAGEDB_URL, its NAS). Stop it after each test, so the next starts its own."""
+    yield
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
