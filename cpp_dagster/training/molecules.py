@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that use it load it
+    import pandas as pd
 
 FINGERPRINT_BITS = 2048
 FINGERPRINT_RADIUS = 2
@@ -38,6 +41,7 @@ def _missing(value) -> bool:
 
 def parse(frame: pd.DataFrame, task: str) -> Parsed:
     """Keep rows with a parsable structure and a label; say why the others are skipped."""
+    import pandas as pd
     from rdkit import Chem
 
     _quiet()

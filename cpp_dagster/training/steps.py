@@ -6,14 +6,16 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from cpp_dagster import paths
 from cpp_dagster.settings import Training
 from cpp_dagster.training import compounds, molecules
 from cpp_dagster.training.configuration import TrainingConfig
 from cpp_dagster.training.engines.base import TrainingFiles, split_params
+
+if TYPE_CHECKING:  # pandas costs 2 s to import: loaded by the steps that run a query
+    import pandas as pd
 
 MIN_COMPOUNDS = 20
 MIN_PER_CLASS = 5
