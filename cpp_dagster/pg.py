@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from importlib import resources
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 
 
@@ -30,6 +31,12 @@ class Store:
     """A store over one PostgreSQL database: `_cursor()` opens one transaction, and
     `apply_schema()` runs the `schema.sql` of the package named by SCHEMA_PACKAGE.
 
+    A store keeps one connection open between its transactions and reuses it (checked
+    with a round trip first, so one the server has closed, e.g. after a restart, is
+    replaced): a step or a sensor tick connects once, not once per query. A transaction
+    opened while another of the same store is still open (nested) gets a connection of
+    its own, and one that ends in an error closes its connection.
+
     A store whose database the project owns (SCHEMA_ON_FIRST_USE) applies its schema
     (idempotent DDL) before its first transaction in a process, so a fresh instance
     works without a separate init step. imagedb does not: it is the lab's database, its
@@ -40,11 +47,48 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
+        self._idle: list = []  # at most one open connection between transactions
+        self._idle_lock = threading.Lock()
 
     def _cursor(self):
         if self.SCHEMA_ON_FIRST_USE and (self.SCHEMA_PACKAGE, self.url) not in _applied:
             self.apply_schema()
-        return transaction(self.url)
+        return self._transaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg2.extras.RealDictCursor]:
+        conn, reusable = self._connection(), False
+        try:
+            with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+            reusable = conn.status == psycopg2.extensions.STATUS_READY
+        finally:
+            with self._idle_lock:
+                if reusable and not conn.closed and not self._idle:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+
+    def _connection(self):
+        """The idle connection if it still answers, else a new one."""
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            try:
+                with conn.cursor() as cur:  # begins the caller's transaction
+                    cur.execute("SELECT 1")
+                return conn
+            except psycopg2.Error:
+                conn.close()
+        return psycopg2.connect(self.url)
+
+    def close(self) -> None:
+        """Close the idle connection (the store stays usable: the next transaction connects)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def apply_schema(self) -> None:
         ddl = resources.files(self.SCHEMA_PACKAGE).joinpath("schema.sql").read_text()

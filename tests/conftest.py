@@ -45,7 +45,8 @@ def db(pg_server, monkeypatch) -> ImageDB:
     monkeypatch.setenv("CPP_IMAGEDB_URL", url)
     imagedb = ImageDB(url)
     imagedb.apply_schema()
-    return imagedb
+    yield imagedb
+    imagedb.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from dagster_helpers import launch, tick
 
 from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.sub_analysis import resolve
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.features.batch_tables import COMPLETE, OUTPUT, TABLES, converted
 from cpp_dagster.features.merge import merge_batches
@@ -39,7 +40,7 @@ def test_demo_tables_are_identical_by_batch_conversion_and_by_the_csv_route(lab,
     # A re-run of the finished sub-analysis plans generation 1: both batch steps reuse
     # generation 0's outputs, converted tables included (linked, not converted again).
     lab.db.rerun_sub_analysis(sub_id)
-    prepared = lifecycle.prepare(lab.db, lab.settings, sub_id)
+    prepared = lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id))
     assert prepared.stamp.generation == 1
     for spec, b in zip(prepared.batches, batches):
         assert lifecycle.run_batch(lab.settings, spec).reused

@@ -42,7 +42,7 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
     lab.db.mark_sub_started(icf_sub, batches=1, image_sets=3)
     results = resolve(lab.db, lab.settings, icf_sub).results_dir
     with pytest.raises(PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_CONC.npy, .*ICF_PHAandWGA.npy are not in"):
-        lifecycle.prepare(lab.db, lab.settings, features_sub)
+        lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))
     results.mkdir(parents=True, exist_ok=True)
     for dye in DYES:
         np.save(results / f"ICF_{dye}.npy", np.ones((256, 256), np.float32))
@@ -50,7 +50,7 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
 
     requests = tick(dagster_instance).run_requests
     assert [r.tags["imagedb/sub_id"] for r in requests] == [str(features_sub)]
-    prepared = lifecycle.prepare(lab.db, lab.settings, features_sub)
+    prepared = lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))
     assert [b.image_sets for b in prepared.batches] == [2, 1]
     rows = list(csv.DictReader(io.StringIO(open(prepared.batches[0].batch_dir + "/loaddata.csv").read())))
     assert len(rows) == 2
@@ -76,9 +76,9 @@ def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones
 
     with pytest.raises(PlanningError, match=r"use_icf is set but BROAD-1_IllumMITO.npy are not in .* "
                                             r"\(icf_naming 'broad'; did the illumination step run"):
-        lifecycle.prepare(lab.db, lab.settings, features_sub)
+        lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))
     np.save(results / "BROAD-1_IllumMITO.npy", np.ones((256, 256), np.float32))
     # with the files there, what is left is the pipeline: the demo features pipeline loads
     # no illumination image (the JUMP end-to-end test runs a pipeline that does)
     with pytest.raises(PlanningError, match=r"use_icf .*no illumination image"):
-        lifecycle.prepare(lab.db, lab.settings, features_sub)
+        lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from dagster_helpers import events, launch, tick
 
-from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.sub_analysis import work_dir
 from cpp_dagster.demo.register import DEMO_ICF_PIPELINE, register_plate
 from cpp_dagster.demo.synthetic_plate import DYES
 
@@ -85,7 +85,7 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     assert [r.tags["imagedb/sub_id"] for r in second.run_requests] == [str(features_sub)]
     features_run = launch(dagster_instance, second.run_requests[0])
     assert features_run.status == dg.DagsterRunStatus.SUCCESS
-    csv_rows = [row for batch in sorted(lifecycle.work_dir(lab.settings, features_sub).glob("batch_*"))
+    csv_rows = [row for batch in sorted(work_dir(lab.settings, features_sub).glob("batch_*"))
                 for row in csv.DictReader(open(batch / "loaddata.csv"))]
     assert len(csv_rows) == 4
     for row in csv_rows:

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from dagster_helpers import launch, tick
 
-from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.sub_analysis import work_dir
 from cpp_dagster.features.columns import BATCH_COLUMN as BATCH_KEY
 
 NF_CORE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting"
@@ -82,7 +82,7 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     second = tick(dagster_instance)
     assert [r.tags["imagedb/sub_id"] for r in second.run_requests] == [str(features_sub)]
     launch(dagster_instance, second.run_requests[0])  # its outcome in imagedb is checked below
-    batches = sorted(lifecycle.work_dir(lab.settings, features_sub).glob("batch_*"))
+    batches = sorted(work_dir(lab.settings, features_sub).glob("batch_*"))
     assert len(batches) == 2
     [row] = list(csv.DictReader(open(batches[0] / "loaddata.csv")))
     assert (row["Metadata_Plate"], row["Metadata_Well"], row["Metadata_Row"], row["Metadata_Col"]) == \

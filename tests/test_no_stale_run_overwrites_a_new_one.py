@@ -13,6 +13,7 @@ import pytest
 from dagster_helpers import events, launch, tick
 
 from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis.sub_analysis import resolve, work_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 from cpp_dagster.features.results_folder import versions_dir
 from cpp_dagster.imagedb.store import RunStamp, StaleRunError
@@ -41,7 +42,7 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
 
     # Generation 0: batch_0000 finishes; batch_0001 fails and the run is failed while
     # that batch's retry is still running.
-    first = lifecycle.prepare(db, settings, sub_id, old)
+    first = lifecycle.prepare(db, settings, resolve(db, settings, sub_id, old))
     b0, b1 = first.batches
     lifecycle.run_batch(settings, b0)
     assert db.record_batch_finished(sub_id, b0.name, old).startswith("1 / 2 batches finished")
@@ -49,7 +50,7 @@ def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
 
     # The lab re-runs it; generation 1 plans into folders of its own.
     assert db.rerun_sub_analysis(sub_id) == 1
-    second = lifecycle.prepare(db, settings, sub_id, new)
+    second = lifecycle.prepare(db, settings, resolve(db, settings, sub_id, new))
     assert all("/g1/" in s.batch_dir for s in second.batches)
     assert all("/g0/" in s.batch_dir for s in first.batches)
     started = db.sub_analysis(sub_id)
@@ -111,7 +112,7 @@ def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refuse
     assert lab.db.rerun_sub_analysis(sub_id) == 1
     (again,) = tick(dagster_instance).run_requests
     assert again.tags["imagedb/generation"] == "1"
-    lifecycle.prepare(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun"))  # as generation 1's plan step
+    lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun")))  # as generation 1's plan step
     running = lab.db.sub_analysis(sub_id)
 
     event = events(dagster_instance, failed.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
@@ -144,7 +145,7 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     sensor_run = dagster_instance.add_run(dg.DagsterRun(
         job_name="analysis_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
         tags={"dagster/partition": request.partition_key, **request.tags}))
-    lifecycle.prepare(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id))  # the sensor's run is planning
+    lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id)))  # the sensor's run is planning
     before = lab.db.sub_analysis(sub_id)
 
     with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance,
@@ -156,7 +157,7 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     assert f"is being run by run {sensor_run.run_id}" in failure.event_specific_data.error.message
     assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
     assert lab.db.analysis_of_run(ui.run_id) is None  # and nothing submitted
-    assert sorted(p.name for p in lifecycle.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
+    assert sorted(p.name for p in work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
 
 
 def test_progress_of_batches_finishing_at_once_is_never_lost(lab):

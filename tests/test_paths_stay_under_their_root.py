@@ -15,6 +15,7 @@ from cpp_dagster import paths
 from cpp_dagster.analysis import lifecycle
 from cpp_dagster.analysis.cellprofiler import CellProfilerError
 from cpp_dagster.analysis.planning import PlanningError, SubAnalysisOptions
+from cpp_dagster.analysis.sub_analysis import resolve, results_dir
 from cpp_dagster.defs.resources import WorkAreaIOManager
 from cpp_dagster.demo.register import DEMO_CHANNEL_MAP, DEMO_PIPELINE, DEMO_PIPELINE_FILE, demo_pipeline_meta
 from cpp_dagster.demo.synthetic_plate import write_plate
@@ -66,11 +67,11 @@ def test_a_plate_barcode_that_would_leave_results_is_refused_before_anything_is_
             lab.db.add_plate_acquisition(value, channel_map_id=DEMO_CHANNEL_MAP, folder=str(tmp_path))
         acquisition = PlateAcquisition(1, value, None, None, DEMO_CHANNEL_MAP, 1, None, None)
         with pytest.raises(paths.UnsafePathError, match=WHY[kind]):
-            lifecycle.results_dir(lab.settings, acquisition, 1)
+            results_dir(lab.settings, acquisition, 1)
     else:
         sub_id = lab.db.submit_analysis(plate(lab, value), DEMO_PIPELINE).sub_ids[0]
         with pytest.raises(paths.UnsafePathError, match=WHY[kind]) as refused:
-            lifecycle.prepare(lab.db, lab.settings, sub_id)
+            lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id))
         assert "plate barcode" in str(refused.value) and repr(value) in str(refused.value)
         assert lab.db.sub_analysis(sub_id).start is None  # not started, no work folder
         assert not (lab.settings.work_root / f"sub_{sub_id}").exists()

@@ -15,6 +15,7 @@ from dagster_helpers import events, launch, tick
 
 from cpp_dagster.analysis import lifecycle, pipeline_check
 from cpp_dagster.analysis.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
+from cpp_dagster.analysis.sub_analysis import resolve, work_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -92,7 +93,7 @@ def test_pipeline_that_cannot_run_fails_before_any_batch_with_the_module_or_imag
     assert lab.db.analysis(sub.analysis_id)["error"] is not None
     started = [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_START)]
     assert started == ["features_step.plan_batches"]  # no batch ran
-    assert not lifecycle.work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
+    assert not work_dir(lab.settings, sub_id).exists()  # no batch folder, no LoadData CSV
 
 
 def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_message(lab):
@@ -100,11 +101,11 @@ def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_messa
     pipeline_file = install(lab, "ExampleHuman.cppipe", (FIXTURES / "examplehuman" / "ExampleHuman.cppipe").read_text())
     sub_id = submit(lab, acq, pipeline_file)
     with pytest.raises(PipelineCheckError) as refused:
-        lifecycle.prepare(lab.db, lab.settings, sub_id)
+        lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id))
     assert str(refused.value) == (
         f"pipeline {pipeline_file!r} reads its images through NamesAndTypes; cpp-dagster feeds images through "
         "LoadData: replace Images/Metadata/NamesAndTypes/Groups by LoadData")
-    assert lab.db.sub_analysis(sub_id).start is None and not lifecycle.work_dir(lab.settings, sub_id).exists()
+    assert lab.db.sub_analysis(sub_id).start is None and not work_dir(lab.settings, sub_id).exists()
 
 
 def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_process(lab):
@@ -113,7 +114,7 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     cache_dir = lab.settings.work_root / pipeline_check.CACHE_FOLDER
 
     started = time.monotonic()
-    assert len(lifecycle.prepare(lab.db, lab.settings, first).batches) == 1
+    assert len(lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, first)).batches) == 1
     first_s = time.monotonic() - started
     [cached] = list(cache_dir.iterdir())
     pipeline = lab.settings.pipelines_dir / DEMO_PIPELINE_FILE
@@ -121,7 +122,7 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     written = cached.stat()
 
     started = time.monotonic()
-    assert len(lifecycle.prepare(lab.db, lab.settings, second).batches) == 1
+    assert len(lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, second)).batches) == 1
     second_s = time.monotonic() - started
     # A second inspection would have written a new file and renamed it over the cached one.
     assert list(cache_dir.iterdir()) == [cached]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning
-from cpp_dagster.analysis.sub_analysis import SubAnalysisRun, resolve, results_dir, work_dir  # noqa: F401  (re-exported)
+from cpp_dagster.analysis.sub_analysis import SubAnalysisRun
 from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
@@ -75,15 +75,13 @@ class Merged:
         return self.sub.tables_dir
 
 
-def prepare(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None = None) -> Prepared:
-    """Resolve a sub-analysis (`sub_analysis.resolve`), plan it, write one LoadData CSV
-    per batch and mark it started by the run `stamp` (its generation: the current one
-    when not given). Raises planning.PlanningError or cellprofiler.CellProfilerError with
+def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
+    """Plan a resolved sub-analysis (`sub_analysis.resolve`), write one LoadData CSV per
+    batch and mark it started by its run (`sub.stamp`). Raises planning.PlanningError or cellprofiler.CellProfilerError with
     a readable message for anything wrong with the analysis as submitted (including a
     pipeline that cannot run on this plan, `check_pipeline`, before any batch is
     written), StaleRunError for a run of an older generation."""
-    sub = resolve(db, settings, sub_id, stamp)
-    acq, options = sub.acquisition, sub.options
+    sub_id, acq, options = sub.sub_id, sub.acquisition, sub.options
     pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
     plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
     icf_folder = str(sub.results_dir) if options.use_icf else None
@@ -255,9 +253,8 @@ def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final
 def complete(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> dict:
     """Record success: `finish` and `result = {"job_folder", "file_list"}` with every
     output the steps recorded. StaleRunError for a stale run (nothing recorded)."""
-    outputs = db.add_outputs(sub.sub_id, [], sub.stamp)
-    result = {"job_folder": str(sub.results_dir.relative_to(settings.nas_root)), "file_list": sorted(outputs)}
-    if not db.mark_sub_finished(sub.sub_id, result, sub.stamp):
+    result = db.finish_with_outputs(sub.sub_id, str(sub.results_dir.relative_to(settings.nas_root)), sub.stamp)
+    if result is None:
         raise StaleRunError(stale_message(sub.sub_id, sub.stamp))
     return result
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cpp_dagster import paths
 from cpp_dagster.analysis import planning
-from cpp_dagster.imagedb.rows import PlateAcquisition, RunStamp, SubAnalysis, SubAnalysisStatus
+from cpp_dagster.imagedb.rows import PlateAcquisition, RunStamp, SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.settings import Settings
 
@@ -75,30 +75,24 @@ def work_dir(settings: Settings, sub_id: int, generation: int = 0) -> Path:
 
 
 def resolve(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None = None) -> SubAnalysisRun:
-    """Read a sub-analysis once (its row, acquisition, analysis's other sub-analyses) and
-    resolve its options and folders. `stamp` without a generation takes the current one.
-    Raises PlanningError for options that cannot run, paths.UnsafePathError for a value
-    that would leave its root, ImageDBError for an unknown id."""
+    """Read a sub-analysis once (its row, acquisition and pipeline, and whether another
+    sub-analysis depends on it: one query) and resolve its options and folders. `stamp`
+    without a generation takes the current one. Raises PlanningError for options that
+    cannot run, paths.UnsafePathError for a value that would leave its root,
+    ImageDBError for an unknown id."""
     stamp = stamp or RunStamp()
-    sub = db.sub_analysis(sub_id)
+    found = db.sub_analysis_to_run(sub_id)
+    sub, acq = found.sub, found.acquisition
     status = SubAnalysisStatus.from_json(sub.status)
     if stamp.generation is None:
         stamp = RunStamp(status.reruns, stamp.run_id)
-    acq = db.plate_acquisition(sub.plate_acquisition_id)
     options = planning.SubAnalysisOptions.from_meta(sub.meta)
-    feeds_others = others_depend_on(db, sub)
     out_dir = results_dir(settings, acq, sub.analysis_id)
     tables = out_dir
-    if feeds_others:
+    if found.feeds_others:
         tables = paths.under(out_dir, f"sub{sub_id}_{options.sub_type}" if options.sub_type else f"sub{sub_id}",
                              what="tables subfolder")
-    pipeline_name = db.analysis(sub.analysis_id).get("pipeline_name")
-    return SubAnalysisRun(sub_id=sub_id, analysis_id=sub.analysis_id, pipeline_name=pipeline_name,
+    return SubAnalysisRun(sub_id=sub_id, analysis_id=sub.analysis_id, pipeline_name=found.pipeline_name,
                           acquisition=acq, options=options, depends_on=tuple(sub.depends_on_sub_id or ()),
-                          feeds_others=feeds_others, results_dir=out_dir, tables_dir=tables,
+                          feeds_others=found.feeds_others, results_dir=out_dir, tables_dir=tables,
                           work_dir=work_dir(settings, sub_id, stamp.generation or 0), stamp=stamp, status=status)
-
-
-def others_depend_on(db: ImageDB, sub: SubAnalysis) -> bool:
-    """Whether another sub-analysis of its analysis depends on `sub` (illumination, QC)."""
-    return any(sub.sub_id in (s.depends_on_sub_id or []) for s in db.sub_analyses_of(sub.analysis_id))

@@ -26,12 +26,16 @@ def required_url(url: str | None, variable: str) -> str:
 
 
 class ImageDBResource(dg.ConfigurableResource):
-    """imagedb; `url` defaults to CPP_IMAGEDB_URL."""
+    """imagedb; `url` defaults to CPP_IMAGEDB_URL. One `ImageDB` per step or sensor tick,
+    so its queries share one connection."""
 
     url: str | None = None
+    _db: ImageDB | None = PrivateAttr(default=None)
 
     def db(self) -> ImageDB:
-        return ImageDB(self.url or required_url(load_settings().imagedb_url, "CPP_IMAGEDB_URL"))
+        if self._db is None:
+            self._db = ImageDB(self.url or required_url(load_settings().imagedb_url, "CPP_IMAGEDB_URL"))
+        return self._db
 
 
 class DeploymentResource(dg.ConfigurableResource):

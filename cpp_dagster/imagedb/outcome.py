@@ -105,6 +105,29 @@ def _locked_status(cur, sub_id: int, stamp: RunStamp | None, what: str) -> dict 
     return status
 
 
+def _finish(cur, sub_id: int, result: dict[str, Any], stamp: RunStamp | None) -> bool:
+    """`finish` and `result` on the sub-analysis (and on its analysis, with its last
+    one); False (nothing written) for a stale run."""
+    cur.execute(
+        sql.SQL("""UPDATE image_sub_analyses
+           SET finish = now(), error = NULL, result = %(result)s,
+               status = COALESCE(status, '{{}}'::jsonb) || jsonb_build_object('state', 'finished')
+           WHERE sub_id = %(sub_id)s AND {} RETURNING analysis_id""").format(_GUARD),
+        {"result": Json(result), "sub_id": sub_id, **_guard_params(stamp)},
+    )
+    row = cur.fetchone()
+    if row is None:
+        return _refused(cur, sub_id, stamp, "finish")
+    revive_after_success(cur, sub_id, row["analysis_id"])
+    cur.execute(
+        """UPDATE image_analyses a SET finish = now(), result = %s
+           WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
+               SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)""",
+        (Json(result), row["analysis_id"]),
+    )
+    return True
+
+
 def _refused(cur, sub_id: int, stamp: RunStamp | None, what: str, *, quiet_if_current: bool = False) -> bool:
     """After a guarded UPDATE changed no row: log why (unknown row -> ImageDBError, a
     stale stamp -> warning). `quiet_if_current`: the guard passed, another condition
@@ -200,24 +223,18 @@ class SubAnalysisOutcomes(Store):
         """Success: `finish` and `result`; the analysis finishes with its last sub-analysis.
         Refused (False) for a stale run."""
         with self._cursor() as cur:
-            cur.execute(
-                sql.SQL("""UPDATE image_sub_analyses
-                   SET finish = now(), error = NULL, result = %(result)s,
-                       status = COALESCE(status, '{{}}'::jsonb) || jsonb_build_object('state', 'finished')
-                   WHERE sub_id = %(sub_id)s AND {} RETURNING analysis_id""").format(_GUARD),
-                {"result": Json(result), "sub_id": sub_id, **_guard_params(stamp)},
-            )
-            row = cur.fetchone()
-            if row is None:
-                return _refused(cur, sub_id, stamp, "finish")
-            revive_after_success(cur, sub_id, row["analysis_id"])
-            cur.execute(
-                """UPDATE image_analyses a SET finish = now(), result = %s
-                   WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
-                       SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)""",
-                (Json(result), row["analysis_id"]),
-            )
-            return True
+            return _finish(cur, sub_id, result, stamp)
+
+    def finish_with_outputs(self, sub_id: int, job_folder: str, stamp: RunStamp | None = None) -> dict | None:
+        """Success, with `result = {"job_folder", "file_list"}`: the file list is every
+        output the steps recorded (`add_outputs`), read and written in one transaction.
+        None for a stale run (nothing recorded)."""
+        with self._cursor() as cur:
+            status = _locked_status(cur, sub_id, stamp, "finish")
+            if status is None:
+                return None
+            result = {"job_folder": job_folder, "file_list": sorted(status.get("outputs", []))}
+            return result if _finish(cur, sub_id, result, stamp) else None
 
     def mark_sub_failed(self, sub_id: int, message: str, stamp: RunStamp | None = None) -> bool:
         """Failure: `error` and a readable message in `status`; the parent analysis fails too.

@@ -83,6 +83,16 @@ class SubAnalysis:
 
 
 @dataclass(frozen=True)
+class SubAnalysisToRun:
+    """A sub-analysis with what a run of it needs from imagedb, read in one query."""
+
+    sub: SubAnalysis
+    acquisition: PlateAcquisition
+    pipeline_name: str | None
+    feeds_others: bool  # another sub-analysis of its analysis depends on it (illumination, QC)
+
+
+@dataclass(frozen=True)
 class ReadySubAnalysis:
     """A sub-analysis the sensor may launch: submitted, acquisition finished, dependencies done."""
 

@@ -38,11 +38,16 @@ from cpp_dagster.imagedb.rows import (  # noqa: F401
     ReadySubAnalysis,
     RunStamp,
     SubAnalysis,
+    SubAnalysisToRun,
     SubmittedAnalysis,
 )
 from cpp_dagster.imagedb.run_claims import RunClaims
 from cpp_dagster.imagedb.submission import one_row, submit_isolated, submit_rows
 from cpp_dagster.imagedb.work_area import WorkAreaQueries
+
+SUB_ANALYSIS_FIELDS = ("sub_id", "analysis_id", "plate_acquisition_id", "depends_on_sub_id", "priority", "start",
+                       "finish", "error", "status", "result")
+ACQUISITION_FIELDS = ("plate_barcode", "name", "project", "channel_map_id", "timepoint", "folder", "finished")
 
 
 class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, WorkAreaQueries):
@@ -144,6 +149,35 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
         if not found:
             raise ImageDBError(f"no sub-analysis {sub_id}")
         return found[0]
+
+    def sub_analysis_to_run(self, sub_id: int) -> SubAnalysisToRun:
+        """The sub-analysis, its plate acquisition, its analysis's pipeline and whether
+        another sub-analysis of its analysis depends on it: one query, the one read a run
+        makes of them (ImageDBError naming what is missing)."""
+        with self._cursor() as cur:
+            cur.execute(
+                """SELECT s.sub_id, s.analysis_id, s.plate_acquisition_id, s.meta,
+                          COALESCE(s.depends_on_sub_id, '[]'::jsonb) AS depends_on_sub_id,
+                          s.priority, s.start, s.finish, s.error, s.status, s.result,
+                          p.id AS acq_id, p.plate_barcode, p.name, p.project, p.channel_map_id, p.timepoint,
+                          p.folder, p.finished, a.pipeline_name,
+                          EXISTS (SELECT 1 FROM image_sub_analyses o
+                                  WHERE o.analysis_id = s.analysis_id AND jsonb_typeof(o.depends_on_sub_id) = 'array'
+                                    AND o.depends_on_sub_id @> to_jsonb(s.sub_id)) AS feeds_others
+                   FROM image_sub_analyses s
+                   LEFT JOIN plate_acquisition p ON p.id = s.plate_acquisition_id
+                   LEFT JOIN image_analyses a ON a.id = s.analysis_id
+                   WHERE s.sub_id = %s""",
+                (sub_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise ImageDBError(f"no sub-analysis {sub_id}")
+        if row["acq_id"] is None:
+            raise ImageDBError(f"no plate acquisition {row['plate_acquisition_id']}")
+        sub = SubAnalysis(**{k: row[k] for k in SUB_ANALYSIS_FIELDS}, meta=row["meta"] or {})
+        acquisition = PlateAcquisition(id=row["acq_id"], **{k: row[k] for k in ACQUISITION_FIELDS})
+        return SubAnalysisToRun(sub, acquisition, row["pipeline_name"], row["feeds_others"])
 
     def _sub_analyses(self, where: sql.Composable, value: int) -> list[SubAnalysis]:
         with self._cursor() as cur:

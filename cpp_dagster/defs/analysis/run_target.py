@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from cpp_dagster.analysis.sub_analysis import Step
+from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
@@ -52,11 +52,7 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps
     False (CPP_UI_RUNS=submit): a UI run only submits, and runs nothing itself."""
     run = context.run
     sub_id = tagged_sub_id(run)
-    if sub_id is not None:
-        found = step_of_sub(db.sub_analysis(sub_id))
-        if found != step:
-            raise dg.Failure(f"this run is for sub-analysis {sub_id}, a {found.value} step, not {step.value}: "
-                             f"launch it with the {found.value}_job (as the sensor does)", allow_retries=False)
+    if sub_id is not None:  # its kind of step is checked once it is resolved (check_step)
         return StepTarget(sub_id)
     pipeline, plate = split_key(context.partition_key)
     keys = plate_keys(db.plate_acquisitions_like(*key_lookup(plate)))
@@ -84,6 +80,14 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps
     if not subs:
         return StepTarget(None, f"none: pipeline {pipeline!r} has no {step.value} step")
     return StepTarget(subs[0].sub_id)
+
+
+def check_step(sub: SubAnalysisRun, step: Step) -> None:
+    """A run launched for a sub-analysis of another kind of step (a wrong job) fails
+    before anything is planned."""
+    if sub.step != step:
+        raise dg.Failure(f"this run is for sub-analysis {sub.sub_id}, a {sub.step.value} step, not {step.value}: "
+                         f"launch it with the {sub.step.value}_job (as the sensor does)", allow_retries=False)
 
 
 def first_of_each_step(sub_types) -> set[int]:

@@ -62,8 +62,8 @@ class Launching:
     run_config: Callable[[ReadySubAnalysis, SubAnalysisOptions], dict] = lambda ready, options: {}
 
 
-def run_request(r: ReadySubAnalysis, plate: str, rerun: int = 0, run_config: dict | None = None) -> dg.RunRequest:
-    options = SubAnalysisOptions.from_meta(r.meta)
+def run_request(r: ReadySubAnalysis, options: SubAnalysisOptions, plate: str, rerun: int = 0,
+                run_config: dict | None = None) -> dg.RunRequest:
     key = f"sub{r.sub_id}"
     step = Step.of(options.sub_type)
     return dg.RunRequest(
@@ -79,16 +79,18 @@ def run_request(r: ReadySubAnalysis, plate: str, rerun: int = 0, run_config: dic
     )
 
 
-def problem(check: Callable[[SubAnalysisOptions], None], meta: dict) -> str | None:
-    """Why this sub-analysis's meta cannot run here, or None. Anything raised on a meta
-    nobody foresaw is still this row's problem, never the whole tick's."""
+def judge(check: Callable[[SubAnalysisOptions], None], meta: dict) -> tuple[SubAnalysisOptions | None, str | None]:
+    """A sub-analysis's options, parsed once per tick, or why its meta cannot run here.
+    Anything raised on a meta nobody foresaw is still this row's problem, never the
+    whole tick's."""
     try:
-        check(SubAnalysisOptions.from_meta(meta))
+        options = SubAnalysisOptions.from_meta(meta)
+        check(options)
     except ValueError as e:
-        return str(e)
+        return None, str(e)
     except Exception as e:  # one row's surprise must not stop every other row
-        return f"its meta could not be read ({type(e).__name__}: {e})"
-    return None
+        return None, f"its meta could not be read ({type(e).__name__}: {e})"
+    return options, None
 
 
 def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pipelines: list[str]) -> list:
@@ -126,24 +128,24 @@ def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
             if len(page) < PAGE_SIZE:
                 break
             after = (page[-1].priority, page[-1].sub_id)
-        launchable = []
+        launchable: list[tuple[ReadySubAnalysis, SubAnalysisOptions]] = []
         for r in ready:
-            why = problem(launching.check, r.meta)
-            if why is None:
-                launchable.append(r)
+            options, why = judge(launching.check, r.meta)
+            if options is not None:
+                launchable.append((r, options))
             elif db.mark_sub_failed(r.sub_id, f"not launched: {why}"):
                 failed.append(Unlaunchable(r.sub_id, f"not launched: {why}"))
         for row in failed:
             context.log.warning(f"sub-analysis {row.sub_id} failed: {row.message}")
-        reruns = db.rerun_generations([r.sub_id for r in launchable])
-        requests = [run_request(r, plates[r.plate_acquisition_id], reruns.get(r.sub_id, 0),
-                                launching.run_config(r, SubAnalysisOptions.from_meta(r.meta))) for r in launchable]
-        pipelines = sorted({pipeline_key(r.pipeline_name, r.analysis_id) for r in launchable} -
+        reruns = db.rerun_generations([r.sub_id for r, _ in launchable])
+        requests = [run_request(r, options, plates[r.plate_acquisition_id], reruns.get(r.sub_id, 0),
+                                launching.run_config(r, options)) for r, options in launchable]
+        pipelines = sorted({pipeline_key(r.pipeline_name, r.analysis_id) for r, _ in launchable} -
                            set(context.instance.get_dynamic_partitions(pipeline_partitions.name)) -
                            {key for request in partitions for key in request.partition_keys})
         if pipelines:  # an analysis with no usable pipeline name gets a key of its own
             partitions.append(pipeline_partitions.build_add_request(pipelines))
-        ready_per_plate = Counter(r.plate_acquisition_id for r in launchable)
+        ready_per_plate = Counter(r.plate_acquisition_id for r, _ in launchable)
         if not requests and not partitions:
             return dg.SkipReason("no submitted sub-analysis is ready"
                                  + (f"; {len(failed)} that can never run failed in imagedb" if failed else ""))

@@ -13,12 +13,12 @@ import dagster as dg
 
 from cpp_dagster.analysis import lifecycle
 from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
-from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun
+from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 from cpp_dagster.features.schema import SchemaError
-from cpp_dagster.imagedb.rows import SubAnalysisStatus
+from cpp_dagster.imagedb.outcome import progress_message
 from cpp_dagster.settings import Settings
 
 CELLPROFILER_POOL = "cellprofiler"  # every batch op's pool: the cap on CellProfiler processes across runs
@@ -65,7 +65,9 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
         if not found.waits:
             yield dg.Output(found.reason, "sub")
         return
-    prepared = lifecycle.prepare(db, settings, found.sub_id, run_stamp(context.run))
+    sub = resolve(db, settings, found.sub_id, run_stamp(context.run))
+    run_target.check_step(sub, step)
+    prepared = lifecycle.prepare(db, settings, sub)
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
         context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
     context.log.info(f"sub-analysis {found.sub_id} ({step.value}) of plate {prepared.sub.plate_barcode}: "
@@ -121,11 +123,10 @@ def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
     db = imagedb.db()
     batch_dirs = [o.output_dir.rsplit("/", 1)[0] for o in sorted(outcomes, key=lambda o: o.batch)]
     merged = lifecycle.merge(db, deployment.settings, sub, batch_dirs)
-    status = SubAnalysisStatus.from_json(db.sub_analysis(sub.sub_id).status)
-    if status.message:
+    if outcomes:
         # batch steps that finish at once may set the progress tag out of order; once all
-        # have finished, the tag says what imagedb says
-        context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: status.message})
+        # have finished, the tag says what imagedb says: every batch finished
+        context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress_message(len(outcomes), len(outcomes), 0)})
     context.log.info(f"merged {len(outcomes)} batches into {sub.tables_dir}: "
                      f"{', '.join(sorted(merged.merge.tables)) or 'no tables'}")
     return merged
