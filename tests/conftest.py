@@ -2,6 +2,7 @@
 database per test, a NAS folder per test, and a PostgreSQL-backed Dagster instance."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -95,13 +96,24 @@ def dagster_instance(pg_server, tmp_path):
         yield instance
 
 
-@pytest.fixture(autouse=True)
-def fresh_forkserver():
+@pytest.fixture(autouse=True, scope="session")
+def forkserver_follows_the_environment():
     """The multiprocess executor forks each step from Python's forkserver, which keeps the
-    environment it started with. In a run worker that is the run's; in this test process,
-    where `execute_job` runs jobs of many tests, it would be the first test's (its
-    CPP_IMAGEDB_URL, its NAS). Stop it after each test, so the next starts its own."""
-    yield
+    environment it started with. In a run worker that is the run's own; in this test
+    process, where `execute_job` runs the jobs of many tests (and a test may change a
+    variable between two runs), it would be stale. Here a forkserver whose environment
+    is no longer the process's is replaced before it forks the next step."""
     from multiprocessing import forkserver
 
-    forkserver._forkserver._stop()
+    original = forkserver.ForkServer.ensure_running
+    started_with: dict[int, dict[str, str]] = {}
+
+    def ensure_running(self):
+        if self._forkserver_pid is not None and started_with.get(id(self)) != dict(os.environ):
+            self._stop()
+        original(self)
+        started_with[id(self)] = dict(os.environ)
+
+    forkserver.ForkServer.ensure_running = ensure_running
+    yield
+    forkserver.ForkServer.ensure_running = original

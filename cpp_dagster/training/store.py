@@ -6,7 +6,9 @@ A table in the project's PostgreSQL (CPP_TRAINING_DB_URL; locally the embedded s
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from psycopg2.extras import Json
 
@@ -35,6 +37,31 @@ def _row(row: dict) -> ConfigVersion:
     return ConfigVersion(id=row["id"], version=row["version"], partition_key=row["partition_key"],
                          workflow=row["workflow"], config=from_dict(row["config"]), added=row["added"],
                          added_by=row["added_by"])
+
+
+VERSION_FILE = "configuration.json"  # the version a training run works on, in its version folder
+
+
+def save_version(version: ConfigVersion, folder: Path) -> Path:
+    """Write `version` into its version folder (atomically), so the later steps of the
+    run read it there instead of asking the store again: a version never changes."""
+    raw = {"id": version.id, "version": version.version, "partition_key": version.partition_key,
+           "workflow": version.workflow, "config": version.config.to_dict(), "added": version.added.isoformat(),
+           "added_by": version.added_by}
+    path = folder / VERSION_FILE
+    partial = path.with_name(f".{VERSION_FILE}.partial")
+    partial.write_text(json.dumps(raw, indent=1))
+    partial.replace(path)
+    return path
+
+
+def load_version(folder: Path) -> ConfigVersion | None:
+    """The version `save_version` wrote into `folder`; None when it is not there."""
+    path = folder / VERSION_FILE
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    return _row({**raw, "added": dt.datetime.fromisoformat(raw["added"])})
 
 
 class UnknownVersion(LookupError):

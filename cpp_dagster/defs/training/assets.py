@@ -22,7 +22,7 @@ from cpp_dagster.training.configuration import ConfigError
 from cpp_dagster.training.engines import engine_for_deployment
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
 from cpp_dagster.training.registry import RegistryError
-from cpp_dagster.training.store import ConfigVersion, UnknownVersion
+from cpp_dagster.training.store import ConfigVersion, UnknownVersion, load_version, save_version
 
 GROUP = "model_training"
 training_versions = dg.DynamicPartitionsDefinition(name="training_config_version")
@@ -31,11 +31,20 @@ training_versions = dg.DynamicPartitionsDefinition(name="training_config_version
 _EXPECTED = (ConfigError, CompoundDatabaseError, steps.TrainingInputError, UnknownVersion, RegistryError)
 
 
-def _version(context, training_store: TrainingStoreResource) -> ConfigVersion:
+def _version(context, training_store: TrainingStoreResource, deployment: DeploymentResource) -> ConfigVersion:
+    """The run's configuration version: read from the store once, by `training_data`, which
+    writes it into the version folder; the later steps read it there (a version never
+    changes), or from the store when the folder has lost it (the work area was cleaned)."""
+    return load_version(_folder(context, deployment)) or _stored_version(context, training_store, deployment)
+
+
+def _stored_version(context, training_store: TrainingStoreResource, deployment: DeploymentResource) -> ConfigVersion:
     try:
-        return training_store.store().get(context.partition_key)
+        version = training_store.store().get(context.partition_key)
     except UnknownVersion as error:
         raise dg.Failure(str(error)) from None
+    save_version(version, _folder(context, deployment))
+    return version
 
 
 def _stop_unless(passed: bool, message: str) -> None:
@@ -66,7 +75,7 @@ training_configurations = dg.AssetSpec(
 def training_data(context: dg.AssetExecutionContext, training_store: TrainingStoreResource, deployment: DeploymentResource):
     """Runs the configuration's query against its compound database; writes the training
     set, the held-out set, the skipped rows and one parameter file per split."""
-    version = _version(context, training_store)
+    version = _stored_version(context, training_store, deployment)
     config = version.config
     context.log.info(f"version {version.version} of {config.workflow!r}: query on {config.database!r}")
     try:
@@ -99,7 +108,7 @@ def descriptors(context: dg.AssetExecutionContext, training_data: TrainingFiles,
     """Molecular descriptors of the training and held-out sets (precompute)."""
     engine = engine_for_deployment(deployment.settings.training)
     try:
-        out = engine.precompute(_version(context, training_store).config, training_data, training_data.folder)
+        out = engine.precompute(_version(context, training_store, deployment).config, training_data, training_data.folder)
     except _EXPECTED as error:
         raise dg.Failure(str(error)) from None
     context.add_output_metadata({"engine": engine.name, "file": dg.MetadataValue.path(str(out))})
@@ -121,7 +130,7 @@ def train_split(context: dg.OpExecutionContext, split_file: Path, descriptors: P
     split = SplitParams.read(split_file)
     context.log.info(f"split {split.index + 1} of {split.splits}: models {list(split.models)} with {engine.name}")
     try:
-        return engine.train_split(_version(context, training_store).config, descriptors, split, Path(split_file).parent)
+        return engine.train_split(_version(context, training_store, deployment).config, descriptors, split, Path(split_file).parent)
     except Exception as error:  # whatever broke, the run says which split
         raise dg.Failure(f"split {split.index + 1} of {split.splits} failed: {error}") from error
 
@@ -173,7 +182,7 @@ def _evaluation_metadata(e: Evaluation) -> dict:
 def aggregated_model(context: dg.AssetExecutionContext, split_models: list[Path], training_data: TrainingFiles,
                      training_store: TrainingStoreResource, deployment: DeploymentResource):
     """The split models combined into one predictor, evaluated on the held-out set."""
-    config = _version(context, training_store).config
+    config = _version(context, training_store, deployment).config
     engine = engine_for_deployment(deployment.settings.training)
     try:
         path = engine.aggregate(config, split_models, training_data.folder)
@@ -210,13 +219,13 @@ def published_model(context: dg.AssetExecutionContext, aggregated_model: Aggrega
                     training_data: TrainingFiles, training_store: TrainingStoreResource,
                     model_registry: ModelRegistryResource, deployment: DeploymentResource) -> dg.MaterializeResult:
     """The aggregated model uploaded to the model service (locally: the folder registry)."""
-    version = _version(context, training_store)
+    version = _version(context, training_store, deployment)
     metadata = {"workflow": version.workflow, "config_version": version.version,
                 "partition_key": version.partition_key, "config": version.config.to_dict(),
                 "engine": aggregated_model.engine, "model_suffix": aggregated_model.model_suffix,
                 "evaluation": _evaluation_metadata(aggregated_model.evaluation),
                 "dagster_run_id": context.run_id}
-    registry = model_registry.registry(deployment.settings.nas_root)
+    registry = model_registry.registry(deployment.settings)
     try:
         location = registry.publish(version.workflow, version.partition_key, aggregated_model.path, metadata)
     except RegistryError as error:

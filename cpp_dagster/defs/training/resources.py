@@ -1,12 +1,10 @@
 """The resources of model training: the configuration store and the model registry."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 
 from cpp_dagster.defs.resources import required_url
-from cpp_dagster.settings import load_settings
+from cpp_dagster.settings import Settings, load_settings
 from cpp_dagster.training.registry import registry_for_deployment
 from cpp_dagster.training.store import ConfigStore
 
@@ -27,11 +25,11 @@ class ModelRegistryResource(dg.ConfigurableResource):
     url: str | None = None
     directory: str | None = None
 
-    def registry(self, nas_root: Path):
+    def registry(self, settings: Settings):
         from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry
 
         if self.url:
-            return HttpModelRegistry(self.url, token=load_settings().registry.token)
+            return HttpModelRegistry(self.url, token=settings.registry.token)
         if self.directory:
             return FolderModelRegistry(self.directory)
-        return registry_for_deployment(nas_root)
+        return registry_for_deployment(settings.nas_root, settings.registry)
