@@ -53,11 +53,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _imagedb():
+    """imagedb at CPP_IMAGEDB_URL, else the local deployment's embedded one."""
     from cpp_dagster.imagedb.store import ImageDB
     from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.settings import load_settings
 
-    submitted = ImageDB(imagedb_url()).submit_analysis(
+    return ImageDB(imagedb_url(load_settings()))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    submitted = _imagedb().submit_analysis(
         args.plate_acquisition, args.pipeline, priority=args.priority,
         overrides={"well_filter": args.wells or None, "site_filter": args.sites or None,
                    "cp_version": args.cp_version})  # unset: the pipeline's own
@@ -66,10 +72,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.local.environment import imagedb_url
-
-    generation = ImageDB(imagedb_url()).rerun_sub_analysis(args.sub_id)
+    generation = _imagedb().rerun_sub_analysis(args.sub_id)
     _echo(f"sub-analysis {args.sub_id} re-submitted (re-run {generation}); the sensor launches it, "
           "reusing the outputs of batches that finished before")
     return 0
@@ -78,7 +81,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """The lab overview; an unknown barcode or a bad URL template is one line, exit 2."""
     from cpp_dagster.analysis import lab_overview
-    from cpp_dagster.imagedb.store import ImageDB, ImageDBError
+    from cpp_dagster.imagedb.rows import ImageDBError
+    from cpp_dagster.imagedb.store import ImageDB
     from cpp_dagster.local.environment import imagedb_url
     from cpp_dagster.settings import load_settings
 
@@ -110,7 +114,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as e:
         _echo(f"cpp-dagster gc: {e}")
         return 2
-    outcomes = work_area.collect(ImageDB(imagedb_url()), settings.work_root, settings.nas_root, days,
+    outcomes = work_area.collect(ImageDB(imagedb_url(settings)), settings.work_root, settings.nas_root, days,
                                  dry_run=args.dry_run, expire_failed=args.expire_failed)
     print("\n".join(work_area.report_lines(outcomes, dry_run=args.dry_run)), flush=True)
     return 0
@@ -241,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """A refusal (bad settings, an imagedb error) is a line per problem and exit code 2."""
-    from cpp_dagster.imagedb.store import ImageDBError
+    from cpp_dagster.imagedb.rows import ImageDBError
     from cpp_dagster.settings import SettingsError
 
     args = parser().parse_args(argv)

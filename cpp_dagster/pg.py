@@ -1,4 +1,4 @@
-"""One PostgreSQL transaction, the way every store of the project talks to its database."""
+"""PostgreSQL the way the project talks to it: one transaction at a time, values as parameters."""
 from __future__ import annotations
 
 import threading
@@ -27,17 +27,17 @@ _applied: set[tuple[str, str]] = set()  # (schema package, url) applied by this 
 _applied_lock = threading.Lock()
 
 
-class Store:
-    """A store over one PostgreSQL database: `_cursor()` opens one transaction, and
+class Database:
+    """One PostgreSQL database the project talks to: `_cursor()` opens one transaction, and
     `apply_schema()` runs the `schema.sql` of the package named by SCHEMA_PACKAGE.
 
-    A store keeps one connection open between its transactions and reuses it (checked
+    It keeps one connection open between its transactions and reuses it (checked
     with a round trip first, so one the server has closed, e.g. after a restart, is
     replaced): a step or a sensor tick connects once, not once per query. A transaction
-    opened while another of the same store is still open (nested) gets a connection of
+    opened while another of the same database object is still open (nested) gets a connection of
     its own, and one that ends in an error closes its connection.
 
-    A store whose database the project owns (SCHEMA_ON_FIRST_USE) applies its schema
+    A database the project owns (SCHEMA_ON_FIRST_USE) applies its schema
     (idempotent DDL) before its first transaction in a process, so a fresh instance
     works without a separate init step. imagedb does not: it is the lab's database, its
     schema is applied by `cpp-dagster db init` (and the local demo/dev commands)."""

@@ -20,8 +20,8 @@ from poison_rows import (
 from psycopg2.extras import Json
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, demo_pipeline_meta
-from cpp_dagster.imagedb.rows import Image
-from cpp_dagster.imagedb.store import ImageDB, ImageDBError
+from cpp_dagster.imagedb.rows import Image, ImageDBError
+from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.settings import PROJECT_ROOT
 
 GOOD_META = json.dumps(demo_pipeline_meta()["sub_analyses"][0])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from cpp_dagster.imagedb.rows import Image
-from cpp_dagster.imagedb.store import ImageDB, ImageDBError, progress_message
+from cpp_dagster.imagedb.outcome import progress_message
+from cpp_dagster.imagedb.rows import Image, ImageDBError
+from cpp_dagster.imagedb.store import ImageDB
 
 TWO_STEP = {
     "analysis_meta": {"note": "qc then features"},

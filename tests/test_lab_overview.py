@@ -55,7 +55,7 @@ def test_every_step_waits_while_the_acquisition_is_not_finished(lab):
     shown = by_sub(lab)
     assert [(shown[s].state, shown[s].detail) for s in (first, second)] == [
         ("waiting", "acquisition not finished"), ("waiting", "acquisition not finished")]
-    assert (shown[first].step, shown[second].step) == ("1/2 icf", "2/2 features")
+    assert (shown[first].stage, shown[second].stage) == ("1/2 icf", "2/2 features")
     assert shown[first].pipeline == DEMO_ICF_PIPELINE and shown[first].plate == "IMAGING"
 
 
@@ -146,7 +146,7 @@ def test_malformed_rows_do_not_break_the_overview(lab):
     assert shown[listed].detail == "not launched: meta must be a JSON object, not a list"
     assert shown[scalar_deps].detail.startswith("not launched: depends_on_sub_id must be a list of sub-analysis ids")
     assert shown[orphan].detail == f"sub-analysis {MISSING_SUB_ID} does not exist"
-    assert shown[scalar_deps].step == "1/1"  # a sub_type that is not text is left out
+    assert shown[scalar_deps].stage == "1/1"  # a sub_type that is not text is left out
     assert (shown[odd_json].state, shown[odd_json].result_folder) == ("finished", "")
     assert (shown[None].state, shown[None].detail) == ("failed", "not submitted by automation: no")
     assert status_cli("--plate", "P1").returncode == 0
@@ -157,7 +157,7 @@ def test_markdown_table_has_one_row_per_line_with_cells_escaped(lab, monkeypatch
     lab.db.mark_sub_failed(sub, "bad | pipe\nsecond line")
     lab.db.submit_analysis(plate(lab, "P2"), DEMO_PIPELINE)
     table = markdown_table(lines(lab)).splitlines()
-    assert table[0] == "| plate | pipeline | step | sub | state | result | detail |"
+    assert table[0] == "| plate | pipeline | stage | sub | state | result | detail |"
     assert len(table) == 4 and table[2].endswith("| failed |  | bad \\| pipe second line |")
 
     done = lab.db.submit_analysis(plate(lab, "P3"), DEMO_PIPELINE).sub_ids[0]
@@ -179,7 +179,7 @@ def test_status_command_prints_the_reasons_and_json(lab):
     done = status_cli()
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.splitlines()[0].split() == ["PLATE", "PIPELINE", "STEP", "SUB", "STATE", "RESULT", "DETAIL"]
+    assert out.splitlines()[0].split() == ["PLATE", "PIPELINE", "STAGE", "SUB", "STATE", "RESULT", "DETAIL"]
     assert "acquisition not finished" in out and "0 / 4 batches finished" in out
     assert f"waiting for sub-analysis {first} (running)" in out
     assert any(line.split()[:3] == ["NEW", "-", "-"] and "not run" in line for line in out.splitlines())

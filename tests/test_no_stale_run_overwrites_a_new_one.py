@@ -16,7 +16,8 @@ from cpp_dagster.analysis import lifecycle
 from cpp_dagster.analysis.sub_analysis import resolve, work_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 from cpp_dagster.features.results_folder import versions_dir
-from cpp_dagster.imagedb.store import RunStamp, StaleRunError
+from cpp_dagster.imagedb.outcome import StaleRunError
+from cpp_dagster.imagedb.rows import RunStamp
 
 
 def submit(lab, acq: int, batch_size: int, **sub_meta) -> int:

@@ -66,7 +66,7 @@ def test_a_materialize_from_the_ui_submits_the_pipeline_and_runs_its_steps_in_or
         assert event.asset_materialization.partition == key
     # The pipeline has no QC step: its asset says so rather than stopping the run.
     qc = dagster_instance.get_latest_materialization_event(dg.AssetKey("image_qc")).asset_materialization
-    assert qc.metadata["step"].value == f"none: pipeline {DEMO_ICF_PIPELINE!r} has no image_qc step"
+    assert qc.metadata["reason"].value == f"none: pipeline {DEMO_ICF_PIPELINE!r} has no image_qc stage"
 
     # The sensor never launches what the UI run claimed.
     assert tick(dagster_instance).run_requests == []

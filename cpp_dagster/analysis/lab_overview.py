@@ -25,7 +25,7 @@ class OverviewLine:
     pipeline: str
     analysis_id: int | None
     sub_id: int | None
-    step: str  # `2/3 features`: position in its analysis and sub_type
+    stage: str  # `2/3 features`: position in its analysis and sub_type
     state: str  # waiting / running / finished / failed / not run
     detail: str  # why it waits, its progress, its failure message
     result_folder: str  # result.job_folder, relative to the NAS
@@ -82,10 +82,10 @@ def result_url(folder: str, template: str | None) -> str:
     return template.replace("{path}", quote(folder, safe="/"))
 
 
-def _step(row: OverviewRow) -> str:
+def _stage(row: OverviewRow) -> str:
     if row.sub_id is None:
         return "-"
-    return " ".join(part for part in (f"{row.step}/{row.steps}", row.sub_type) if part)
+    return " ".join(part for part in (f"{row.stage}/{row.stages}", row.sub_type) if part)
 
 
 def queued_detail(run_id: str) -> str:
@@ -109,7 +109,7 @@ def overview_lines(rows: Iterable[OverviewRow], *, url_template: str | None = No
             plate=f"{row.plate_barcode} (acq {row.plate_acquisition_id})" if several else row.plate_barcode,
             plate_barcode=row.plate_barcode, plate_acquisition_id=row.plate_acquisition_id,
             pipeline=row.pipeline_name or "-", analysis_id=row.analysis_id, sub_id=row.sub_id,
-            step=_step(row), state=row.state, detail=why,
+            stage=_stage(row), state=row.state, detail=why,
             result_folder=folder, result_url=result_url(folder, url_template),
         ))
     return lines
@@ -128,10 +128,10 @@ def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str],
     """Header and cells of the table; the URL column only when some line has a URL; the
     detail (which may be long) last."""
     with_url = any(line.result_url for line in lines)
-    header = ["PLATE", "PIPELINE", "STEP", "SUB", "STATE", "RESULT", *(["URL"] if with_url else []), "DETAIL"]
+    header = ["PLATE", "PIPELINE", "STAGE", "SUB", "STATE", "RESULT", *(["URL"] if with_url else []), "DETAIL"]
     cells = []
     for line in lines:
-        cells.append([line.plate, line.pipeline, line.step, "" if line.sub_id is None else str(line.sub_id),
+        cells.append([line.plate, line.pipeline, line.stage, "" if line.sub_id is None else str(line.sub_id),
                       line.state, line.result_folder, *([line.result_url] if with_url else []),
                       _one_line(line.detail, limit)])
     return header, cells

@@ -23,8 +23,9 @@ from cpp_dagster.features import batch_tables, profiles, results_folder, single_
 from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
+from cpp_dagster.imagedb.outcome import StaleRunError, stale_message
 from cpp_dagster.imagedb.rows import RunStamp
-from cpp_dagster.imagedb.store import ImageDB, StaleRunError, stale_message
+from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.settings import Settings
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}

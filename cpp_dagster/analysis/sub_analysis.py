@@ -19,7 +19,7 @@ from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.settings import Settings
 
 
-class Step(enum.Enum):
+class Stage(enum.Enum):
     """The kind of step a sub-analysis is; the value is its asset's name."""
 
     ILLUMINATION = "illumination_functions"
@@ -27,7 +27,7 @@ class Step(enum.Enum):
     FEATURES = "feature_tables"
 
     @classmethod
-    def of(cls, sub_type: str | None) -> Step:
+    def of(cls, sub_type: str | None) -> Stage:
         return {"icf": cls.ILLUMINATION, "qc": cls.QC}.get(sub_type or "", cls.FEATURES)
 
 
@@ -50,8 +50,8 @@ class SubAnalysisRun:
     status: SubAnalysisStatus
 
     @property
-    def step(self) -> Step:
-        return Step.of(self.options.sub_type)
+    def stage(self) -> Stage:
+        return Stage.of(self.options.sub_type)
 
     @property
     def plate_barcode(self) -> str:

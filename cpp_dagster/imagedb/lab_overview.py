@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from cpp_dagster.imagedb.ready import DEPENDENCY_ID_SQL, DEPENDENCY_IDS_SQL, WELL_FORMED_SQL, shape_problem
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class OverviewRow:
     pipeline_name: str | None = None
     analysis_failed: bool = False
     sub_id: int | None = None
-    step: int | None = None  # position in its analysis, from 1
-    steps: int | None = None
+    stage: int | None = None  # position in its analysis, from 1
+    stages: int | None = None
     sub_type: str | None = None
     state: str = "not run"  # waiting / running / finished / failed / not run
     message: str | None = None  # status.message (of the analysis when sub_id is None)
@@ -80,7 +80,7 @@ WITH p AS (
 SELECT p.id AS plate_acquisition_id, p.plate_barcode, p.barcode_acquisitions::int AS barcode_acquisitions,
        p.acquisition_finished, a.id AS analysis_id, a.pipeline_name,
        COALESCE(a.error IS NOT NULL, false) AS analysis_failed,
-       s.sub_id, s.step::int AS step, s.steps::int AS steps, {sub_type} AS sub_type,
+       s.sub_id, s.stage::int AS stage, s.stages::int AS stages, {sub_type} AS sub_type,
        CASE WHEN a.id IS NULL THEN 'not run' WHEN s.sub_id IS NULL THEN {analysis_state} ELSE {sub_state} END
            AS state,
        CASE WHEN s.sub_id IS NULL THEN {analysis_message} ELSE {sub_message} END AS message,
@@ -103,7 +103,7 @@ LEFT JOIN LATERAL (
     WHERE a.recency = 1 OR NOT %(latest)s
 ) a ON true
 LEFT JOIN LATERAL (
-    SELECT s.*, row_number() OVER (ORDER BY s.sub_id) AS step, count(*) OVER () AS steps
+    SELECT s.*, row_number() OVER (ORDER BY s.sub_id) AS stage, count(*) OVER () AS stages
     FROM image_sub_analyses s WHERE s.analysis_id = a.id
 ) s ON true
 LEFT JOIN LATERAL (
@@ -124,7 +124,7 @@ ORDER BY p.plate_barcode, p.id, a.pipeline_name, a.id, s.sub_id
 )
 
 
-class OverviewQueries(Store):
+class OverviewQueries(Database):
     def lab_overview(self, *, plate_barcode: str | None = None, all_analyses: bool = False) -> list[OverviewRow]:
         """One row per sub-analysis of the latest analysis per (plate acquisition,
         pipeline), or of every analysis with `all_analyses`; one `not run` row per plate

@@ -22,7 +22,7 @@ from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.ready import dependency_failed_message
 from cpp_dagster.imagedb.rows import ImageDBError, RunStamp
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 
 log = logging.getLogger("cpp_dagster.imagedb")
 
@@ -142,7 +142,7 @@ def _refused(cur, sub_id: int, stamp: RunStamp | None, what: str, *, quiet_if_cu
     return False
 
 
-class SubAnalysisOutcomes(Store):
+class SubAnalysisOutcomes(Database):
     """The write-back methods of ImageDB."""
 
     def mark_sub_started(self, sub_id: int, *, batches: int, image_sets: int,

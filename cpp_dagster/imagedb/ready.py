@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 
 DEFAULT_PRIORITY = 2  # imagedb: 1 = high; NULL is treated as normal
 
@@ -66,7 +66,7 @@ def shape_problem(meta_type: str, deps_type: str, deps_text: str) -> str:
     return f"not launched: depends_on_sub_id must be a list of sub-analysis ids (whole numbers), not {shown}"
 
 
-class LaunchQueries(Store):
+class LaunchQueries(Database):
     def ready_sub_analyses(
         self, *, limit: int = 500, after: tuple[int, int] | None = None
     ) -> list[ReadySubAnalysis]:

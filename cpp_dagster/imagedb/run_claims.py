@@ -21,7 +21,7 @@ from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis
 from cpp_dagster.imagedb.submission import submit_rows
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RunSubmission:
     acquisition_finished: bool
 
 
-class RunClaims(Store):
+class RunClaims(Database):
     def plate_acquisitions_by_id(self) -> dict[int, str]:
         """Every plate acquisition's barcode, by id (what the plate partitions are made of)."""
         with self._cursor() as cur:

@@ -19,24 +19,17 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.lab_overview import OverviewQueries
-from cpp_dagster.imagedb.outcome import (  # noqa: F401  (re-exported: callers import them from here)
-    StaleRunError,
+from cpp_dagster.imagedb.outcome import (
     SubAnalysisOutcomes,
-    progress_message,
     revive_after_success,
-    stale_message,
 )
-from cpp_dagster.imagedb.ready import (  # noqa: F401
-    DEFAULT_PRIORITY,
+from cpp_dagster.imagedb.ready import (
     LaunchQueries,
-    dependency_failed_message,
 )
-from cpp_dagster.imagedb.rows import (  # noqa: F401
+from cpp_dagster.imagedb.rows import (
     Image,
     ImageDBError,
     PlateAcquisition,
-    ReadySubAnalysis,
-    RunStamp,
     SubAnalysis,
     SubAnalysisToRun,
     SubmittedAnalysis,

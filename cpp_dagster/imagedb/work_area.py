@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 
 _STATE_SQL = """
     SELECT sub_id, start, finish, error, result,
@@ -49,7 +49,7 @@ def _state(row: dict) -> WorkAreaState:
     return WorkAreaState(row["sub_id"], state, row["generation"], bool(row["expired"]), row["age"], row["result"])
 
 
-class WorkAreaQueries(Store):
+class WorkAreaQueries(Database):
     def work_area_states(self, sub_ids: list[int], retention_days: float) -> dict[int, WorkAreaState]:
         """The state of each of `sub_ids` that has a row (the others are left out)."""
         if not sub_ids:

@@ -77,10 +77,6 @@ def parse(frame: pd.DataFrame, task: str) -> Parsed:
     )
 
 
-def descriptor_names() -> list[str]:
-    return [f"morgan_{i}" for i in range(FINGERPRINT_BITS)] + list(PHYSCHEM)
-
-
 def featurize(smiles: list[str]) -> np.ndarray:
     """float32 matrix, one row per SMILES (all must parse: `parse` first)."""
     from rdkit import Chem

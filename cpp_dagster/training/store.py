@@ -12,7 +12,7 @@ from pathlib import Path
 
 from psycopg2.extras import Json
 
-from cpp_dagster.pg import Store
+from cpp_dagster.pg import Database
 from cpp_dagster.training.configuration import TrainingConfig, from_dict
 
 
@@ -88,7 +88,7 @@ def _row_or_invalid(row: dict) -> ConfigVersion | InvalidVersion:
                               workflow=row["workflow"], problem=str(e))
 
 
-class ConfigStore(Store):
+class ConfigStore(Database):
     SCHEMA_PACKAGE = "cpp_dagster.training"
     SCHEMA_ON_FIRST_USE = True  # the project's own table: a fresh instance needs no init step
 

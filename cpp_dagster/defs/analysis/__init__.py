@@ -8,7 +8,7 @@ import dagster as dg
 from cpp_dagster.defs.analysis.assets import build_step_assets, plate_acquisitions
 from cpp_dagster.defs.analysis.lab_overview import build_overview_sensor, lab_overview
 from cpp_dagster.defs.analysis.sensors import (
-    STEP_JOBS,
+    STAGE_JOBS,
     Launching,
     analysis_job,
     build_automation_sensor,
@@ -24,7 +24,7 @@ def analysis_defs(launching: Launching, batch_retry_policy: dg.RetryPolicy, *,
                   overview_interval_s: int = 60) -> dg.Definitions:
     return dg.Definitions(
         assets=[plate_acquisitions, lab_overview, *build_step_assets(batch_retry_policy)],
-        jobs=[analysis_job, *STEP_JOBS.values(), clean_work_area],
+        jobs=[analysis_job, *STAGE_JOBS.values(), clean_work_area],
         schedules=[clean_work_area_nightly],
         sensors=[build_pending_sensor(launching), build_automation_sensor(launching.interval_s),
                  build_overview_sensor(overview_interval_s),

@@ -13,18 +13,17 @@ in any of its ops leaves all three failed for that partition, in Dagster as in i
 import dagster as dg
 
 from cpp_dagster.analysis import lifecycle
-from cpp_dagster.analysis.sub_analysis import Step
+from cpp_dagster.analysis.sub_analysis import Stage
 from cpp_dagster.defs.analysis.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.analysis.partitions import analysis_partitions
 from cpp_dagster.defs.analysis.steps import (
     NO_OBJECT_TABLES,
-    STEP_GRAPHS,
+    STAGE_GRAPHS,
     complete_step,
     merge_tables,
     plan_batches,
     result_links,
     run_cellprofiler,
-    step_of,
     write_single_cell_table,
 )
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
@@ -37,7 +36,7 @@ plate_acquisitions = dg.AssetSpec(
 
 FEATURE_TABLES, SINGLE_CELL, PROFILES = (dg.AssetKey(n) for n in
                                          ("feature_tables", "single_cell_table", "well_profiles"))
-ILLUMINATION, QC = dg.AssetKey(Step.ILLUMINATION.value), dg.AssetKey(Step.QC.value)
+ILLUMINATION, QC = dg.AssetKey(Stage.ILLUMINATION.value), dg.AssetKey(Stage.QC.value)
 CHECKS = {
     "image_rows_match_plan": "The Image table has one row per planned image set",
     "all_batches_present": "Every planned batch is in the merged tables",
@@ -94,7 +93,7 @@ def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource
     of the features step materialize together, with the checks of the feature tables."""
     if not isinstance(merged, lifecycle.Merged):  # nothing to do, and why
         for name in ("feature_tables", "single_cell_table", "well_profiles"):
-            yield dg.Output(None, name, metadata={"step": merged})
+            yield dg.Output(None, name, metadata={"reason": merged})
         return
     db, settings = imagedb.db(), deployment.settings
     profiles = lifecycle.write_well_profiles(db, settings, merged)
@@ -119,16 +118,16 @@ STEP = {"partitions_def": analysis_partitions, "hooks": {record_failure_in_image
 ACQUISITIONS = {"acquisitions": dg.AssetIn(key=plate_acquisitions.key, dagster_type=dg.Nothing)}
 
 
-def _step_asset(step: Step, description: str, run_batch) -> dg.AssetsDefinition:
+def _stage_asset(stage: Stage, description: str, run_batch) -> dg.AssetsDefinition:
     """A step others depend on (illumination, QC): plan -> batches -> merge -> complete."""
 
     @dg.graph_multi_asset(
-        name=STEP_GRAPHS[step], ins=ACQUISITIONS, group_name="analysis", **STEP,
-        outs={step.value: dg.AssetOut(key=dg.AssetKey(step.value), dagster_type=dg.Nothing,
+        name=STAGE_GRAPHS[stage], ins=ACQUISITIONS, group_name="analysis", **STEP,
+        outs={stage.value: dg.AssetOut(key=dg.AssetKey(stage.value), dagster_type=dg.Nothing,
                                       kinds={"cellprofiler"}, description=description)})
     def _graph(acquisitions):
         batches, sub = plan_batches(acquisitions=acquisitions)
-        return {step.value: complete_step(merge_tables(sub, batches.map(run_batch).collect()))}
+        return {stage.value: complete_step(merge_tables(sub, batches.map(run_batch).collect()))}
 
     return _graph
 
@@ -137,7 +136,7 @@ def build_step_assets(batch_retry_policy: dg.RetryPolicy) -> list[dg.AssetsDefin
     """The step assets, built when the definitions load: the CellProfiler op's retry
     policy comes from the settings."""
     run_batch = run_cellprofiler.with_retry_policy(batch_retry_policy)
-    return [_step_asset(Step.ILLUMINATION, ILLUMINATION_TEXT, run_batch), _step_asset(Step.QC, QC_TEXT, run_batch),
+    return [_stage_asset(Stage.ILLUMINATION, ILLUMINATION_TEXT, run_batch), _stage_asset(Stage.QC, QC_TEXT, run_batch),
             _features_step(run_batch)]
 
 
@@ -164,7 +163,7 @@ def _features_step(run_batch) -> dg.AssetsDefinition:
     one graph whose last op materializes them together."""
     check_outs = {f"feature_tables_{name}": dg.GraphOut() for name in CHECKS}
 
-    @dg.graph(name=STEP_GRAPHS[Step.FEATURES], out={**{name: dg.GraphOut() for name in FEATURES_OUTS}, **check_outs})
+    @dg.graph(name=STAGE_GRAPHS[Stage.FEATURES], out={**{name: dg.GraphOut() for name in FEATURES_OUTS}, **check_outs})
     def features_step(acquisitions, illumination, qc):
         batches, sub = plan_batches(acquisitions=acquisitions, illumination=illumination, qc=qc)
         merged = merge_tables(sub, batches.map(run_batch).collect())
@@ -188,4 +187,4 @@ def _features_step(run_batch) -> dg.AssetsDefinition:
     )
 
 
-__all__ = ["build_step_assets", "plate_acquisitions", "step_of"]
+__all__ = ["build_step_assets", "plate_acquisitions"]

@@ -11,8 +11,8 @@ imagedb, and one while another run of the same partition is active is not record
 import dagster as dg
 
 from cpp_dagster.defs.analysis.partitions import other_active_runs, run_stamp
-from cpp_dagster.defs.analysis.run_target import step_of_sub, sub_analyses_of_run
-from cpp_dagster.defs.analysis.steps import step_of_key
+from cpp_dagster.defs.analysis.run_target import stage_of_sub, sub_analyses_of_run
+from cpp_dagster.defs.analysis.steps import stage_of_key
 
 
 def failure_message(step_key: str, error: object) -> str:
@@ -25,8 +25,8 @@ def record_failure_in_imagedb(context: dg.HookContext) -> None:
     if run is None:
         return
     db = context.resources.imagedb.db()
-    step = step_of_key(context.step_key)
-    subs = [s for s in sub_analyses_of_run(db, run) if step is None or step_of_sub(s) == step]
+    stage = stage_of_key(context.step_key)
+    subs = [s for s in sub_analyses_of_run(db, run) if stage is None or stage_of_sub(s) == stage]
     error = context.op_exception
     message = failure_message(context.step_key, getattr(error, "description", None) or error)
     for sub in subs:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun
+from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
@@ -41,18 +41,18 @@ class StepTarget:
     waits: bool = False
 
 
-def step_of_sub(sub: SubAnalysis) -> Step:
+def stage_of_sub(sub: SubAnalysis) -> Stage:
     meta = sub.meta if isinstance(sub.meta, dict) else {}
     sub_type = meta.get("sub_type")
-    return Step.of(sub_type if isinstance(sub_type, str) else None)
+    return Stage.of(sub_type if isinstance(sub_type, str) else None)
 
 
-def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps: bool = True) -> StepTarget:
+def target(context: dg.OpExecutionContext, db: ImageDB, stage: Stage, *, run_steps: bool = True) -> StepTarget:
     """The sub-analysis `step` runs in this run (see the module's docstring). `run_steps`
     False (CPP_UI_RUNS=submit): a UI run only submits, and runs nothing itself."""
     run = context.run
     sub_id = tagged_sub_id(run)
-    if sub_id is not None:  # its kind of step is checked once it is resolved (check_step)
+    if sub_id is not None:  # its kind of step is checked once it is resolved (check_stage)
         return StepTarget(sub_id)
     pipeline, plate = split_key(context.partition_key)
     keys = plate_keys(db.plate_acquisitions_like(*key_lookup(plate)))
@@ -62,10 +62,10 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps
     if pipeline not in db.pipeline_names():
         raise dg.Failure(f"no analysis pipeline named {pipeline!r} in imagedb: a run from the UI submits a "
                          "registered pipeline", allow_retries=False)
-    _check_selection(run, pipeline, [Step.of(t) for t in db.pipeline_sub_types(pipeline)])
+    _check_selection(run, pipeline, [Stage.of(t) for t in db.pipeline_sub_types(pipeline)])
     root = run.root_run_id or run.run_id
     submission = db.submit_for_run(acq_id, pipeline, root,
-                                   claim=first_of_each_step if run_steps else lambda sub_types: set())
+                                   claim=first_of_each_stage if run_steps else lambda sub_types: set())
     analysis_id = submission.analysis.analysis_id
     if ANALYSIS_ID_TAG not in run.tags:
         context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
@@ -76,30 +76,30 @@ def target(context: dg.OpExecutionContext, db: ImageDB, step: Step, *, run_steps
         return StepTarget(None, f"plate {plate}: analysis {analysis_id} is submitted; the sensor launches each of "
                                 "its sub-analyses as a run of its own, with its pod settings (CPP_UI_RUNS=submit)",
                           waits=True)
-    subs = [s for s in db.sub_analyses_of(analysis_id) if step_of_sub(s) == step]
+    subs = [s for s in db.sub_analyses_of(analysis_id) if stage_of_sub(s) == stage]
     if not subs:
-        return StepTarget(None, f"none: pipeline {pipeline!r} has no {step.value} step")
+        return StepTarget(None, f"none: pipeline {pipeline!r} has no {stage.value} stage")
     return StepTarget(subs[0].sub_id)
 
 
-def check_step(sub: SubAnalysisRun, step: Step) -> None:
+def check_stage(sub: SubAnalysisRun, stage: Stage) -> None:
     """A run launched for a sub-analysis of another kind of step (a wrong job) fails
     before anything is planned."""
-    if sub.step != step:
-        raise dg.Failure(f"this run is for sub-analysis {sub.sub_id}, a {sub.step.value} step, not {step.value}: "
-                         f"launch it with the {sub.step.value}_job (as the sensor does)", allow_retries=False)
+    if sub.stage != stage:
+        raise dg.Failure(f"this run is for sub-analysis {sub.sub_id}, a {sub.stage.value} stage, not {stage.value}: "
+                         f"launch it with the {sub.stage.value}_job (as the sensor does)", allow_retries=False)
 
 
-def first_of_each_step(sub_types) -> set[int]:
+def first_of_each_stage(sub_types) -> set[int]:
     """The sub-analyses a UI run runs itself: the first of each kind of step (a second
     step of the same kind is the same asset; the sensor launches it when its turn comes)."""
-    first: dict[Step, int] = {}
+    first: dict[Stage, int] = {}
     for position, sub_type in enumerate(sub_types):
-        first.setdefault(Step.of(sub_type), position)
+        first.setdefault(Stage.of(sub_type), position)
     return set(first.values())
 
 
-def _check_selection(run: dg.DagsterRun, pipeline: str, steps: list[Step]) -> None:
+def _check_selection(run: dg.DagsterRun, pipeline: str, steps: list[Stage]) -> None:
     """A UI run runs a whole pipeline: refuse (before submitting anything) a selection
     that leaves out one of its steps, which would then never run."""
     selected = {key.to_user_string() for key in (run.asset_selection or ())}

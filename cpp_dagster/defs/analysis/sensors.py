@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from cpp_dagster.analysis.planning import SubAnalysisOptions
-from cpp_dagster.analysis.sub_analysis import Step
+from cpp_dagster.analysis.sub_analysis import Stage
 from cpp_dagster.defs.analysis.assets import FEATURE_TABLES, PROFILES, SINGLE_CELL, plate_acquisitions
 from cpp_dagster.defs.analysis.hooks import failure_message
 from cpp_dagster.defs.analysis.partitions import (
@@ -40,12 +40,12 @@ analysis_job = dg.define_asset_job(
 
 # The assets a sensor-launched run of a sub-analysis materializes, by its step, and the
 # job that runs them (one sub-analysis per run).
-STEP_ASSETS = {Step.ILLUMINATION: [dg.AssetKey(Step.ILLUMINATION.value)], Step.QC: [dg.AssetKey(Step.QC.value)],
-               Step.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES]}
-STEP_JOBS = {step: dg.define_asset_job(
-    f"{step.value}_job", selection=dg.AssetSelection.assets(*keys), partitions_def=analysis_partitions,
-    description=f"One sub-analysis of sub_type {step.name.lower()}: its {step.value} step, launched by the "
-                "pending_sub_analyses sensor.") for step, keys in STEP_ASSETS.items()}
+STAGE_ASSETS = {Stage.ILLUMINATION: [dg.AssetKey(Stage.ILLUMINATION.value)], Stage.QC: [dg.AssetKey(Stage.QC.value)],
+               Stage.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES]}
+STAGE_JOBS = {stage: dg.define_asset_job(
+    f"{stage.value}_job", selection=dg.AssetSelection.assets(*keys), partitions_def=analysis_partitions,
+    description=f"One sub-analysis of sub_type {stage.name.lower()}: its {stage.value} stage, launched by the "
+                "pending_sub_analyses sensor.") for stage, keys in STAGE_ASSETS.items()}
 PAGE_SIZE = 500
 
 
@@ -65,14 +65,14 @@ class Launching:
 def run_request(r: ReadySubAnalysis, options: SubAnalysisOptions, plate: str, rerun: int = 0,
                 run_config: dict | None = None) -> dg.RunRequest:
     key = f"sub{r.sub_id}"
-    step = Step.of(options.sub_type)
+    stage = Stage.of(options.sub_type)
     return dg.RunRequest(
         # One run per sub-analysis and re-run generation, ever: a failed run is not
         # requested again by itself; `cpp-dagster rerun` bumps the generation.
         run_key=key if rerun == 0 else f"{key}:rerun{rerun}",
-        job_name=STEP_JOBS[step].name,
+        job_name=STAGE_JOBS[stage].name,
         partition_key=partition_key(pipeline_key(r.pipeline_name, r.analysis_id), plate),
-        asset_selection=STEP_ASSETS[step],
+        asset_selection=STAGE_ASSETS[stage],
         run_config=run_config or {},
         tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
               SUB_ID_TAG: str(r.sub_id), ANALYSIS_ID_TAG: str(r.analysis_id), GENERATION_TAG: str(rerun)},
@@ -105,7 +105,7 @@ def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pip
 
 
 def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
-    @dg.sensor(jobs=list(STEP_JOBS.values()), name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
+    @dg.sensor(jobs=list(STAGE_JOBS.values()), name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
         """Keeps the plate x pipeline partitions in step with imagedb, and launches the

@@ -13,7 +13,7 @@ import dagster as dg
 
 from cpp_dagster.analysis import lifecycle
 from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
-from cpp_dagster.analysis.sub_analysis import Step, SubAnalysisRun, resolve
+from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
@@ -28,19 +28,19 @@ OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_ce
 
 # The graph (node name, the first part of a step key) of each pipeline step's ops: the
 # asset's name, but the features step's graph holds three assets.
-STEP_GRAPHS = {Step.ILLUMINATION: Step.ILLUMINATION.value, Step.QC: Step.QC.value, Step.FEATURES: "features_step"}
+STAGE_GRAPHS = {Stage.ILLUMINATION: Stage.ILLUMINATION.value, Stage.QC: Stage.QC.value, Stage.FEATURES: "features_step"}
 
 
-def step_of_key(step_key: str) -> Step | None:
+def stage_of_key(step_key: str) -> Stage | None:
     """The pipeline step of a step key (`features_step.merge_tables` -> FEATURES)."""
     graph = step_key.split(".", 1)[0]
-    return next((step for step, name in STEP_GRAPHS.items() if name == graph), None)
+    return next((stage for stage, name in STAGE_GRAPHS.items() if name == graph), None)
 
 
-def step_of(context: dg.OpExecutionContext) -> Step:
+def stage_of(context: dg.OpExecutionContext) -> Stage:
     """The pipeline step (asset) this op belongs to."""
     keys = {key.to_user_string() for key in context.assets_def.keys}
-    return next(step for step in Step if step.value in keys)
+    return next(stage for stage in Stage if stage.value in keys)
 
 
 @dg.op(ins={"acquisitions": dg.In(dg.Nothing), "illumination": dg.In(dg.Nothing), "qc": dg.In(dg.Nothing)},
@@ -52,25 +52,25 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
     launched past the queue stops here. `sub` is the resolved SubAnalysisRun, or the
     reason this step has nothing to do (e.g. the pipeline has no such step), which its
     asset then reports; nothing is yielded when it waits (acquisition not finished)."""
-    db, step = imagedb.db(), step_of(context)
+    db, stage = imagedb.db(), stage_of(context)
     others = other_active_runs(context.instance, context.run)
     if others:
         raise dg.Failure(f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
                          "partition at a time; this run changed nothing (launch it again once that run has ended)",
                          allow_retries=False)
     settings = deployment.settings
-    found = run_target.target(context, db, step, run_steps=settings.launch.ui_runs_run_steps)
+    found = run_target.target(context, db, stage, run_steps=settings.launch.ui_runs_run_steps)
     if found.sub_id is None:
         context.log.info(found.reason)
         if not found.waits:
             yield dg.Output(found.reason, "sub")
         return
     sub = resolve(db, settings, found.sub_id, run_stamp(context.run))
-    run_target.check_step(sub, step)
+    run_target.check_stage(sub, stage)
     prepared = lifecycle.prepare(db, settings, sub)
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
         context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
-    context.log.info(f"sub-analysis {found.sub_id} ({step.value}) of plate {prepared.sub.plate_barcode}: "
+    context.log.info(f"sub-analysis {found.sub_id} ({stage.value}) of plate {prepared.sub.plate_barcode}: "
                      f"{prepared.image_sets} image sets in {len(prepared.batches)} batches")
     for spec in prepared.batches:
         yield dg.DynamicOutput(spec, mapping_key=spec.name, output_name="batches",
@@ -170,12 +170,12 @@ def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, depl
                   merged):
     """The end of a step others depend on (illumination, QC): record it finished in
     imagedb, then materialize its asset with the files it wrote."""
-    step = step_of(context)
+    stage = stage_of(context)
     if not isinstance(merged, lifecycle.Merged):
-        return dg.Output(None, "result", metadata={"step": merged})
+        return dg.Output(None, "result", metadata={"reason": merged})
     settings = deployment.settings
     outcome = lifecycle.complete(imagedb.db(), settings, merged.sub)
-    context.log.info(f"sub-analysis {merged.sub.sub_id} ({step.value}) finished: "
+    context.log.info(f"sub-analysis {merged.sub.sub_id} ({stage.value}) finished: "
                      f"{len(outcome['file_list'])} result files")
     return dg.Output(None, "result", metadata={
         **result_links(merged.sub, settings), "files": len(outcome["file_list"]),
