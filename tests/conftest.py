@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pg_databases import new_database
 
 from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.local.environment import sqlalchemy_url
-from cpp_dagster.local.postgres import ensure_database
 from cpp_dagster.settings import PROJECT_ROOT, Settings, load_settings
 
 
@@ -30,12 +29,6 @@ def pg_server():
     yield server
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)
-
-
-def new_database(server, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    ensure_database(server.get_uri(), name)
-    return server.get_uri(database=name)
 
 
 @pytest.fixture

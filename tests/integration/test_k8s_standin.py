@@ -1,4 +1,4 @@
-"""The Kubernetes stand-in (tests/k8s_standin.py), driven only through the official
+"""The Kubernetes stand-in (tests/support/k8s_standin.py), driven only through the official
 kubernetes client and dagster_k8s's DagsterKubernetesClient."""
 from __future__ import annotations
 

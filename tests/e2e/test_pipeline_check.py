@@ -17,7 +17,7 @@ from cpp_dagster.analysis import lifecycle, pipeline_check
 from cpp_dagster.analysis.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DEMO_DYES = ("HOECHST", "CONC", "SYTO", "MITO", "PHAandWGA")
 JUMP_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "Brightfield_L", "Brightfield_H")
 RUN_CELLPOSE = """RunCellpose:[module_num:3|svn_version:'Unknown'|variable_revision_number:4|show_window:False|\

@@ -9,10 +9,10 @@ import json
 import dagster as dg
 import kubernetes_validate
 import pytest
-from conftest import new_database
 from dagster_helpers import tick
 from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
+from pg_databases import new_database
 
 from cpp_dagster.k8s.pod_config import training_run_config
 from cpp_dagster.settings import PROJECT_ROOT

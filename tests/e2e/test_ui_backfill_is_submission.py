@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 
-from conftest import new_database
+from pg_databases import new_database
 from webserver import dagster_ui, write_dagster_home
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate

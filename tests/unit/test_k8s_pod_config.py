@@ -258,7 +258,7 @@ def test_the_kubernetes_layer_uses_public_dagster_names_and_not_the_wiring():
 
 def test_helm_values_pass_the_official_chart_schema():
     # the chart's schema and the offline validator are vendored (tests/fixtures/dagster-helm/SOURCE.md)
-    tool = Path(__file__).parent / "fixtures" / "dagster-helm" / "validate_helm_values.py"
+    tool = Path(__file__).resolve().parents[1] / "fixtures" / "dagster-helm" / "validate_helm_values.py"
     out = subprocess.run([sys.executable, str(tool), str(PROJECT_ROOT / "helm-values.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 import yaml
-from conftest import new_database
 from dagster_helpers import wait_until
+from pg_databases import new_database
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.demo.run import dagster_daemon

@@ -22,7 +22,7 @@ from dagster_helpers import launch, tick
 from cpp_dagster.analysis import lifecycle
 from cpp_dagster.features.columns import BATCH_COLUMN as BATCH_KEY
 
-NF_CORE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting"
+NF_CORE = Path(__file__).resolve().parents[1] / "fixtures" / "nf-core-cellpainting"
 JUMP_IMAGES = ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito",
                "OrigBrightfield", "OrigBrightfield_L", "OrigBrightfield_H"]
 # The analysis pipeline's names for the corrected images (CorrectIlluminationApply).

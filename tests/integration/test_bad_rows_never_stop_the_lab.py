@@ -7,8 +7,8 @@ import json
 
 import psycopg2
 import pytest
-from conftest import new_database
 from dagster_helpers import tick
+from pg_databases import new_database
 from poison_rows import (
     MISSING_PIPELINE,
     MISSING_SUB_ID,

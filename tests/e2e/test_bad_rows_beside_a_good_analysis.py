@@ -9,8 +9,8 @@ import shutil
 
 import dagster as dg
 import psycopg2
-from conftest import new_database
 from dagster_helpers import wait_until
+from pg_databases import new_database
 from poison_rows import MISSING_PIPELINE, add_rule, automation_failures, insert_poison_rows
 from psycopg2 import sql
 

@@ -14,7 +14,7 @@ import pytest
 from cpp_dagster.analysis.loaddata import illumination_images, loaddata_csv, well_row_col
 from cpp_dagster.analysis.planning import Batch, IcfNaming, ImageSet, PlanningError, SubAnalysisOptions
 
-JUMP_EXAMPLE = Path(__file__).parent / "fixtures" / "nf-core-cellpainting" / "load_data.example.csv"
+JUMP_EXAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "nf-core-cellpainting" / "load_data.example.csv"
 JUMP_IMAGES = ("OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito",
                "OrigBrightfield", "OrigBrightfield_L", "OrigBrightfield_H")
 

@@ -9,8 +9,8 @@ import sys
 
 import dagster as dg
 import psutil
-from conftest import new_database
 from dagster_helpers import wait_until
+from pg_databases import new_database
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon

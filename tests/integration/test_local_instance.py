@@ -12,8 +12,8 @@ import time
 import urllib.request
 
 import dagster as dg
-from conftest import new_database
 from dagster_helpers import wait_until
+from pg_databases import new_database
 from webserver import free_port
 
 from cpp_dagster.local.environment import sqlalchemy_url

@@ -9,9 +9,9 @@ import subprocess
 
 import kubernetes_validate
 import pytest
-from conftest import new_database
 from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
+from pg_databases import new_database
 
 from cpp_dagster.k8s.executor import with_defaults
 from cpp_dagster.k8s.pod_config import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extras
 import pytest
-from conftest import new_database
+from pg_databases import new_database
 
 from cpp_dagster.settings import TrainingQueryLimits, load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, load_public_dataset, run_query

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import new_database
 from dagster_helpers import events, tick
+from pg_databases import new_database
 
 from cpp_dagster.settings import PROJECT_ROOT
 from cpp_dagster.training.compounds import load_public_dataset
@@ -23,6 +23,7 @@ from cpp_dagster.training.store import ConfigStore
 
 EXAMPLES = PROJECT_ROOT / "cpp_dagster" / "training" / "examples"
 SENSOR = "new_training_configurations"
+CPSIGN_STANDIN = Path(__file__).resolve().parents[1] / "support" / "cpsign_standin.py"
 
 
 @pytest.fixture(scope="session")
@@ -235,13 +236,13 @@ def test_bad_input_fails_the_run_clearly_and_publishes_nothing(lab, dagster_inst
 
 
 def use_cpsign_standin(tmp_path: Path, monkeypatch, **env: str) -> Path:
-    """The CPSign engine, with the stand-in of its CLI (tests/cpsign_standin.py) as the
+    """The CPSign engine, with the stand-in of its CLI (tests/support/cpsign_standin.py) as the
     command and a license file it checks; `env` tunes the stand-in. Returns the file
     where the stand-in records its command lines."""
     log, license_file = tmp_path / "cpsign-calls.jsonl", tmp_path / "cpsign.license"
     license_file.write_text("licensed to the lab")
     for key, value in {"CPP_TRAINING_ENGINE": "cpsign", "CPP_CPSIGN_LICENSE": str(license_file),
-                       "CPP_CPSIGN_COMMAND": f"{sys.executable} {Path(__file__).with_name('cpsign_standin.py')}",
+                       "CPP_CPSIGN_COMMAND": f"{sys.executable} {CPSIGN_STANDIN}",
                        "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_LICENSE": str(license_file), **env}.items():
         monkeypatch.setenv(key, value)
     return log

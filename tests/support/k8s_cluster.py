@@ -13,8 +13,8 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from conftest import new_database
 from k8s_standin import KubeStandIn
+from pg_databases import new_database
 
 from cpp_dagster.demo.register import DEMO_CP_VERSION
 from cpp_dagster.local.environment import sqlalchemy_url

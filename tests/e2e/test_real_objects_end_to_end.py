@@ -22,7 +22,7 @@ from dagster_helpers import events, launch, tick
 from cpp_dagster.demo.register import DEMO_CP_VERSION, register_plate
 from cpp_dagster.imagedb.rows import Image
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXAMPLEHUMAN = FIXTURES / "examplehuman"
 IMAGES = {"DNA": "AS_09125_050116030001_D03f00d0.tif", "PH3": "AS_09125_050116030001_D03f00d1.tif",
           "cellbody": "AS_09125_050116030001_D03f00d2.tif"}

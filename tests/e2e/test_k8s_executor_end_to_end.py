@@ -1,5 +1,5 @@
 """The demo analysis on "Kubernetes": the real K8sRunLauncher and k8s_job_executor talk
-HTTP to a local stand-in of the Kubernetes API (tests/k8s_standin.py), which runs every
+HTTP to a local stand-in of the Kubernetes API (tests/support/k8s_standin.py), which runs every
 Job's container command with its env as a local process. One Job per batch; every Job
 validates against the Kubernetes schema and carries the analysis's pod configuration when
 launched with the sensor's run config, the deployment's defaults when launched without."""
