@@ -1,5 +1,7 @@
 """The training ingestion query is one read-only statement with a time and a row limit,
-against the real embedded PostgreSQL and the real `compounds` table (the public set)."""
+against the real embedded PostgreSQL and the real `compounds` table (the public set).
+A configuration holding more than one statement is refused before it is stored:
+tests/unit/test_training_configuration_and_pods.py."""
 from __future__ import annotations
 
 import psycopg2
@@ -9,7 +11,6 @@ from pg_databases import new_database
 
 from cpp_dagster.settings import TrainingQueryLimits, load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, load_public_dataset, run_query
-from cpp_dagster.training.configuration import ConfigError, from_dict
 
 ROWS = 1282
 
@@ -35,13 +36,6 @@ def test_commit_inside_the_query_text_is_refused_and_deletes_nothing(compounds):
     with pytest.raises(CompoundDatabaseError, match="exactly one SQL statement.*3 statements"):
         run_query("compounds", "SELECT 1; COMMIT; DELETE FROM compounds", load_settings().training)
     assert count(compounds) == ROWS
-
-
-def test_a_configuration_holding_more_than_one_statement_is_refused_when_added():
-    raw = {"workflow": "w", "database": "compounds", "splits": 1, "model": {"predictor": "ACP_Regression"},
-           "query": "SELECT smiles, solubility AS label FROM compounds; DROP TABLE compounds"}
-    with pytest.raises(ConfigError, match="exactly one SQL statement"):
-        from_dict(raw)
 
 
 @pytest.mark.parametrize(("query", "refusal"), [

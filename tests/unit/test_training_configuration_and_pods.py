@@ -1,17 +1,15 @@
-"""Training configurations (schema, clear errors, content-addressed versions, the CLI) and
-the pods a training run gets on Kubernetes, built by dagster-k8s's own Job builder."""
+"""Training configurations (schema, clear errors, content-addressed versions) and the pods
+a training run gets on Kubernetes, built by dagster-k8s's own Job builder. The commands
+(`cpp-dagster train add/list`): tests/integration/test_training_config_command.py."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 
 import kubernetes_validate
 import pytest
 from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
-from pg_databases import new_database
 
 from cpp_dagster.k8s.executor import with_defaults
 from cpp_dagster.k8s.pod_config import (
@@ -69,22 +67,11 @@ def test_models_are_spread_over_the_splits():
     assert [p.models for p in split_params(config)] == [(0, 3, 6), (1, 4), (2, 5)]
 
 
-def test_cli_add_refuses_a_bad_file_and_stores_a_version_once(pg_server, tmp_path):
-    env = {**os.environ, "CPP_TRAINING_DB_URL": new_database(pg_server, "training")}
-    cli = [str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "train"]
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**EXAMPLE, "splits": "two"}))
-    result = subprocess.run([*cli, "add", str(bad)], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "splits must be an integer, got 'two'" in result.stderr
-
-    good = tmp_path / "good.json"
-    good.write_text(json.dumps(EXAMPLE))
-    first = subprocess.run([*cli, "add", str(good)], env=env, capture_output=True, text=True, timeout=120, check=True)
-    again = subprocess.run([*cli, "add", str(good), "--added-by", "ada"], env=env, capture_output=True, text=True,
-                           timeout=120, check=True)
-    assert json.loads(first.stdout)["new_version"] is True and json.loads(again.stdout)["new_version"] is False
-    listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert [json.loads(line)["partition_key"] for line in listed.stdout.splitlines()] == [json.loads(first.stdout)["partition_key"]]
+def test_a_configuration_holding_more_than_one_statement_is_refused_when_added():
+    raw = {"workflow": "w", "database": "compounds", "splits": 1, "model": {"predictor": "ACP_Regression"},
+           "query": "SELECT smiles, solubility AS label FROM compounds; DROP TABLE compounds"}
+    with pytest.raises(ConfigError, match="exactly one SQL statement"):
+        from_dict(raw)
 
 
 @pytest.fixture
