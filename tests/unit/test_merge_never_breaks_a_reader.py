@@ -1,10 +1,9 @@
 """The merge never breaks a reader: the key columns it adds never collide with a column
 CellProfiler exported (a JUMP LoadData `Metadata_Batch`), and a broken batch table is a
-clear error naming the batch and file, in Python and through `cpp-dagster merge`."""
+clear error naming the batch and file (through `cpp-dagster merge`:
+tests/integration/test_merge_command.py)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -12,7 +11,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from test_merge import make_batch, write_csv
+from batch_outputs import make_batch, two_batches, write_csv
 
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
 from cpp_dagster.features.merge import MergeError, merge_batches
@@ -65,10 +64,6 @@ def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read
     assert profiles["Metadata_Plate"].tolist() == ["BR00117035"] * 3
 
 
-def two_batches(tmp_path: Path) -> list[Path]:
-    return [make_batch(tmp_path / "src" / "batch_0001", 1), make_batch(tmp_path / "src" / "batch_0002", 2)]
-
-
 def test_a_zero_byte_table_is_an_error_naming_the_batch_and_file(tmp_path):
     dirs = two_batches(tmp_path)
     (dirs[1] / "MyExpt_Nuclei.csv").write_bytes(b"")
@@ -94,27 +89,3 @@ def test_an_object_table_with_a_header_only_is_zero_objects(tmp_path):
     assert result.tables["Cells"].rows == cells.num_rows == 4
     assert set(cells.column(BATCH_COLUMN).to_pylist()) == {"batch_0001"}
     assert cells.schema.field("AreaShape_Area").type == "float"
-
-
-def merge_cli(src: Path, dest: Path) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).with_name("cpp-dagster")
-    return subprocess.run([str(cli), "merge", str(src), str(dest)], capture_output=True, text=True, timeout=120)
-
-
-def test_the_merge_command_prints_one_readable_line_and_exits_2(tmp_path):
-    dirs = two_batches(tmp_path)
-    ok = merge_cli(tmp_path / "src", tmp_path / "dest")
-    assert ok.returncode == 0, ok.stderr
-    assert '"Cells"' in ok.stdout
-
-    (dirs[0] / "MyExpt_Cells.csv").write_bytes(b"")
-    broken = merge_cli(tmp_path / "src", tmp_path / "dest2")
-    assert broken.returncode == 2
-    assert broken.stdout == "" and "Traceback" not in broken.stderr
-    assert broken.stderr.count("\n") == 1
-    assert broken.stderr.startswith("cpp-dagster merge: batch batch_0001: its Cells table ")
-    assert "MyExpt_Cells.csv is empty (0 bytes" in broken.stderr
-
-    missing = merge_cli(tmp_path / "no-such-folder", tmp_path / "dest3")
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
-    assert "no-such-folder is not a folder of batch folders" in missing.stderr
