@@ -1,10 +1,10 @@
 """A pipeline that cannot run on the plan is refused at planning, before any batch runs,
 with a message that names the module or image; CellProfiler inspects each pipeline file
-once (real CellProfiler, real PostgreSQL, the real sensor and job)."""
+once (real CellProfiler, real PostgreSQL, the real sensor and job). The comparison
+itself, pure Python: tests/unit/test_pipeline_check_compares_needs_with_the_plan.py."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -14,11 +14,10 @@ import pytest
 from dagster_helpers import events, launch, tick
 
 from cpp_dagster.analysis import lifecycle, pipeline_check
-from cpp_dagster.analysis.pipeline_check import Export, ModuleBlock, PipelineCheckError, PipelineNeeds
+from cpp_dagster.analysis.pipeline_check import Export, PipelineCheckError, PipelineNeeds
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-DEMO_DYES = ("HOECHST", "CONC", "SYTO", "MITO", "PHAandWGA")
 JUMP_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "Brightfield_L", "Brightfield_H")
 RUN_CELLPOSE = """RunCellpose:[module_num:3|svn_version:'Unknown'|variable_revision_number:4|show_window:False|\
 notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
@@ -154,67 +153,3 @@ def test_public_jump_pipelines_pass_on_the_channels_they_are_written_for(tmp_pat
     assert pipeline_check.problems(jump_analysis, pipeline_file="lifecycle.cppipe", dyes=orig,
                                    illumination_images=illum, use_icf=True) == []
     assert len(list(cache_dir.iterdir())) == 2  # one inspection per file
-
-
-# The comparison itself: pure Python, no CellProfiler.
-
-EXPORT_ALL = (Export("ExportToSpreadsheet #9", True, ()),)
-LOADDATA = (ModuleBlock(1, "LoadData", True),)
-
-
-def loaddata_pipeline(*, needs_images=None, exports=EXPORT_ALL, modules=LOADDATA) -> PipelineNeeds:
-    return PipelineNeeds(modules=tuple(modules), load_error=None, image_inputs=("LoadData",),
-                         needs_images=needs_images or {"HOECHST": ("IdentifyPrimaryObjects #2",)},
-                         exports=tuple(exports))
-
-
-def refusal(needs: PipelineNeeds, use_icf: bool = False, files_only_allowed: bool = False) -> str:
-    with pytest.raises(PipelineCheckError) as refused:
-        pipeline_check.check(needs, pipeline_file="p.cppipe", dyes=DEMO_DYES, use_icf=use_icf,
-                             illumination_images={f"ICF_{d}" for d in DEMO_DYES},
-                             files_only_allowed=files_only_allowed)
-    return str(refused.value)
-
-
-def test_explicit_export_list_without_the_image_table_is_refused():
-    message = refusal(loaddata_pipeline(exports=[Export("ExportToSpreadsheet #9", False, ("Nuclei", "Cells"))]))
-    assert "does not export the Image table: in ExportToSpreadsheet #9 choose 'Export all measurement types'" \
-        in message
-
-
-def test_use_icf_with_a_pipeline_that_loads_no_illumination_image_is_refused():
-    message = refusal(loaddata_pipeline(), use_icf=True)
-    assert message.startswith("use_icf is set but pipeline 'p.cppipe' loads no illumination image (ICF_CONC, ")
-
-
-def test_illumination_images_without_use_icf_say_so():
-    message = refusal(loaddata_pipeline(needs_images={"HOECHST": ("A #2",), "ICF_HOECHST": ("B #3",)}))
-    assert "ICF_HOECHST (used by B #3)" in message and message.endswith("the illumination images need use_icf")
-
-
-def test_a_disabled_module_that_cannot_load_is_no_problem_and_every_problem_is_listed_at_once():
-    modules = [ModuleBlock(1, "LoadData", True), ModuleBlock(2, "RunCellpose", False, "ValueError: not found"),
-               ModuleBlock(3, "RunStarDist", True, "ValueError: not found")]
-    message = refusal(loaddata_pipeline(modules=modules, exports=[],
-                                        needs_images={"OrigDNA": ("IdentifyPrimaryObjects #4",)}))
-    assert message.startswith("3 problems: ")
-    assert "RunStarDist #3 (ValueError: not found)" in message and "RunCellpose" not in message
-    assert "exports no tables" in message and "OrigDNA (used by IdentifyPrimaryObjects #4)" in message
-
-
-def test_a_step_others_depend_on_may_write_files_only():
-    modules = [ModuleBlock(1, "LoadData", True), ModuleBlock(2, "SaveImages", True)]
-    files_only = loaddata_pipeline(modules=modules, exports=[])
-    pipeline_check.check(files_only, pipeline_file="p.cppipe", dyes=DEMO_DYES, illumination_images=(),
-                         use_icf=False, files_only_allowed=True)
-    assert "exports no tables" in refusal(files_only)
-
-
-def test_the_cache_key_follows_the_file_content_and_the_cellprofiler_build(tmp_path):
-    a, b = tmp_path / "a.cppipe", tmp_path / "b.cppipe"
-    a.write_text("same")
-    shutil.copyfile(a, b)
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") == pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(a, "/cp2/bin/cellprofiler")
-    b.write_text("changed")
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
