@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from analysis_failures import assert_failed, run_once, submit
+from analysis_failures import assert_failed, run_once
 from dagster_helpers import events
+from submissions import submit
 
 from cpp_dagster.demo.register import register_plate
 

@@ -1,6 +1,7 @@
 """A failed or cancelled run that is still finishing never changes the re-run that
 replaced it (its row in imagedb, its work folders, its results), and a sub-analysis is
-run by one run at a time. Real imagedb, real CellProfiler, real Dagster runs and sensors."""
+run by one run at a time. Real imagedb, real CellProfiler, real Dagster runs and sensors.
+imagedb's refusal of a stale write alone: tests/integration/test_stale_and_simultaneous_writes_to_imagedb.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,19 +12,12 @@ import uuid
 import dagster as dg
 import pytest
 from dagster_helpers import events, launch, tick
+from submissions import submit
 
 from cpp_dagster.analysis import lifecycle
-from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
+from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, register_plate
 from cpp_dagster.features.results_folder import versions_dir
 from cpp_dagster.imagedb.store import RunStamp, StaleRunError
-
-
-def submit(lab, acq: int, batch_size: int, **sub_meta) -> int:
-    meta = demo_pipeline_meta(batch_size=batch_size)
-    meta["sub_analyses"][0].update(sub_meta)
-    name = f"race-{uuid.uuid4().hex[:6]}"
-    lab.db.put_pipeline(name, meta)
-    return lab.db.submit_analysis(acq, name).sub_ids[0]
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -157,51 +151,3 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     assert lab.db.sub_analysis(sub_id) == before  # imagedb unchanged, no second plan
     assert lab.db.analysis_of_run(ui.run_id) is None  # and nothing submitted
     assert sorted(p.name for p in lifecycle.work_dir(lab.settings, sub_id).iterdir()) == ["batch_0000"]
-
-
-def test_progress_of_batches_finishing_at_once_is_never_lost(lab):
-    """status is updated under a row lock: sixteen batches reporting at the same moment
-    are all counted."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cpp_dagster.demo.register import DEMO_PIPELINE
-
-    acq = lab.db.add_plate_acquisition("BUSY", channel_map_id=1, folder="/nowhere")
-    sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
-    stamp = RunStamp(0, "run-busy")
-    assert lab.db.mark_sub_started(sub_id, batches=16, image_sets=16, stamp=stamp)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda i: lab.db.record_batch_finished(sub_id, f"batch_{i:04d}", stamp), range(16)))
-    status = lab.db.sub_analysis(sub_id).status
-    assert status["finished_batches"] == [f"batch_{i:04d}" for i in range(16)]
-    assert status["message"].startswith("16 / 16 batches finished")
-
-
-def test_a_refused_stale_write_is_in_the_run_log_the_lab_reads(lab, tmp_path):
-    """A failure hook of a stale run has its write refused by imagedb; the warning saying so
-    reaches the run's event log in the UI, through the project's dagster.yaml
-    (`python_logs`: the `cpp_dagster` loggers are Dagster-managed)."""
-    import yaml
-
-    from cpp_dagster.settings import PROJECT_ROOT
-
-    python_logs = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["python_logs"]
-    acq = register_plate(lab.db, lab.settings, barcode="STALE-LOG", wells=["B02"], sites=[1], seed=2)
-    sub_id = submit(lab, acq, batch_size=1)
-    lab.db.mark_sub_started(sub_id, batches=1, image_sets=1, stamp=RunStamp(0, "the-current-run"))
-
-    @dg.op
-    def late_failure_of_an_old_run():
-        assert not lab.db.mark_sub_failed(sub_id, "late failure", RunStamp(0, "an-old-run"))
-
-    @dg.job
-    def old_run():
-        late_failure_of_an_old_run()
-
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(overrides={"python_logs": python_logs}, temp_dir=str(tmp_path / "home")) as instance:
-        result = old_run.execute_in_process(instance=instance)
-        assert result.success
-        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    assert any("refused" in m and f"sub-analysis {sub_id} belongs to a newer run" in m for m in logs), logs
-    assert lab.db.sub_analysis(sub_id).error is None

@@ -8,8 +8,9 @@ import uuid
 
 import dagster as dg
 import pytest
-from analysis_failures import assert_failed, run_once, submit
+from analysis_failures import assert_failed, run_once
 from dagster_helpers import events, tick
+from submissions import submit
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.demo.synthetic_plate import write_plate

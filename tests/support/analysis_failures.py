@@ -1,21 +1,9 @@
-"""A variant of the demo analysis submitted, run once as the daemon would, and its failure
-checked in imagedb and Dagster: for the tests that every failure reaches imagedb."""
+"""An analysis run once as the daemon would, and its failure checked in imagedb and
+Dagster: for the tests that every failure reaches imagedb."""
 from __future__ import annotations
-
-import uuid
 
 import dagster as dg
 from dagster_helpers import launch, tick
-
-from cpp_dagster.demo.register import demo_pipeline_meta
-
-
-def submit(lab, acq: int, **sub_meta) -> int:
-    meta = demo_pipeline_meta(batch_size=2)
-    meta["sub_analyses"][0].update(sub_meta)
-    name = f"custom-{uuid.uuid4().hex[:6]}"
-    lab.db.put_pipeline(name, meta)
-    return lab.db.submit_analysis(acq, name).sub_ids[0]
 
 
 def run_once(lab, instance, sub_id: int) -> dg.DagsterRun:
