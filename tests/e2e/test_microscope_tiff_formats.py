@@ -2,7 +2,8 @@
 write them: 16-bit LZW (Phenix, Operetta, ImageXpress), Deflate and Zstd, 8-bit, and a
 full 2160x2160 field, with the intensities of the uncompressed file. Real CellProfiler
 runs a tiny pipeline (LoadData, MeasureImageIntensity, ExportToSpreadsheet) on a LoadData
-CSV the project writes; the synthetic plate writes LZW by default."""
+CSV the project writes. That the synthetic plate writes LZW by default:
+tests/integration/test_synthetic_plate_writes_lzw_tiffs.py."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,6 @@ import tifffile
 
 from cpp_dagster.analysis import cellprofiler, loaddata, planning
 from cpp_dagster.demo import synthetic_plate
-from cpp_dagster.demo.register import register_plate
 from cpp_dagster.settings import PROJECT_ROOT
 
 CP_PYTHON = PROJECT_ROOT / ".venv-cp" / "bin" / "python"
@@ -87,26 +87,3 @@ def test_cellprofiler_reads_compressed_8_and_16_bit_and_2160px_tiffs_with_uncomp
         assert mean[name] == pytest.approx(pixels[name].mean() / (2**bits - 1), rel=1e-6)
     assert float(row[f"Intensity_TotalArea_{BIG}"]) == 2160 * 2160
     assert mean[BIG] == pytest.approx(pixels[BIG].mean() / 65535, rel=1e-6)
-
-
-def test_synthetic_plate_writes_lzw_tiffs_of_any_dyes_and_size_by_default(db, settings):
-    jump = ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito", "OrigBrightfield", "OrigBrightfield_L",
-            "OrigBrightfield_H"]
-    acq = register_plate(db, settings, barcode="LZW", wells=["B02"], sites=[1], dyes=jump, channel_map_id=8,
-                         size=120)
-    assert db.channel_map(8) == {i + 1: dye for i, dye in enumerate(jump)}
-    files = sorted(Path(im.path) for im in db.images(acq))
-    assert len(files) == 8
-    for path in files:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            assert (page.compression, page.dtype, page.shape) == (tifffile.COMPRESSION.LZW, np.uint16, (120, 120))
-    uncompressed = synthetic_plate.write_plate(settings.nas_root / "plain", "PLAIN", ["B02"], [1], seed=1,
-                                               size=120, dyes=jump, compression="none")
-    for record in uncompressed:
-        with tifffile.TiffFile(record["path"]) as tif:
-            assert tif.pages[0].compression == tifffile.COMPRESSION.NONE
-        same = settings.nas_root / "images" / "LZW" / Path(record["path"]).name.replace("PLAIN", "LZW")
-        assert np.array_equal(tifffile.imread(record["path"]), tifffile.imread(same))
-    with pytest.raises(ValueError, match="compression 'jpeg' is not one of none, lzw, deflate, zstd"):
-        synthetic_plate.write_plate(settings.nas_root / "x", "X", ["B02"], [1], seed=1, compression="jpeg")
