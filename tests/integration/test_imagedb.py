@@ -6,7 +6,7 @@ import psycopg2
 import pytest
 
 from cpp_dagster.imagedb.rows import Image
-from cpp_dagster.imagedb.store import ImageDB, ImageDBError, progress_message
+from cpp_dagster.imagedb.store import ImageDB, ImageDBError
 
 TWO_STEP = {
     "analysis_meta": {"note": "qc then features"},
@@ -108,12 +108,6 @@ def test_progress_is_counted_once_per_batch(db):
     message = db.record_batch_finished(sub, "batch_0000")  # a retried batch reports twice
     assert message.startswith("1 / 3 batches finished, ~") and message.endswith(" h left")
     assert db.sub_analysis(sub).status["message"] == message
-
-
-def test_progress_message_format():
-    assert progress_message(3, 4, 3 * 3600) == "3 / 4 batches finished, ~1.0 h left"
-    assert progress_message(4, 4, 100) == "4 / 4 batches finished, ~0.0 h left"
-    assert progress_message(0, 4, 0) == "0 / 4 batches finished, ~? h left"
 
 
 def test_analysis_finishes_with_its_last_sub_analysis(db):
