@@ -1,5 +1,6 @@
 """Opt-in: against a real cluster named by CPP_K8S_TEST_CONTEXT (a kube context, e.g.
-`kind-cpp`). Skipped otherwise. See README "Deploying on Kubernetes" for a kind recipe.
+`kind-cpp`). Skipped otherwise. A kind recipe: docs/deploy.md, "How it is tested without a
+cluster".
 
 1. The batch Job of the demo analysis, built by dagster-k8s's own construct_dagster_k8s_job
    with the project's pod settings, is accepted by the real API server (server-side
@@ -26,7 +27,7 @@ CONTEXT = os.environ.get("CPP_K8S_TEST_CONTEXT")
 NAMESPACE = os.environ.get("CPP_K8S_TEST_NAMESPACE", "default")
 pytestmark = pytest.mark.skipif(
     not CONTEXT, reason="CPP_K8S_TEST_CONTEXT is not set: no Kubernetes cluster to test against "
-                        "(set it to a kube context, e.g. kind-cpp; README 'Deploying on Kubernetes')")
+                        "(set it to a kube context, e.g. kind-cpp; docs/deploy.md 'How it is tested without a cluster')")
 
 
 def batch_job(image: str | None = None, args: list[str] | None = None):
