@@ -7,7 +7,7 @@ CP_VENV := .venv-cp
 UV := $(VENV)/bin/uv
 CPP := $(VENV)/bin/cpp-dagster
 
-.PHONY: install demo dev test pipeline clean-local clean
+.PHONY: install demo dev test test-fast pipeline clean-local clean
 
 install: $(VENV)/.installed $(CP_VENV)/.installed
 
@@ -39,10 +39,20 @@ demo: install
 dev: install
 	$(CPP) dev
 
+# Every test, e2e included (real CellProfiler, the daemon, the webserver, `make demo`);
+# CI runs this (.ci/run). The 15 slowest tests are listed at the end.
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -p no:cacheprovider --durations=15
+
+# The quick check while editing: the unit and integration rooms (tests/unit,
+# tests/integration): no CellProfiler, no daemon, no webserver, so the CellProfiler
+# environment is not needed. Goal: under 3 minutes on a 2-core machine.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -m "unit or integration" --durations=15 tests/unit tests/integration
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,
 # and the illumination-correction pair (demo_icf.cppipe, demo_features_icf.cppipe).

@@ -1,21 +1,47 @@
 """Real parts for tests: an embedded PostgreSQL server for the session, a fresh imagedb
-database per test, a NAS folder per test, and a PostgreSQL-backed Dagster instance."""
+database per test, a NAS folder per test, and a PostgreSQL-backed Dagster instance.
+
+Every test lives in a room, and its folder gives it its marker:
+  tests/unit/         `unit`: pure functions; no database, no process started, no Dagster instance
+  tests/integration/  `integration`: real PostgreSQL and/or Dagster in-process, servers on
+                      127.0.0.1; no CellProfiler (not even a pipeline inspection), no daemon,
+                      no webserver
+  tests/e2e/          `e2e`: real CellProfiler, dagster-daemon, the webserver or dagster dev,
+                      `make demo`, the Kubernetes stand-in end to end, a real cluster
+`make test-fast` runs `-m "unit or integration"`, `make test` everything. The helpers in
+tests/support/ import as top-level modules from every room (pytest's `pythonpath`)."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pg_databases import new_database
 
 from cpp_dagster.imagedb.store import ImageDB
 from cpp_dagster.local.environment import sqlalchemy_url
-from cpp_dagster.local.postgres import ensure_database
 from cpp_dagster.settings import PROJECT_ROOT, Settings, load_settings
+
+TESTS = Path(__file__).resolve().parent
+ROOMS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its room (the folder under tests/ it lives in); a test file
+    outside every room is an error, since no lane would run it."""
+    for item in items:
+        path = Path(item.path).resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        room = path.relative_to(TESTS).parts[0]
+        if room not in ROOMS:
+            raise pytest.UsageError(f"{path.relative_to(TESTS.parent)} is in no room: move it to tests/unit, "
+                                    "tests/integration or tests/e2e (see tests/conftest.py)")
+        item.add_marker(getattr(pytest.mark, room))
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +57,6 @@ def pg_server():
     yield server
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)
-
-
-def new_database(server, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    ensure_database(server.get_uri(), name)
-    return server.get_uri(database=name)
 
 
 @pytest.fixture

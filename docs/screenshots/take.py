@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # the UI harness of the acceptance tests
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the UI harness of the acceptance tests
 
 from webserver import DagsterUI, dagster_ui, write_dagster_home  # noqa: E402
 
