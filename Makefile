@@ -43,6 +43,7 @@ dev: install
 # CI runs this (.ci/run). The 15 slowest tests are listed at the end.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -p no:cacheprovider --durations=15
 
@@ -51,6 +52,7 @@ test: install
 # environment is not needed. Goal: under 3 minutes on a 2-core machine.
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -p no:cacheprovider -m "unit or integration" --durations=15 tests/unit tests/integration
 

@@ -8,6 +8,7 @@ process importing Dagster and the project) and each step's work (STEP_START -> e
 Run it after `make demo` (it reads the local deployment's instance, .cpp/). Figures are
 seconds; "critical path start-up" sums the start-up of the steps that gate the run's end.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def report(p: dict) -> list[str]:
     queued = first.get("RUN_ENQUEUED", created)
     starting = first.get("RUN_STARTING", queued)
     start = first.get("RUN_START", starting)
-    lines = [f"run: in the queue {starting - queued:5.1f} s, run worker start-up {start - starting:5.1f} s, "
-             f"RUN_START -> end {p['end'] - start:6.1f} s"]
+    lines = [
+        f"run: in the queue {starting - queued:5.1f} s, run worker start-up {start - starting:5.1f} s, "
+        f"RUN_START -> end {p['end'] - start:6.1f} s"
+    ]
     lines.append(f"{'step':58} {'start-up':>9} {'work':>8}")
     startups = []
     for key, s in sorted(p["steps"].items(), key=lambda kv: kv[1].get("worker", kv[1].get("start", 0))):
@@ -55,11 +58,15 @@ def report(p: dict) -> list[str]:
         work = s["end"] - s["start"] if "end" in s and "start" in s else None
         if startup is not None:
             startups.append(startup)
-        lines.append(f"{key[:58]:58} {startup if startup is not None else float('nan'):9.1f} "
-                     f"{work if work is not None else float('nan'):8.1f}")
+        lines.append(
+            f"{key[:58]:58} {startup if startup is not None else float('nan'):9.1f} "
+            f"{work if work is not None else float('nan'):8.1f}"
+        )
     if startups:
-        lines.append(f"step start-up: mean {sum(startups) / len(startups):.1f} s, max {max(startups):.1f} s "
-                     f"over {len(startups)} steps")
+        lines.append(
+            f"step start-up: mean {sum(startups) / len(startups):.1f} s, max {max(startups):.1f} s "
+            f"over {len(startups)} steps"
+        )
     return lines
 
 

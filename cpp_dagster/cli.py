@@ -1,4 +1,5 @@
 """The `cpp-dagster` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,14 @@ def _echo(line: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cpp_dagster.demo.run import run_demo
 
-    result = run_demo(wells=args.wells, sites=args.sites, batch_size=args.batch_size, seed=args.seed,
-                      timeout_s=args.timeout, echo=_echo)
+    result = run_demo(
+        wells=args.wells,
+        sites=args.sites,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        echo=_echo,
+    )
     print(json.dumps(result), flush=True)
     return 0 if result["db"]["finish"] and not result["db"]["error"] else 1
 
@@ -29,8 +36,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = {**os.environ, **local_env.environment()}
     apply_schemas()
     local_env.pin_pool_limits(env)
-    return ui.run_dev(PROJECT_ROOT / "workspace.yaml", args.host, args.port, env,
-                      open_browser=not args.no_browser, echo=_echo)
+    return ui.run_dev(
+        PROJECT_ROOT / "workspace.yaml", args.host, args.port, env, open_browser=not args.no_browser, echo=_echo
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -48,8 +56,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         _echo(f"cpp-dagster merge: {message}")
         return 2
-    print(json.dumps({name: {"path": str(t.path), "rows": t.rows, "columns": t.columns, "drift": list(t.drift)}
-                      for name, t in result.tables.items()}))
+    print(
+        json.dumps(
+            {
+                name: {"path": str(t.path), "rows": t.rows, "columns": t.columns, "drift": list(t.drift)}
+                for name, t in result.tables.items()
+            }
+        )
+    )
     return 0
 
 
@@ -64,17 +78,21 @@ def _imagedb():
 
 def cmd_submit(args: argparse.Namespace) -> int:
     submitted = _imagedb().submit_analysis(
-        args.plate_acquisition, args.pipeline, priority=args.priority,
-        overrides={"well_filter": args.wells or None, "site_filter": args.sites or None,
-                   "cp_version": args.cp_version})  # unset: the pipeline's own
+        args.plate_acquisition,
+        args.pipeline,
+        priority=args.priority,
+        overrides={"well_filter": args.wells or None, "site_filter": args.sites or None, "cp_version": args.cp_version},
+    )  # unset: the pipeline's own
     print(json.dumps({"analysis_id": submitted.analysis_id, "sub_analysis_ids": submitted.sub_ids}))
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     generation = _imagedb().rerun_sub_analysis(args.sub_id)
-    _echo(f"sub-analysis {args.sub_id} re-submitted (re-run {generation}); the sensor launches it, "
-          "reusing the outputs of batches that finished before")
+    _echo(
+        f"sub-analysis {args.sub_id} re-submitted (re-run {generation}); the sensor launches it, "
+        "reusing the outputs of batches that finished before"
+    )
     return 0
 
 
@@ -114,8 +132,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as e:
         _echo(f"cpp-dagster gc: {e}")
         return 2
-    outcomes = work_area.collect(ImageDB(imagedb_url(settings)), settings.work_root, settings.nas_root, days,
-                                 dry_run=args.dry_run, expire_failed=args.expire_failed)
+    outcomes = work_area.collect(
+        ImageDB(imagedb_url(settings)),
+        settings.work_root,
+        settings.nas_root,
+        days,
+        dry_run=args.dry_run,
+        expire_failed=args.expire_failed,
+    )
     print("\n".join(work_area.report_lines(outcomes, dry_run=args.dry_run)), flush=True)
     return 0
 
@@ -126,7 +150,8 @@ def apply_schemas() -> list[str]:
     CPP_TRAINING_DB_URL is set or the deployment is the local one (no CPP_IMAGEDB_URL)."""
     from cpp_dagster.imagedb.store import ImageDB
     from cpp_dagster.local.environment import imagedb_url, training_db_url
-    from cpp_dagster.settings import load_settings, redact_url
+    from cpp_dagster.setting_rules import redact_url
+    from cpp_dagster.settings import load_settings
     from cpp_dagster.training.store import ConfigStore
 
     settings = load_settings()
@@ -180,8 +205,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the outcome")
     demo.set_defaults(fn=cmd_demo)
 
-    dev = sub.add_parser("dev", help="Dagster UI (webserver + daemon) over the local instance; "
-                                     "prints (and opens) the asset graph's URL")
+    dev = sub.add_parser(
+        "dev", help="Dagster UI (webserver + daemon) over the local instance; prints (and opens) the asset graph's URL"
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--no-browser", action="store_true", help="only print the URL of the asset graph")
@@ -205,39 +231,56 @@ def parser() -> argparse.ArgumentParser:
     rerun.add_argument("sub_id", type=int)
     rerun.set_defaults(fn=cmd_rerun)
 
-    status = sub.add_parser("status", help="the lab overview: each sub-analysis's state, why it waits, "
-                                           "its progress, failure or result folder")
+    status = sub.add_parser(
+        "status",
+        help="the lab overview: each sub-analysis's state, why it waits, its progress, failure or result folder",
+    )
     status.add_argument("--plate", metavar="BARCODE", help="only this plate barcode")
-    status.add_argument("--all", action="store_true",
-                        help="every analysis, not only the latest per plate acquisition and pipeline")
+    status.add_argument(
+        "--all", action="store_true", help="every analysis, not only the latest per plate acquisition and pipeline"
+    )
     status.add_argument("--json", action="store_true", help="a JSON list of rows, for scripts")
     status.set_defaults(fn=cmd_status)
 
-    gc = sub.add_parser("gc", help="remove the work area (batch CSVs and Parquet) of sub-analyses that finished "
-                                   "longer ago than the retention; prints what it freed")
+    gc = sub.add_parser(
+        "gc",
+        help="remove the work area (batch CSVs and Parquet) of sub-analyses that finished "
+        "longer ago than the retention; prints what it freed",
+    )
     gc.add_argument("--dry-run", action="store_true", help="remove nothing, print what would be freed")
-    gc.add_argument("--retention-days", type=float, metavar="N",
-                    help="keep work areas of sub-analyses that finished less than N days ago "
-                         "(default: CPP_WORK_RETENTION_DAYS, else 7)")
-    gc.add_argument("--expire-failed", action="store_true",
-                    help="also remove failed sub-analyses' work areas once the retention has run out since "
-                         "their failure (by default a failed one is kept for its re-run)")
+    gc.add_argument(
+        "--retention-days",
+        type=float,
+        metavar="N",
+        help="keep work areas of sub-analyses that finished less than N days ago "
+        "(default: CPP_WORK_RETENTION_DAYS, else 7)",
+    )
+    gc.add_argument(
+        "--expire-failed",
+        action="store_true",
+        help="also remove failed sub-analyses' work areas once the retention has run out since "
+        "their failure (by default a failed one is kept for its re-run)",
+    )
     gc.set_defaults(fn=cmd_gc)
 
     db = sub.add_parser("db", help="imagedb administration").add_subparsers(dest="db_command", required=True)
-    db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(fn=cmd_db_init)
+    db.add_parser("init", help="create the tables of imagedb and the training store (idempotent)").set_defaults(
+        fn=cmd_db_init
+    )
 
     settings = sub.add_parser("settings", help="every CPP_* setting in effect (checked; secrets redacted)")
-    settings.add_argument("--markdown", action="store_true",
-                          help="the table of every setting, its meaning and default (the README's)")
+    settings.add_argument(
+        "--markdown", action="store_true", help="the table of every setting, its meaning and default (the README's)"
+    )
     settings.set_defaults(fn=cmd_settings)
 
     from cpp_dagster.train_cli import add_parser as add_train_parser
 
     add_train_parser(sub)
 
-    loc = sub.add_parser("local", help="the embedded local deployment").add_subparsers(dest="local_command",
-                                                                                        required=True)
+    loc = sub.add_parser("local", help="the embedded local deployment").add_subparsers(
+        dest="local_command", required=True
+    )
     loc.add_parser("env", help="print the environment of the local deployment").set_defaults(fn=cmd_local_env)
     loc.add_parser("stop", help="stop the embedded PostgreSQL").set_defaults(fn=cmd_local_stop)
     return p

@@ -2,6 +2,7 @@
 the deployment's executor. Loaded by workspace.yaml and by [tool.dagster] in pyproject
 (`defs`, built when the code location loads, never at import). The settings are read
 once, here, and passed down."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -26,10 +27,14 @@ def build_defs() -> dg.Definitions:
         executor=deployment.executor(settings),
     )
     return dg.Definitions.merge(
-        analysis_defs(launching, deployment.batch_retry_policy(settings),
-                      overview_interval_s=settings.launch.overview_interval_s),
-        training_defs(deployment.split_retry_policy(settings), sensor_interval_s=launching.interval_s,
-                      run_config=deployment.training_run_config(settings)),
+        analysis_defs(
+            launching, deployment.batch_retry_policy(settings), overview_interval_s=settings.launch.overview_interval_s
+        ),
+        training_defs(
+            deployment.split_retry_policy(settings),
+            sensor_interval_s=launching.interval_s,
+            run_config=deployment.training_run_config(settings),
+        ),
         shared,
     )
 

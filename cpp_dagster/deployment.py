@@ -8,6 +8,7 @@ materializations and backfills (those use the implicit asset job). On Kubernetes
 launch sensor also checks that the deployment has an image for a sub-analysis's
 cp_version before launching it, and gives each run its per-step pod settings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,13 +34,17 @@ def executor(settings: Settings) -> dg.ExecutorDefinition:
         from cpp_dagster.k8s.executor import k8s_executor
         from cpp_dagster.k8s.pod_config import PodSettings
 
-        return k8s_executor(PodSettings.load(settings.launch.k8s_config), settings.training.engine, analysis_steps=OP_NAMES)
+        return k8s_executor(
+            PodSettings.load(settings.launch.k8s_config), settings.training.engine, analysis_steps=OP_NAMES
+        )
     if settings.launch.executor == "in_process":
         return dg.in_process_executor
-    return dg.multiprocess_executor.configured({
-        "max_concurrent": settings.launch.max_concurrent,
-        "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}},
-    })
+    return dg.multiprocess_executor.configured(
+        {
+            "max_concurrent": settings.launch.max_concurrent,
+            "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}},
+        }
+    )
 
 
 def launching(settings: Settings) -> Launching:
@@ -57,8 +62,12 @@ def launching(settings: Settings) -> Launching:
         ids = AnalysisIds(ready.plate_acquisition_id, ready.analysis_id, ready.sub_id)
         return analysis_run_config(pods, options, ids, steps=OP_NAMES)
 
-    return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests,
-                     check=lambda options: pods.image_for(options.cp_version), run_config=run_config)
+    return Launching(
+        interval_s=launch.sensor_interval_s,
+        max_requests=launch.sensor_max_requests,
+        check=lambda options: pods.image_for(options.cp_version),
+        run_config=run_config,
+    )
 
 
 def training_run_config(settings: Settings) -> Callable[[str], dict]:
@@ -73,8 +82,11 @@ def training_run_config(settings: Settings) -> Callable[[str], dict]:
 def batch_retry_policy(settings: Settings) -> dg.RetryPolicy:
     """Crashes, evictions and killed step processes are retried; a batch killed by its
     job_timeout is not, unless CPP_RETRY_TIMEOUTS=true (see steps.run_cellprofiler)."""
-    return dg.RetryPolicy(max_retries=settings.launch.batch_retries, delay=settings.launch.batch_retry_delay_s,
-                          backoff=dg.Backoff.EXPONENTIAL)
+    return dg.RetryPolicy(
+        max_retries=settings.launch.batch_retries,
+        delay=settings.launch.batch_retry_delay_s,
+        backoff=dg.Backoff.EXPONENTIAL,
+    )
 
 
 def split_retry_policy(settings: Settings) -> dg.RetryPolicy:

@@ -1,6 +1,7 @@
 """Kubernetes label values: what any value that becomes a pod label (or an image tag)
 must be. At most 63 characters of letters, digits, `-`, `_` and `.`, beginning and ending
 with a letter or digit (kubernetes.io: "Labels and Selectors", syntax and character set)."""
+
 from __future__ import annotations
 
 import re

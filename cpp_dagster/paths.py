@@ -17,6 +17,7 @@ name a file or folder only below its root:
 Each refusal is an `UnsafePathError` (a ValueError) whose message names the value and
 what it was meant to be, for the scientist who typed it.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """PostgreSQL the way the project talks to it: one transaction at a time, values as parameters."""
+
 from __future__ import annotations
 
 import threading

@@ -10,145 +10,41 @@ a `CPP_*` variable. The README's configuration table is `cpp-dagster settings --
 (a test checks they agree). Secrets (a password inside a database URL, the registry
 token) never appear in a repr or a log line: see `redact_url`.
 """
+
 from __future__ import annotations
 
-import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cpp_dagster.setting_rules import (
+    Group,
+    SettingsError,
+    Spec,
+    boolean,
+    command,
+    count,
+    days,
+    duration,
+    group,
+    one_of,
+    path,
+    positive_int,
+    positive_number,
+    setting,
+    shown_value,
+    spec_of,
+    url_template,
+)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPOUND_DATABASE = re.compile(r"CPP_DATABASE_([A-Z0-9_]+)_URL")
 COMPOUND_DATABASES = "CPP_DATABASE_<NAME>_URL"  # the family of variables above, one row in the table
-
-
-class SettingsError(ValueError):
-    """One or more `CPP_*` variables hold a value that cannot be used; one line each."""
-
-
-def redact_url(url: str) -> str:
-    """A database URL fit for a log line: the password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-# --- parsers: raw text -> value, or ValueError saying what is expected -------------------
-
-def text(raw: str) -> str:
-    return raw
-
-
-def path(raw: str) -> Path:
-    return Path(raw).expanduser().resolve()
-
-
-def _number(kind: type, zero_allowed: bool, expected: str) -> Callable[[str], Any]:
-    def parse(raw: str):
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ValueError(f"expected {expected}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-            raise ValueError(f"expected {expected}")
-        return value
-    return parse
-
-
-positive_number = _number(float, False, "a positive number")
-positive_int = _number(int, False, "a positive whole number")
-count = _number(int, True, "a whole number, 0 or more")
-duration = _number(float, True, "a number of seconds, 0 or more")
-days = _number(float, True, "a number of days, 0 or more (e.g. 7 or 0.5)")
-
-
-def boolean(raw: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError("expected " + " or ".join(f"'{c}'" for c in choices))
-        return raw
-    return parse
-
-
-def command(raw: str) -> tuple[str, ...]:
-    try:
-        return tuple(shlex.split(raw))
-    except ValueError as error:
-        raise ValueError(f"not a command line ({error})") from None
-
-
-def url_template(raw: str) -> str:
-    if "{path}" not in raw:
-        raise ValueError("must contain {path}, e.g. https://files.lab/{path}")
-    return raw
-
-
-# --- declaring a setting ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Spec:
-    """How one field is read: its variable, what it means, its default as the README shows
-    it, how its text is parsed, and whether it is a secret (`url`: redact the password;
-    `token`: never shown)."""
-
-    variable: str
-    meaning: str
-    shown_default: str
-    parse: Callable[[str], Any]
-    default: Any = None
-    derived: Callable[[Callable[[str], Any]], Any] | None = None
-    secret: str | None = None
-
-
-def setting(variable: str, meaning: str, default: Any = None, parse: Callable[[str], Any] = text, *,
-            shown: str | None = None, derived: Callable | None = None, secret: str | None = None) -> Any:
-    """A dataclass field read from `variable`. `derived(get)` computes a default from other
-    variables (`get("CPP_NAS_ROOT")`); such a field has no default when built by hand."""
-    if shown is None:
-        shown = "unset" if default is None else (str(default).lower() if isinstance(default, bool)
-                                                 else f"`{default}`" if isinstance(default, str) else str(default))
-    spec = Spec(variable, meaning, shown, parse, default, derived, secret)
-    if derived is not None:
-        return field(metadata={"setting": spec})
-    return field(default=default, metadata={"setting": spec})
-
-
-def _shown(value: Any, secret: str | None) -> Any:
-    if value is None or not secret:
-        return value
-    if secret == "url":
-        return redact_url(value) if isinstance(value, str) else tuple((k, redact_url(v)) for k, v in value)
-    return "***"
-
-
-class _Group:
-    """A frozen group of settings whose repr never shows a secret."""
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={_shown(getattr(self, f.name), _spec(f) and _spec(f).secret)!r}"
-                          for f in fields(self))
-        return f"{type(self).__name__}({shown})"
-
-    __str__ = __repr__
-
-
-def _spec(f) -> Spec | None:
-    return f.metadata.get("setting")
-
-
-group = dataclass(frozen=True, repr=False)
 
 
 def _compound_databases(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -162,33 +58,64 @@ def compound_database_variable(name: str) -> str:
 
 # --- the settings -----------------------------------------------------------------------
 
+
 @group
-class Launch(_Group):
+class Launch(Group):
     """How runs are launched and steps executed and retried."""
 
-    executor: str = setting("CPP_EXECUTOR", "`multiprocess` (each batch a process), `in_process`, or `k8s` "
-                            "(each step its own pod)", "multiprocess", one_of("multiprocess", "in_process", "k8s"))
-    max_concurrent: int = setting("CPP_MAX_CONCURRENT", "batch processes per run (multiprocess executor)",
-                                  2, positive_int)
-    sensor_interval_s: int = setting("CPP_SENSOR_INTERVAL_S", "seconds between ticks of the launch and "
-                                     "training sensors", 30, positive_int, shown="30 (demo: 5)")
-    sensor_max_requests: int = setting("CPP_SENSOR_MAX_REQUESTS", "runs the launch sensor requests per tick "
-                                       "at most (the rest on the next tick)", 2000, positive_int)
-    overview_interval_s: int = setting("CPP_OVERVIEW_INTERVAL_S", "seconds between refreshes of the lab "
-                                       "overview in the UI (`imagedb/lab_overview`)", 60, positive_int)
-    batch_retries: int = setting("CPP_BATCH_RETRIES", "retries of a failed batch (a crash, a killed step "
-                                 "process)", 1, count)
-    batch_retry_delay_s: float = setting("CPP_BATCH_RETRY_DELAY_S", "seconds before the first retry of a "
-                                         "batch (doubling)", 5.0, duration, shown="5")
-    retry_timeouts: bool = setting("CPP_RETRY_TIMEOUTS", "also retry a batch killed by its `job_timeout`; by "
-                                   "default it fails at once, since it would take as long again", False, boolean)
-    k8s_config: Path | None = setting("CPP_K8S_CONFIG", "the pod settings file of the `k8s` executor "
-                                      "(see `deploy/k8s-pods.yaml`)", None, path)
+    executor: str = setting(
+        "CPP_EXECUTOR",
+        "`multiprocess` (each batch a process), `in_process`, or `k8s` (each step its own pod)",
+        "multiprocess",
+        one_of("multiprocess", "in_process", "k8s"),
+    )
+    max_concurrent: int = setting(
+        "CPP_MAX_CONCURRENT", "batch processes per run (multiprocess executor)", 2, positive_int
+    )
+    sensor_interval_s: int = setting(
+        "CPP_SENSOR_INTERVAL_S",
+        "seconds between ticks of the launch and training sensors",
+        30,
+        positive_int,
+        shown="30 (demo: 5)",
+    )
+    sensor_max_requests: int = setting(
+        "CPP_SENSOR_MAX_REQUESTS",
+        "runs the launch sensor requests per tick at most (the rest on the next tick)",
+        2000,
+        positive_int,
+    )
+    overview_interval_s: int = setting(
+        "CPP_OVERVIEW_INTERVAL_S",
+        "seconds between refreshes of the lab overview in the UI (`imagedb/lab_overview`)",
+        60,
+        positive_int,
+    )
+    batch_retries: int = setting(
+        "CPP_BATCH_RETRIES", "retries of a failed batch (a crash, a killed step process)", 1, count
+    )
+    batch_retry_delay_s: float = setting(
+        "CPP_BATCH_RETRY_DELAY_S", "seconds before the first retry of a batch (doubling)", 5.0, duration, shown="5"
+    )
+    retry_timeouts: bool = setting(
+        "CPP_RETRY_TIMEOUTS",
+        "also retry a batch killed by its `job_timeout`; by "
+        "default it fails at once, since it would take as long again",
+        False,
+        boolean,
+    )
+    k8s_config: Path | None = setting(
+        "CPP_K8S_CONFIG", "the pod settings file of the `k8s` executor (see `deploy/k8s-pods.yaml`)", None, path
+    )
     ui_runs: str | None = setting(
-        "CPP_UI_RUNS", "what a run launched from the UI (Materialize, backfill) does once it has submitted the "
+        "CPP_UI_RUNS",
+        "what a run launched from the UI (Materialize, backfill) does once it has submitted the "
         "pipeline: `run` its steps itself, or `submit` only, and the launch sensor runs each sub-analysis with its "
-        "own pod settings (a UI run cannot carry a cp_version's image)", None, one_of("run", "submit"),
-        shown="`submit` with `CPP_EXECUTOR=k8s`, else `run`")
+        "own pod settings (a UI run cannot carry a cp_version's image)",
+        None,
+        one_of("run", "submit"),
+        shown="`submit` with `CPP_EXECUTOR=k8s`, else `run`",
+    )
 
     @property
     def ui_runs_run_steps(self) -> bool:
@@ -205,29 +132,58 @@ class TrainingQueryLimits:
 
 
 @group
-class Training(_Group):
+class Training(Group):
     """Model training: its store, the compound databases, the engine."""
 
-    db_url: str | None = setting("CPP_TRAINING_DB_URL", "the training configuration store, a PostgreSQL URL",
-                                 None, shown="embedded server, database `training`", secret="url")
+    db_url: str | None = setting(
+        "CPP_TRAINING_DB_URL",
+        "the training configuration store, a PostgreSQL URL",
+        None,
+        shown="embedded server, database `training`",
+        secret="url",
+    )
     compound_databases: tuple[tuple[str, str], ...] = setting(
-        COMPOUND_DATABASES, "a compound database a training configuration names (`chembl` -> "
-        "`CPP_DATABASE_CHEMBL_URL`), a PostgreSQL URL with a read-only role", (),
-        shown="only `compounds`: embedded, with a public data set", secret="url")
-    query_timeout_s: float = setting("CPP_TRAINING_QUERY_TIMEOUT_S", "statement timeout of a training "
-                                     "configuration's query", 600.0, positive_number, shown="600")
-    query_max_rows: int = setting("CPP_TRAINING_QUERY_MAX_ROWS", "rows that query may return; more fails the "
-                                  "run with a message", 1_000_000, positive_int)
-    engine: str = setting("CPP_TRAINING_ENGINE", "`embedded` (RDKit + crepes) or `cpsign` (the CPSign CLI)",
-                          "embedded", one_of("embedded", "cpsign"))
+        COMPOUND_DATABASES,
+        "a compound database a training configuration names (`chembl` -> "
+        "`CPP_DATABASE_CHEMBL_URL`), a PostgreSQL URL with a read-only role",
+        (),
+        shown="only `compounds`: embedded, with a public data set",
+        secret="url",
+    )
+    query_timeout_s: float = setting(
+        "CPP_TRAINING_QUERY_TIMEOUT_S",
+        "statement timeout of a training configuration's query",
+        600.0,
+        positive_number,
+        shown="600",
+    )
+    query_max_rows: int = setting(
+        "CPP_TRAINING_QUERY_MAX_ROWS",
+        "rows that query may return; more fails the run with a message",
+        1_000_000,
+        positive_int,
+    )
+    engine: str = setting(
+        "CPP_TRAINING_ENGINE",
+        "`embedded` (RDKit + crepes) or `cpsign` (the CPSign CLI)",
+        "embedded",
+        one_of("embedded", "cpsign"),
+    )
     split_retries: int = setting("CPP_SPLIT_RETRIES", "retries of a failed training split", 1, count)
-    cpsign_command: tuple[str, ...] = setting("CPP_CPSIGN_COMMAND", "how to start CPSign (split like a shell)",
-                                              ("java", "-jar", "/opt/cpsign/cpsign.jar"), command,
-                                              shown="`java -jar /opt/cpsign/cpsign.jar`")
-    cpsign_license: str | None = setting("CPP_CPSIGN_LICENSE", "CPSign's license file (on Kubernetes a "
-                                         "mounted Secret)", None, shown="none: CPSign 2 needs none")
-    cpsign_descriptors: str = setting("CPP_CPSIGN_DESCRIPTORS", "CPSign's precompute descriptors",
-                                      "signatures:1:3")
+    cpsign_command: tuple[str, ...] = setting(
+        "CPP_CPSIGN_COMMAND",
+        "how to start CPSign (split like a shell)",
+        ("java", "-jar", "/opt/cpsign/cpsign.jar"),
+        command,
+        shown="`java -jar /opt/cpsign/cpsign.jar`",
+    )
+    cpsign_license: str | None = setting(
+        "CPP_CPSIGN_LICENSE",
+        "CPSign's license file (on Kubernetes a mounted Secret)",
+        None,
+        shown="none: CPSign 2 needs none",
+    )
+    cpsign_descriptors: str = setting("CPP_CPSIGN_DESCRIPTORS", "CPSign's precompute descriptors", "signatures:1:3")
 
     @property
     def query_limits(self) -> TrainingQueryLimits:
@@ -238,17 +194,36 @@ class Training(_Group):
 
 
 @group
-class Registry(_Group):
+class Registry(Group):
     """Where trained models are published and served."""
 
-    url: str | None = setting("CPP_MODEL_REGISTRY_URL", "a model service over HTTP to publish to", None,
-                              shown="unset: the folder registry", secret="url")
-    token: str | None = setting("CPP_MODEL_REGISTRY_TOKEN", "its bearer token; `cpp-dagster train registry` "
-                                "requires it of clients", None, secret="token")
-    dir: Path | None = setting("CPP_MODEL_REGISTRY_DIR", "the folder registry (without a URL) and the folder "
-                               "`cpp-dagster train registry` serves", None, path, shown="`$CPP_NAS_ROOT/models`")
-    max_upload_mb: float = setting("CPP_MODEL_REGISTRY_MAX_UPLOAD_MB", "largest model `cpp-dagster train "
-                                   "registry` accepts (413 above)", 512.0, positive_number, shown="512")
+    url: str | None = setting(
+        "CPP_MODEL_REGISTRY_URL",
+        "a model service over HTTP to publish to",
+        None,
+        shown="unset: the folder registry",
+        secret="url",
+    )
+    token: str | None = setting(
+        "CPP_MODEL_REGISTRY_TOKEN",
+        "its bearer token; `cpp-dagster train registry` requires it of clients",
+        None,
+        secret="token",
+    )
+    dir: Path | None = setting(
+        "CPP_MODEL_REGISTRY_DIR",
+        "the folder registry (without a URL) and the folder `cpp-dagster train registry` serves",
+        None,
+        path,
+        shown="`$CPP_NAS_ROOT/models`",
+    )
+    max_upload_mb: float = setting(
+        "CPP_MODEL_REGISTRY_MAX_UPLOAD_MB",
+        "largest model `cpp-dagster train registry` accepts (413 above)",
+        512.0,
+        positive_number,
+        shown="512",
+    )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -260,33 +235,67 @@ class Registry(_Group):
 
 
 @group
-class Settings(_Group):
+class Settings(Group):
     """Where things are on the NAS, which CellProfiler runs, where imagedb is, and the
     groups `launch`, `training`, `registry`. Built by hand, the groups are their defaults."""
 
-    nas_root: Path = setting("CPP_NAS_ROOT", "NAS root: `images/`, `pipelines/`, `results/`", parse=path,
-                             shown="`.cpp/nas`", derived=lambda get: get("CPP_LOCAL_DIR") / "nas")
-    work_root: Path = setting("CPP_WORK_ROOT", "shared work area: LoadData CSVs, batch outputs, step IO",
-                              parse=path, shown="`$CPP_NAS_ROOT/work`",
-                              derived=lambda get: get("CPP_NAS_ROOT") / "work")
-    pipelines_dir: Path = setting("CPP_PIPELINES_DIR", "folder that a sub-analysis's `pipeline_file` is "
-                                  "relative to", parse=path, shown="`$CPP_NAS_ROOT/pipelines`",
-                                  derived=lambda get: get("CPP_NAS_ROOT") / "pipelines")
-    cellprofiler: str = setting("CPP_CELLPROFILER", "the `cellprofiler` executable",
-                                shown="`.venv-cp/bin/cellprofiler`",
-                                derived=lambda get: str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"))
-    imagedb_url: str | None = setting("CPP_IMAGEDB_URL", "imagedb, a PostgreSQL URL "
-                                      "(`postgresql://user:pw@host/db`)", None,
-                                      shown="embedded server in `.cpp/pgdata`", secret="url")
-    local_dir: Path = setting("CPP_LOCAL_DIR", "where the embedded PostgreSQL and the local NAS live",
-                              PROJECT_ROOT / ".cpp", path, shown="`.cpp`")
+    nas_root: Path = setting(
+        "CPP_NAS_ROOT",
+        "NAS root: `images/`, `pipelines/`, `results/`",
+        parse=path,
+        shown="`.cpp/nas`",
+        derived=lambda get: get("CPP_LOCAL_DIR") / "nas",
+    )
+    work_root: Path = setting(
+        "CPP_WORK_ROOT",
+        "shared work area: LoadData CSVs, batch outputs, step IO",
+        parse=path,
+        shown="`$CPP_NAS_ROOT/work`",
+        derived=lambda get: get("CPP_NAS_ROOT") / "work",
+    )
+    pipelines_dir: Path = setting(
+        "CPP_PIPELINES_DIR",
+        "folder that a sub-analysis's `pipeline_file` is relative to",
+        parse=path,
+        shown="`$CPP_NAS_ROOT/pipelines`",
+        derived=lambda get: get("CPP_NAS_ROOT") / "pipelines",
+    )
+    cellprofiler: str = setting(
+        "CPP_CELLPROFILER",
+        "the `cellprofiler` executable",
+        shown="`.venv-cp/bin/cellprofiler`",
+        derived=lambda get: str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
+    )
+    imagedb_url: str | None = setting(
+        "CPP_IMAGEDB_URL",
+        "imagedb, a PostgreSQL URL (`postgresql://user:pw@host/db`)",
+        None,
+        shown="embedded server in `.cpp/pgdata`",
+        secret="url",
+    )
+    local_dir: Path = setting(
+        "CPP_LOCAL_DIR",
+        "where the embedded PostgreSQL and the local NAS live",
+        PROJECT_ROOT / ".cpp",
+        path,
+        shown="`.cpp`",
+    )
     results_url_template: str | None = setting(
-        "CPP_RESULTS_URL_TEMPLATE", "link to a result folder (`cpp-dagster status`, the lab overview), `{path}` "
-        "replaced by `result.job_folder` (URL-quoted), e.g. `https://files.lab/{path}`", None, url_template,
-        shown="unset (no URL column)")
-    work_retention_days: float = setting("CPP_WORK_RETENTION_DAYS", "days a finished sub-analysis's work "
-                                         "folders (batch CSVs, converted tables) are kept before the nightly `clean_work_area` "
-                                         "job or `cpp-dagster gc` removes them (`--retention-days N` overrides)", 7, days)
+        "CPP_RESULTS_URL_TEMPLATE",
+        "link to a result folder (`cpp-dagster status`, the lab overview), `{path}` "
+        "replaced by `result.job_folder` (URL-quoted), e.g. `https://files.lab/{path}`",
+        None,
+        url_template,
+        shown="unset (no URL column)",
+    )
+    work_retention_days: float = setting(
+        "CPP_WORK_RETENTION_DAYS",
+        "days a finished sub-analysis's work "
+        "folders (batch CSVs, converted tables) are kept before the nightly `clean_work_area` "
+        "job or `cpp-dagster gc` removes them (`--retention-days N` overrides)",
+        7,
+        days,
+    )
     launch: Launch = field(default_factory=Launch)
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)
@@ -310,7 +319,7 @@ GROUPS = (Settings, Launch, Training, Registry)
 
 def specs() -> list[Spec]:
     """Every setting, in the order of the README's table."""
-    return [_spec(f) for cls in GROUPS for f in fields(cls) if _spec(f)]
+    return [spec_of(f) for cls in GROUPS for f in fields(cls) if spec_of(f)]
 
 
 class _Failed(Exception):
@@ -350,7 +359,7 @@ class _Reader:
 def _build(cls: type, reader: _Reader):
     values = {}
     for f in fields(cls):
-        spec = _spec(f)
+        spec = spec_of(f)
         if spec is None:
             values[f.name] = _build(f.default_factory, reader)
             continue
@@ -382,13 +391,13 @@ def current_values(settings: Any) -> list[str]:
     """`VARIABLE=value` per setting in effect, secrets redacted (`cpp-dagster settings`)."""
     lines = []
     for f in fields(settings):
-        spec, value = _spec(f), getattr(settings, f.name)
+        spec, value = spec_of(f), getattr(settings, f.name)
         if spec is None:
             lines += current_values(value)
         elif spec.variable == COMPOUND_DATABASES:
-            lines += [f"{k}={v}" for k, v in _shown(value, spec.secret)]
+            lines += [f"{k}={v}" for k, v in shown_value(value, spec.secret)]
         else:
-            lines.append(f"{spec.variable}={_as_text(_shown(value, spec.secret))}")
+            lines.append(f"{spec.variable}={_as_text(shown_value(value, spec.secret))}")
     return lines
 
 

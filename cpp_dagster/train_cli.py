@@ -1,4 +1,5 @@
 """`cpp-dagster train ...`: the configuration store, the local registry, predictions."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,21 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = ConfigStore(training_db_url(load_settings()))
     store.apply_schema()
     added = store.add(config, added_by=args.added_by or getpass.getuser())
-    print(json.dumps({"workflow": config.workflow, "version": added.version.version,
-                      "partition_key": added.version.partition_key, "new_version": added.created}))
-    _echo("a new version: the sensor starts its training run" if added.created
-          else "this content is already a version: nothing to train")
+    print(
+        json.dumps(
+            {
+                "workflow": config.workflow,
+                "version": added.version.version,
+                "partition_key": added.version.partition_key,
+                "new_version": added.created,
+            }
+        )
+    )
+    _echo(
+        "a new version: the sensor starts its training run"
+        if added.created
+        else "this content is already a version: nothing to train"
+    )
     return 0
 
 
@@ -45,8 +57,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = ConfigStore(training_db_url(load_settings()))
     store.apply_schema()
     for v in store.versions(args.workflow):
-        print(json.dumps({"workflow": v.workflow, "partition_key": v.partition_key, "version": v.version,
-                          "added": v.added.isoformat(), "added_by": v.added_by}))
+        print(
+            json.dumps(
+                {
+                    "workflow": v.workflow,
+                    "partition_key": v.partition_key,
+                    "version": v.version,
+                    "added": v.added.isoformat(),
+                    "added_by": v.added_by,
+                }
+            )
+        )
     return 0
 
 
@@ -61,10 +82,20 @@ def cmd_registry(args: argparse.Namespace) -> int:
         _echo(f"cpp-dagster train registry: --insecure-local serves only on this machine, not on {args.host}")
         return 2
     try:
-        serve(root, args.host, args.port, token=token, insecure_local=args.insecure_local,
-              max_upload_bytes=settings.registry.max_upload_bytes, timeout_s=args.timeout, workers=args.workers, on_ready=lambda: _echo(
-                  f"model registry on http://{args.host}:{args.port}/models/ serving {root}"
-                  + ("" if token else " WITHOUT a token (--insecure-local)")))
+        serve(
+            root,
+            args.host,
+            args.port,
+            token=token,
+            insecure_local=args.insecure_local,
+            max_upload_bytes=settings.registry.max_upload_bytes,
+            timeout_s=args.timeout,
+            workers=args.workers,
+            on_ready=lambda: _echo(
+                f"model registry on http://{args.host}:{args.port}/models/ serving {root}"
+                + ("" if token else " WITHOUT a token (--insecure-local)")
+            ),
+        )
     except RegistryServerError as error:
         _echo(f"cpp-dagster train registry: {error}")
         return 2
@@ -100,8 +131,11 @@ def add_parser(sub) -> None:
     reg.add_argument("--root", help="its folder (default: CPP_MODEL_REGISTRY_DIR or $CPP_NAS_ROOT/models)")
     reg.add_argument("--host", default="127.0.0.1")
     reg.add_argument("--port", type=int, default=8765)
-    reg.add_argument("--insecure-local", action="store_true",
-                     help="serve without a token (CPP_MODEL_REGISTRY_TOKEN unset), on 127.0.0.1 only")
+    reg.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="serve without a token (CPP_MODEL_REGISTRY_TOKEN unset), on 127.0.0.1 only",
+    )
     reg.add_argument("--timeout", type=float, default=30, help="socket timeout per connection, seconds")
     reg.add_argument("--workers", type=int, default=8, help="requests served at once (a bounded thread pool)")
     reg.set_defaults(fn=cmd_registry)

@@ -10,6 +10,7 @@ Every test lives in a room, and its folder gives it its marker:
                       `make demo`, the Kubernetes stand-in end to end, a real cluster
 `make test-fast` runs `-m "unit or integration"`, `make test` everything. The helpers in
 tests/support/ import as top-level modules from every room (pytest's `pythonpath`)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,10 @@ def pytest_collection_modifyitems(config, items):
             continue
         room = path.relative_to(TESTS).parts[0]
         if room not in ROOMS:
-            raise pytest.UsageError(f"{path.relative_to(TESTS.parent)} is in no room: move it to tests/unit, "
-                                    "tests/integration or tests/e2e (see tests/conftest.py)")
+            raise pytest.UsageError(
+                f"{path.relative_to(TESTS.parent)} is in no room: move it to tests/unit, "
+                "tests/integration or tests/e2e (see tests/conftest.py)"
+            )
         item.add_marker(getattr(pytest.mark, room))
 
 
@@ -127,8 +130,9 @@ def dagster_instance(pg_server, tmp_path):
 
     url = sqlalchemy_url(new_database(pg_server, "dagster"))
     (tmp_path / "dagster_home").mkdir()
-    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}},
-                              temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with dg.instance_for_test(
+        overrides={"storage": {"postgres": {"postgres_url": url}}}, temp_dir=str(tmp_path / "dagster_home")
+    ) as instance:
         yield instance
 
 

@@ -8,6 +8,7 @@ peak RSS, against today's CSV merge (`merge_batches` over the CSVs).
 The batches are laid out as in the work area: `work/batch_NNNN/output` is a link to the
 generated batch folder, and the conversion writes `work/batch_NNNN/tables/`.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,10 @@ def report(figures: dict[str, dict]) -> list[tuple[str, bool]]:
     has its interpreter and imports already); the whole processes' figures follow."""
     print()
     print("batch-converted route against today's CSV merge (work wall s / work CPU s / peak RSS MB):")
-    print(f"{'preset':<11} {'CSV MB':>8} {'CSV merge':>20} {'conversion (2 at once)':>24} {'final merge':>20} "
-          f"{'final/CSV wall':>15} {'CPU total/CSV':>14}")
+    print(
+        f"{'preset':<11} {'CSV MB':>8} {'CSV merge':>20} {'conversion (2 at once)':>24} {'final merge':>20} "
+        f"{'final/CSV wall':>15} {'CPU total/CSV':>14}"
+    )
     checks = []
     for preset, f in figures.items():
         m, c, j = f["merge"], f["convert"], f["concat"]
@@ -104,18 +107,28 @@ def report(figures: dict[str, dict]) -> list[tuple[str, bool]]:
         def cell(r, wall="work_s", cpu="work_cpu_s"):
             return f"{r[wall]:.1f} / {r[cpu]:.1f} / {r['peak_rss_mb']:.0f}"
 
-        print(f"{preset:<11} {f['csv_mb']:>8,.0f} {cell(m):>20} {cell(c):>24} {cell(j):>20} "
-              f"{wall_ratio:>14.2f}x {cpu_ratio:>13.2f}x")
-        print(f"{'  processes':<20} {cell(m, 'wall_s', 'cpu_s'):>20} {cell(c, 'wall_s', 'cpu_s'):>24} "
-              f"{cell(j, 'wall_s', 'cpu_s'):>20} {j['wall_s'] / m['wall_s']:>14.2f}x "
-              f"{(c['cpu_s'] + j['cpu_s']) / m['cpu_s']:>13.2f}x")
+        print(
+            f"{preset:<11} {f['csv_mb']:>8,.0f} {cell(m):>20} {cell(c):>24} {cell(j):>20} "
+            f"{wall_ratio:>14.2f}x {cpu_ratio:>13.2f}x"
+        )
+        print(
+            f"{'  processes':<20} {cell(m, 'wall_s', 'cpu_s'):>20} {cell(c, 'wall_s', 'cpu_s'):>24} "
+            f"{cell(j, 'wall_s', 'cpu_s'):>20} {j['wall_s'] / m['wall_s']:>14.2f}x "
+            f"{(c['cpu_s'] + j['cpu_s']) / m['cpu_s']:>13.2f}x"
+        )
         checks += [
-            (f"{preset}: final merge <= {GOALS['final_merge_vs_csv_merge']}x the CSV merge's wall time",
-             wall_ratio <= GOALS["final_merge_vs_csv_merge"]),
-            (f"{preset}: conversion + final merge CPU <= {GOALS['total_cpu_vs_csv_merge']}x the CSV merge's",
-             cpu_ratio <= GOALS["total_cpu_vs_csv_merge"]),
-            (f"{preset}: peak RSS <= {GOALS['peak_rss_mb']:.0f} MB in every step",
-             max(m["peak_rss_mb"], c["peak_rss_mb"], j["peak_rss_mb"]) <= GOALS["peak_rss_mb"]),
+            (
+                f"{preset}: final merge <= {GOALS['final_merge_vs_csv_merge']}x the CSV merge's wall time",
+                wall_ratio <= GOALS["final_merge_vs_csv_merge"],
+            ),
+            (
+                f"{preset}: conversion + final merge CPU <= {GOALS['total_cpu_vs_csv_merge']}x the CSV merge's",
+                cpu_ratio <= GOALS["total_cpu_vs_csv_merge"],
+            ),
+            (
+                f"{preset}: peak RSS <= {GOALS['peak_rss_mb']:.0f} MB in every step",
+                max(m["peak_rss_mb"], c["peak_rss_mb"], j["peak_rss_mb"]) <= GOALS["peak_rss_mb"],
+            ),
             (f"{preset}: batch-converted tables identical to the CSV merge's", not f["differences"]),
         ]
     return checks

@@ -25,6 +25,7 @@ Values are drawn with numpy per (batch, table) from a seed derived from both, so
 output is the same on every run and independent of the number of worker processes;
 rows are written with pyarrow.csv.write_csv (no per-value Python loops), batches in parallel.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,51 +73,128 @@ PRESETS = {
 
 # --- column names -----------------------------------------------------------------
 
+
 def _pairs(items):
-    return [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]
+    return [(a, b) for i, a in enumerate(items) for b in items[i + 1 :]]
 
 
 def object_feature_names(n: int) -> list[str]:
     """The first `n` of CellProfiler's float feature columns of an object table."""
-    shape = ["Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
-             "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity",
-             "EquivalentDiameter", "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter",
-             "MaximumRadius", "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation",
-             "Perimeter", "Solidity"]
-    shape += [f"{kind}_{i}_{j}" for kind in ("CentralMoment", "NormalizedMoment", "SpatialMoment")
-              for i in range(3) for j in range(4)]
+    shape = [
+        "Area",
+        "BoundingBoxArea",
+        "BoundingBoxMaximum_X",
+        "BoundingBoxMaximum_Y",
+        "BoundingBoxMinimum_X",
+        "BoundingBoxMinimum_Y",
+        "Center_X",
+        "Center_Y",
+        "Compactness",
+        "ConvexArea",
+        "Eccentricity",
+        "EquivalentDiameter",
+        "EulerNumber",
+        "Extent",
+        "FormFactor",
+        "MajorAxisLength",
+        "MaxFeretDiameter",
+        "MaximumRadius",
+        "MeanRadius",
+        "MedianRadius",
+        "MinFeretDiameter",
+        "MinorAxisLength",
+        "Orientation",
+        "Perimeter",
+        "Solidity",
+    ]
+    shape += [
+        f"{kind}_{i}_{j}"
+        for kind in ("CentralMoment", "NormalizedMoment", "SpatialMoment")
+        for i in range(3)
+        for j in range(4)
+    ]
     shape += [f"HuMoment_{i}" for i in range(7)] + [f"InertiaTensor_{a}_{b}" for a in range(2) for b in range(2)]
     shape += [f"Zernike_{n_}_{m}" for n_ in range(10) for m in range(n_ % 2, n_ + 1, 2)]
     names = [f"AreaShape_{s}" for s in shape]
-    intensity = ["IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
-                 "IntegratedIntensityEdge", "MeanIntensityEdge", "StdIntensityEdge", "MinIntensityEdge",
-                 "MaxIntensityEdge", "MassDisplacement", "LowerQuartileIntensity", "MedianIntensity",
-                 "MADIntensity", "UpperQuartileIntensity"]
+    intensity = [
+        "IntegratedIntensity",
+        "MeanIntensity",
+        "StdIntensity",
+        "MinIntensity",
+        "MaxIntensity",
+        "IntegratedIntensityEdge",
+        "MeanIntensityEdge",
+        "StdIntensityEdge",
+        "MinIntensityEdge",
+        "MaxIntensityEdge",
+        "MassDisplacement",
+        "LowerQuartileIntensity",
+        "MedianIntensity",
+        "MADIntensity",
+        "UpperQuartileIntensity",
+    ]
     names += [f"Intensity_{m}_{d}" for d in DYES for m in intensity]
     names += ["Location_Center_X", "Location_Center_Y", "Location_Center_Z"]
-    names += [f"Location_{m}_{axis}_{d}" for d in DYES for m in ("CenterMassIntensity", "MaxIntensity")
-              for axis in "XYZ"]
+    names += [
+        f"Location_{m}_{axis}_{d}" for d in DYES for m in ("CenterMassIntensity", "MaxIntensity") for axis in "XYZ"
+    ]
     names += [f"Granularity_{i}_{d}" for d in DYES for i in range(1, 17)]
-    names += [f"RadialDistribution_{m}_{d}_{b}of4" for d in DYES for m in ("FracAtD", "MeanFrac", "RadialCV")
-              for b in range(1, 5)]
+    names += [
+        f"RadialDistribution_{m}_{d}_{b}of4"
+        for d in DYES
+        for m in ("FracAtD", "MeanFrac", "RadialCV")
+        for b in range(1, 5)
+    ]
     for a, b in _pairs(DYES):
-        names += [f"Correlation_Correlation_{a}_{b}", f"Correlation_Overlap_{a}_{b}", f"Correlation_K_{a}_{b}",
-                  f"Correlation_K_{b}_{a}", f"Correlation_Manders_{a}_{b}", f"Correlation_Manders_{b}_{a}",
-                  f"Correlation_RWC_{a}_{b}", f"Correlation_RWC_{b}_{a}"]
-    names += [f"Neighbors_{m}_{k}" for k in ("Adjacent", "5") for m in
-              ("NumberOfNeighbors", "PercentTouching", "FirstClosestObjectNumber", "FirstClosestDistance",
-               "SecondClosestObjectNumber", "SecondClosestDistance", "AngleBetweenNeighbors")]
-    texture = ["AngularSecondMoment", "Contrast", "Correlation", "DifferenceEntropy", "DifferenceVariance",
-               "Entropy", "InfoMeas1", "InfoMeas2", "InverseDifferenceMoment", "SumAverage", "SumEntropy",
-               "SumVariance", "Variance"]
-    names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (3, 5, 10) for d in DYES for t in texture
-              for a in range(4)]
+        names += [
+            f"Correlation_Correlation_{a}_{b}",
+            f"Correlation_Overlap_{a}_{b}",
+            f"Correlation_K_{a}_{b}",
+            f"Correlation_K_{b}_{a}",
+            f"Correlation_Manders_{a}_{b}",
+            f"Correlation_Manders_{b}_{a}",
+            f"Correlation_RWC_{a}_{b}",
+            f"Correlation_RWC_{b}_{a}",
+        ]
+    names += [
+        f"Neighbors_{m}_{k}"
+        for k in ("Adjacent", "5")
+        for m in (
+            "NumberOfNeighbors",
+            "PercentTouching",
+            "FirstClosestObjectNumber",
+            "FirstClosestDistance",
+            "SecondClosestObjectNumber",
+            "SecondClosestDistance",
+            "AngleBetweenNeighbors",
+        )
+    ]
+    texture = [
+        "AngularSecondMoment",
+        "Contrast",
+        "Correlation",
+        "DifferenceEntropy",
+        "DifferenceVariance",
+        "Entropy",
+        "InfoMeas1",
+        "InfoMeas2",
+        "InverseDifferenceMoment",
+        "SumAverage",
+        "SumEntropy",
+        "SumVariance",
+        "Variance",
+    ]
+    names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (3, 5, 10) for d in DYES for t in texture for a in range(4)]
     # JUMP width (~2,000 per compartment): the larger texture scales and Zernike radial
     # features of the JUMP pipelines, after the ones above (so narrower presets keep theirs)
-    names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (15, 20) for d in DYES for t in texture
-              for a in range(4)]
-    names += [f"RadialDistribution_Zernike{kind}_{d}_{n_}_{m}" for d in DYES for kind in ("Magnitude", "Phase")
-              for n_ in range(10) for m in range(n_ % 2, n_ + 1, 2)]
+    names += [f"Texture_{t}_{d}_{s}_{a:02d}_256" for s in (15, 20) for d in DYES for t in texture for a in range(4)]
+    names += [
+        f"RadialDistribution_Zernike{kind}_{d}_{n_}_{m}"
+        for d in DYES
+        for kind in ("Magnitude", "Phase")
+        for n_ in range(10)
+        for m in range(n_ % 2, n_ + 1, 2)
+    ]
     if n > len(names):
         raise ValueError(f"at most {len(names)} object features")
     return names[:n]
@@ -124,9 +202,11 @@ def object_feature_names(n: int) -> list[str]:
 
 def object_columns(obj: str, features: int) -> tuple[list[str], list[str]]:
     """(integer bookkeeping columns after ImageNumber/ObjectNumber, float features)."""
-    ints = {"Nuclei": ["Number_Object_Number", "Children_Cells_Count", "Children_Cytoplasm_Count"],
-            "Cells": ["Number_Object_Number", "Parent_Nuclei", "Children_Cytoplasm_Count"],
-            "Cytoplasm": ["Number_Object_Number", "Parent_Cells", "Parent_Nuclei"]}[obj]
+    ints = {
+        "Nuclei": ["Number_Object_Number", "Children_Cells_Count", "Children_Cytoplasm_Count"],
+        "Cells": ["Number_Object_Number", "Parent_Nuclei", "Children_Cytoplasm_Count"],
+        "Cytoplasm": ["Number_Object_Number", "Parent_Cells", "Parent_Nuclei"],
+    }[obj]
     return ints, object_feature_names(features)
 
 
@@ -137,29 +217,81 @@ def image_columns() -> tuple[list[str], list[str], list[str]]:
         text += [f"FileName_Orig{d}", f"PathName_Orig{d}", f"URL_Orig{d}", f"MD5Digest_Orig{d}"]
     ints = ["Metadata_Site", "Metadata_Row", "Metadata_Col", "Group_Number", "Group_Index"]
     ints += [f"Count_{o}" for o in OBJECTS] + [f"Height_Orig{d}" for d in DYES] + [f"Width_Orig{d}" for d in DYES]
-    ints += [f"ModuleError_{i:02d}{m}" for i, m in enumerate(
-        ["Images", "Metadata", "NamesAndTypes", "Groups", "CorrectIlluminationApply", "IdentifyPrimaryObjects",
-         "IdentifySecondaryObjects", "IdentifyTertiaryObjects", "MeasureObjectIntensity", "MeasureTexture",
-         "MeasureGranularity", "MeasureImageQuality", "ExportToSpreadsheet"], 1)]
+    ints += [
+        f"ModuleError_{i:02d}{m}"
+        for i, m in enumerate(
+            [
+                "Images",
+                "Metadata",
+                "NamesAndTypes",
+                "Groups",
+                "CorrectIlluminationApply",
+                "IdentifyPrimaryObjects",
+                "IdentifySecondaryObjects",
+                "IdentifyTertiaryObjects",
+                "MeasureObjectIntensity",
+                "MeasureTexture",
+                "MeasureGranularity",
+                "MeasureImageQuality",
+                "ExportToSpreadsheet",
+            ],
+            1,
+        )
+    ]
     floats = [f"ExecutionTime_{i:02d}Module{i}" for i in range(1, 14)]
     floats += [f"Scaling_Orig{d}" for d in DYES]
-    quality = ["FocusScore", "LocalFocusScore_20", "Correlation_20", "PowerLogLogSlope", "MADIntensity",
-               "MaxIntensity", "MeanIntensity", "MedianIntensity", "MinIntensity", "PercentMaximal",
-               "PercentMinimal", "StdIntensity", "TotalArea", "TotalIntensity", "ThresholdOtsu"]
+    quality = [
+        "FocusScore",
+        "LocalFocusScore_20",
+        "Correlation_20",
+        "PowerLogLogSlope",
+        "MADIntensity",
+        "MaxIntensity",
+        "MeanIntensity",
+        "MedianIntensity",
+        "MinIntensity",
+        "PercentMaximal",
+        "PercentMinimal",
+        "StdIntensity",
+        "TotalArea",
+        "TotalIntensity",
+        "ThresholdOtsu",
+    ]
     floats += [f"ImageQuality_{q}_Orig{d}" for d in DYES for q in quality]
-    floats += [f"Intensity_{m}_Orig{d}" for d in DYES for m in
-               ("TotalIntensity", "MeanIntensity", "MedianIntensity", "StdIntensity", "MADIntensity",
-                "MaxIntensity", "MinIntensity", "TotalArea", "PercentMaximal", "LowerQuartileIntensity",
-                "UpperQuartileIntensity")]
+    floats += [
+        f"Intensity_{m}_Orig{d}"
+        for d in DYES
+        for m in (
+            "TotalIntensity",
+            "MeanIntensity",
+            "MedianIntensity",
+            "StdIntensity",
+            "MADIntensity",
+            "MaxIntensity",
+            "MinIntensity",
+            "TotalArea",
+            "PercentMaximal",
+            "LowerQuartileIntensity",
+            "UpperQuartileIntensity",
+        )
+    ]
     floats += [f"Granularity_{i}_Orig{d}" for d in DYES for i in range(1, 17)]
-    floats += [f"Threshold_{m}_{o}" for o in OBJECTS[:2] for m in
-               ("FinalThreshold", "OrigThreshold", "GuideThreshold", "SumOfEntropies", "WeightedVariance")]
-    floats += [f"Texture_{t}_Orig{d}_3_{a:02d}_256" for d in DYES for t in
-               ("AngularSecondMoment", "Contrast", "Correlation", "Entropy", "Variance") for a in range(4)]
+    floats += [
+        f"Threshold_{m}_{o}"
+        for o in OBJECTS[:2]
+        for m in ("FinalThreshold", "OrigThreshold", "GuideThreshold", "SumOfEntropies", "WeightedVariance")
+    ]
+    floats += [
+        f"Texture_{t}_Orig{d}_3_{a:02d}_256"
+        for d in DYES
+        for t in ("AngularSecondMoment", "Contrast", "Correlation", "Entropy", "Variance")
+        for a in range(4)
+    ]
     return text, ints, floats
 
 
 # --- values ------------------------------------------------------------------------
+
 
 def _floats(rng: np.random.Generator, names: list[str], rows: int) -> list[pa.Array]:
     """One float64 column per name, magnitudes by feature family; `nan` sprinkled into the
@@ -177,21 +309,27 @@ def _floats(rng: np.random.Generator, names: list[str], rows: int) -> list[pa.Ar
 
 
 def _write(path: Path, table: pa.Table) -> int:
-    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none", quoting_header="none",
-                                                   batch_size=4096))
+    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none", quoting_header="none", batch_size=4096))
     return path.stat().st_size
 
 
 def _experiment(path: Path, batch: str) -> int:
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([
-            ["Key", "Value"], ["CellProfiler_Version", "4.2.8"], ["ChannelType_DNA", "Grayscale"],
-            ["Modification_Timestamp", "2026-11-03T10:00:00.000000"],
-            ["Pipeline_Pipeline", 'CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\n'
-                                  'DateRevision:428\nModuleCount:13\nHasImagePlaneDetails:False\n\n'
-                                  'Images:[module_num:1|svn_version:"Unknown"|variable_revision_number:2]'],
-            ["Run_Timestamp", f"2026-11-03T10:{int(batch[-4:]) % 60:02d}:00.000000"],
-        ])
+        csv.writer(f).writerows(
+            [
+                ["Key", "Value"],
+                ["CellProfiler_Version", "4.2.8"],
+                ["ChannelType_DNA", "Grayscale"],
+                ["Modification_Timestamp", "2026-11-03T10:00:00.000000"],
+                [
+                    "Pipeline_Pipeline",
+                    "CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\n"
+                    "DateRevision:428\nModuleCount:13\nHasImagePlaneDetails:False\n\n"
+                    'Images:[module_num:1|svn_version:"Unknown"|variable_revision_number:2]',
+                ],
+                ["Run_Timestamp", f"2026-11-03T10:{int(batch[-4:]) % 60:02d}:00.000000"],
+            ]
+        )
     return path.stat().st_size
 
 
@@ -217,8 +355,10 @@ def write_batch(args: tuple[Path, int, int, str, list[str], Preset]) -> int:
         elif name == "Metadata_Well":
             values = well_of
         elif name == "Metadata_FileLocation":
-            values = [f"file:///nas/plates/{barcode}/Images/r{ord(w[0]) - 64:02d}c{int(w[1:]):02d}f{s:02d}p01-ch1sk1fk1fl1.tiff"
-                      for w, s in images]
+            values = [
+                f"file:///nas/plates/{barcode}/Images/r{ord(w[0]) - 64:02d}c{int(w[1:]):02d}f{s:02d}p01-ch1sk1fk1fl1.tiff"
+                for w, s in images
+            ]
         else:
             kind, dye = name.split("_Orig")
             ch = DYES.index(dye) + 1
@@ -265,9 +405,13 @@ def write_batch(args: tuple[Path, int, int, str, list[str], Preset]) -> int:
         feature_cols = _floats(rng, features, rows)
         # integer-valued features, as CellProfiler writes them
         for i, name in enumerate(features):
-            if name in ("AreaShape_Area", "AreaShape_BoundingBoxArea", "AreaShape_EulerNumber",
-                        "Neighbors_NumberOfNeighbors_Adjacent", "Neighbors_NumberOfNeighbors_5") \
-                    or name.startswith("AreaShape_BoundingBox"):
+            if name in (
+                "AreaShape_Area",
+                "AreaShape_BoundingBoxArea",
+                "AreaShape_EulerNumber",
+                "Neighbors_NumberOfNeighbors_Adjacent",
+                "Neighbors_NumberOfNeighbors_5",
+            ) or name.startswith("AreaShape_BoundingBox"):
                 feature_cols[i] = pa.array(rng.integers(1, 5000, size=rows, dtype=np.int64))
         cols.update(zip(features, feature_cols))
         written += _write(folder / f"{PREFIX}{o}.csv", pa.table(cols))
@@ -280,8 +424,14 @@ def plate_wells(n: int) -> list[str]:
     return wells[:n]
 
 
-def generate(preset: str, scale: int = 1, out: Path = DEFAULT_OUT, seed: int = 20261103,
-             workers: int | None = None, force: bool = False) -> Path:
+def generate(
+    preset: str,
+    scale: int = 1,
+    out: Path = DEFAULT_OUT,
+    seed: int = 20261103,
+    workers: int | None = None,
+    force: bool = False,
+) -> Path:
     """Write the preset's batches under `out/<preset>[-x<scale>]/src` (unless they are
     already there, complete); returns that src folder."""
     p = PRESETS[preset]
@@ -298,13 +448,19 @@ def generate(preset: str, scale: int = 1, out: Path = DEFAULT_OUT, seed: int = 2
         barcode = f"BR{20261103 + plate:08d}"
         wells = plate_wells(p.wells)
         for i in range(0, len(wells), p.wells_per_batch):
-            jobs.append((src / f"batch_{number:04d}", number, seed, barcode, wells[i:i + p.wells_per_batch], p))
+            jobs.append((src / f"batch_{number:04d}", number, seed, barcode, wells[i : i + p.wells_per_batch], p))
             number += 1
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         total = sum(pool.map(write_batch, jobs, chunksize=1))
-    info = {"preset": preset, "scale": scale, "batches": len(jobs), "csv_bytes": total,
-            "seconds": round(time.perf_counter() - t0, 1), **asdict(p)}
+    info = {
+        "preset": preset,
+        "scale": scale,
+        "batches": len(jobs),
+        "csv_bytes": total,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **asdict(p),
+    }
     manifest.write_text(json.dumps(info) + "\n")
     return src
 

@@ -6,6 +6,7 @@ tree: what one pod or step would need).
 Measured with `/usr/bin/time -v` when present, else by polling the child's RSS with
 psutil (and the kernel's exact figures from wait4 where it has them).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,9 @@ def _run_polled(label: str, cmd: list[str], env: dict) -> dict:
     def drain(i, pipe):  # in threads, so a chatty child cannot block
         out[i] = pipe.read()
 
-    threads = [threading.Thread(target=drain, args=(i, pipe), daemon=True)
-               for i, pipe in enumerate((proc.stdout, proc.stderr))]
+    threads = [
+        threading.Thread(target=drain, args=(i, pipe), daemon=True) for i, pipe in enumerate((proc.stdout, proc.stderr))
+    ]
     for t in threads:
         t.start()
     while True:
@@ -103,5 +105,7 @@ def best(a: dict | None, b: dict) -> dict:
     """Of two runs of a step: the shorter times, the larger peak RSS."""
     if a is None:
         return dict(b)
-    return {**{k: min(a[k], b[k]) for k in a if k != "peak_rss_mb" and k in b},
-            "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"])}
+    return {
+        **{k: min(a[k], b[k]) for k in a if k != "peak_rss_mb" and k in b},
+        "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"]),
+    }

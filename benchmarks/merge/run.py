@@ -40,6 +40,7 @@ Wall times are only as steady as the machine: on a shared machine, use `--repeat
 more) to run the methods round-robin and keep each one's fastest run; the load average
 is printed before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ GOALS = {"speedup_vs_baseline": 4.0, "vs_fastest_plain": 1.25, "peak_rss_mb": 10
 
 
 # --- the methods (run inside the child) -------------------------------------------
+
 
 def batch_dirs(src: Path) -> list[Path]:
     return sorted(p for p in Path(src).iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -123,8 +125,9 @@ def run_pyarrow(src: Path, dest: Path) -> None:
             if writer is None:
                 writer = pq.ParquetWriter(dest / f"{name}.parquet", reader.schema)
                 # the rest of the batches are read with the first one's types
-                convert = pacsv.ConvertOptions(null_values=["", "nan"], strings_can_be_null=True,
-                                               column_types=reader.schema)
+                convert = pacsv.ConvertOptions(
+                    null_values=["", "nan"], strings_can_be_null=True, column_types=reader.schema
+                )
             for batch in reader:
                 writer.write_batch(batch)
         writer.close()
@@ -145,19 +148,27 @@ def run_duckdb(src: Path, dest: Path) -> None:
     con = duckdb.connect()
     for name, files in tables_by_name(src).items():
         # the dialect given explicitly: sniffing ~1,000-column files costs ~7x
-        relation = con.read_csv([str(f) for f in files], header=True, sep=",", quotechar='"', escapechar='"',
-                                na_values="nan")
+        relation = con.read_csv(
+            [str(f) for f in files], header=True, sep=",", quotechar='"', escapechar='"', na_values="nan"
+        )
         relation.write_parquet(str(dest / f"{name}.parquet"))
     con.close()
 
 
-RUNNERS = {"merge": run_merge, "baseline": run_baseline, "pyarrow": run_pyarrow, "polars": run_polars,
-           "duckdb": run_duckdb,
-           # the two steps of the route "batch-converted"
-           "convert": batch_converted.run_convert, "concat": batch_converted.run_concat}
+RUNNERS = {
+    "merge": run_merge,
+    "baseline": run_baseline,
+    "pyarrow": run_pyarrow,
+    "polars": run_polars,
+    "duckdb": run_duckdb,
+    # the two steps of the route "batch-converted"
+    "convert": batch_converted.run_convert,
+    "concat": batch_converted.run_concat,
+}
 
 
 # --- measuring (in the parent) ----------------------------------------------------
+
 
 def remove_output(dest: Path) -> None:
     """An earlier run's output: a folder, or the project's merge's link to its version
@@ -226,8 +237,9 @@ def verify(summaries: dict[str, dict]) -> list[str]:
             if method in keyed and ref_name not in keyed:
                 expected = [BATCH_COLUMN, IMAGE_KEY_COLUMN, *expected]
             if t["columns"] != expected:
-                problems.append(f"{method}/{table}: columns differ from {ref_name}'s "
-                                f"({len(t['columns'])} vs {len(expected)})")
+                problems.append(
+                    f"{method}/{table}: columns differ from {ref_name}'s ({len(t['columns'])} vs {len(expected)})"
+                )
             if t["sums"] != r["sums"]:
                 problems.append(f"{method}/{table}: key sums {t['sums']} != {r['sums']}")
     return problems
@@ -239,16 +251,27 @@ def csv_bytes(src: Path) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="quick",
-                    help=f"one of {sorted(generate.PRESETS)}, or several, comma-separated (e.g. plate,jump)")
+    ap.add_argument(
+        "--preset",
+        default="quick",
+        help=f"one of {sorted(generate.PRESETS)}, or several, comma-separated (e.g. plate,jump)",
+    )
     ap.add_argument("--out", type=Path, default=generate.DEFAULT_OUT, help="data and outputs (default benchmarks/out)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--no-doubled", action="store_true", help="skip the doubled plate")
-    ap.add_argument("--measure", choices=["auto", "time", "psutil"], default="auto",
-                    help="peak RSS by /usr/bin/time -v or by psutil polling (auto: time if present)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run every method this many times, round-robin, and report its fastest run "
-                         "(and its largest peak RSS): steadier figures on a shared machine")
+    ap.add_argument(
+        "--measure",
+        choices=["auto", "time", "psutil"],
+        default="auto",
+        help="peak RSS by /usr/bin/time -v or by psutil polling (auto: time if present)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every method this many times, round-robin, and report its fastest run "
+        "(and its largest peak RSS): steadier figures on a shared machine",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the Parquet outputs")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DEST"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -267,8 +290,11 @@ def main(argv=None) -> int:
         ap.error(f"unknown preset {unknown}; choose from {sorted(generate.PRESETS)}")
     methods = [m for m in args.methods.split(",") if m]
     how = measurer(args.measure)
-    print(f"peak RSS measured with {'/usr/bin/time -v' if how == 'time' else 'psutil polling (+ wait4)'}; "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"peak RSS measured with {'/usr/bin/time -v' if how == 'time' else 'psutil polling (+ wait4)'}; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     headlines, figures = {}, {}
     for preset in presets:
         headlines[preset], route = run_preset(preset, args, methods, how)
@@ -302,8 +328,11 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
                 c = run_child("convert", src, work, how)
                 converts = best(converts, c)
                 os.sync()  # the conversions' writes reach the disk long before the merge, in a real run
-                print(f"{c['wall_s']:.1f} s, {c['cpu_s']:.1f} s CPU, {c['peak_rss_mb']:,.0f} MB; final merge ...",
-                      end=" ", flush=True)
+                print(
+                    f"{c['wall_s']:.1f} s, {c['cpu_s']:.1f} s CPU, {c['peak_rss_mb']:,.0f} MB; final merge ...",
+                    end=" ",
+                    flush=True,
+                )
                 r = run_child("concat", work, dest_root / m, how)
             else:
                 print(f"  running {m} ...", end=" ", flush=True)
@@ -341,8 +370,10 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
     plain = {m: results[m]["wall_s"] for m in PLAIN if m in results}
     fastest = min(plain.values()) if plain else None
     print()
-    print(f"{preset}: {size / MB:,.0f} MB CSV, {n_batches} batches"
-          + (f"; fastest of {args.repeat} runs, largest peak RSS" if args.repeat > 1 else ""))
+    print(
+        f"{preset}: {size / MB:,.0f} MB CSV, {n_batches} batches"
+        + (f"; fastest of {args.repeat} runs, largest peak RSS" if args.repeat > 1 else "")
+    )
     print(f"{'method':<16} {'wall s':>8} {'peak RSS MB':>12} {'x faster than baseline':>23} {'vs fastest plain':>17}")
     for m, r in results.items():
         speed = f"{base / r['wall_s']:.2f}x" if base else "-"
@@ -353,8 +384,10 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
         print("  * its final merge only; the conversion ran before, in the batch steps")
     if doubled:
         growth = doubled["peak_rss_mb"] / results["merge"]["peak_rss_mb"]
-        print(f"doubled plate ({doubled['csv_mb']:,.0f} MB CSV): merge {doubled['wall_s']:.1f} s, "
-              f"peak RSS {doubled['peak_rss_mb']:,.0f} MB ({growth:.2f}x the plate's)")
+        print(
+            f"doubled plate ({doubled['csv_mb']:,.0f} MB CSV): merge {doubled['wall_s']:.1f} s, "
+            f"peak RSS {doubled['peak_rss_mb']:,.0f} MB ({growth:.2f}x the plate's)"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     print(f"outputs equal: {not problems}" + "".join(f"\n  {p}" for p in problems))
 
@@ -362,16 +395,32 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
         merge = results["merge"]
         checks = []
         if base:
-            checks.append((f">= {GOALS['speedup_vs_baseline']}x faster than the old method",
-                           base / merge["wall_s"] >= GOALS["speedup_vs_baseline"]))
+            checks.append(
+                (
+                    f">= {GOALS['speedup_vs_baseline']}x faster than the old method",
+                    base / merge["wall_s"] >= GOALS["speedup_vs_baseline"],
+                )
+            )
         if fastest:
-            checks.append((f"within {GOALS['vs_fastest_plain']}x of the fastest plain route",
-                           merge["wall_s"] / fastest <= GOALS["vs_fastest_plain"]))
-        checks.append((f"peak RSS <= {GOALS['peak_rss_mb']:.0f} MB",
-                       max(merge["peak_rss_mb"], doubled["peak_rss_mb"] if doubled else 0) <= GOALS["peak_rss_mb"]))
+            checks.append(
+                (
+                    f"within {GOALS['vs_fastest_plain']}x of the fastest plain route",
+                    merge["wall_s"] / fastest <= GOALS["vs_fastest_plain"],
+                )
+            )
+        checks.append(
+            (
+                f"peak RSS <= {GOALS['peak_rss_mb']:.0f} MB",
+                max(merge["peak_rss_mb"], doubled["peak_rss_mb"] if doubled else 0) <= GOALS["peak_rss_mb"],
+            )
+        )
         if doubled:
-            checks.append((f"peak RSS flat (within {GOALS['rss_growth'] - 1:.0%}) on the doubled plate",
-                           doubled["peak_rss_mb"] <= GOALS["rss_growth"] * merge["peak_rss_mb"]))
+            checks.append(
+                (
+                    f"peak RSS flat (within {GOALS['rss_growth'] - 1:.0%}) on the doubled plate",
+                    doubled["peak_rss_mb"] <= GOALS["rss_growth"] * merge["peak_rss_mb"],
+                )
+            )
         checks.append(("outputs equal", not problems))
         for text, ok in checks:
             print(f"  [{'met' if ok else 'MISSED'}] {text}")
@@ -390,11 +439,18 @@ def run_preset(preset: str, args, methods: list[str], how: str) -> tuple[dict, d
     }
     route = None
     if converts is not None and "merge" in results:
-        route = {"csv_mb": size / MB, "merge": results["merge"], "convert": converts,
-                 "concat": results["batch-converted"], "differences": differences}
-        headline.update(batch_converted_final_s=r1(route["concat"]["wall_s"]),
-                        batch_converted_cpu_s=r1(converts["cpu_s"] + route["concat"]["cpu_s"]),
-                        merge_cpu_s=r1(results["merge"]["cpu_s"]))
+        route = {
+            "csv_mb": size / MB,
+            "merge": results["merge"],
+            "convert": converts,
+            "concat": results["batch-converted"],
+            "differences": differences,
+        }
+        headline.update(
+            batch_converted_final_s=r1(route["concat"]["wall_s"]),
+            batch_converted_cpu_s=r1(converts["cpu_s"] + route["concat"]["cpu_s"]),
+            merge_cpu_s=r1(results["merge"]["cpu_s"]),
+        )
     return headline, route
 
 

@@ -10,6 +10,7 @@ of a batch's work folder (on the shared work area, never a step-local disk):
 Outputs are written to `output.partial/` and renamed to `output/` once verified, so
 a retried or killed batch never leaves files that look finished.
 """
+
 from __future__ import annotations
 
 import csv
@@ -67,8 +68,19 @@ def resolve_pipeline_file(pipelines_dir: Path, pipeline_file: str) -> Path:
 def command(cellprofiler: str, pipeline: Path, data_file: Path, output_dir: Path) -> list[str]:
     # -c headless, -r run; imageio_reader instead of Bio-Formats, which would try to
     # download Java artifacts at start-up.
-    return [cellprofiler, "-c", "-r", "-p", str(pipeline), "--data-file", str(data_file),
-            "-o", str(output_dir), "-e", "imageio_reader"]
+    return [
+        cellprofiler,
+        "-c",
+        "-r",
+        "-p",
+        str(pipeline),
+        "--data-file",
+        str(data_file),
+        "-o",
+        str(output_dir),
+        "-e",
+        "imageio_reader",
+    ]
 
 
 def run_batch(
@@ -98,8 +110,7 @@ def run_batch(
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(args) + "\n")
         try:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=env)
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         except OSError as e:
             raise CellProfilerError(f"cannot start CellProfiler {cellprofiler!r}: {e}") from e
 

@@ -3,6 +3,7 @@ what a running one is doing, why a failed one failed, where a finished one's res
 are; as aligned text (`cpp-dagster status`), as a markdown table (for a Dagster asset's
 description) or as dicts (`--json`). Pure functions over `ImageDB.lab_overview()` rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -89,12 +90,19 @@ def _stage(row: OverviewRow) -> str:
 
 
 def queued_detail(run_id: str) -> str:
-    return (f"launched, queued in Dagster's run queue (run {run_id[:8]}): it starts when the queue's limits "
-            "let it (one run per plate x pipeline, the runs at once)")
+    return (
+        f"launched, queued in Dagster's run queue (run {run_id[:8]}): it starts when the queue's limits "
+        "let it (one run per plate x pipeline, the runs at once)"
+    )
 
 
-def overview_lines(rows: Iterable[OverviewRow], *, url_template: str | None = None,
-                   nas_root: Path | None = None, queued: dict[int, str] | None = None) -> list[OverviewLine]:
+def overview_lines(
+    rows: Iterable[OverviewRow],
+    *,
+    url_template: str | None = None,
+    nas_root: Path | None = None,
+    queued: dict[int, str] | None = None,
+) -> list[OverviewLine]:
     """`queued`: sub-analysis id -> the id of its run waiting in Dagster's run queue (the
     UI's overview knows it; imagedb alone does not): such a sub-analysis, which nothing
     in imagedb holds back, says so instead of `waiting to be launched`."""
@@ -105,13 +113,21 @@ def overview_lines(rows: Iterable[OverviewRow], *, url_template: str | None = No
         if why == "waiting to be launched" and row.sub_id in (queued or {}):
             why = queued_detail(queued[row.sub_id])
         several = row.barcode_acquisitions > 1
-        lines.append(OverviewLine(
-            plate=f"{row.plate_barcode} (acq {row.plate_acquisition_id})" if several else row.plate_barcode,
-            plate_barcode=row.plate_barcode, plate_acquisition_id=row.plate_acquisition_id,
-            pipeline=row.pipeline_name or "-", analysis_id=row.analysis_id, sub_id=row.sub_id,
-            stage=_stage(row), state=row.state, detail=why,
-            result_folder=folder, result_url=result_url(folder, url_template),
-        ))
+        lines.append(
+            OverviewLine(
+                plate=f"{row.plate_barcode} (acq {row.plate_acquisition_id})" if several else row.plate_barcode,
+                plate_barcode=row.plate_barcode,
+                plate_acquisition_id=row.plate_acquisition_id,
+                pipeline=row.pipeline_name or "-",
+                analysis_id=row.analysis_id,
+                sub_id=row.sub_id,
+                stage=_stage(row),
+                state=row.state,
+                detail=why,
+                result_folder=folder,
+                result_url=result_url(folder, url_template),
+            )
+        )
     return lines
 
 
@@ -121,7 +137,7 @@ def as_dicts(lines: Sequence[OverviewLine]) -> list[dict]:
 
 def _one_line(text: str, limit: int | None) -> str:
     text = " ".join(text.split())
-    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str], list[list[str]]]:
@@ -131,9 +147,18 @@ def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str],
     header = ["PLATE", "PIPELINE", "STAGE", "SUB", "STATE", "RESULT", *(["URL"] if with_url else []), "DETAIL"]
     cells = []
     for line in lines:
-        cells.append([line.plate, line.pipeline, line.stage, "" if line.sub_id is None else str(line.sub_id),
-                      line.state, line.result_folder, *([line.result_url] if with_url else []),
-                      _one_line(line.detail, limit)])
+        cells.append(
+            [
+                line.plate,
+                line.pipeline,
+                line.stage,
+                "" if line.sub_id is None else str(line.sub_id),
+                line.state,
+                line.result_folder,
+                *([line.result_url] if with_url else []),
+                _one_line(line.detail, limit),
+            ]
+        )
     return header, cells
 
 

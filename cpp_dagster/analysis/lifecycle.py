@@ -3,6 +3,7 @@ run one batch, merge, derive the single-cell table and well profiles, complete (
 the outcome). The Dagster ops in `defs/` are
 thin wrappers around these functions, so the CLI and tests use the same code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,13 +100,30 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
     for batch in plan.batches:
         batch_dir = sub.work_dir / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
-        text = loaddata.loaddata_csv(batch, plan.dyes, plate_barcode=acq.plate_barcode,
-                                     plate_acquisition_id=acq.id, icf_folder=icf_folder,
-                                     icf_naming=options.icf_naming)
+        text = loaddata.loaddata_csv(
+            batch,
+            plan.dyes,
+            plate_barcode=acq.plate_barcode,
+            plate_acquisition_id=acq.id,
+            icf_folder=icf_folder,
+            icf_naming=options.icf_naming,
+        )
         _write_atomically(batch_dir / "loaddata.csv", text)
-        specs.append(BatchSpec(sub_id, batch.name, batch.index, str(batch_dir), str(pipeline),
-                               len(batch.image_sets), options.job_timeout, options.cp_version,
-                               options.sub_type, options.priority, sub.stamp))
+        specs.append(
+            BatchSpec(
+                sub_id,
+                batch.name,
+                batch.index,
+                str(batch_dir),
+                str(pipeline),
+                len(batch.image_sets),
+                options.job_timeout,
+                options.cp_version,
+                options.sub_type,
+                options.priority,
+                sub.stamp,
+            )
+        )
     if not db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count, stamp=sub.stamp):
         raise StaleRunError(stale_message(sub_id, sub.stamp))
     status = dataclasses.replace(sub.status, state="running", batches=len(specs), image_sets=plan.image_set_count)
@@ -118,12 +136,17 @@ def check_pipeline(settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan
     channel map cannot provide, use_icf without an illumination image. CellProfiler
     inspects each pipeline file once (cached under the work root)."""
     options = sub.options
-    needs = pipeline_check.inspect(pipeline, cellprofiler=settings.cellprofiler,
-                                   cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER)
-    pipeline_check.check(needs, pipeline_file=options.pipeline_file, dyes=plan.dyes,
-                         illumination_images=set(loaddata.illumination_images(
-                             plan.dyes, options.icf_naming, sub.plate_barcode)), use_icf=options.use_icf,
-                         files_only_allowed=sub.feeds_others)
+    needs = pipeline_check.inspect(
+        pipeline, cellprofiler=settings.cellprofiler, cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER
+    )
+    pipeline_check.check(
+        needs,
+        pipeline_file=options.pipeline_file,
+        dyes=plan.dyes,
+        illumination_images=set(loaddata.illumination_images(plan.dyes, options.icf_naming, sub.plate_barcode)),
+        use_icf=options.use_icf,
+        files_only_allowed=sub.feeds_others,
+    )
 
 
 def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
@@ -176,8 +199,11 @@ def _reuse(earlier: Path, batch_dir: Path, done: dict, fingerprint: str) -> cell
     shutil.copyfile(earlier / "cellprofiler.log", batch_dir / "cellprofiler.log")
     if batch_tables.reuse_converted(earlier, batch_dir) is None:
         batch_tables.convert_batch(batch_dir)
-    outcome = {**done["outcome"], "output_dir": str(batch_dir / "output"),
-               "log_path": str(batch_dir / "cellprofiler.log")}
+    outcome = {
+        **done["outcome"],
+        "output_dir": str(batch_dir / "output"),
+        "log_path": str(batch_dir / "cellprofiler.log"),
+    }
     _write_atomically(batch_dir / "done.json", json.dumps({"fingerprint": fingerprint, "outcome": outcome}))
     return cellprofiler.BatchOutcome(**{**outcome, "reused": True})
 
@@ -201,13 +227,23 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
     changes); this sub-analysis's derived tables from before do not survive it."""
     out_dir, tables_dir = sub.results_dir, sub.tables_dir
     derived = [str((tables_dir / name).relative_to(out_dir)) for name in (SINGLE_CELL_FILE, PROFILES_FILE)]
-    merged = batch_tables.merge_converted([Path(d) for d in batch_dirs], out_dir,
-                                          manifest=f".merged-files.sub{sub.sub_id}.json", tables_dir=tables_dir,
-                                          replaces=derived, owner=f"sub{sub.sub_id}",
-                                          guard=lambda: db.while_current(sub.sub_id, sub.stamp))
+    merged = batch_tables.merge_converted(
+        [Path(d) for d in batch_dirs],
+        out_dir,
+        manifest=f".merged-files.sub{sub.sub_id}.json",
+        tables_dir=tables_dir,
+        replaces=derived,
+        owner=f"sub{sub.sub_id}",
+        guard=lambda: db.while_current(sub.sub_id, sub.stamp),
+    )
     db.add_outputs(sub.sub_id, file_list(merged.files, settings.nas_root), sub.stamp)
-    objects = tuple(sorted(t.name for t in merged.tables.values()
-                           if t.path.is_file() and "ObjectNumber" in pq.read_schema(t.path).names))
+    objects = tuple(
+        sorted(
+            t.name
+            for t in merged.tables.values()
+            if t.path.is_file() and "ObjectNumber" in pq.read_schema(t.path).names
+        )
+    )
     return Merged(sub, merged, objects, tuple(Path(d).name for d in batch_dirs))
 
 
@@ -217,8 +253,13 @@ def write_single_cell(db: ImageDB, settings: Settings, merged: Merged) -> Single
     if not merged.object_tables:
         return None
     out_dir, objects = merged.tables_dir, list(merged.object_tables)
-    return _publish_derived(db, settings, merged.sub, out_dir / SINGLE_CELL_FILE,
-                            lambda dest: single_cell.write_single_cell(out_dir, dest, objects=objects))
+    return _publish_derived(
+        db,
+        settings,
+        merged.sub,
+        out_dir / SINGLE_CELL_FILE,
+        lambda dest: single_cell.write_single_cell(out_dir, dest, objects=objects),
+    )
 
 
 def write_well_profiles(db: ImageDB, settings: Settings, merged: Merged) -> ProfilesResult | None:
@@ -227,8 +268,13 @@ def write_well_profiles(db: ImageDB, settings: Settings, merged: Merged) -> Prof
     if not merged.object_tables:
         return None
     out_dir = merged.tables_dir
-    return _publish_derived(db, settings, merged.sub, out_dir / PROFILES_FILE,
-                            lambda dest: profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, dest))
+    return _publish_derived(
+        db,
+        settings,
+        merged.sub,
+        out_dir / PROFILES_FILE,
+        lambda dest: profiles.write_well_profiles(out_dir / SINGLE_CELL_FILE, dest),
+    )
 
 
 def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final: Path, write):
@@ -242,8 +288,10 @@ def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final
         result = write(partial)
         with db.while_current(sub.sub_id, sub.stamp):
             if final.parent.resolve() != version:
-                raise StaleRunError(f"the results folder of sub-analysis {sub.sub_id} was replaced while "
-                                    f"{final.name} was written from it; it was not published")
+                raise StaleRunError(
+                    f"the results folder of sub-analysis {sub.sub_id} was replaced while "
+                    f"{final.name} was written from it; it was not published"
+                )
             os.replace(partial, version / final.name)
     finally:
         partial.unlink(missing_ok=True)

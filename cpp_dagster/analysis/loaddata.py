@@ -5,6 +5,7 @@ and folder, the illumination function of each dye when the sub-analysis uses the
 the metadata columns community pipelines group and export by (Metadata_Plate, _Well,
 _Site, _Row, _Col, ...).
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,9 @@ def illumination_images(dyes: Sequence[str], naming: IcfNaming | str, plate_barc
             raise PlanningError(f"{e}: it cannot name the illumination files <Plate>_Illum<Ch>.npy") from None
         images = {f"Illum{dye.removeprefix('Orig')}": f"{plate}_Illum{dye.removeprefix('Orig')}.npy" for dye in dyes}
     if len(images) != len(dyes):  # broad: e.g. the dyes DNA and OrigDNA are both IllumDNA
-        raise PlanningError(f"dyes {', '.join(dyes)} do not give one illumination image each with "
-                            f"icf_naming {naming.value!r}")
+        raise PlanningError(
+            f"dyes {', '.join(dyes)} do not give one illumination image each with icf_naming {naming.value!r}"
+        )
     for file_name in images.values():
         try:
             paths.component(file_name, "illumination function file")
@@ -63,8 +65,17 @@ def well_row_col(well: str) -> tuple[int, int] | tuple[str, str]:
     return row, int(m.group(2))
 
 
-METADATA_COLUMNS = ("Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z",
-                    "Metadata_Timepoint", "Metadata_Plate", "Metadata_Row", "Metadata_Col")
+METADATA_COLUMNS = (
+    "Metadata_Barcode",
+    "Metadata_Well",
+    "Metadata_Site",
+    "Metadata_AcqID",
+    "Metadata_z",
+    "Metadata_Timepoint",
+    "Metadata_Plate",
+    "Metadata_Row",
+    "Metadata_Col",
+)
 """The LoadData CSV's metadata, after the image columns: pharmbio's names, then the names
 public (Broad/JUMP, nf-core) pipelines group and name files by. Metadata_Plate is the
 plate barcode; Metadata_Row/Metadata_Col are integers (B02 -> 2, 2), as in JUMP."""
@@ -98,8 +109,16 @@ def loaddata_csv(
         for path in s.paths:
             p = PurePosixPath(path)
             row += [p.name, str(p.parent), _file_url(p)]
-        row += [plate_barcode, s.well, s.site, plate_acquisition_id, s.z, s.timepoint,
-                plate_barcode, *well_row_col(s.well)]
+        row += [
+            plate_barcode,
+            s.well,
+            s.site,
+            plate_acquisition_id,
+            s.z,
+            s.timepoint,
+            plate_barcode,
+            *well_row_col(s.well),
+        ]
         writer.writerow(row + icf_columns)
     return out.getvalue()
 

@@ -14,6 +14,7 @@ The inspection depends only on the file's bytes and the CellProfiler build, so i
 cached under the work root (`.pipeline-checks/<sha256>.json`); the comparison with an
 acquisition's channel map is pure Python and runs every time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,10 @@ class PipelineNeeds:
     @classmethod
     def from_json(cls, data: dict) -> PipelineNeeds:
         return cls(
-            modules=tuple(ModuleBlock(int(m["number"]), str(m["name"]), bool(m["enabled"]), m.get("error"))
-                          for m in data["modules"]),
+            modules=tuple(
+                ModuleBlock(int(m["number"]), str(m["name"]), bool(m["enabled"]), m.get("error"))
+                for m in data["modules"]
+            ),
             load_error=data.get("load_error"),
             image_inputs=tuple(data["image_inputs"]),
             needs_images={str(k): tuple(v) for k, v in data["needs_images"].items()},
@@ -121,29 +124,38 @@ def problems(
     found = []
     if needs.unloadable:
         listed = "; ".join(f"{m.label} ({m.error})" for m in needs.unloadable)
-        found.append(f"{name} has module(s) this CellProfiler cannot load (a plugin that is not installed or "
-                     f"a setting it does not support), which it would silently leave out: {listed}")
+        found.append(
+            f"{name} has module(s) this CellProfiler cannot load (a plugin that is not installed or "
+            f"a setting it does not support), which it would silently leave out: {listed}"
+        )
     if "LoadData" not in needs.image_inputs:
         if "NamesAndTypes" in needs.image_inputs:
-            found.append(f"{name} reads its images through NamesAndTypes; cpp-dagster feeds images through "
-                         f"LoadData: replace {INPUT_MODULES_OTHER_THAN_LOADDATA} by LoadData")
+            found.append(
+                f"{name} reads its images through NamesAndTypes; cpp-dagster feeds images through "
+                f"LoadData: replace {INPUT_MODULES_OTHER_THAN_LOADDATA} by LoadData"
+            )
         else:
             found.append(f"{name} has no LoadData module; cpp-dagster feeds images through LoadData")
     if not any(e.exports_image_table for e in needs.exports):
         if not needs.exports and not (files_only_allowed and needs.saves_files):
-            found.append(f"{name} exports no tables (it has no ExportToSpreadsheet module): add one that "
-                         "exports the Image table and the object tables you need")
+            found.append(
+                f"{name} exports no tables (it has no ExportToSpreadsheet module): add one that "
+                "exports the Image table and the object tables you need"
+            )
         elif needs.exports:
-            found.append(f"{name} does not export the Image table: in "
-                         f"{', '.join(e.module for e in needs.exports)} choose 'Export all measurement types' "
-                         "or add Image to the data to export")
+            found.append(
+                f"{name} does not export the Image table: in "
+                f"{', '.join(e.module for e in needs.exports)} choose 'Export all measurement types' "
+                "or add Image to the data to export"
+            )
     if "LoadData" in needs.image_inputs:
         found += _image_problems(needs, name, dyes, set(illumination_images), use_icf)
     return found
 
 
-def _image_problems(needs: PipelineNeeds, name: str, dyes: Sequence[str], illumination: set[str],
-                    use_icf: bool) -> list[str]:
+def _image_problems(
+    needs: PipelineNeeds, name: str, dyes: Sequence[str], illumination: set[str], use_icf: bool
+) -> list[str]:
     provided = set(dyes) | (illumination if use_icf else set())
     missing = sorted(set(needs.needs_images) - provided)
     found = []
@@ -152,13 +164,16 @@ def _image_problems(needs: PipelineNeeds, name: str, dyes: Sequence[str], illumi
         offer = ", ".join(dyes)
         if use_icf:
             offer += f" and the illumination images {', '.join(sorted(illumination))}"
-        hint = ("; the illumination images need use_icf" if not use_icf and set(missing) <= illumination
-                else "")
-        found.append(f"{name} needs image(s) that this plate acquisition's channel map does not provide: "
-                     f"{listed}. Its LoadData provides {offer}{hint}")
+        hint = "; the illumination images need use_icf" if not use_icf and set(missing) <= illumination else ""
+        found.append(
+            f"{name} needs image(s) that this plate acquisition's channel map does not provide: "
+            f"{listed}. Its LoadData provides {offer}{hint}"
+        )
     if use_icf and not illumination & set(needs.needs_images):
-        found.append(f"use_icf is set but {name} loads no illumination image ({', '.join(sorted(illumination))}): "
-                     "use a pipeline that applies them (CorrectIlluminationApply) or unset use_icf")
+        found.append(
+            f"use_icf is set but {name} loads no illumination image ({', '.join(sorted(illumination))}): "
+            "use a pipeline that applies them (CorrectIlluminationApply) or unset use_icf"
+        )
     return found
 
 
@@ -166,8 +181,9 @@ def check(needs: PipelineNeeds, **kwargs) -> None:
     """Raise PipelineCheckError listing every problem `problems` finds."""
     found = problems(needs, **kwargs)
     if found:
-        raise PipelineCheckError("; ".join(found) if len(found) == 1
-                                 else f"{len(found)} problems: " + " | ".join(found))
+        raise PipelineCheckError(
+            "; ".join(found) if len(found) == 1 else f"{len(found)} problems: " + " | ".join(found)
+        )
 
 
 def cache_key(pipeline: Path, cellprofiler: str) -> str:
@@ -211,8 +227,9 @@ def cellprofiler_python(cellprofiler: str) -> Path:
     executable = shutil.which(cellprofiler) or cellprofiler
     python = Path(executable).parent / "python"
     if not python.exists():
-        raise PipelineInspectionError(f"no python next to the CellProfiler executable {cellprofiler!r} "
-                                      f"(looked for {python})")
+        raise PipelineInspectionError(
+            f"no python next to the CellProfiler executable {cellprofiler!r} (looked for {python})"
+        )
     return python
 
 

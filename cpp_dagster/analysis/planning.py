@@ -3,6 +3,7 @@
 Pure functions: no database, no files. The analysis options (imagedb's sub-analysis
 `meta`) are parsed once into `SubAnalysisOptions`; every later step takes typed values.
 """
+
 from __future__ import annotations
 
 import re
@@ -105,8 +106,9 @@ class SubAnalysisOptions:
         else:
             sites = None
         batch_size = _int_in(meta, "batch_size", 0, None, None, "image sets per batch (0: one batch of all)")
-        job_timeout = _int_in(meta, "job_timeout", DEFAULT_JOB_TIMEOUT_S, 1, MAX_JOB_TIMEOUT_S,
-                              "seconds (at most 7 days)")
+        job_timeout = _int_in(
+            meta, "job_timeout", DEFAULT_JOB_TIMEOUT_S, 1, MAX_JOB_TIMEOUT_S, "seconds (at most 7 days)"
+        )
         priority = priority_of(meta.get("priority"))
         use_icf = meta.get("use_icf", False)
         if use_icf is None:
@@ -235,9 +237,7 @@ def select_dyes(channel_map: Mapping[int, str], channels: Sequence[str] | None) 
     if channels:
         unknown = sorted(set(channels) - set(selected.values()))
         if unknown:
-            raise PlanningError(
-                f"channels {unknown} are not in the channel map ({', '.join(selected.values())})"
-            )
+            raise PlanningError(f"channels {unknown} are not in the channel map ({', '.join(selected.values())})")
         selected = {ch: dye for ch, dye in selected.items() if dye in channels}
     dyes = list(selected.values())
     repeated = sorted({d for d in dyes if dyes.count(d) > 1})
@@ -303,7 +303,9 @@ def _describe(key: tuple[int, str, int, int]) -> str:
 def split_batches(image_sets: Sequence[ImageSet], batch_size: int) -> list[Batch]:
     """Consecutive runs of `batch_size` image sets; `batch_size <= 0` is one batch of all."""
     size = batch_size if batch_size > 0 else max(len(image_sets), 1)
-    return [Batch(i, tuple(image_sets[start : start + size])) for i, start in enumerate(range(0, len(image_sets), size))]
+    return [
+        Batch(i, tuple(image_sets[start : start + size])) for i, start in enumerate(range(0, len(image_sets), size))
+    ]
 
 
 def plan(images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions) -> Plan:

@@ -6,6 +6,7 @@ A pipeline's sub-analyses are its steps. Each kind of step is its own asset in D
 an illumination step (sub_type `icf`), a QC step (`qc`), and the features step (`features`
 or unset), which the single-cell table and the well profiles derive from.
 """
+
 from __future__ import annotations
 
 import enum
@@ -90,9 +91,20 @@ def resolve(db: ImageDB, settings: Settings, sub_id: int, stamp: RunStamp | None
     out_dir = results_dir(settings, acq, sub.analysis_id)
     tables = out_dir
     if found.feeds_others:
-        tables = paths.under(out_dir, f"sub{sub_id}_{options.sub_type}" if options.sub_type else f"sub{sub_id}",
-                             what="tables subfolder")
-    return SubAnalysisRun(sub_id=sub_id, analysis_id=sub.analysis_id, pipeline_name=found.pipeline_name,
-                          acquisition=acq, options=options, depends_on=tuple(sub.depends_on_sub_id or ()),
-                          feeds_others=found.feeds_others, results_dir=out_dir, tables_dir=tables,
-                          work_dir=work_dir(settings, sub_id, stamp.generation or 0), stamp=stamp, status=status)
+        tables = paths.under(
+            out_dir, f"sub{sub_id}_{options.sub_type}" if options.sub_type else f"sub{sub_id}", what="tables subfolder"
+        )
+    return SubAnalysisRun(
+        sub_id=sub_id,
+        analysis_id=sub.analysis_id,
+        pipeline_name=found.pipeline_name,
+        acquisition=acq,
+        options=options,
+        depends_on=tuple(sub.depends_on_sub_id or ()),
+        feeds_others=found.feeds_others,
+        results_dir=out_dir,
+        tables_dir=tables,
+        work_dir=work_dir(settings, sub_id, stamp.generation or 0),
+        stamp=stamp,
+        status=status,
+    )

@@ -17,6 +17,7 @@ has finished, its tables are in the results folder, and the retention has run ou
 Freed bytes count each file once (hard links between generations) and only when every
 link to it is removed.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,15 @@ class WorkAreaOutcome:
     reason: str  # why it was kept or freed, for the scientist reading the output
 
 
-def collect(db: ImageDB, work_root: Path, nas_root: Path, retention_days: float, *, dry_run: bool = False,
-            expire_failed: bool = False) -> list[WorkAreaOutcome]:
+def collect(
+    db: ImageDB,
+    work_root: Path,
+    nas_root: Path,
+    retention_days: float,
+    *,
+    dry_run: bool = False,
+    expire_failed: bool = False,
+) -> list[WorkAreaOutcome]:
     """Clean the work area under `work_root` by the rules above; one outcome per
     sub-analysis folder, in sub-analysis order. `dry_run`: remove nothing, report what
     would go."""
@@ -68,8 +76,11 @@ def collect(db: ImageDB, work_root: Path, nas_root: Path, retention_days: float,
             continue
         with db.while_work_area_expired(sub_id, retention_days, removable) as now:
             if now is None:  # changed since it was listed (a re-run): left alone
-                outcomes.append(WorkAreaOutcome(sub_id, folder, state.state, False, 0,
-                                                "its state changed while the work area was cleaned"))
+                outcomes.append(
+                    WorkAreaOutcome(
+                        sub_id, folder, state.state, False, 0, "its state changed while the work area was cleaned"
+                    )
+                )
                 continue
             generations = _generation_folders(folder, now.generation)
             freed = freed_bytes(generations)
@@ -79,13 +90,13 @@ def collect(db: ImageDB, work_root: Path, nas_root: Path, retention_days: float,
                 if not any(folder.iterdir()):
                     folder.rmdir()
         days = now.age.total_seconds() / 86400 if now.age is not None else 0.0
-        outcomes.append(WorkAreaOutcome(sub_id, folder, now.state, True, freed,
-                                        f"{now.state} {days:.1f} days ago"))
+        outcomes.append(WorkAreaOutcome(sub_id, folder, now.state, True, freed, f"{now.state} {days:.1f} days ago"))
     return outcomes
 
 
-def _keep_reason(state: WorkAreaState | None, retention_days: float, nas_root: Path,
-                 removable: tuple[str, ...]) -> str | None:
+def _keep_reason(
+    state: WorkAreaState | None, retention_days: float, nas_root: Path, removable: tuple[str, ...]
+) -> str | None:
     """Why a sub-analysis's work area stays; None if it may go."""
     if state is None:
         return "no such sub-analysis in imagedb"
@@ -145,8 +156,12 @@ def freed_bytes(folders: Iterable[Path]) -> int:
 def report_lines(outcomes: list[WorkAreaOutcome], *, dry_run: bool) -> list[str]:
     """What `cpp-dagster gc` prints: one line per sub-analysis, then the total."""
     verb = "would free" if dry_run else "freed"
-    lines = [f"sub-analysis {o.sub_id}: {verb} {human_bytes(o.bytes)} ({o.bytes} bytes; {o.reason})"
-             if o.freed else f"sub-analysis {o.sub_id}: kept ({o.reason})" for o in outcomes]
+    lines = [
+        f"sub-analysis {o.sub_id}: {verb} {human_bytes(o.bytes)} ({o.bytes} bytes; {o.reason})"
+        if o.freed
+        else f"sub-analysis {o.sub_id}: kept ({o.reason})"
+        for o in outcomes
+    ]
     total = sum(o.bytes for o in outcomes)
     count = sum(o.freed for o in outcomes)
     lines.append(f"{verb} {human_bytes(total)} ({total} bytes) of {count} sub-analyses' work areas")

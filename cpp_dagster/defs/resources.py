@@ -4,6 +4,7 @@ typed `Settings` to the domain code, which never reads the environment itself.
 
 No resource starts a database: a URL the environment does not give is a SettingsError
 naming the variable (the local deployment, `cpp_dagster.local`, gives them all)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,10 @@ from cpp_dagster.settings import Settings, SettingsError, load_settings
 def required_url(url: str | None, variable: str) -> str:
     """`url`, or a SettingsError naming the variable that should have given it."""
     if not url:
-        raise SettingsError(f"{variable} is not set: give it the database's PostgreSQL URL (on Kubernetes from "
-                            "its Secret; `make dev` and `make demo` set it to the embedded local server's)")
+        raise SettingsError(
+            f"{variable} is not set: give it the database's PostgreSQL URL (on Kubernetes from "
+            "its Secret; `make dev` and `make demo` set it to the embedded local server's)"
+        )
     return url
 
 

@@ -145,8 +145,14 @@ def apply_module(dyes: list[str]):
 
 def build_features_icf_pipeline():
     headless()
-    return assemble([load_data_module(), apply_module(list(DYES)),
-                     *feature_modules({dye: corrected_image(dye) for dye in DYES}), export_module()])
+    return assemble(
+        [
+            load_data_module(),
+            apply_module(list(DYES)),
+            *feature_modules({dye: corrected_image(dye) for dye in DYES}),
+            export_module(),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

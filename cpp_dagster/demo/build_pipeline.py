@@ -235,8 +235,9 @@ def build_nuclei_only_pipeline():
     """A pipeline that segments only nuclei (no Cells object): LoadData, Nuclei from
     HOECHST, their intensities and shapes, ExportToSpreadsheet (Image, Experiment, Nuclei)."""
     headless()
-    return assemble([load_data_module(), nuclei_module("HOECHST"), *measurement_modules(DYES, [NUCLEI]),
-                     export_module()])
+    return assemble(
+        [load_data_module(), nuclei_module("HOECHST"), *measurement_modules(DYES, [NUCLEI]), export_module()]
+    )
 
 
 def quiet_logging() -> None:
@@ -273,8 +274,11 @@ def write_pipeline(pipeline, output: pathlib.Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=pathlib.Path, help="path of the .cppipe to write")
-    parser.add_argument("--nuclei-only", action="store_true",
-                        help="segment only nuclei (no Cells object): LoadData, nuclei, measurements, export")
+    parser.add_argument(
+        "--nuclei-only",
+        action="store_true",
+        help="segment only nuclei (no Cells object): LoadData, nuclei, measurements, export",
+    )
     args = parser.parse_args(argv)
     quiet_logging()
     pipeline = build_nuclei_only_pipeline() if args.nuclei_only else build_pipeline()

@@ -1,5 +1,6 @@
 """Register a synthetic plate acquisition and the demo pipelines in imagedb, as the
 lab's ingest service and pipeline GUI would."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,8 +42,10 @@ def demo_pipeline_meta(batch_size: int = 4) -> dict:
 
 def demo_icf_pipeline_meta(batch_size: int = 4) -> dict:
     return {
-        "analysis_meta": {"description": "Demo Cell Painting with illumination correction: "
-                                         "ICF per dye, then features on the corrected images"},
+        "analysis_meta": {
+            "description": "Demo Cell Painting with illumination correction: "
+            "ICF per dye, then features on the corrected images"
+        },
         "sub_analyses": [
             {
                 "type": "cellprofiler",
@@ -102,19 +105,36 @@ def register_plate(
     so the demo's map is never replaced) is set to them (channel = position + 1); without,
     the demo's five dyes and channel map."""
     if dyes is not None and channel_map_id in (None, DEMO_CHANNEL_MAP):
-        raise ValueError(f"a plate of its own dyes needs a channel map id of its own (not {DEMO_CHANNEL_MAP}, the demo's)")
+        raise ValueError(
+            f"a plate of its own dyes needs a channel map id of its own (not {DEMO_CHANNEL_MAP}, the demo's)"
+        )
     channel_map_id = DEMO_CHANNEL_MAP if channel_map_id is None else channel_map_id
     folder = paths.under(settings.nas_root / "images", barcode, what="plate barcode")
-    files = write_plate(Path(folder), barcode, wells, sites, seed=seed, z_planes=z_planes, size=size,
-                        dyes=dyes, compression=compression, cell_scale=cell_scale)
+    files = write_plate(
+        Path(folder),
+        barcode,
+        wells,
+        sites,
+        seed=seed,
+        z_planes=z_planes,
+        size=size,
+        dyes=dyes,
+        compression=compression,
+        cell_scale=cell_scale,
+    )
     if dyes is not None:
         db.put_channel_map(channel_map_id, {i + 1: dye for i, dye in enumerate(dyes)})
-    acq_id = db.add_plate_acquisition(barcode, channel_map_id=channel_map_id, folder=str(folder),
-                                      project="demo", microscope="synthetic")
-    db.add_images(acq_id, barcode, [
-        Image(well=f["well"], site=f["site"], channel=f["channel"], path=f["path"], z=f["z"], timepoint=1)
-        for f in files
-    ])
+    acq_id = db.add_plate_acquisition(
+        barcode, channel_map_id=channel_map_id, folder=str(folder), project="demo", microscope="synthetic"
+    )
+    db.add_images(
+        acq_id,
+        barcode,
+        [
+            Image(well=f["well"], site=f["site"], channel=f["channel"], path=f["path"], z=f["z"], timepoint=1)
+            for f in files
+        ],
+    )
     if finished:
         db.finish_plate_acquisition(acq_id)
     return acq_id

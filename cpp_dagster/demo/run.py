@@ -4,6 +4,7 @@ Registers a synthetic plate and a submitted analysis in imagedb, starts
 `dagster-daemon` (sensors, run queue, run monitoring), waits until the sensor's run
 has recorded its outcome in imagedb and finished in Dagster, and returns the summary.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,14 @@ def dagster_process(command: str, args: list[str], env: dict[str, str], log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).with_name(command)
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([str(exe), *args, "-w", str(PROJECT_ROOT / "workspace.yaml")],
-                                cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(exe), *args, "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             yield proc
         finally:
@@ -61,8 +67,9 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def wait_for_outcome(db: ImageDB, sub_id: int, timeout_s: float, echo: Callable[[str], None],
-                     daemon: subprocess.Popen | None = None):
+def wait_for_outcome(
+    db: ImageDB, sub_id: int, timeout_s: float, echo: Callable[[str], None], daemon: subprocess.Popen | None = None
+):
     """Poll imagedb until the sub-analysis has `finish` or `error`; echo progress."""
     deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
@@ -108,8 +115,10 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
         "batches": status.batches,
         "image_sets": status.image_sets,
         "tables": tables,
-        "db": {"finish": sub.finish.isoformat(sep=" ") if sub.finish else None,
-               "error": sub.error.isoformat(sep=" ") if sub.error else None},
+        "db": {
+            "finish": sub.finish.isoformat(sep=" ") if sub.finish else None,
+            "error": sub.error.isoformat(sep=" ") if sub.error else None,
+        },
     }
     if sub.error:
         out["db"]["message"] = status.message
@@ -118,8 +127,15 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
     return out
 
 
-def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int = 1,
-             timeout_s: float = 1800, echo: Callable[[str], None] = print) -> dict:
+def run_demo(
+    *,
+    wells: int = 4,
+    sites: int = 4,
+    batch_size: int = 4,
+    seed: int = 1,
+    timeout_s: float = 1800,
+    echo: Callable[[str], None] = print,
+) -> dict:
     os.environ.setdefault("CPP_SENSOR_INTERVAL_S", "5")  # the demo's sensors tick faster, unless set
     env = local_env.environment(compounds=False)
     os.environ.update(env)
@@ -129,12 +145,15 @@ def run_demo(*, wells: int = 4, sites: int = 4, batch_size: int = 4, seed: int =
     ConfigStore(env["CPP_TRAINING_DB_URL"]).apply_schema()  # so `make dev` afterwards ticks every sensor clean
     install_demo_pipeline(db, settings, batch_size=batch_size)
     started = time.monotonic()
-    acq_id = register_plate(db, settings, barcode=f"DEMO-{seed:04d}", wells=plate_wells(wells),
-                            sites=list(range(1, sites + 1)), seed=seed)
+    acq_id = register_plate(
+        db, settings, barcode=f"DEMO-{seed:04d}", wells=plate_wells(wells), sites=list(range(1, sites + 1)), seed=seed
+    )
     submitted = db.submit_analysis(acq_id, DEMO_PIPELINE)
     sub_id = submitted.sub_ids[0]
-    echo(f"registered plate acquisition {acq_id} ({wells} wells x {sites} sites x 5 channels) "
-         f"and submitted analysis {submitted.analysis_id} (sub-analysis {sub_id}); starting dagster-daemon")
+    echo(
+        f"registered plate acquisition {acq_id} ({wells} wells x {sites} sites x 5 channels) "
+        f"and submitted analysis {submitted.analysis_id} (sub-analysis {sub_id}); starting dagster-daemon"
+    )
     with dagster_daemon(env, settings.local_dir / "logs" / "dagster-daemon.log") as daemon:
         sub = wait_for_outcome(db, sub_id, timeout_s, echo, daemon)
         run = wait_for_run(sub_id, 120)

@@ -55,10 +55,8 @@ _VERSION = "synthetic-plate-v1"
 _CAMERA_OFFSET = 100.0
 _READ_NOISE = 12.0
 # Peak signal (counts above background) per pattern, before per-cell variation.
-_PEAK = {"nucleus": 14000.0, "er": 5000.0, "rna": 6000.0, "mito": 9000.0, "membrane": 6000.0,
-         "brightfield": 9000.0}
-_BACKGROUND = {"nucleus": 350.0, "er": 450.0, "rna": 400.0, "mito": 350.0, "membrane": 500.0,
-               "brightfield": 0.0}
+_PEAK = {"nucleus": 14000.0, "er": 5000.0, "rna": 6000.0, "mito": 9000.0, "membrane": 6000.0, "brightfield": 9000.0}
+_BACKGROUND = {"nucleus": 350.0, "er": 450.0, "rna": 400.0, "mito": 350.0, "membrane": 500.0, "brightfield": 0.0}
 
 
 def pattern_of(dye: str, position: int = 0) -> str:
@@ -122,8 +120,9 @@ def _illumination(seed: int, dye: str, size: int) -> np.ndarray:
     return vignette * tilt
 
 
-def _render_clean(seed: int, well: str, site: int, size: int, dyes: list[str],
-                  cell_scale: float = 1.0) -> dict[str, np.ndarray]:
+def _render_clean(
+    seed: int, well: str, site: int, size: int, dyes: list[str], cell_scale: float = 1.0
+) -> dict[str, np.ndarray]:
     """Noise-free, unblurred signal per dye (0..~1 relative units) for one site."""
     rng = _rng(seed, "layout", well, site)
     shape = (size, size)
@@ -163,9 +162,7 @@ def _render_clean(seed: int, well: str, site: int, size: int, dyes: list[str],
 
     # Irregular cell outline: radius modulated by low-order harmonics.
     k = np.arange(2, 5)[None, None, :]
-    radius = cell_r[owner] * (
-        1.0 + (harm_amp[owner] * np.cos(k * theta[..., None] + harm_phase[owner])).sum(-1)
-    )
+    radius = cell_r[owner] * (1.0 + (harm_amp[owner] * np.cos(k * theta[..., None] + harm_phase[owner])).sum(-1))
     rnorm = dist / radius
     cell_mask = rnorm < 1.0
 
@@ -219,8 +216,14 @@ def _render_clean(seed: int, well: str, site: int, size: int, dyes: list[str],
 
 
 def render_site(
-    seed: int, well: str, site: int, z: int = 0, size: int = 256, z_planes: int = 1,
-    dyes: list[str] | None = None, cell_scale: float = 1.0,
+    seed: int,
+    well: str,
+    site: int,
+    z: int = 0,
+    size: int = 256,
+    z_planes: int = 1,
+    dyes: list[str] | None = None,
+    cell_scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Render one field of view; returns ``{dye: uint16 image}``.
 
@@ -274,8 +277,9 @@ def write_plate(
     for well in wells:
         for site in sites:
             for z in range(z_planes):
-                images = render_site(seed, well, site, z=z, size=size, z_planes=z_planes, dyes=dyes,
-                                     cell_scale=cell_scale)
+                images = render_site(
+                    seed, well, site, z=z, size=size, z_planes=z_planes, dyes=dyes, cell_scale=cell_scale
+                )
                 for channel, dye in enumerate(dyes, start=1):
                     path = folder / f"{barcode}_{well}_s{site}_z{z}_w{channel}.tif"
                     write_tiff(path, images[dye], compression)
@@ -313,8 +317,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--compression", choices=list(COMPRESSION), default="lzw")
     a = p.parse_args(argv)
-    records = write_plate(a.folder, a.barcode, a.wells, a.sites, a.seed, a.z_planes, a.size, dyes=a.dyes,
-                          compression=a.compression, cell_scale=a.cell_scale)
+    records = write_plate(
+        a.folder,
+        a.barcode,
+        a.wells,
+        a.sites,
+        a.seed,
+        a.z_planes,
+        a.size,
+        dyes=a.dyes,
+        compression=a.compression,
+        cell_scale=a.cell_scale,
+    )
     print(json.dumps({"files": len(records), "folder": str(a.folder.resolve())}))
 
 

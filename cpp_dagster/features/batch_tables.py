@@ -33,6 +33,7 @@ files: their record batches go to the Parquet writer without a copy (reading the
 memory was a quarter of its CPU), and the pages of a file are let go once its row group
 is written.
 """
+
 from __future__ import annotations
 
 import functools
@@ -90,13 +91,27 @@ def convert_batch(batch_dir: Path, number: int | None = None) -> dict[str, Path]
         # one table after another: batches convert side by side (pods, or local
         # processes), and threads here cost ~20% more CPU for the same tables
         # (plate benchmark, 2 batches at once on 2 cores: 22.5 s CPU, 27 s with 4 threads)
-        written = [merge_table(t, [(number, name, path)], staging / f"{t}.arrow", keep_null=True,
-                               writer=ArrowFileWriter, probe=probe)
-                   for t, path in sources.items()]
-        complete = {"batch": name, "number": number, "tables": {
-            t.name: {"file": t.path.name, "bytes": t.path.stat().st_size, "rows": t.rows,
-                     "schema": _schema_key(t.schema), "csv": sources[t.name].name,
-                     "csv_bytes": sources[t.name].stat().st_size} for t in written}}
+        written = [
+            merge_table(
+                t, [(number, name, path)], staging / f"{t}.arrow", keep_null=True, writer=ArrowFileWriter, probe=probe
+            )
+            for t, path in sources.items()
+        ]
+        complete = {
+            "batch": name,
+            "number": number,
+            "tables": {
+                t.name: {
+                    "file": t.path.name,
+                    "bytes": t.path.stat().st_size,
+                    "rows": t.rows,
+                    "schema": _schema_key(t.schema),
+                    "csv": sources[t.name].name,
+                    "csv_bytes": sources[t.name].stat().st_size,
+                }
+                for t in written
+            },
+        }
         (staging / COMPLETE).write_text(json.dumps(complete, indent=1))
         _publish(staging, batch_dir / TABLES)
     finally:
@@ -164,8 +179,11 @@ def _conversion(batch_dir: Path, number: int | None = None) -> dict[str, Convert
         out = {}
         for name, t in tables.items():
             path = folder / t["file"]
-            if (t["csv"] != sources[name].name or t["csv_bytes"] != sources[name].stat().st_size
-                    or path.stat().st_size != t["bytes"]):
+            if (
+                t["csv"] != sources[name].name
+                or t["csv_bytes"] != sources[name].stat().st_size
+                or path.stat().st_size != t["bytes"]
+            ):
                 return None
             out[name] = ConvertedTable(path, int(t["rows"]), str(t["schema"]))
         return out
@@ -209,12 +227,21 @@ def merge_converted(batch_dirs: Sequence[Path], dest_dir: Path, **options) -> Me
         if found is None:
             raise MergeError(f"batch {d.name}: its tables were converted but do not match its CSVs")
         tables[d.name] = found
-    return merge_batches([d / OUTPUT for d in batch_dirs], dest_dir,
-                         merge_one=functools.partial(concat_table, converted=tables), **options)
+    return merge_batches(
+        [d / OUTPUT for d in batch_dirs],
+        dest_dir,
+        merge_one=functools.partial(concat_table, converted=tables),
+        **options,
+    )
 
 
-def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *,
-                 converted: dict[str, dict[str, ConvertedTable]]) -> MergedTable:
+def concat_table(
+    name: str,
+    sources: Sequence[tuple[int, str, Path]],
+    dest_file: Path,
+    *,
+    converted: dict[str, dict[str, ConvertedTable]],
+) -> MergedTable:
     """One table of every batch, from their converted files, into `dest_file` (Parquet).
     `sources`: (batch number, batch name, CSV) in batch order, as `merge.merge_table` takes.
     Each file's schema is read once per distinct schema; the files are memory-mapped,
@@ -239,15 +266,19 @@ def concat_table(name: str, sources: Sequence[tuple[int, str, Path]], dest_file:
             rows = 0
             with pa.memory_map(str(file.path)) as f, pa.ipc.open_file(f) as batch:
                 if not batch.schema.equals(written_as[file.schema_key]):
-                    raise MergeError(f"the converted table {file.path} is not the one its batch's "
-                                     f"{COMPLETE} lists: remove {file.path.parent} to convert the batch again")
+                    raise MergeError(
+                        f"the converted table {file.path} is not the one its batch's "
+                        f"{COMPLETE} lists: remove {file.path.parent} to convert the batch again"
+                    )
                 for i in range(batch.num_record_batches):
                     record_batch = batch.get_batch(i)
                     rows += record_batch.num_rows
                     writer.add(_conform(pa.Table.from_batches([record_batch]), out_schema))
             if rows != file.rows:
-                raise MergeError(f"the converted table {file.path} has {rows} rows, its batch's {COMPLETE} "
-                                 f"says {file.rows}: remove {file.path.parent} to convert the batch again")
+                raise MergeError(
+                    f"the converted table {file.path} has {rows} rows, its batch's {COMPLETE} "
+                    f"says {file.rows}: remove {file.path.parent} to convert the batch again"
+                )
     return MergedTable(name, dest_file, writer.rows, len(out_schema), drift)
 
 
@@ -264,8 +295,10 @@ def _value_schema(path: Path) -> pa.Schema:
 def _loses_text(schema: pa.Schema, file_schema: pa.Schema) -> bool:
     """Whether a column that is text in the merged table is numeric in this batch."""
     text = {name for name, t in zip(schema.names, schema.types) if pa.types.is_string(t)}
-    return any(name in text and not (pa.types.is_string(t) or pa.types.is_null(t))
-               for name, t in zip(file_schema.names, file_schema.types))
+    return any(
+        name in text and not (pa.types.is_string(t) or pa.types.is_null(t))
+        for name, t in zip(file_schema.names, file_schema.types)
+    )
 
 
 def _csv_route(source: tuple[int, str, Path], schema: pa.Schema):

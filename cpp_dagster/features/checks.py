@@ -23,6 +23,7 @@ are complete but something in the data deserves a look (outlier wells, NaN, drif
 - not_applicable: the outcome of a check that does not apply (passed, "not applicable: ...").
 Everything is streamed (one column, or row-group statistics); memory does not grow with the plate.
 """
+
 from __future__ import annotations
 
 import re
@@ -101,11 +102,20 @@ def image_rows_match_plan(tables_dir: Path, planned_image_sets: int) -> CheckOut
     rows = sum(keys.values())
     duplicates = sorted((k for k, n in keys.items() if n > 1), key=lambda k: (k is None, k or 0))
     passed = rows == planned_image_sets and not duplicates
-    description = (f"{rows} image rows for {planned_image_sets} planned image sets"
-                   + (f"; {len(duplicates)} image keys appear more than once" if duplicates else ""))
-    return CheckOutcome(passed, "ERROR", description,
-                        {"rows": rows, "planned": planned_image_sets, "missing": max(planned_image_sets - rows, 0),
-                         "duplicate_image_keys": duplicates[:_SHOWN]})
+    description = f"{rows} image rows for {planned_image_sets} planned image sets" + (
+        f"; {len(duplicates)} image keys appear more than once" if duplicates else ""
+    )
+    return CheckOutcome(
+        passed,
+        "ERROR",
+        description,
+        {
+            "rows": rows,
+            "planned": planned_image_sets,
+            "missing": max(planned_image_sets - rows, 0),
+            "duplicate_image_keys": duplicates[:_SHOWN],
+        },
+    )
 
 
 def all_batches_present(tables_dir: Path, expected_batches: Sequence[str]) -> CheckOutcome:
@@ -118,14 +128,19 @@ def all_batches_present(tables_dir: Path, expected_batches: Sequence[str]) -> Ch
     missing = [b for b in expected_batches if b not in found]
     extra = sorted(str(b) for b in found - set(expected_batches))
     passed = not missing and not extra
-    description = (f"all {len(expected_batches)} batches have image rows" if passed else
-                   f"{len(missing)} planned batches have no image rows, {len(extra)} batches were not planned")
-    return CheckOutcome(passed, "ERROR", description, {"missing": missing, "extra": extra,
-                                                       "expected": len(expected_batches)})
+    description = (
+        f"all {len(expected_batches)} batches have image rows"
+        if passed
+        else f"{len(missing)} planned batches have no image rows, {len(extra)} batches were not planned"
+    )
+    return CheckOutcome(
+        passed, "ERROR", description, {"missing": missing, "extra": extra, "expected": len(expected_batches)}
+    )
 
 
-def objects_per_well(tables_dir: Path, object_table: str | None = None,
-                     expected_wells: Iterable[str] = ()) -> tuple[dict[str, int], int]:
+def objects_per_well(
+    tables_dir: Path, object_table: str | None = None, expected_wells: Iterable[str] = ()
+) -> tuple[dict[str, int], int]:
     """(well -> number of objects, objects whose image key is not in the Image table); every
     well of the Image table and of `expected_wells` is in the mapping, 0 if it has none.
     `object_table`: default the base object."""
@@ -144,8 +159,15 @@ def objects_per_well(tables_dir: Path, object_table: str | None = None,
     return dict(sorted(counts.items(), key=lambda kv: well_sort_key(kv[0]))), orphans
 
 
-def well_counts_outliers(tables_dir: Path, object_table: str | None = None, *, low: float = 0.2, high: float = 3.0,
-                         expected_wells: Iterable[str] = (), objects: Iterable[str] | None = None) -> CheckOutcome:
+def well_counts_outliers(
+    tables_dir: Path,
+    object_table: str | None = None,
+    *,
+    low: float = 0.2,
+    high: float = 3.0,
+    expected_wells: Iterable[str] = (),
+    objects: Iterable[str] | None = None,
+) -> CheckOutcome:
     """`object_table`: default the base object among `objects` (default: every object table)."""
     object_table = _base_table(tables_dir, object_table, objects)
     if object_table is None:
@@ -159,13 +181,28 @@ def well_counts_outliers(tables_dir: Path, object_table: str | None = None, *, l
     populated = [n for n in counts.values() if n > 0]
     median = float(np.median(populated)) if populated else 0.0
     flagged = {w: n for w, n in counts.items() if n == 0 or n < low * median or n > high * median}
-    rule = (f"flagged: 0 {object_table}, or < {low} x or > {high} x the median ({median:g}) "
-            f"of the wells with {object_table}")
-    description = (f"{len(flagged)} of {len(counts)} wells flagged ({rule})" if flagged
-                   else f"no outlier well among {len(counts)} ({rule})")
-    return CheckOutcome(not flagged, "WARN", description,
-                        {"counts": counts, "median": median, "flagged": flagged, "rule": rule,
-                         "objects_without_image_row": orphans, "object": object_table})
+    rule = (
+        f"flagged: 0 {object_table}, or < {low} x or > {high} x the median ({median:g}) "
+        f"of the wells with {object_table}"
+    )
+    description = (
+        f"{len(flagged)} of {len(counts)} wells flagged ({rule})"
+        if flagged
+        else f"no outlier well among {len(counts)} ({rule})"
+    )
+    return CheckOutcome(
+        not flagged,
+        "WARN",
+        description,
+        {
+            "counts": counts,
+            "median": median,
+            "flagged": flagged,
+            "rule": rule,
+            "objects_without_image_row": orphans,
+            "object": object_table,
+        },
+    )
 
 
 def nan_share(tables_dir: Path, max_share: float = 0.05, tables: Iterable[str] | None = None) -> CheckOutcome:
@@ -174,8 +211,11 @@ def nan_share(tables_dir: Path, max_share: float = 0.05, tables: Iterable[str] |
     for table in _object_tables(tables_dir, tables):
         pf = pq.ParquetFile(_path(tables_dir, table))
         schema = pf.schema_arrow
-        columns = [f.name for f in schema if not _BOOKKEEPING.match(f.name)
-                   and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+        columns = [
+            f.name
+            for f in schema
+            if not _BOOKKEEPING.match(f.name) and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
+        ]
         missing = dict.fromkeys(columns, 0)
         rows = 0
         if columns:
@@ -189,21 +229,36 @@ def nan_share(tables_dir: Path, max_share: float = 0.05, tables: Iterable[str] |
         for name in columns:
             shares[f"{table}.{name}"] = missing[name] / rows if rows else 0.0
     over = {c: round(s, 4) for c, s in sorted(shares.items(), key=lambda kv: -kv[1]) if s > max_share}
-    description = (f"{len(over)} of {len(shares)} feature columns are more than {max_share:.0%} null/NaN"
-                   if over else f"no feature column is more than {max_share:.0%} null/NaN ({len(shares)} checked)")
-    return CheckOutcome(not over, "WARN", description,
-                        {"over_threshold": dict(list(over.items())[:_SHOWN]), "columns_over": len(over),
-                         "columns_checked": len(shares), "rows": rows_of, "max_share": max_share,
-                         "worst": max(shares.items(), key=lambda kv: kv[1], default=(None, 0.0))[0]})
+    description = (
+        f"{len(over)} of {len(shares)} feature columns are more than {max_share:.0%} null/NaN"
+        if over
+        else f"no feature column is more than {max_share:.0%} null/NaN ({len(shares)} checked)"
+    )
+    return CheckOutcome(
+        not over,
+        "WARN",
+        description,
+        {
+            "over_threshold": dict(list(over.items())[:_SHOWN]),
+            "columns_over": len(over),
+            "columns_checked": len(shares),
+            "rows": rows_of,
+            "max_share": max_share,
+            "worst": max(shares.items(), key=lambda kv: kv[1], default=(None, 0.0))[0],
+        },
+    )
 
 
 def column_drift(per_table_drift: Mapping[str, Sequence[str]]) -> CheckOutcome:
     """From merge's report: `{table: MergedTable.drift}`."""
     drift = {t: list(cols) for t, cols in per_table_drift.items() if cols}
     n = sum(map(len, drift.values()))
-    description = (f"{n} columns are missing from some batches (null there): "
-                   + "; ".join(f"{t}: {', '.join(c[:5])}{' ...' if len(c) > 5 else ''}" for t, c in drift.items())
-                   if drift else "every batch has the same columns")
+    description = (
+        f"{n} columns are missing from some batches (null there): "
+        + "; ".join(f"{t}: {', '.join(c[:5])}{' ...' if len(c) > 5 else ''}" for t, c in drift.items())
+        if drift
+        else "every batch has the same columns"
+    )
     return CheckOutcome(not drift, "WARN", description, {"drift": drift, "columns": n})
 
 
@@ -227,8 +282,12 @@ def column_drift_in_tables(tables_dir: Path, tables: Iterable[str] | None = None
             rg = pf.metadata.row_group(i)
             bstats = rg.column(index[BATCH]).statistics
             stats = [rg.column(index[c]).statistics if c in index else None for c in columns]
-            if (bstats is not None and bstats.has_min_max and bstats.min == bstats.max
-                    and all(s is not None and s.has_null_count for s in stats)):
+            if (
+                bstats is not None
+                and bstats.has_min_max
+                and bstats.min == bstats.max
+                and all(s is not None and s.has_null_count for s in stats)
+            ):
                 for c, s in zip(columns, stats):
                     valid[bstats.min][c] += rg.num_rows - s.null_count
                 continue
@@ -242,7 +301,10 @@ def column_drift_in_tables(tables_dir: Path, tables: Iterable[str] | None = None
             if empty and len(empty) < len(valid):
                 drift.setdefault(table, {})[c] = empty
     n = sum(map(len, drift.values()))
-    description = (f"{n} columns are empty in some batches but not in others: "
-                   + "; ".join(f"{t}: {', '.join(list(c)[:5])}" for t, c in drift.items())
-                   if drift else "no column is empty in one batch and filled in another")
+    description = (
+        f"{n} columns are empty in some batches but not in others: "
+        + "; ".join(f"{t}: {', '.join(list(c)[:5])}" for t, c in drift.items())
+        if drift
+        else "no column is empty in one batch and filled in another"
+    )
     return CheckOutcome(not drift, "WARN", description, {"drift": drift, "columns": n})

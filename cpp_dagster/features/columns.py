@@ -7,6 +7,7 @@ CellProfiler wrote it.
 - `Metadata_CPP_Batch`: the batch folder's name (`batch_0003`).
 - `Metadata_CPP_ImageKey`: batch number * 1,000,000 + ImageNumber, unique on the plate.
 """
+
 from __future__ import annotations
 
 BATCH_COLUMN = "Metadata_CPP_Batch"

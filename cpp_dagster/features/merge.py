@@ -31,6 +31,7 @@ by the feature-table asset through `batch_tables` (which concatenates those).
   manifest each (`manifest=`), so one never removes another's files (e.g. the
   ICF_<dye>.npy files of an illumination step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,7 +98,7 @@ def table_files(output_dir: Path) -> dict[str, Path]:
     tables: dict[str, Path] = {}
     for p in csvs:
         if prefix is not None and p.stem.startswith(prefix):
-            name = p.stem[len(prefix):]
+            name = p.stem[len(prefix) :]
         else:
             name = p.stem.rsplit("_", 1)[-1]
         if name in tables:
@@ -107,7 +108,11 @@ def table_files(output_dir: Path) -> dict[str, Path]:
 
 
 def merge_table(
-    name: str, sources: Sequence[tuple[int, str, Path]], dest_file: Path, *, keep_null: bool = False,
+    name: str,
+    sources: Sequence[tuple[int, str, Path]],
+    dest_file: Path,
+    *,
+    keep_null: bool = False,
     writer: Callable[[Path, pa.Schema], TableWriter] | None = None,
     probe: Callable[[Path], pa.Schema] | None = None,
 ) -> MergedTable:
@@ -123,14 +128,28 @@ def merge_table(
         if "ImageNumber" not in file_schema.names:
             raise MergeError(f"{path} has no ImageNumber column")
     try:
-        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=False,
-                            keep_null=keep_null, writer=writer or RowGroupWriter)
+        return _write_table(
+            name,
+            sources,
+            schemas,
+            dest_file,
+            late_type_change_ok=False,
+            keep_null=keep_null,
+            writer=writer or RowGroupWriter,
+        )
     except _LateTypeChange:
         # the types of some column's first block do not hold for the whole file:
         # find the types from every row and write again
         schemas = shared_schemas(scan_schema(p) for _, _, p in sources)
-        return _write_table(name, sources, schemas, dest_file, late_type_change_ok=True,
-                            keep_null=keep_null, writer=writer or RowGroupWriter)
+        return _write_table(
+            name,
+            sources,
+            schemas,
+            dest_file,
+            late_type_change_ok=True,
+            keep_null=keep_null,
+            writer=writer or RowGroupWriter,
+        )
 
 
 def _check_not_empty(name: str, batch: str, path: Path) -> None:
@@ -146,11 +165,14 @@ def _check_not_empty(name: str, batch: str, path: Path) -> None:
     except OSError as e:
         raise MergeError(f"batch {batch}: cannot read its {name} table {path}: {e}") from None
     if size == 0:
-        raise MergeError(f"batch {batch}: its {name} table {path} is empty (0 bytes, no header): "
-                         "CellProfiler did not finish writing it")
+        raise MergeError(
+            f"batch {batch}: its {name} table {path} is empty (0 bytes, no header): "
+            "CellProfiler did not finish writing it"
+        )
     if len(head) == size and len([line for line in head.splitlines() if line.strip()]) < 2:
-        raise MergeError(f"batch {batch}: its Image table {path} has a header but zero rows: "
-                         "CellProfiler processed no image set")
+        raise MergeError(
+            f"batch {batch}: its Image table {path} has a header but zero rows: CellProfiler processed no image set"
+        )
 
 
 def _probed(paths: Iterable[Path], probe: Callable[[Path], pa.Schema]) -> list[pa.Schema]:
@@ -205,8 +227,14 @@ def keyed_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _write_table(
-    name: str, sources: Sequence[tuple[int, str, Path]], schemas: Sequence[pa.Schema], dest_file: Path,
-    *, late_type_change_ok: bool, keep_null: bool, writer: Callable[[Path, pa.Schema], TableWriter],
+    name: str,
+    sources: Sequence[tuple[int, str, Path]],
+    schemas: Sequence[pa.Schema],
+    dest_file: Path,
+    *,
+    late_type_change_ok: bool,
+    keep_null: bool,
+    writer: Callable[[Path, pa.Schema], TableWriter],
 ) -> MergedTable:
     schema, drift = unified_schema(schemas, keep_null=keep_null)
     out_schema = keyed_schema(schema)
@@ -220,8 +248,9 @@ def _write_table(
     return MergedTable(name, dest_file, out.rows, len(out_schema), drift, out_schema)
 
 
-def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple,
-               late_type_change_ok: bool) -> Iterator[pa.Table]:
+def csv_tables(
+    source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple, late_type_change_ok: bool
+) -> Iterator[pa.Table]:
     """One batch's CSV table, block by block, as tables of `out_schema` (the batch key
     columns added, the batch's columns placed by `plan`: see `read_plan`)."""
     number, batch, path = source
@@ -231,8 +260,9 @@ def csv_tables(source: tuple[int, str, Path], out_schema: pa.Schema, plan: tuple
         for block in pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
-            convert_options=pacsv.ConvertOptions(column_types=column_types, null_values=NULL_VALUES,
-                                                 strings_can_be_null=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types, null_values=NULL_VALUES, strings_can_be_null=True
+            ),
         ):
             n = block.num_rows
             if n == 0:
@@ -274,11 +304,17 @@ def batch_number(name: str, position: int) -> int:
     return int(m.group(1)) if m else position
 
 
-def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str = MANIFEST,
-                  tables_dir: Path | None = None, replaces: Iterable[str] = (), owner: str = "merge",
-                  guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-                  merge_one: Callable[[str, Sequence[tuple[int, str, Path]], Path], MergedTable] = merge_table,
-                  ) -> MergeResult:
+def merge_batches(
+    batch_dirs: Sequence[Path],
+    dest_dir: Path,
+    *,
+    manifest: str = MANIFEST,
+    tables_dir: Path | None = None,
+    replaces: Iterable[str] = (),
+    owner: str = "merge",
+    guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    merge_one: Callable[[str, Sequence[tuple[int, str, Path]], Path], MergedTable] = merge_table,
+) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
     outputs, in batch order) into `dest_dir`, which switches to the new content as a
     whole (`results_folder`). `manifest`: the file in `dest_dir` that lists what this
@@ -321,8 +357,7 @@ def merge_batches(batch_dirs: Sequence[Path], dest_dir: Path, *, manifest: str =
         # Tables are independent and pyarrow parses and writes without the GIL: merge
         # them side by side (memory: one row-group buffer per worker).
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS) as pool:
-            merged = pool.map(lambda n: merge_one(n, sources[n], staging / tables_rel / f"{n}.parquet"),
-                              list(sources))
+            merged = pool.map(lambda n: merge_one(n, sources[n], staging / tables_rel / f"{n}.parquet"), list(sources))
             for t in merged:
                 rel = tables_rel / f"{t.name}.parquet"
                 tables[t.name] = MergedTable(t.name, dest_dir / rel, t.rows, t.columns, t.drift)

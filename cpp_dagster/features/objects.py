@@ -19,6 +19,7 @@ table, and how each other object relates to it.
   or an object with no link to the base) is *summarised per image*: never multiplied
   into the base rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ BASE_PREFERRED = "Cells"
 class Link:
     """How rows of an object match base rows: base[base_column] == object[object_column]
     within one image (Metadata_CPP_ImageKey)."""
+
     base_column: str  # ObjectNumber or Parent_<X>
     object_column: str  # ObjectNumber or Parent_<base>
 
@@ -55,8 +57,11 @@ def object_tables(tables_dir: Path, names: Iterable[str] | None = None) -> dict[
         candidates = [tables_dir / f"{n}.parquet" for n in names]
     else:
         candidates = sorted(p for p in tables_dir.glob("*.parquet") if not p.name.startswith("."))
-    return {p.stem: p for p in candidates
-            if p.is_file() and {IMAGE_KEY_COLUMN, "ObjectNumber"} <= set(pq.read_schema(p).names)}
+    return {
+        p.stem: p
+        for p in candidates
+        if p.is_file() and {IMAGE_KEY_COLUMN, "ObjectNumber"} <= set(pq.read_schema(p).names)
+    }
 
 
 def base_object(columns: Mapping[str, Iterable[str]]) -> str:
@@ -65,8 +70,9 @@ def base_object(columns: Mapping[str, Iterable[str]]) -> str:
         raise ValueError("no object tables")
     if BASE_PREFERRED in columns:
         return BASE_PREFERRED
-    referenced = {name: sum(f"Parent_{name}" in cols for other, cols in columns.items() if other != name)
-                  for name in columns}
+    referenced = {
+        name: sum(f"Parent_{name}" in cols for other, cols in columns.items() if other != name) for name in columns
+    }
     return min(columns, key=lambda name: (-referenced[name], name))
 
 

@@ -8,6 +8,7 @@ markdown that embeds it (a base64 `data:` URI) for Dagster's `MetadataValue.md`.
   ("no data"); wells with 0 get a red cross ("0 objects"), on top of the colour scale.
 - Rendered with matplotlib's Agg canvas (no pyplot, no display, no global state).
 """
+
 from __future__ import annotations
 
 import base64
@@ -69,8 +70,13 @@ def plate_grid(counts_by_well: Mapping[str, int | float | None], plate_format: i
     return grid, fmt
 
 
-def plate_map_png(counts_by_well: Mapping[str, int | float | None], plate_format: int | None = None,
-                  *, title: str = "Cells per well", label: str = "cells") -> bytes:
+def plate_map_png(
+    counts_by_well: Mapping[str, int | float | None],
+    plate_format: int | None = None,
+    *,
+    title: str = "Cells per well",
+    label: str = "cells",
+) -> bytes:
     """The heatmap of `counts_by_well` as PNG bytes."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: nothing global, renders with Agg
@@ -81,27 +87,31 @@ def plate_map_png(counts_by_well: Mapping[str, int | float | None], plate_format
     fig = Figure(figsize=(7.2, 4.6), dpi=80)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOR)
-    image = ax.imshow(grid, cmap=cmap, aspect="equal", interpolation="nearest",
-                      vmin=0, vmax=max(float(grid.max()) if grid.count() else 1.0, 1.0))
+    image = ax.imshow(
+        grid,
+        cmap=cmap,
+        aspect="equal",
+        interpolation="nearest",
+        vmin=0,
+        vmax=max(float(grid.max()) if grid.count() else 1.0, 1.0),
+    )
     missing = np.ma.getmaskarray(grid)
     for r, c in zip(*np.nonzero(missing)):
-        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", linewidth=0,
-                               edgecolor=(0.6, 0.6, 0.6)))
+        ax.add_patch(
+            Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", linewidth=0, edgecolor=(0.6, 0.6, 0.6))
+        )
     zero_r, zero_c = np.nonzero(~missing & (grid.filled(1) == 0))
     ax.scatter(zero_c, zero_r, marker="x", color="red", s=60 if fmt == 96 else 18, linewidths=1.5)
     step = 1 if fmt <= 384 else 2
-    ax.set_xticks(range(0, cols, step), [str(c + 1) for c in range(0, cols, step)],
-                  fontsize=8 if fmt == 96 else 6)
-    ax.set_yticks(range(0, rows, step), [row_label(r) for r in range(0, rows, step)],
-                  fontsize=8 if fmt == 96 else 6)
+    ax.set_xticks(range(0, cols, step), [str(c + 1) for c in range(0, cols, step)], fontsize=8 if fmt == 96 else 6)
+    ax.set_yticks(range(0, rows, step), [row_label(r) for r in range(0, rows, step)], fontsize=8 if fmt == 96 else 6)
     ax.xaxis.tick_top()
     ax.set_title(f"{title} ({fmt}-well plate)", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     handles = [Patch(facecolor=MISSING_COLOR, hatch="///", edgecolor=(0.6, 0.6, 0.6), label="no data")]
     if len(zero_r):
         handles.append(ax.scatter([], [], marker="x", color="red", label=f"0 {label}"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
-              frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()

@@ -28,6 +28,7 @@ the grouping keys (~40 bytes per cell) and the libraries (~0.2 GB). Measured (75
 feature count.
 The profile file is written under a temporary name and moved into place (os.replace).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,12 +63,16 @@ def feature_columns(schema: pa.Schema, image_features: bool = False) -> list[str
     """The numeric object features of a single-cell schema (every column but `Metadata_*`
     and, unless `image_features`, `Image_*`), in schema order."""
     skipped = ("Metadata_",) + (() if image_features else ("Image_",))
-    return [f.name for f in schema if not f.name.startswith(skipped)
-            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    return [
+        f.name
+        for f in schema
+        if not f.name.startswith(skipped) and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+    ]
 
 
-def write_well_profiles(source: Path, dest_file: Path, *, image_features: bool = False,
-                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> ProfilesResult:
+def write_well_profiles(
+    source: Path, dest_file: Path, *, image_features: bool = False, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> ProfilesResult:
     """Write the per-well profiles of `source` (a single-cell Parquet file, or a folder of
     merged tables) to `dest_file`."""
     source, dest_file = Path(source), Path(dest_file)
@@ -115,8 +120,14 @@ def _write_profiles(path: Path, dest_file: Path, image_features: bool, memory_bu
     uniq, first, group = np.unique(combined, return_index=True, return_inverse=True)
     labels = [tuple(keys.column(k)[int(i)].as_py() for k in group_keys) for i in first]
     # output order: plate, then row / column of the well; unnamed wells last
-    out_order = sorted(range(len(uniq)), key=lambda g: (tuple(str(v) for v in labels[g][:-1]),
-                                                         labels[g][-1] is None, well_sort_key(labels[g][-1] or "")))
+    out_order = sorted(
+        range(len(uniq)),
+        key=lambda g: (
+            tuple(str(v) for v in labels[g][:-1]),
+            labels[g][-1] is None,
+            well_sort_key(labels[g][-1] or ""),
+        ),
+    )
     rank = np.empty(len(uniq), dtype=np.int64)
     rank[out_order] = np.arange(len(uniq))
     group = rank[group]
@@ -125,23 +136,25 @@ def _write_profiles(path: Path, dest_file: Path, image_features: bool, memory_bu
     row_order = np.argsort(group, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
 
-    columns: dict[str, pa.Array] = {k: pa.array([lab[i] for lab in labels], schema.field(k).type)
-                                    for i, k in enumerate(group_keys)}
+    columns: dict[str, pa.Array] = {
+        k: pa.array([lab[i] for lab in labels], schema.field(k).type) for i, k in enumerate(group_keys)
+    }
     columns["Metadata_Object_Count"] = pa.array(counts)
     if count_cols:
         _, first_of_image = np.unique(keys.column(KEY).to_numpy(), return_index=True)
         for count_col in count_cols:
             per_image = pc.fill_null(keys.column(count_col).cast(pa.int64()), 0).to_numpy()[first_of_image]
-            name = f"Metadata_{count_col[len('Image_Count_'):]}_Count"
-            columns[name if name not in columns else f"Metadata_Image_{name[len('Metadata_'):]}"] = pa.array(
-                np.bincount(group[first_of_image], weights=per_image, minlength=len(labels)).astype(np.int64))
+            name = f"Metadata_{count_col[len('Image_Count_') :]}_Count"
+            columns[name if name not in columns else f"Metadata_Image_{name[len('Metadata_') :]}"] = pa.array(
+                np.bincount(group[first_of_image], weights=per_image, minlength=len(labels)).astype(np.int64)
+            )
     del keys
 
     features = feature_columns(schema, image_features)
     # per value: the float64 block, the float32 column read, a well's sorted copy, allocator slack
     width = max(1, memory_budget // max(BYTES_PER_VALUE * n, 1))
     for start in range(0, len(features), width):
-        names = features[start:start + width]
+        names = features[start : start + width]
         block = np.empty((n, len(names)), dtype=np.float64)
         table = pq.read_table(path, columns=names)
         for j, name in enumerate(names):
@@ -151,7 +164,7 @@ def _write_profiles(path: Path, dest_file: Path, image_features: bool, memory_bu
         medians = np.full((len(labels), len(names)), np.nan)  # NaN -> null in the file
         for g in range(len(labels)):
             if counts[g]:
-                medians[g] = _column_medians(block[bounds[g]:bounds[g + 1]])
+                medians[g] = _column_medians(block[bounds[g] : bounds[g + 1]])
         for j, name in enumerate(names):
             columns[name] = pa.array(medians[:, j].astype(np.float32), from_pandas=True)
 

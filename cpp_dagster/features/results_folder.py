@@ -23,6 +23,7 @@ Paths inside the folder (`folder/Image.parquet`) keep working for readers and fo
 the files written after the merge (single-cell table, well profiles), which go into
 the current version through the link.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,13 @@ def current_version(folder: Path) -> Path | None:
     return folder.resolve() if folder.is_dir() else None
 
 
-def switch(folder: Path, staging: Path, *, replaced: Iterable[str] = (),
-           guard: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Path:
+def switch(
+    folder: Path,
+    staging: Path,
+    *,
+    replaced: Iterable[str] = (),
+    guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+) -> Path:
     """Make `staging` the content of `folder`, as a whole, plus the current version's
     files that `staging` does not hold and that are not in `replaced` (paths relative to
     the folder: what the previous merge of the same owner wrote). Steps 1 and 2 run

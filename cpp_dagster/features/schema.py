@@ -6,6 +6,7 @@ ObjectNumber and CellProfiler's integer bookkeeping columns, float32 otherwise. 
 column's type comes from the first block of each file (a numpy probe); when a later
 block contradicts it, the whole file is scanned (`scan_schema`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -124,7 +125,7 @@ def _head_values(path: Path) -> tuple[list[str], pa.Array, np.ndarray] | None:
         names = data[:header_end].decode("utf-8").split(",")
     except UnicodeDecodeError:
         return None
-    body = np.frombuffer(data, np.uint8)[header_end + 1:]
+    body = np.frombuffer(data, np.uint8)[header_end + 1 :]
     if len(body) == 0:
         return None
     ncols = len(names)
@@ -136,8 +137,9 @@ def _head_values(path: Path) -> tuple[list[str], pa.Array, np.ndarray] | None:
         return None  # empty lines or rows of another length: leave them to the CSV parser
     starts = np.concatenate([[0], sep[:-1] + 1])
     offsets = np.append(starts - np.arange(nvalues), len(body) - nvalues).astype(np.int64)
-    values = pa.Array.from_buffers(pa.large_string(), nvalues,
-                                   [None, pa.py_buffer(offsets), pa.py_buffer(body[~is_sep].tobytes())])
+    values = pa.Array.from_buffers(
+        pa.large_string(), nvalues, [None, pa.py_buffer(offsets), pa.py_buffer(body[~is_sep].tobytes())]
+    )
     try:
         values.validate(full=True)
     except pa.ArrowInvalid:
@@ -152,8 +154,9 @@ def _head_values_arrow(path: Path) -> tuple[list[str], pa.Array, np.ndarray]:
         reader = pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=PROBE_BLOCK_SIZE, use_threads=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                 quoted_strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, quoted_strings_can_be_null=False
+            ),
         )
         try:
             try:
@@ -183,8 +186,9 @@ def scan_schema(path: Path) -> pa.Schema:
     reader = pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=16 << 20),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                             null_values=NULL_VALUES, strings_can_be_null=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, null_values=NULL_VALUES, strings_can_be_null=True
+        ),
     )
     for block in reader:
         for n in names:
@@ -236,12 +240,28 @@ _NULL, _INT, _FLOAT, _TEXT = 1, 2, 4, 8
 _NULL_TYPE, _INT64, _FLOAT32, _STRING = pa.null(), pa.int64(), pa.float32(), pa.string()
 # Arrow type id -> kind: null, int (integers and booleans), float; any other type is
 # text (text, but also inferred dates and times: a date cannot be cast to float32)
-_KIND_BITS = {t.id: bit for bit, types in (
-    (_NULL, [pa.null()]),
-    (_INT, [pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(),
-            pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]),
-    (_FLOAT, [pa.float16(), pa.float32(), pa.float64()]),
-) for t in types}
+_KIND_BITS = {
+    t.id: bit
+    for bit, types in (
+        (_NULL, [pa.null()]),
+        (
+            _INT,
+            [
+                pa.bool_(),
+                pa.int8(),
+                pa.int16(),
+                pa.int32(),
+                pa.int64(),
+                pa.uint8(),
+                pa.uint16(),
+                pa.uint32(),
+                pa.uint64(),
+            ],
+        ),
+        (_FLOAT, [pa.float16(), pa.float32(), pa.float64()]),
+    )
+    for t in types
+}
 
 
 def _type_ids(schema: pa.Schema) -> list[int]:

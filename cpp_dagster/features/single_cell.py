@@ -43,6 +43,7 @@ never the plate. Measured (2 cores, 764 output columns): 154k cells 0.33 GB peak
 4 s, 307k cells 0.31 GB in 12 s. The file is written to a temporary name in the
 destination folder and moved into place with os.replace.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,8 @@ from cpp_dagster.features.objects import Objects, object_tables, relate
 CHUNK_BYTES = 32 << 20  # default chunk: about this much output (4 bytes a value)
 COUNT = f"{KEY}_count"  # a summarised object's count per image, as group_by names it
 _NOT_SUMMARISED = re.compile(
-    r"^(Metadata_.*|Location_.*|ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+)$")
+    r"^(Metadata_.*|Location_.*|ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+)$"
+)
 
 
 class SingleCellError(RuntimeError):
@@ -81,8 +83,11 @@ class SingleCellResult:
 
 def summarised_features(schema: pa.Schema) -> list[str]:
     """The numeric feature columns of an object table that are averaged per image."""
-    return [f.name for f in schema if not _NOT_SUMMARISED.match(f.name)
-            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    return [
+        f.name
+        for f in schema
+        if not _NOT_SUMMARISED.match(f.name) and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+    ]
 
 
 def _layout(schemas: dict[str, pa.Schema], objects: Objects) -> list[tuple[str, str, str, pa.DataType]]:
@@ -117,13 +122,14 @@ def _layout(schemas: dict[str, pa.Schema], objects: Objects) -> list[tuple[str, 
             elif n.startswith("Parent_"):
                 rel.append((f"Metadata_{name}_{n}", name, n, f.type))
             elif n.startswith("Metadata_"):
-                rel.append((f"Metadata_{name}_{n[len('Metadata_'):]}", name, n, f.type))
+                rel.append((f"Metadata_{name}_{n[len('Metadata_') :]}", name, n, f.type))
             else:
                 features.append((f"{name}_{n}", name, n, f.type))
     for name in objects.summarised:
         features.append((f"{name}_Image_Count", name, COUNT, pa.int64()))
-        features += [(f"{name}_Image_Mean_{n}", name, f"{n}_mean", pa.float32())
-                     for n in summarised_features(schemas[name])]
+        features += [
+            (f"{name}_Image_Mean_{n}", name, f"{n}_mean", pa.float32()) for n in summarised_features(schemas[name])
+        ]
     layout = head + meta + rel + features
     seen: set[str] = set()
     for out, table, col, _ in layout:
@@ -143,8 +149,9 @@ def _match(left: pa.Table, right: pa.Table, what: str) -> pa.ChunkedArray:
     joined = lt.join(rt, keys=keys, join_type="left outer")
     if joined.num_rows != n:
         dup = rt.group_by(keys).aggregate([("__r", "count")]).filter(pc.greater(pc.field("__r_count"), 1))
-        raise SingleCellError(f"{what}: several objects match one {what.split()[-1]} row, "
-                              f"e.g. {dup.slice(0, 3).to_pylist()}")
+        raise SingleCellError(
+            f"{what}: several objects match one {what.split()[-1]} row, e.g. {dup.slice(0, 3).to_pylist()}"
+        )
     return joined.sort_by("__l").column("__r")
 
 
@@ -173,8 +180,7 @@ def _keys(table: pa.Table, column: str | None = None) -> pa.Table:
     return keys if column is None else keys.append_column("__object", table.column(column).cast(pa.int64()))
 
 
-def _join_piece(rows: pa.Table, batch, paths: dict[str, Path], objects: Objects, layout,
-                schema: pa.Schema) -> pa.Table:
+def _join_piece(rows: pa.Table, batch, paths: dict[str, Path], objects: Objects, layout, schema: pa.Schema) -> pa.Table:
     base = objects.base
     key = rows.column(KEY)
     lo, hi = pc.min(key).as_py(), pc.max(key).as_py()
@@ -189,7 +195,7 @@ def _join_piece(rows: pa.Table, batch, paths: dict[str, Path], objects: Objects,
         tables[name] = right
         index[name] = _match(_keys(rows, link.base_column), _keys(right, link.object_column), f"{name} {what}")
     for name in objects.summarised:
-        features = [c[:-len("_mean")] for c in cols_of[name] if c != COUNT]
+        features = [c[: -len("_mean")] for c in cols_of[name] if c != COUNT]
         right = _read_range(paths[name], sorted({KEY, *features}), batch, lo, hi)
         summary = right.group_by(KEY).aggregate([(KEY, "count"), *((f, "mean") for f in features)])
         tables[name], index[name] = summary, _match(_keys(rows), _keys(summary), f"{name} {what}")
@@ -203,16 +209,19 @@ def _join_piece(rows: pa.Table, batch, paths: dict[str, Path], objects: Objects,
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_single_cell(tables_dir: Path, dest_file: Path, *, chunk_rows: int | None = None,
-                      objects: Iterable[str] | None = None) -> SingleCellResult:
+def write_single_cell(
+    tables_dir: Path, dest_file: Path, *, chunk_rows: int | None = None, objects: Iterable[str] | None = None
+) -> SingleCellResult:
     """Join the merged tables in `tables_dir` into the single-cell table at `dest_file`.
     `chunk_rows`: base rows joined at a time (default: ~CHUNK_BYTES of output, >= 1024).
     `objects`: the object tables to use (default: every object table in `tables_dir`)."""
     tables_dir, dest_file = Path(tables_dir), Path(dest_file)
     paths = object_tables(tables_dir, objects)
     if not paths:
-        raise SingleCellError(f"no object table (a Parquet file with ObjectNumber) in {tables_dir}: "
-                              "the pipeline must export an object table, e.g. Nuclei or Cells")
+        raise SingleCellError(
+            f"no object table (a Parquet file with ObjectNumber) in {tables_dir}: "
+            "the pipeline must export an object table, e.g. Nuclei or Cells"
+        )
     related = relate(paths)
     image = tables_dir / "Image.parquet"
     if not image.is_file():
@@ -222,16 +231,20 @@ def write_single_cell(tables_dir: Path, dest_file: Path, *, chunk_rows: int | No
     for name, schema in schemas.items():
         missing = [c for c in ([KEY, BATCH] if name == related.base else [KEY]) if c not in schema.names]
         if missing:
-            raise SingleCellError(f"{paths[name]} has no {', '.join(missing)} column: not a merged table "
-                                  "it can be joined on")
+            raise SingleCellError(
+                f"{paths[name]} has no {', '.join(missing)} column: not a merged table it can be joined on"
+            )
     layout = _layout(schemas, related)
     schema = pa.schema([pa.field(out, t) for out, _, _, t in layout])
     chunk_rows = chunk_rows or max(1024, CHUNK_BYTES // (4 * len(schema)))
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
     dest_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest_file.parent / f".{dest_file.name}.{uuid.uuid4().hex}.tmp"
-    base_columns = sorted({c for _, t, c, _ in layout if t == related.base} | {KEY, BATCH, "ObjectNumber"}
-                          | {link.base_column for link in related.joined.values()})
+    base_columns = sorted(
+        {c for _, t, c, _ in layout if t == related.base}
+        | {KEY, BATCH, "ObjectNumber"}
+        | {link.base_column for link in related.joined.values()}
+    )
     rows = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="snappy", use_dictionary=strings) as writer:

@@ -9,6 +9,7 @@ ready.py, it must not fail on one malformed row: every JSON access is guarded wi
 dependency list is read through ready.py's guarded expressions. The reasons and the
 tables built from these rows are pure functions in `cpp_dagster/overview.py`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -117,10 +118,15 @@ LEFT JOIN LATERAL (
 ORDER BY p.plate_barcode, p.id, a.pipeline_name, a.id, s.sub_id
 """).format(
     sub_type=_text("s", "meta", "sub_type"),
-    analysis_state=_state("a"), sub_state=_state("s"), dep_state=_state("dep"),
-    analysis_message=_text("a", "status", "message"), sub_message=_text("s", "status", "message"),
+    analysis_state=_state("a"),
+    sub_state=_state("s"),
+    dep_state=_state("dep"),
+    analysis_message=_text("a", "status", "message"),
+    sub_message=_text("s", "status", "message"),
     job_folder=_text("s", "result", "job_folder"),
-    well_formed=sql.SQL(WELL_FORMED_SQL), dependencies=sql.SQL(DEPENDENCY_IDS_SQL), dep_id=sql.SQL(DEPENDENCY_ID_SQL),
+    well_formed=sql.SQL(WELL_FORMED_SQL),
+    dependencies=sql.SQL(DEPENDENCY_IDS_SQL),
+    dep_id=sql.SQL(DEPENDENCY_ID_SQL),
 )
 
 

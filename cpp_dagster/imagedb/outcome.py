@@ -10,6 +10,7 @@ guard is in each UPDATE's WHERE, or checked under SELECT ... FOR UPDATE, so a
 concurrent `rerun_sub_analysis` lands either before or after a write, never inside it.
 `ImageDB` (store.py) inherits these methods; they are one transaction each.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,10 @@ def stale_message(sub_id: int, stamp: RunStamp | None, status: dict | None = Non
     now = ""
     if status is not None:
         now = f" (now generation {int(status.get('reruns') or 0)}, run {status.get('run_id') or 'not started'})"
-    return (f"sub-analysis {sub_id} belongs to a newer run{now}: this run (generation "
-            f"{stamp.generation}, run {stamp.run_id}) is stale and its outcome was not recorded")
+    return (
+        f"sub-analysis {sub_id} belongs to a newer run{now}: this run (generation "
+        f"{stamp.generation}, run {stamp.run_id}) is stale and its outcome was not recorded"
+    )
 
 
 def _locked_status(cur, sub_id: int, stamp: RunStamp | None, what: str) -> dict | None:
@@ -145,14 +148,18 @@ def _refused(cur, sub_id: int, stamp: RunStamp | None, what: str, *, quiet_if_cu
 class SubAnalysisOutcomes(Database):
     """The write-back methods of ImageDB."""
 
-    def mark_sub_started(self, sub_id: int, *, batches: int, image_sets: int,
-                         stamp: RunStamp | None = None) -> bool:
+    def mark_sub_started(self, sub_id: int, *, batches: int, image_sets: int, stamp: RunStamp | None = None) -> bool:
         """The run has started: `start` set, an earlier outcome of the same or an older
         generation cleared (a re-run), the run recorded in `status.run_id`. Refused for
         a run of an older generation than the row's."""
         stamp = stamp or RunStamp()
-        status = {"state": "running", "message": progress_message(0, batches, 0), "batches": batches,
-                  "image_sets": image_sets, "finished_batches": []}
+        status = {
+            "state": "running",
+            "message": progress_message(0, batches, 0),
+            "batches": batches,
+            "image_sets": image_sets,
+            "finished_batches": [],
+        }
         if stamp.run_id is not None:
             status["run_id"] = stamp.run_id
         with self._cursor() as cur:
@@ -185,8 +192,11 @@ class SubAnalysisOutcomes(Database):
                 return None
             done = sorted(set(status.get("finished_batches", [])) | {batch_key})
             total = int(status.get("batches") or len(done))
-            cur.execute("SELECT now()::timestamp - COALESCE(start, now()::timestamp) AS elapsed "
-                        "FROM image_sub_analyses WHERE sub_id = %s", (sub_id,))
+            cur.execute(
+                "SELECT now()::timestamp - COALESCE(start, now()::timestamp) AS elapsed "
+                "FROM image_sub_analyses WHERE sub_id = %s",
+                (sub_id,),
+            )
             elapsed = cur.fetchone()["elapsed"].total_seconds()
             status.update(finished_batches=done, message=progress_message(len(done), total, elapsed))
             cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
@@ -214,9 +224,11 @@ class SubAnalysisOutcomes(Database):
         with self._cursor() as cur:
             if _locked_status(cur, sub_id, stamp, "results") is None:
                 raise StaleRunError(stale_message(sub_id, stamp))
-            cur.execute("""SELECT 1 FROM image_analyses WHERE id = (
+            cur.execute(
+                """SELECT 1 FROM image_analyses WHERE id = (
                                SELECT analysis_id FROM image_sub_analyses WHERE sub_id = %s) FOR UPDATE""",
-                        (sub_id,))
+                (sub_id,),
+            )
             yield
 
     def mark_sub_finished(self, sub_id: int, result: dict[str, Any], stamp: RunStamp | None = None) -> bool:

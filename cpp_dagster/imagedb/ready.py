@@ -8,6 +8,7 @@ so that store.py stays readable. Values always travel as query parameters. No qu
 may fail on one malformed row: every JSON access is guarded with `jsonb_typeof` inside a
 CASE (PostgreSQL does not promise the order in which AND-ed conditions are evaluated).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ _SUBMITTED = "s.start IS NULL AND s.error IS NULL AND s.finish IS NULL"
 # never the sensor's to launch. `->>` is NULL on a status that is not an object.
 _NOT_CLAIMED = "s.status->>'claimed_by_run' IS NULL"
 # The dependency ids of sub-analysis `s`, as text; none when depends_on_sub_id is not a list.
-DEPENDENCY_IDS_SQL = ("jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
-                      "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)")
+DEPENDENCY_IDS_SQL = (
+    "jsonb_array_elements_text(CASE WHEN jsonb_typeof(s.depends_on_sub_id) = 'array' "
+    "THEN s.depends_on_sub_id ELSE '[]'::jsonb END) AS d(dep_id)"
+)
 # One dependency id as an integer; NULL when it is not a whole number that fits.
 DEPENDENCY_ID_SQL = "(CASE WHEN d.dep_id ~ '^[0-9]{1,9}$' THEN d.dep_id::integer END)"
 # `s` has the JSON shapes the launch path relies on: meta an object (or NULL), and
@@ -34,8 +37,14 @@ WELL_FORMED_SQL = f"""(
              THEN NOT EXISTS (SELECT 1 FROM {DEPENDENCY_IDS_SQL} WHERE {DEPENDENCY_ID_SQL} IS NULL)
              ELSE false END)"""
 
-_KIND = {"array": "a list", "object": "an object", "string": "a string", "number": "a number",
-         "boolean": "true or false", "null": "null"}
+_KIND = {
+    "array": "a list",
+    "object": "an object",
+    "string": "a string",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
 
 # `not started: it depends on sub-analysis N, which failed` (or `..., which does not exist`)
 _DEPENDS_ON = "not started: it depends on sub-analysis "
@@ -61,15 +70,15 @@ def shape_problem(meta_type: str, deps_type: str, deps_text: str) -> str:
         return f"not launched: meta must be a JSON object, not {_KIND.get(meta_type, meta_type)}"
     shown = deps_text if len(deps_text) <= 80 else deps_text[:77] + "..."
     if deps_type != "array":
-        return (f"not launched: depends_on_sub_id must be a list of sub-analysis ids, "
-                f"not {_KIND.get(deps_type, deps_type)} ({shown})")
+        return (
+            f"not launched: depends_on_sub_id must be a list of sub-analysis ids, "
+            f"not {_KIND.get(deps_type, deps_type)} ({shown})"
+        )
     return f"not launched: depends_on_sub_id must be a list of sub-analysis ids (whole numbers), not {shown}"
 
 
 class LaunchQueries(Database):
-    def ready_sub_analyses(
-        self, *, limit: int = 500, after: tuple[int, int] | None = None
-    ) -> list[ReadySubAnalysis]:
+    def ready_sub_analyses(self, *, limit: int = 500, after: tuple[int, int] | None = None) -> list[ReadySubAnalysis]:
         """Submitted sub-analyses (no start, no error, no finish) whose acquisition is
         finished and whose dependencies are all finished, by priority (1 first) then id.
         Rows of the wrong JSON shape are left out (see `malformed_sub_analyses`).
@@ -120,8 +129,10 @@ class LaunchQueries(Database):
                     ORDER BY s.sub_id LIMIT %s""",
                 (limit,),
             )
-            return [Unlaunchable(r["sub_id"], shape_problem(r["meta_type"], r["deps_type"], r["deps_text"] or ""))
-                    for r in cur.fetchall()]
+            return [
+                Unlaunchable(r["sub_id"], shape_problem(r["meta_type"], r["deps_type"], r["deps_text"] or ""))
+                for r in cur.fetchall()
+            ]
 
     def fail_unresolvable_dependencies(self, *, max_depth: int = 20) -> list[Unlaunchable]:
         """Fail now, with the reason, every submitted sub-analysis that depends on one that

@@ -1,4 +1,5 @@
 """Typed rows of imagedb: what the query module takes and returns."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,13 @@ def whole_number(value: Any) -> int:
 def whole_number_in(key: str, value: Any, low: int | None, high: int | None, unit: str) -> int:
     """`value` as a whole number in [low, high] (None: unbounded); ValueError naming `key`,
     the bounds and `unit` otherwise (a message for the scientist who wrote it)."""
-    bounds = (f" from {low} to {high}" if low is not None and high is not None
-              else f" of at least {low}" if low is not None else "")
+    bounds = (
+        f" from {low} to {high}"
+        if low is not None and high is not None
+        else f" of at least {low}"
+        if low is not None
+        else ""
+    )
     expected = f"{key!r} must be a whole number{bounds}, in {unit}; got {value!r}"
     try:
         number = whole_number(value)
@@ -160,7 +166,14 @@ class SubAnalysisStatus:
             v = value.get(key)
             return tuple(x for x in v if isinstance(x, str)) if isinstance(v, list) else ()
 
-        return cls(state=text("state"), message=text("message"), batches=whole("batches"),
-                   image_sets=whole("image_sets"), finished_batches=texts("finished_batches"),
-                   outputs=texts("outputs"), run_id=text("run_id"), reruns=whole("reruns") or 0,
-                   claimed_by_run=text("claimed_by_run"))
+        return cls(
+            state=text("state"),
+            message=text("message"),
+            batches=whole("batches"),
+            image_sets=whole("image_sets"),
+            finished_batches=texts("finished_batches"),
+            outputs=texts("outputs"),
+            run_id=text("run_id"),
+            reruns=whole("reruns") or 0,
+            claimed_by_run=text("claimed_by_run"),
+        )

@@ -12,6 +12,7 @@ launches it once the acquisition finishes. Idempotent per run: every step of the
 
 Part of the one ImageDB API (`ImageDB` inherits `RunClaims`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -46,8 +47,9 @@ class RunClaims(Database):
         """The barcode of every acquisition of `barcode`, and of acquisition `acq_id`, by
         id: what a plate key can name (`partitions.plate_keys` on them gives their keys)."""
         with self._cursor() as cur:
-            cur.execute("SELECT id, plate_barcode FROM plate_acquisition WHERE plate_barcode = %s OR id = %s",
-                        (barcode, acq_id))
+            cur.execute(
+                "SELECT id, plate_barcode FROM plate_acquisition WHERE plate_barcode = %s OR id = %s", (barcode, acq_id)
+            )
             return {r["id"]: r["plate_barcode"] for r in cur.fetchall()}
 
     def pipeline_names(self) -> list[str]:
@@ -67,8 +69,13 @@ class RunClaims(Database):
             raise ImageDBError(f"pipeline {pipeline_name!r}: 'sub_analyses' must be a list of JSON objects")
         return [s.get("sub_type") for s in subs]
 
-    def submit_for_run(self, plate_acquisition_id: int, pipeline_name: str, run_id: str,
-                       claim: Callable[[Sequence[str | None]], set[int]]) -> RunSubmission:
+    def submit_for_run(
+        self,
+        plate_acquisition_id: int,
+        pipeline_name: str,
+        run_id: str,
+        claim: Callable[[Sequence[str | None]], set[int]],
+    ) -> RunSubmission:
         """The analysis run `run_id` submitted for this plate acquisition and pipeline:
         found when it exists, else submitted now. When the acquisition is finished, the
         sub-analyses at the positions `claim(sub_types)` returns are claimed by the run
@@ -77,8 +84,9 @@ class RunClaims(Database):
         processes, agree on one analysis."""
         with self._cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cpp-dagster run {run_id}",))
-            cur.execute("SELECT finished IS NOT NULL AS finished FROM plate_acquisition WHERE id = %s",
-                        (plate_acquisition_id,))
+            cur.execute(
+                "SELECT finished IS NOT NULL AS finished FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,)
+            )
             row = cur.fetchone()
             if row is None:
                 raise ImageDBError(f"no plate acquisition {plate_acquisition_id}")
@@ -95,17 +103,23 @@ class RunClaims(Database):
             )
             found = cur.fetchone()
             if found is not None:
-                return RunSubmission(SubmittedAnalysis(found["id"], list(found["sub_ids"])),
-                                     bool(found["claimed"]), finished)
+                return RunSubmission(
+                    SubmittedAnalysis(found["id"], list(found["sub_ids"])), bool(found["claimed"]), finished
+                )
             submitted = submit_rows(cur, plate_acquisition_id, pipeline_name, None, {})
             chosen: list[int] = []
             if finished:
-                cur.execute("SELECT sub_id, meta->>'sub_type' AS sub_type FROM image_sub_analyses "
-                            "WHERE analysis_id = %s ORDER BY sub_id", (submitted.analysis_id,))
+                cur.execute(
+                    "SELECT sub_id, meta->>'sub_type' AS sub_type FROM image_sub_analyses "
+                    "WHERE analysis_id = %s ORDER BY sub_id",
+                    (submitted.analysis_id,),
+                )
                 rows = cur.fetchall()
                 chosen = [rows[i]["sub_id"] for i in sorted(claim([r["sub_type"] for r in rows]))]
-            cur.execute("UPDATE image_analyses SET status = COALESCE(status, '{}'::jsonb) || %s WHERE id = %s",
-                        (Json({"submitted_by_run": run_id, "claimed": bool(chosen)}), submitted.analysis_id))
+            cur.execute(
+                "UPDATE image_analyses SET status = COALESCE(status, '{}'::jsonb) || %s WHERE id = %s",
+                (Json({"submitted_by_run": run_id, "claimed": bool(chosen)}), submitted.analysis_id),
+            )
             if chosen:
                 cur.execute(
                     """UPDATE image_sub_analyses
@@ -119,7 +133,8 @@ class RunClaims(Database):
     def analysis_of_run(self, run_id: str) -> int | None:
         """The analysis a UI run submitted (None for a run that submitted none)."""
         with self._cursor() as cur:
-            cur.execute("SELECT id FROM image_analyses WHERE status->>'submitted_by_run' = %s ORDER BY id LIMIT 1",
-                        (run_id,))
+            cur.execute(
+                "SELECT id FROM image_analyses WHERE status->>'submitted_by_run' = %s ORDER BY id LIMIT 1", (run_id,)
+            )
             row = cur.fetchone()
         return row["id"] if row else None

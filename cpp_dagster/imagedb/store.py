@@ -8,6 +8,7 @@ with run_claims.py (a run launched from the UI).
 Values always travel as query parameters; the few identifiers are composed with
 psycopg2.sql. Each public method is one transaction.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -38,8 +39,18 @@ from cpp_dagster.imagedb.run_claims import RunClaims
 from cpp_dagster.imagedb.submission import one_row, submit_isolated, submit_rows
 from cpp_dagster.imagedb.work_area import WorkAreaQueries
 
-SUB_ANALYSIS_FIELDS = ("sub_id", "analysis_id", "plate_acquisition_id", "depends_on_sub_id", "priority", "start",
-                       "finish", "error", "status", "result")
+SUB_ANALYSIS_FIELDS = (
+    "sub_id",
+    "analysis_id",
+    "plate_acquisition_id",
+    "depends_on_sub_id",
+    "priority",
+    "start",
+    "finish",
+    "error",
+    "status",
+    "result",
+)
 ACQUISITION_FIELDS = ("plate_barcode", "name", "project", "channel_map_id", "timepoint", "folder", "finished")
 
 

@@ -4,6 +4,7 @@ for the CLI, the automation rules, and a run launched from the Dagster UI in run
 so all of them write the same rows. The functions take the caller's cursor: each runs
 inside the caller's transaction.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,8 +44,9 @@ def _priority(value: Any, where: str) -> int | None:
         raise ImageDBError(f"{where}: {e}") from None
 
 
-def submit_rows(cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None,
-                overrides: dict[str, Any]) -> SubmittedAnalysis:
+def submit_rows(
+    cur, plate_acquisition_id: int, pipeline_name: str, priority: int | None, overrides: dict[str, Any]
+) -> SubmittedAnalysis:
     priority = _priority(priority, "the submission's priority")
     cur.execute("SELECT id FROM plate_acquisition WHERE id = %s", (plate_acquisition_id,))
     one_row(cur, f"no plate acquisition {plate_acquisition_id}")

@@ -6,6 +6,7 @@ Part of the one ImageDB API (`ImageDB` inherits `WorkAreaQueries`). Values trave
 query parameters; a `status.reruns` that is not a whole number counts as 0, as in
 `ImageDB.rerun_generations`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -55,20 +56,28 @@ class WorkAreaQueries(Database):
         if not sub_ids:
             return {}
         with self._cursor() as cur:
-            cur.execute(_STATE_SQL + " WHERE sub_id = ANY(%(ids)s)",
-                        {"ids": list(sub_ids), "retention_s": retention_days * 86400.0})
+            cur.execute(
+                _STATE_SQL + " WHERE sub_id = ANY(%(ids)s)",
+                {"ids": list(sub_ids), "retention_s": retention_days * 86400.0},
+            )
             return {r["sub_id"]: _state(r) for r in cur.fetchall()}
 
     @contextmanager
-    def while_work_area_expired(self, sub_id: int, retention_days: float, states: tuple[str, ...],
-                                ) -> Iterator[WorkAreaState | None]:
+    def while_work_area_expired(
+        self,
+        sub_id: int,
+        retention_days: float,
+        states: tuple[str, ...],
+    ) -> Iterator[WorkAreaState | None]:
         """Hold the sub-analysis's row locked and yield its state if it is still in one of
         `states` and expired (else None): `cpp-dagster rerun` waits until the body (the
         removal of its folders) is done, and a row that changed since it was listed is
         left alone."""
         with self._cursor() as cur:
-            cur.execute(_STATE_SQL + " WHERE sub_id = %(id)s FOR UPDATE",
-                        {"id": sub_id, "retention_s": retention_days * 86400.0})
+            cur.execute(
+                _STATE_SQL + " WHERE sub_id = %(id)s FOR UPDATE",
+                {"id": sub_id, "retention_s": retention_days * 86400.0},
+            )
             row = cur.fetchone()
             state = _state(row) if row is not None else None
             yield state if state is not None and state.expired and state.state in states else None

@@ -27,6 +27,7 @@ field of the run's executor config is passed on as given. A plain
 with dagster 1.13: `validate_run_config` keeps the fixed values), so the sensor's pod
 settings would never reach a pod.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -39,13 +40,20 @@ from dagster_k8s.job import UserDefinedDagsterK8sConfig
 
 from cpp_dagster.k8s.pod_config import ANALYSIS_STEPS, PodSettings, executor_defaults
 
-LAYER_KEYS = ("container_config", "pod_template_spec_metadata", "pod_spec_config", "job_config",
-              "job_metadata", "job_spec_config")
+LAYER_KEYS = (
+    "container_config",
+    "pod_template_spec_metadata",
+    "pod_spec_config",
+    "job_config",
+    "job_metadata",
+    "job_spec_config",
+)
 
 
 def merge_layers(onto: Mapping[str, Any] | None, layer: Mapping[str, Any] | None) -> dict:
     """`layer` merged onto `onto` as dagster-k8s merges two levels of a step pod's config
     (DEEP, or SHALLOW if `layer` says `merge_behavior: SHALLOW`)."""
+
     def context(raw):
         return K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(dict(raw or {})))
 
@@ -59,13 +67,15 @@ def with_defaults(defaults: Mapping[str, Any], run_config: Mapping[str, Any]) ->
     config = dict(run_config)
     config["step_k8s_config"] = merge_layers(defaults.get("step_k8s_config"), run_config.get("step_k8s_config"))
     default_steps, run_steps = defaults.get("per_step_k8s_config", {}), run_config.get("per_step_k8s_config") or {}
-    config["per_step_k8s_config"] = {op: merge_layers(default_steps.get(op), run_steps.get(op))
-                                     for op in {**default_steps, **run_steps}}
+    config["per_step_k8s_config"] = {
+        op: merge_layers(default_steps.get(op), run_steps.get(op)) for op in {**default_steps, **run_steps}
+    }
     return config
 
 
-def k8s_executor(pod_settings: PodSettings, training_engine: str,
-                 analysis_steps: tuple[str, ...] = ANALYSIS_STEPS) -> dg.ExecutorDefinition:
+def k8s_executor(
+    pod_settings: PodSettings, training_engine: str, analysis_steps: tuple[str, ...] = ANALYSIS_STEPS
+) -> dg.ExecutorDefinition:
     """`k8s_job_executor` with `pod_settings` as its defaults; accepts the same run config
     as `k8s_job_executor` (e.g. `pod_config.analysis_run_config`). Call it when the
     definitions load; `training_engine` is the deployment's (CPP_TRAINING_ENGINE)."""
@@ -74,5 +84,5 @@ def k8s_executor(pod_settings: PodSettings, training_engine: str,
         lambda run_config: with_defaults(defaults, run_config),
         config_schema=k8s_job_executor.config_schema,
         description="dagster-k8s k8s_job_executor with the deployment's pod settings as defaults "
-                    "(per-run config: execution.config.per_step_k8s_config)",
+        "(per-run config: execution.config.per_step_k8s_config)",
     )

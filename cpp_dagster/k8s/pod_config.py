@@ -15,6 +15,7 @@ The deployment settings are a YAML file named by CPP_K8S_CONFIG (on Kubernetes a
 ConfigMap mounted into the user-code pods); `deploy/k8s-pods.yaml` is the documented
 example.
 """
+
 from __future__ import annotations
 
 import os
@@ -108,8 +109,14 @@ class AnalysisIds:
 # can be read-only: CellProfiler's measurements file and scratch folders (TMPDIR),
 # matplotlib's font cache and config (HOME/.cache, MPLCONFIGDIR); bytecode is precompiled
 # in the image. Measured with strace on a real batch: nothing else is written.
-WRITABLE_ENV = {"TMPDIR": "/tmp", "HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib",
-                "XDG_CACHE_HOME": "/tmp/.cache", "XDG_CONFIG_HOME": "/tmp/.config", "PYTHONDONTWRITEBYTECODE": "1"}
+WRITABLE_ENV = {
+    "TMPDIR": "/tmp",
+    "HOME": "/tmp/home",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "XDG_CACHE_HOME": "/tmp/.cache",
+    "XDG_CONFIG_HOME": "/tmp/.config",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
 
 def step_base_config(settings: PodSettings) -> dict:
@@ -118,22 +125,31 @@ def step_base_config(settings: PodSettings) -> dict:
     non-root, no privilege escalation, no capabilities, a read-only root filesystem) and
     placement. Image, Secrets, labels and resources are per step (below)."""
     mounts = [{"name": v.name, "mount_path": v.mount_path, "read_only": v.read_only} for v in settings.volumes]
-    volumes = [{"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
-               for v in settings.volumes]
+    volumes = [
+        {"name": v.name, "persistent_volume_claim": {"claim_name": v.claim, "read_only": v.read_only}}
+        for v in settings.volumes
+    ]
     tmp = {"size_limit": settings.tmp_size_limit, **({"medium": settings.tmp_medium} if settings.tmp_medium else {})}
     container = {
         "env": [{"name": "OMP_NUM_THREADS", "value": "1"}, *({"name": k, "value": v} for k, v in WRITABLE_ENV.items())],
         "volume_mounts": [*mounts, {"name": "tmp", "mount_path": "/tmp"}],
-        "security_context": {"allow_privilege_escalation": False, "run_as_non_root": True,
-                             "capabilities": {"drop": ["ALL"]},
-                             "read_only_root_filesystem": settings.read_only_root_filesystem},
+        "security_context": {
+            "allow_privilege_escalation": False,
+            "run_as_non_root": True,
+            "capabilities": {"drop": ["ALL"]},
+            "read_only_root_filesystem": settings.read_only_root_filesystem,
+        },
     }
     pod_spec: dict[str, Any] = {
         "automount_service_account_token": False,  # a step never talks to the Kubernetes API
         "volumes": [*volumes, {"name": "tmp", "empty_dir": tmp}],
-        "security_context": {"run_as_non_root": True, "run_as_user": settings.run_as_user,
-                             "run_as_group": settings.run_as_group, "fs_group": settings.fs_group,
-                             "seccomp_profile": {"type": "RuntimeDefault"}},
+        "security_context": {
+            "run_as_non_root": True,
+            "run_as_user": settings.run_as_user,
+            "run_as_group": settings.run_as_group,
+            "fs_group": settings.fs_group,
+            "seccomp_profile": {"type": "RuntimeDefault"},
+        },
     }
     if settings.node_selector:
         pod_spec["node_selector"] = dict(settings.node_selector)
@@ -150,13 +166,24 @@ def _step(image: str | None, labels: dict[str, str], secrets: tuple[str | None, 
     if env_from:
         container["env_from"] = env_from
     pod_spec: dict[str, Any] = {}
-    config = {"container_config": container, "pod_spec_config": pod_spec,
-              "pod_template_spec_metadata": {"labels": labels}, "job_metadata": {"labels": labels}}
+    config = {
+        "container_config": container,
+        "pod_spec_config": pod_spec,
+        "pod_template_spec_metadata": {"labels": labels},
+        "job_metadata": {"labels": labels},
+    }
     return config, container, pod_spec
 
 
-TRAINING_STEPS = ("training_data", "descriptors", "plan_splits", "train_split", "collect_split_models",
-                  "aggregated_model", "published_model")
+TRAINING_STEPS = (
+    "training_data",
+    "descriptors",
+    "plan_splits",
+    "train_split",
+    "collect_split_models",
+    "aggregated_model",
+    "published_model",
+)
 CPSIGN_STEPS = ("descriptors", "train_split", "aggregated_model")  # the steps that run the CPSign CLI
 CPSIGN_LICENSE_DIR = "/etc/cpsign"
 TRAINING_STEPS_WITHOUT_SECRETS = ("plan_splits", "collect_split_models")  # only hand file paths on
@@ -175,8 +202,9 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str) -> di
     uses_cpsign = engine == "cpsign" and op_name in CPSIGN_STEPS
     image = training.get("cpsign_image") if uses_cpsign else training.get("image")
     if not image:
-        raise PodConfigError("the pod settings' training section names no "
-                             + ("cpsign_image" if uses_cpsign else "image"))
+        raise PodConfigError(
+            "the pod settings' training section names no " + ("cpsign_image" if uses_cpsign else "image")
+        )
     labels = {f"{LABEL_PREFIX}/training-step": op_name}
     secrets = () if op_name in TRAINING_STEPS_WITHOUT_SECRETS else (settings.training_secret,)
     config, container, pod_spec = _step(image, labels, secrets)
@@ -197,12 +225,19 @@ def training_step_config(settings: PodSettings, op_name: str, engine: str) -> di
 # The ops (node names) of an analysis run. Each gets the analysis's image, the imagedb
 # Secret and labels; BATCH_OP also resources by sub_type and the job_timeout deadline;
 # the others their `step_resources`. A step op added to the analysis jobs goes here.
-ANALYSIS_STEPS = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
-                  "complete_step")  # the op names of cpp_dagster.defs.analysis.steps (a test checks)
+ANALYSIS_STEPS = (
+    "plan_batches",
+    "run_cellprofiler",
+    "merge_tables",
+    "write_single_cell_table",
+    "write_well_profiles",
+    "complete_step",
+)  # the op names of cpp_dagster.defs.analysis.steps (a test checks)
 
 
-def analysis_step_config(settings: PodSettings, op_name: str, options: SubAnalysisOptions | None = None,
-                         ids: AnalysisIds | None = None) -> dict:
+def analysis_step_config(
+    settings: PodSettings, op_name: str, options: SubAnalysisOptions | None = None, ids: AnalysisIds | None = None
+) -> dict:
     """Raw k8s config for one step of a sub-analysis's run: the image of its cp_version,
     the `imagedb_secret` (each step records its progress or failure in imagedb; never
     the training credentials), the priority class, labels; the batch step also gets
@@ -218,11 +253,18 @@ def analysis_step_config(settings: PodSettings, op_name: str, options: SubAnalys
         sub_type, priority, job_timeout = None, None, DEFAULT_JOB_TIMEOUT_S
     else:
         image = settings.image_for(options.cp_version)
-        labels = {f"{LABEL_PREFIX}/pod-settings": "sub-analysis", f"{LABEL_PREFIX}/sub-type": options.sub_type or "none"}
+        labels = {
+            f"{LABEL_PREFIX}/pod-settings": "sub-analysis",
+            f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
+        }
         if ids is not None:
-            labels.update({f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
-                           f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
-                           f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id)})
+            labels.update(
+                {
+                    f"{LABEL_PREFIX}/plate-acquisition": str(ids.plate_acquisition_id),
+                    f"{LABEL_PREFIX}/analysis": str(ids.analysis_id),
+                    f"{LABEL_PREFIX}/sub-analysis": str(ids.sub_id),
+                }
+            )
         sub_type, priority, job_timeout = options.sub_type, options.priority, options.job_timeout
     config, container, pod_spec = _step(image, labels, (settings.imagedb_secret,))
     priority_class = settings.high_priority_class if priority == 1 else settings.priority_class
@@ -242,17 +284,22 @@ def analysis_step_config(settings: PodSettings, op_name: str, options: SubAnalys
     return config
 
 
-def analysis_run_config(settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds,
-                        steps: tuple[str, ...] = ANALYSIS_STEPS) -> dict:
+def analysis_run_config(
+    settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, steps: tuple[str, ...] = ANALYSIS_STEPS
+) -> dict:
     """The run config of one sub-analysis's run (what the sensor launches it with): the
     k8s executor's `per_step_k8s_config`, one layer per step op. Raises PodConfigError
     when the deployment cannot run it (no image for its cp_version)."""
-    return {"execution": {"config": {"per_step_k8s_config": {
-        op: analysis_step_config(settings, op, options, ids) for op in steps}}}}
+    return {
+        "execution": {
+            "config": {"per_step_k8s_config": {op: analysis_step_config(settings, op, options, ids) for op in steps}}
+        }
+    }
 
 
-def executor_defaults(settings: PodSettings, training_engine: str,
-                      analysis_steps: tuple[str, ...] = ANALYSIS_STEPS) -> dict:
+def executor_defaults(
+    settings: PodSettings, training_engine: str, analysis_steps: tuple[str, ...] = ANALYSIS_STEPS
+) -> dict:
     """The k8s executor's config when a run gives none: `step_k8s_config` (every step),
     and `per_step_k8s_config` for the analysis steps (the deployment's defaults) and, if
     the pod settings have a `training` section, the training steps."""
@@ -268,5 +315,12 @@ def training_run_config(workflow: str) -> dict:
     static, in the executor's defaults). `workflow` is a label value (the configuration
     checks it)."""
     labels = {"labels": {f"{LABEL_PREFIX}/workflow": workflow}}
-    return {"execution": {"config": {"per_step_k8s_config": {
-        op: {"pod_template_spec_metadata": labels, "job_metadata": labels} for op in TRAINING_STEPS}}}}
+    return {
+        "execution": {
+            "config": {
+                "per_step_k8s_config": {
+                    op: {"pod_template_spec_metadata": labels, "job_metadata": labels} for op in TRAINING_STEPS
+                }
+            }
+        }
+    }

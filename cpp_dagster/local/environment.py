@@ -6,6 +6,7 @@ The only place a missing database URL is filled in: `environment()` gives the Da
 processes (webserver, daemon, run and step workers) every URL, so the resources and the
 domain code below them never start a database of their own.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,5 +93,10 @@ def pin_pool_limits(env: dict[str, str]) -> None:
     config = yaml.safe_load((Path(env["DAGSTER_HOME"]) / "dagster.yaml").read_text())
     limit = config["concurrency"]["pools"]["default_limit"]
     dagster = str(Path(sys.executable).with_name("dagster"))
-    subprocess.run([dagster, "instance", "concurrency", "set", CELLPROFILER_POOL, str(limit)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [dagster, "instance", "concurrency", "set", CELLPROFILER_POOL, str(limit)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )

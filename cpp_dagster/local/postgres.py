@@ -7,6 +7,7 @@ One server per data folder, listening on a unix socket only. It holds two databa
 after the process that started it exits (`cpp-dagster local stop` stops it), so the
 Dagster webserver, daemon, run workers and step processes all reach the same one.
 """
+
 from __future__ import annotations
 
 import logging

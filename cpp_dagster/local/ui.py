@@ -1,5 +1,6 @@
 """`make dev` / `cpp-dagster dev`: the Dagster UI (webserver + daemon) over the local
 instance, announced by the URL a lab member starts from: the asset graph."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,16 +49,25 @@ def can_open_browser() -> bool:
         return False
 
 
-def run_dev(workspace: Path, host: str, port: int, env: dict[str, str], *, open_browser: bool,
-            echo: Callable[[str], None], timeout_s: float = 300) -> int:
+def run_dev(
+    workspace: Path,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    *,
+    open_browser: bool,
+    echo: Callable[[str], None],
+    timeout_s: float = 300,
+) -> int:
     """`dagster dev` over `workspace` until it exits (Ctrl-C or SIGTERM stop it and its
     webserver and daemon); once the UI answers, print the asset graph's URL and open it
     when asked and a browser exists. Returns dagster dev's exit code."""
     url = asset_graph_url(host, port)
     exe = str(Path(sys.executable).with_name("dagster"))
     echo(f"starting the Dagster UI (webserver + daemon, DAGSTER_HOME={env['DAGSTER_HOME']}) ...")
-    proc = subprocess.Popen([exe, "dev", "-w", str(workspace), "-h", host, "-p", str(port)],
-                            cwd=workspace.parent, env=env)
+    proc = subprocess.Popen(
+        [exe, "dev", "-w", str(workspace), "-h", host, "-p", str(port)], cwd=workspace.parent, env=env
+    )
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         deadline = time.monotonic() + timeout_s

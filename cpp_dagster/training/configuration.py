@@ -28,6 +28,7 @@ A version is content-addressed: the SHA-256 of the configuration normalised (def
 filled in, keys sorted, no whitespace). Re-adding the same file, or the same content
 formatted differently or with a default spelled out, is not a new version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,8 +92,17 @@ class TrainingConfig:
         return f"{self.workflow}-{self.version[:12]}"
 
 
-_TOP = {"workflow", "database", "query", "splits", "model", "test_fraction", "seed",
-        "max_skipped_fraction", "validity_tolerance"}
+_TOP = {
+    "workflow",
+    "database",
+    "query",
+    "splits",
+    "model",
+    "test_fraction",
+    "seed",
+    "max_skipped_fraction",
+    "validity_tolerance",
+}
 _MODEL = {"predictor", "nr_models", "ncm", "scorer", "significance", "calibration_ratio"}
 
 
@@ -117,8 +127,10 @@ def _choice(problems: list[str], where: str, value: Any, allowed) -> Any:
 def _workflow_problems(workflow: Any) -> list[str]:
     """The workflow names the model's folder in the registry (the path rule) and is a pod
     label (labels.py)."""
-    rule = ("workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
-            "letter or digit (it names the model's folder and is a pod label)")
+    rule = (
+        "workflow must be 1-60 characters of letters, digits, '_', '.', '-', starting and ending with a "
+        "letter or digit (it names the model's folder and is a pod label)"
+    )
     try:
         paths.component(workflow, "workflow")
     except paths.UnsafePathError as e:
@@ -164,8 +176,10 @@ def from_dict(raw: Any) -> TrainingConfig:
     significance = _number(problems, "model.significance", model.get("significance", 0.2), 0.01, 0.5)
     calibration_ratio = _number(problems, "model.calibration_ratio", model.get("calibration_ratio", 0.2), 0.05, 0.5)
     if splits and nr_models and splits > nr_models:
-        problems.append(f"splits ({splits}) cannot exceed model.nr_models ({nr_models}): each split trains "
-                        "at least one of the aggregated models")
+        problems.append(
+            f"splits ({splits}) cannot exceed model.nr_models ({nr_models}): each split trains "
+            "at least one of the aggregated models"
+        )
     test_fraction = _number(problems, "test_fraction", raw.get("test_fraction", 0.2), 0.05, 0.5)
     seed = _number(problems, "seed", raw.get("seed", 42), 0, 2**31 - 1, integer=True)
     max_skipped = _number(problems, "max_skipped_fraction", raw.get("max_skipped_fraction", 0.05), 0.0, 1.0)
@@ -173,10 +187,21 @@ def from_dict(raw: Any) -> TrainingConfig:
     if problems:
         raise ConfigError("invalid training configuration: " + "; ".join(problems))
     return TrainingConfig(
-        workflow=workflow, database=raw["database"].strip(), query=raw["query"].strip(), splits=splits,
-        model=ModelParams(predictor=predictor, nr_models=nr_models, ncm=ncm, scorer=scorer,
-                          significance=float(significance), calibration_ratio=float(calibration_ratio)),
-        test_fraction=float(test_fraction), seed=seed, max_skipped_fraction=float(max_skipped),
+        workflow=workflow,
+        database=raw["database"].strip(),
+        query=raw["query"].strip(),
+        splits=splits,
+        model=ModelParams(
+            predictor=predictor,
+            nr_models=nr_models,
+            ncm=ncm,
+            scorer=scorer,
+            significance=float(significance),
+            calibration_ratio=float(calibration_ratio),
+        ),
+        test_fraction=float(test_fraction),
+        seed=seed,
+        max_skipped_fraction=float(max_skipped),
         validity_tolerance=float(tolerance),
     )
 
@@ -185,8 +210,9 @@ def parse(text: str, source: str = "the configuration") -> TrainingConfig:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{source} is not valid JSON: {error.msg} at line {error.lineno}, "
-                          f"column {error.colno}") from None
+        raise ConfigError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        ) from None
     try:
         return from_dict(raw)
     except ConfigError as error:

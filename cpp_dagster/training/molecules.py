@@ -4,6 +4,7 @@ Descriptors: a Morgan count fingerprint (radius 2, 2048 bits, folded) plus ten R
 physico-chemical descriptors (logP, TPSA, weight, H-bond donors/acceptors, rotatable
 bonds, rings, aromatic rings, heavy atoms, fraction sp3).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,16 +18,26 @@ if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that us
 
 FINGERPRINT_BITS = 2048
 FINGERPRINT_RADIUS = 2
-PHYSCHEM = ("MolLogP", "TPSA", "MolWt", "NumHDonors", "NumHAcceptors", "NumRotatableBonds", "RingCount",
-            "NumAromaticRings", "HeavyAtomCount", "FractionCSP3")
+PHYSCHEM = (
+    "MolLogP",
+    "TPSA",
+    "MolWt",
+    "NumHDonors",
+    "NumHAcceptors",
+    "NumRotatableBonds",
+    "RingCount",
+    "NumAromaticRings",
+    "HeavyAtomCount",
+    "FractionCSP3",
+)
 
 
 @dataclass(frozen=True)
 class Parsed:
     """The rows that can be trained on and, for each skipped row, why."""
 
-    usable: pd.DataFrame      # id, smiles (canonical), label
-    skipped: pd.DataFrame     # id, smiles, label, reason
+    usable: pd.DataFrame  # id, smiles (canonical), label
+    skipped: pd.DataFrame  # id, smiles, label, reason
 
 
 def _quiet():
@@ -36,7 +47,11 @@ def _quiet():
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def parse(frame: pd.DataFrame, task: str) -> Parsed:
@@ -73,7 +88,9 @@ def parse(frame: pd.DataFrame, task: str) -> Parsed:
         usable.append((rid, Chem.MolToSmiles(mol), label))
     return Parsed(
         usable=pd.DataFrame(usable, columns=["id", "smiles", "label"]),
-        skipped=pd.DataFrame(skipped, columns=["id", "smiles", "label", "reason"]).astype({"smiles": str, "label": str}),
+        skipped=pd.DataFrame(skipped, columns=["id", "smiles", "label", "reason"]).astype(
+            {"smiles": str, "label": str}
+        ),
     )
 
 

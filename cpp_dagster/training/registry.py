@@ -10,6 +10,7 @@
 `cpp-dagster train registry` serves a folder registry over the same HTTP interface
 (registry_server.py), so the HTTP path runs locally too.
 """
+
 from __future__ import annotations
 
 import json
@@ -119,7 +120,9 @@ class HttpModelRegistry:
                 return response.read()
         except urllib.error.HTTPError as error:
             detail = error.read()[:500].decode(errors="replace")
-            raise RegistryError(f"model service: {method} {path} answered {error.code} {error.reason}: {detail}") from None
+            raise RegistryError(
+                f"model service: {method} {path} answered {error.code} {error.reason}: {detail}"
+            ) from None
         except urllib.error.URLError as error:
             raise RegistryError(f"cannot reach the model service at {self.url}: {error.reason}") from None
 
@@ -129,9 +132,16 @@ class HttpModelRegistry:
 
     def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:
         path = self._path(name, version)
-        self._request("PUT", path, Path(model_file).read_bytes(),
-                      {"Content-Type": "application/octet-stream", "X-Model-Filename": Path(model_file).name,
-                       "X-Model-Metadata": json.dumps(metadata, sort_keys=True, default=str)})
+        self._request(
+            "PUT",
+            path,
+            Path(model_file).read_bytes(),
+            {
+                "Content-Type": "application/octet-stream",
+                "X-Model-Filename": Path(model_file).name,
+                "X-Model-Metadata": json.dumps(metadata, sort_keys=True, default=str),
+            },
+        )
         return f"{self.url}{path}"
 
     def fetch(self, name: str, version: str, dest_dir: Path) -> Path:

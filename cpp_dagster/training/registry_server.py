@@ -14,6 +14,7 @@ interface of registry.HttpModelRegistry (`cpp-dagster train registry`).
 - Model names and versions follow the project's path rule (`cpp_dagster.paths`): `..`,
   separators, control characters are a 400 and nothing is touched.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -92,14 +93,18 @@ def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, 
 
         def _route(self) -> tuple[str, str, bool]:
             if token is not None and not hmac.compare_digest(
-                    self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+                self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+            ):
                 raise _Refused(401, "missing or wrong bearer token")
             parts = [unquote(p) for p in self.path.split("?", 1)[0].strip("/").split("/")]
             if not (len(parts) in (3, 4) and parts[0] == "models" and (len(parts) == 3 or parts[3] == "metadata")):
                 raise _Refused(404, f"no such resource {self.path}")
             try:
-                return paths.component(parts[1], "model name"), paths.component(parts[2], "model version"), \
-                    len(parts) == 4
+                return (
+                    paths.component(parts[1], "model name"),
+                    paths.component(parts[2], "model version"),
+                    len(parts) == 4,
+                )
             except paths.UnsafePathError as error:
                 raise _Refused(400, str(error)) from None
 
@@ -138,12 +143,14 @@ def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, 
             raw = self.headers.get("Content-Length")
             if raw is None or not raw.isdigit() or int(raw) == 0:
                 self.close_connection = True
-                raise _Refused(411, "PUT /models/NAME/VERSION with the model file as the body and its "
-                                    "Content-Length")
+                raise _Refused(411, "PUT /models/NAME/VERSION with the model file as the body and its Content-Length")
             if int(raw) > max_upload:
                 self.close_connection = True  # refused before the body is read
-                raise _Refused(413, f"the model is {int(raw):,} bytes; this registry takes at most "
-                                    f"{max_upload:,} (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)")
+                raise _Refused(
+                    413,
+                    f"the model is {int(raw):,} bytes; this registry takes at most "
+                    f"{max_upload:,} (CPP_MODEL_REGISTRY_MAX_UPLOAD_MB)",
+                )
             return int(raw)
 
         def _receive(self, upload: Path, length: int) -> None:
@@ -160,9 +167,12 @@ def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, 
                         chunk = b""
                     if not chunk or time.monotonic() > deadline:
                         self.close_connection = True
-                        raise _Refused(408, f"the upload stopped after {length - left + len(chunk):,} of "
-                                            f"{length:,} bytes (no data for {timeout_s:g} s, slower than "
-                                            f"{MIN_UPLOAD_RATE // 1024} KiB/s, or the connection closed)")
+                        raise _Refused(
+                            408,
+                            f"the upload stopped after {length - left + len(chunk):,} of "
+                            f"{length:,} bytes (no data for {timeout_s:g} s, slower than "
+                            f"{MIN_UPLOAD_RATE // 1024} KiB/s, or the connection closed)",
+                        )
                     out.write(chunk)
                     left -= len(chunk)
 
@@ -181,18 +191,33 @@ def _handler(registry: FolderModelRegistry, token: str | None, max_upload: int, 
     return Handler
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          background: bool = False, *, insecure_local: bool = False, max_upload_bytes: int | None = None,
-          timeout_s: float = 30, workers: int = 8, on_ready=None) -> HTTPServer:
+def serve(
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    background: bool = False,
+    *,
+    insecure_local: bool = False,
+    max_upload_bytes: int | None = None,
+    timeout_s: float = 30,
+    workers: int = 8,
+    on_ready=None,
+) -> HTTPServer:
     """Serve the folder registry at `root`. Without `token` it refuses to start unless
     `insecure_local`. In the background it returns the running server (call
     `shutdown()` and `server_close()` to stop it)."""
     if not token and not insecure_local:
         raise RegistryServerError(
             "refusing to serve the model registry without a token: set CPP_MODEL_REGISTRY_TOKEN "
-            "(clients send it as a bearer token), or pass --insecure-local for a local, single-user run")
-    handler = _handler(FolderModelRegistry(root), token or None,
-                       load_settings().registry.max_upload_bytes if max_upload_bytes is None else max_upload_bytes, timeout_s)
+            "(clients send it as a bearer token), or pass --insecure-local for a local, single-user run"
+        )
+    handler = _handler(
+        FolderModelRegistry(root),
+        token or None,
+        load_settings().registry.max_upload_bytes if max_upload_bytes is None else max_upload_bytes,
+        timeout_s,
+    )
     server = BoundedThreadPoolHTTPServer((host, port), handler, workers)
     if on_ready is not None:
         on_ready()

@@ -1,5 +1,6 @@
 """The work of the training assets that does not depend on the engine: ingestion (query,
 parse, hold out, one parameter file per split) and the version's work folder."""
+
 from __future__ import annotations
 
 import os
@@ -43,12 +44,12 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 @dataclass(frozen=True)
 class Ingested:
     files: TrainingFiles
-    rows: int                      # what the query returned
+    rows: int  # what the query returned
     trained_on: int
     heldout: int
     skipped: int
     skipped_reasons: dict[str, int]
-    skipped_examples: list[str]    # a few "id: SMILES (reason)" for the UI
+    skipped_examples: list[str]  # a few "id: SMILES (reason)" for the UI
 
     @property
     def skipped_fraction(self) -> float:
@@ -68,28 +69,40 @@ def ingest(config: TrainingConfig, folder: Path, training: Training) -> Ingested
     usable = parsed.usable
     if len(usable) < MIN_COMPOUNDS:
         why = ", ".join(f"{n} {reason}" for reason, n in reasons.items()) or "none skipped"
-        raise TrainingInputError(f"only {len(usable)} of the query's {len(result.frame)} rows can be trained on "
-                                 f"({why}); at least {MIN_COMPOUNDS} are needed")
+        raise TrainingInputError(
+            f"only {len(usable)} of the query's {len(result.frame)} rows can be trained on "
+            f"({why}); at least {MIN_COMPOUNDS} are needed"
+        )
     classes: tuple[str, ...] = ()
     stratify = None
     if config.model.task == "classification":
         counts = usable["label"].value_counts()
         small = {str(k): int(v) for k, v in counts.items() if v < MIN_PER_CLASS}
         if len(counts) < 2 or small:
-            raise TrainingInputError(f"classification needs at least 2 classes of {MIN_PER_CLASS}+ compounds; "
-                                     f"the labels are {dict(counts)}")
+            raise TrainingInputError(
+                f"classification needs at least 2 classes of {MIN_PER_CLASS}+ compounds; the labels are {dict(counts)}"
+            )
         classes = tuple(sorted(str(c) for c in counts.index))
         stratify = usable["label"]
-    train, heldout = train_test_split(usable, test_size=config.test_fraction, random_state=config.seed,
-                                      stratify=stratify)
+    train, heldout = train_test_split(
+        usable, test_size=config.test_fraction, random_state=config.seed, stratify=stratify
+    )
     split_files = tuple(p.write(folder / f"split_{p.index}.json") for p in split_params(config))
     files = TrainingFiles(
         folder=folder,
         train=_write_parquet(train.reset_index(drop=True), folder / "train.parquet"),
         heldout=_write_parquet(heldout.reset_index(drop=True), folder / "heldout.parquet"),
         skipped=_write_parquet(parsed.skipped, folder / "skipped.parquet"),
-        splits=split_files, classes=classes,
+        splits=split_files,
+        classes=classes,
     )
     examples = [f"{r.id}: {r.smiles!r} ({r.reason})" for r in parsed.skipped.head(5).itertuples()]
-    return Ingested(files=files, rows=len(result.frame), trained_on=len(train), heldout=len(heldout),
-                    skipped=len(parsed.skipped), skipped_reasons=reasons, skipped_examples=examples)
+    return Ingested(
+        files=files,
+        rows=len(result.frame),
+        trained_on=len(train),
+        heldout=len(heldout),
+        skipped=len(parsed.skipped),
+        skipped_reasons=reasons,
+        skipped_examples=examples,
+    )

@@ -3,6 +3,7 @@
 A table in the project's PostgreSQL (CPP_TRAINING_DB_URL; locally the embedded server's
 `training` database). Values travel as query parameters only.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,9 +35,15 @@ class Added:
 
 
 def _row(row: dict) -> ConfigVersion:
-    return ConfigVersion(id=row["id"], version=row["version"], partition_key=row["partition_key"],
-                         workflow=row["workflow"], config=from_dict(row["config"]), added=row["added"],
-                         added_by=row["added_by"])
+    return ConfigVersion(
+        id=row["id"],
+        version=row["version"],
+        partition_key=row["partition_key"],
+        workflow=row["workflow"],
+        config=from_dict(row["config"]),
+        added=row["added"],
+        added_by=row["added_by"],
+    )
 
 
 VERSION_FILE = "configuration.json"  # the version a training run works on, in its version folder
@@ -45,9 +52,15 @@ VERSION_FILE = "configuration.json"  # the version a training run works on, in i
 def save_version(version: ConfigVersion, folder: Path) -> Path:
     """Write `version` into its version folder (atomically), so the later steps of the
     run read it there instead of asking the store again: a version never changes."""
-    raw = {"id": version.id, "version": version.version, "partition_key": version.partition_key,
-           "workflow": version.workflow, "config": version.config.to_dict(), "added": version.added.isoformat(),
-           "added_by": version.added_by}
+    raw = {
+        "id": version.id,
+        "version": version.version,
+        "partition_key": version.partition_key,
+        "workflow": version.workflow,
+        "config": version.config.to_dict(),
+        "added": version.added.isoformat(),
+        "added_by": version.added_by,
+    }
     path = folder / VERSION_FILE
     partial = path.with_name(f".{VERSION_FILE}.partial")
     partial.write_text(json.dumps(raw, indent=1))
@@ -84,8 +97,13 @@ def _row_or_invalid(row: dict) -> ConfigVersion | InvalidVersion:
     try:
         return _row(row)
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError; TypeError: a shape nobody foresaw
-        return InvalidVersion(id=row["id"], version=row["version"], partition_key=row["partition_key"],
-                              workflow=row["workflow"], problem=str(e))
+        return InvalidVersion(
+            id=row["id"],
+            version=row["version"],
+            partition_key=row["partition_key"],
+            workflow=row["workflow"],
+            problem=str(e),
+        )
 
 
 class ConfigStore(Database):
@@ -120,12 +138,14 @@ class ConfigStore(Database):
         one whose stored configuration no longer validates comes as an InvalidVersion,
         so it cannot stop the others."""
         with self._cursor() as cur:
-            cur.execute("SELECT * FROM training_config_versions WHERE id > %s ORDER BY id LIMIT %s",
-                        (after_id, limit))
+            cur.execute("SELECT * FROM training_config_versions WHERE id > %s ORDER BY id LIMIT %s", (after_id, limit))
             return [_row_or_invalid(r) for r in cur.fetchall()]
 
     def versions(self, workflow: str | None = None) -> list[ConfigVersion]:
         with self._cursor() as cur:
-            cur.execute("""SELECT * FROM training_config_versions
-                           WHERE %(w)s::text IS NULL OR workflow = %(w)s ORDER BY id""", {"w": workflow})
+            cur.execute(
+                """SELECT * FROM training_config_versions
+                           WHERE %(w)s::text IS NULL OR workflow = %(w)s ORDER BY id""",
+                {"w": workflow},
+            )
             return [_row(r) for r in cur.fetchall()]

@@ -11,6 +11,7 @@ over all four plates through the UI's GraphQL API (the fourth waits: acquisition
 finished), real CellProfiler runs them, then Chromium photographs the partition grid of
 `feature_tables`. Everything it started is stopped at the end. About 5 minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,23 @@ def screenshot(url: str, png: Path, size: str = "1400,900", wait_ms: int = 20000
     (the UI fetches its data over GraphQL), and writes a PNG."""
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cpp-chromium-") as profile:
-        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={size}", f"--virtual-time-budget={wait_ms}",
-                        f"--screenshot={png}", url], check=True, capture_output=True, timeout=180)
+        subprocess.run(
+            [
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={size}",
+                f"--virtual-time-budget={wait_ms}",
+                f"--screenshot={png}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
     print(f"{png}: {url}", file=sys.stderr)
 
 
@@ -59,16 +74,18 @@ def demo_lab(db: ImageDB) -> list[int]:
     """The demo pipelines and four tiny plates (2 wells x 1 site); the last is still being imaged."""
     settings = load_settings()
     install_demo_pipeline(db, settings, batch_size=2)
-    return [register_plate(db, settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=i + 1,
-                           finished=finished)
-            for i, (barcode, finished) in enumerate(PLATES)]
+    return [
+        register_plate(db, settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=i + 1, finished=finished)
+        for i, (barcode, finished) in enumerate(PLATES)
+    ]
 
 
 def backfill_demo(ui: DagsterUI) -> None:
     """The demo pipeline over every plate, as a lab member selects them in the UI."""
     keys = [f"{DEMO_PIPELINE}|{barcode}" for barcode, _ in PLATES]
-    ui.wait_until("the sensor to add the plates' partitions",
-                  lambda: set(keys) <= set(ui.partition_keys("feature_tables")), 120)
+    ui.wait_until(
+        "the sensor to add the plates' partitions", lambda: set(keys) <= set(ui.partition_keys("feature_tables")), 120
+    )
     ui.wait_for_backfill(ui.launch_partition_backfill(ASSETS, keys), 1200)
 
 
@@ -81,8 +98,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cpp-screenshots-"))
     work.chmod(0o755)  # as root the embedded server runs as its own user, which must reach it
     os.environ["CPP_LOCAL_DIR"] = str(work)
-    for var in ("CPP_IMAGEDB_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "CPP_NAS_ROOT", "CPP_WORK_ROOT",
-                "CPP_PIPELINES_DIR", "CPP_TRAINING_DB_URL"):
+    for var in (
+        "CPP_IMAGEDB_URL",
+        "DAGSTER_PG_URL",
+        "DAGSTER_HOME",
+        "CPP_NAS_ROOT",
+        "CPP_WORK_ROOT",
+        "CPP_PIPELINES_DIR",
+        "CPP_TRAINING_DB_URL",
+    ):
         os.environ.pop(var, None)
     try:
         env = local_env.environment()
@@ -94,8 +118,11 @@ def main() -> int:
         home = write_dagster_home(work / "dagster_home_ui")
         with dagster_ui(home, env["DAGSTER_PG_URL"], sensor_interval_s=3) as ui:
             backfill_demo(ui)
-            ui.wait_until("the lab overview to show every plate", lambda: "P-0004" in str(
-                (ui.latest_observation("imagedb/lab_overview") or {}).get("metadata")), 120)
+            ui.wait_until(
+                "the lab overview to show every plate",
+                lambda: "P-0004" in str((ui.latest_observation("imagedb/lab_overview") or {}).get("metadata")),
+                120,
+            )
             screenshot(f"{ui.url}/assets/feature_tables?view=partitions", args.out)
             if args.also_asset_graph:
                 screenshot(f"{ui.url}/asset-groups", args.also_asset_graph)

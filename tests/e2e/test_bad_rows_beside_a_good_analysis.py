@@ -2,6 +2,7 @@
 real dagster-daemon (sensors, run queue, run worker, step processes), real CellProfiler
 and the embedded PostgreSQL. The good analysis finishes; each bad row gets `error` and a
 message naming its cause, all within the first two ticks of its sensor; no tick fails."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,12 @@ def error_times(url: str, table: str, ids: list[int]) -> dict[int, float]:
     conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT {key}, extract(epoch FROM error::timestamptz) FROM {table} "
-                                "WHERE {key} = ANY(%s)").format(key=sql.Identifier(key), table=sql.Identifier(table)),
-                        (ids,))
+            cur.execute(
+                sql.SQL(
+                    "SELECT {key}, extract(epoch FROM error::timestamptz) FROM {table} WHERE {key} = ANY(%s)"
+                ).format(key=sql.Identifier(key), table=sql.Identifier(table)),
+                (ids,),
+            )
             return {k: float(t) for k, t in cur.fetchall() if t is not None}
     finally:
         conn.close()
@@ -41,10 +45,13 @@ def test_a_good_analysis_finishes_beside_a_bad_row_of_each_kind(lab, pg_server, 
     home.mkdir()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     interval = 2
-    env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-           "CPP_SENSOR_INTERVAL_S": str(interval),
-           # steps in the run worker: fewer processes to start, the sensors are what is tested here
-           "CPP_EXECUTOR": "in_process"}
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+        "CPP_SENSOR_INTERVAL_S": str(interval),
+        # steps in the run worker: fewer processes to start, the sensors are what is tested here
+        "CPP_EXECUTOR": "in_process",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     acq = register_plate(lab.db, lab.settings, barcode="GOOD", wells=["B02"], sites=[1], seed=5)
@@ -53,13 +60,17 @@ def test_a_good_analysis_finishes_beside_a_bad_row_of_each_kind(lab, pg_server, 
     add_rule(lab.db, MISSING_PIPELINE)
 
     with dagster_daemon(env, tmp_path / "daemon.log"), dg.DagsterInstance.get() as instance:
+
         def ticks(name: str):
             states = [s for s in instance.all_instigator_state() if s.name == name]
             found = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
             return sorted(found, key=lambda t: t.timestamp)
 
-        sub = wait_until("the good analysis to finish or fail",
-                   lambda: (lambda s: s if s.finish or s.error else None)(lab.db.sub_analysis(good)), 600)
+        sub = wait_until(
+            "the good analysis to finish or fail",
+            lambda: (lambda s: s if s.finish or s.error else None)(lab.db.sub_analysis(good)),
+            600,
+        )
         wait_until("three ticks of every sensor", lambda: all(len(ticks(name)) >= 3 for name in SENSORS), 120)
         all_ticks = {name: ticks(name) for name in SENSORS}
 

@@ -1,6 +1,7 @@
 """Cancelling a run from Dagster while CellProfiler runs: the batch's CellProfiler
 process stops, and imagedb says the sub-analysis was cancelled. Real dagster-daemon
 (sensors, run queue), real run worker and step processes, real CellProfiler."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,9 +32,11 @@ def cancel_from_another_process(run_id: str) -> None:
     """What "Terminate" in the UI does, from a process of its own as the webserver's:
     the cancel reaches the run worker over gRPC, and a gRPC channel left in the pytest
     process can crash it later, when it is garbage-collected after the executor forks."""
-    code = ("import sys, dagster as dg\n"
-            "with dg.DagsterInstance.get() as instance:\n"
-            "    sys.exit(0 if instance.run_coordinator.cancel_run(sys.argv[1]) else 1)\n")
+    code = (
+        "import sys, dagster as dg\n"
+        "with dg.DagsterInstance.get() as instance:\n"
+        "    sys.exit(0 if instance.run_coordinator.cancel_run(sys.argv[1]) else 1)\n"
+    )
     subprocess.run([sys.executable, "-c", code, run_id], check=True, timeout=120)
 
 
@@ -41,8 +44,11 @@ def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_pat
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-           "CPP_SENSOR_INTERVAL_S": "2"}
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+        "CPP_SENSOR_INTERVAL_S": "2",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     acq = register_plate(lab.db, lab.settings, barcode="CANCEL", wells=["B02", "B03"], sites=[1, 2, 3, 4], seed=8)
@@ -54,11 +60,21 @@ def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_pat
         (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
         cancel_from_another_process(run.run_id)
 
-        wait_until("the run to be cancelled", lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, 120)
-        wait_until("CellProfiler to stop", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                                                     for p in running), 60)
-        sub = wait_until("imagedb to record the cancellation", lambda: (lambda s: s if s.error else None)(
-            lab.db.sub_analysis(sub_id)), 120)
+        wait_until(
+            "the run to be cancelled",
+            lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
+            120,
+        )
+        wait_until(
+            "CellProfiler to stop",
+            lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running),
+            60,
+        )
+        sub = wait_until(
+            "imagedb to record the cancellation",
+            lambda: (lambda s: s if s.error else None)(lab.db.sub_analysis(sub_id)),
+            120,
+        )
     assert sub.finish is None and sub.status["state"] == "failed"
     assert sub.status["message"].startswith(f"cancelled: run {run.run_id} was cancelled")
     assert lab.db.analysis(sub.analysis_id)["error"] is not None

@@ -2,6 +2,7 @@
 steps convert their own tables, the merge concatenates them, and the feature
 tables are identical to the CSV route's over the same batch outputs. A re-run reuses
 the batches' converted tables along with their CSVs."""
+
 from __future__ import annotations
 
 import dagster as dg

@@ -1,5 +1,6 @@
 """A features step waits for its illumination step, and with use_icf its LoadData CSVs
 point at the ICF_<dye>.npy files that step wrote to the analysis's results folder."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,13 @@ ICF_THEN_FEATURES = {
     "sub_analyses": [
         {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_ICF_PIPELINE_FILE, "batch_size": 0},
         # The pipeline must load the illumination images: planning checks it (pipeline_check).
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_FEATURES_ICF_PIPELINE_FILE,
-         "batch_size": 2, "use_icf": True},
+        {
+            "type": "cellprofiler",
+            "sub_type": "features",
+            "pipeline_file": DEMO_FEATURES_ICF_PIPELINE_FILE,
+            "batch_size": 2,
+            "use_icf": True,
+        },
     ],
 }
 
@@ -41,7 +47,9 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
     # The illumination step ran (its outcome staged here): ICF files in the results folder.
     lab.db.mark_sub_started(icf_sub, batches=1, image_sets=3)
     results = resolve(lab.db, lab.settings, icf_sub).results_dir
-    with pytest.raises(PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_CONC.npy, .*ICF_PHAandWGA.npy are not in"):
+    with pytest.raises(
+        PlanningError, match=r"use_icf is set but ICF_HOECHST.npy, ICF_CONC.npy, .*ICF_PHAandWGA.npy are not in"
+    ):
         lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))
     results.mkdir(parents=True, exist_ok=True)
     for dye in DYES:
@@ -61,11 +69,21 @@ def test_features_step_waits_for_icf_step_and_reads_its_files(lab, dagster_insta
 
 
 def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones(lab):
-    meta = {"analysis_meta": {}, "sub_analyses": [
-        {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_ICF_PIPELINE_FILE, "batch_size": 0},
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": DEMO_PIPELINE_FILE, "batch_size": 0,
-         "use_icf": True, "icf_naming": "broad", "channels": ["HOECHST", "MITO"]},
-    ]}
+    meta = {
+        "analysis_meta": {},
+        "sub_analyses": [
+            {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": DEMO_ICF_PIPELINE_FILE, "batch_size": 0},
+            {
+                "type": "cellprofiler",
+                "sub_type": "features",
+                "pipeline_file": DEMO_PIPELINE_FILE,
+                "batch_size": 0,
+                "use_icf": True,
+                "icf_naming": "broad",
+                "channels": ["HOECHST", "MITO"],
+            },
+        ],
+    }
     lab.db.put_pipeline("broad-icf", meta)
     acq = register_plate(lab.db, lab.settings, barcode="BROAD-1", wells=["B02"], sites=[1], seed=9)
     icf_sub, features_sub = lab.db.submit_analysis(acq, "broad-icf").sub_ids
@@ -74,8 +92,11 @@ def test_broad_icf_naming_reads_the_plate_illum_files_and_names_the_missing_ones
     np.save(results / "BROAD-1_IllumHOECHST.npy", np.ones((256, 256), np.float32))
     np.save(results / "ICF_MITO.npy", np.ones((256, 256), np.float32))  # the other naming does not count
 
-    with pytest.raises(PlanningError, match=r"use_icf is set but BROAD-1_IllumMITO.npy are not in .* "
-                                            r"\(icf_naming 'broad'; did the illumination step run"):
+    with pytest.raises(
+        PlanningError,
+        match=r"use_icf is set but BROAD-1_IllumMITO.npy are not in .* "
+        r"\(icf_naming 'broad'; did the illumination step run",
+    ):
         lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, features_sub))
     np.save(results / "BROAD-1_IllumMITO.npy", np.ones((256, 256), np.float32))
     # with the files there, what is left is the pipeline: the demo features pipeline loads

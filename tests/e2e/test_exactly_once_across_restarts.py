@@ -1,6 +1,7 @@
 """The real dagster-daemon ticks the sensor again and again, and is restarted, while the
 requested run is still queued (the sub-analysis has not started, so imagedb still
 offers it): the run key keeps it at one run."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -20,14 +21,18 @@ def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp
     config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     config["concurrency"]["runs"]["max_concurrent_runs"] = 0  # runs stay queued: nothing starts
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-           "CPP_SENSOR_INTERVAL_S": "1"}
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+        "CPP_SENSOR_INTERVAL_S": "1",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     acq = register_plate(lab.db, lab.settings, barcode="ONCE", wells=["B02"], sites=[1], seed=4)
     sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
 
     with dg.DagsterInstance.get() as instance:
+
         def runs():
             return instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
 

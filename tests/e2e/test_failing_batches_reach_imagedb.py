@@ -3,6 +3,7 @@ cannot be converted) ends as an `error` timestamp and a readable message in imag
 a failed run in Dagster, retried only when another attempt could succeed; nothing
 half-written becomes visible. Real CellProfiler. Failures before any batch runs:
 tests/integration/test_failures_reach_imagedb.py."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -24,8 +25,9 @@ def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, da
 
     retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert [e.step_key for e in retried] == ["features_step.run_cellprofiler[batch_0001]"]
-    message = assert_failed(lab, sub_id, run, "run_cellprofiler[batch_0001]", "CellProfiler exited with code 1",
-                            "last lines of its log")
+    message = assert_failed(
+        lab, sub_id, run, "run_cellprofiler[batch_0001]", "CellProfiler exited with code 1", "last lines of its log"
+    )
     assert "Traceback" in message or "Error" in message
     sub = lab.db.sub_analysis(sub_id)
     assert sub.status["finished_batches"] == ["batch_0000"]  # the good batch finished, and only it
@@ -37,8 +39,7 @@ def test_failing_batch_is_retried_then_fails_with_exit_code_and_log_tail(lab, da
 
 
 @pytest.mark.parametrize("retry_timeouts, attempts", [(None, 1), ("true", 2)])
-def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, monkeypatch, retry_timeouts,
-                                                        attempts):
+def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, monkeypatch, retry_timeouts, attempts):
     """A crash is retried (the test above); a batch that ran out of time would take as long
     again, so it fails after one attempt, with retries configured (CPP_BATCH_RETRIES=1).
     CPP_RETRY_TIMEOUTS=true retries it like a crash."""
@@ -54,12 +55,17 @@ def test_batch_killed_by_its_job_timeout_is_not_retried(lab, dagster_instance, m
     retried = events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert [e.step_key for e in retried] == [step] * (attempts - 1)
     assert [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)] == [step]
-    assert_failed(lab, sub_id, run, f"step {step} failed: CellProfiler did not finish within the job timeout of 1 s "
-                                    "and was killed")
+    assert_failed(
+        lab,
+        sub_id,
+        run,
+        f"step {step} failed: CellProfiler did not finish within the job timeout of 1 s and was killed",
+    )
 
 
 def test_outputs_that_cannot_be_converted_fail_the_batch_without_running_cellprofiler_again(
-        lab, dagster_instance, monkeypatch):
+    lab, dagster_instance, monkeypatch
+):
     """CellProfiler finished and its outputs were verified, but a table cannot be converted
     (here its Cells table is emptied after the verification): CellProfiler would write the
     same again, so the batch fails at once, with retries configured, naming the file. A
@@ -82,7 +88,13 @@ def test_outputs_that_cannot_be_converted_fail_the_batch_without_running_cellpro
     step = "features_step.run_cellprofiler[batch_0000]"
     assert not events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert [e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)] == [step]
-    message = assert_failed(lab, sub_id, run, f"step {step} failed: batch_0000: its outputs cannot be converted",
-                            "its Cells table", "is empty (0 bytes, no header)")
+    message = assert_failed(
+        lab,
+        sub_id,
+        run,
+        f"step {step} failed: batch_0000: its outputs cannot be converted",
+        "its Cells table",
+        "is empty (0 bytes, no header)",
+    )
     assert "Cells.csv" in message
     assert not list((lab.nas / "results").rglob("*.parquet"))

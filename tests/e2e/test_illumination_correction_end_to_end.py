@@ -3,6 +3,7 @@ sub-analysis (real CellProfiler, one batch of every image set) writes ICF_<dye>.
 the analysis's results folder; the sensor then launches the features sub-analysis, whose
 LoadData CSVs point at those files and whose CellProfiler divides each image by them
 before segmenting; both outcomes reach imagedb."""
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,10 @@ NOT_APPLICABLE = "not applicable: no object tables"
 
 
 def check_outcomes(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[bool, str]]:
-    return {e.check_name: (e.passed, e.description)
-            for e in (ev.event_specific_data
-                      for ev in events(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION))}
+    return {
+        e.check_name: (e.passed, e.description)
+        for e in (ev.event_specific_data for ev in events(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION))
+    }
 
 
 def materialization(instance: dg.DagsterInstance, asset: str, partition: str):
@@ -74,7 +76,8 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     metadata = materialization(dagster_instance, "illumination_functions", key).metadata
     assert metadata["results_path"].value == str(results)
     assert sorted(f for f in metadata["file_list"].value if f.endswith(".npy")) == sorted(
-        f"{job_folder}/ICF_{dye}.npy" for dye in DYES)
+        f"{job_folder}/ICF_{dye}.npy" for dye in DYES
+    )
     for asset in ("feature_tables", "single_cell_table", "well_profiles"):
         assert dagster_instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
     assert check_outcomes(dagster_instance, icf_run.run_id) == {}  # the checks are the feature tables'
@@ -85,8 +88,11 @@ def test_icf_step_writes_illumination_functions_the_features_step_applies(lab, d
     assert [r.tags["imagedb/sub_id"] for r in second.run_requests] == [str(features_sub)]
     features_run = launch(dagster_instance, second.run_requests[0])
     assert features_run.status == dg.DagsterRunStatus.SUCCESS
-    csv_rows = [row for batch in sorted(work_dir(lab.settings, features_sub).glob("batch_*"))
-                for row in csv.DictReader(open(batch / "loaddata.csv"))]
+    csv_rows = [
+        row
+        for batch in sorted(work_dir(lab.settings, features_sub).glob("batch_*"))
+        for row in csv.DictReader(open(batch / "loaddata.csv"))
+    ]
     assert len(csv_rows) == 4
     for row in csv_rows:
         for dye in DYES:

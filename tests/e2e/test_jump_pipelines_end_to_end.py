@@ -5,6 +5,7 @@ TIFFs, as a Phenix writes them), and the JUMP v3 analysis pipeline, with `use_ic
 `icf_naming: broad`, loads them as `Illum<Ch>` and measures nuclei, cells and cytoplasm on
 the corrected images. The pipelines group by `Metadata_Plate` (and Well, Site), which the
 LoadData CSVs carry."""
+
 from __future__ import annotations
 
 import csv
@@ -23,11 +24,27 @@ from cpp_dagster.analysis.sub_analysis import work_dir
 from cpp_dagster.features.columns import BATCH_COLUMN as BATCH_KEY
 
 NF_CORE = Path(__file__).resolve().parents[1] / "fixtures" / "nf-core-cellpainting"
-JUMP_IMAGES = ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito",
-               "OrigBrightfield", "OrigBrightfield_L", "OrigBrightfield_H"]
+JUMP_IMAGES = [
+    "OrigDNA",
+    "OrigER",
+    "OrigRNA",
+    "OrigAGP",
+    "OrigMito",
+    "OrigBrightfield",
+    "OrigBrightfield_L",
+    "OrigBrightfield_H",
+]
 # The analysis pipeline's names for the corrected images (CorrectIlluminationApply).
-CORRECTED = {"OrigDNA": "DNA", "OrigER": "ER", "OrigRNA": "RNA", "OrigAGP": "AGP", "OrigMito": "Mito",
-             "OrigBrightfield": "Brightfield", "OrigBrightfield_L": "BFLow", "OrigBrightfield_H": "BFHigh"}
+CORRECTED = {
+    "OrigDNA": "DNA",
+    "OrigER": "ER",
+    "OrigRNA": "RNA",
+    "OrigAGP": "AGP",
+    "OrigMito": "Mito",
+    "OrigBrightfield": "Brightfield",
+    "OrigBrightfield_L": "BFLow",
+    "OrigBrightfield_H": "BFHigh",
+}
 JUMP_CHANNEL_MAP = 8
 SIDE = 160  # a multiple of 10: the illumination pipeline resizes by 0.2 and back by 5
 
@@ -36,10 +53,22 @@ def jump_pipeline_meta() -> dict:
     return {
         "analysis_meta": {"description": "Broad/JUMP: illumination functions, then the v3 analysis"},
         "sub_analyses": [
-            {"type": "cellprofiler", "sub_type": "icf", "pipeline_file": "nf-core/illumination.cppipe",
-             "batch_size": 0, "job_timeout": 900},
-            {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "nf-core/lifecycle.cppipe",
-             "batch_size": 1, "use_icf": True, "icf_naming": "broad", "job_timeout": 900},
+            {
+                "type": "cellprofiler",
+                "sub_type": "icf",
+                "pipeline_file": "nf-core/illumination.cppipe",
+                "batch_size": 0,
+                "job_timeout": 900,
+            },
+            {
+                "type": "cellprofiler",
+                "sub_type": "features",
+                "pipeline_file": "nf-core/lifecycle.cppipe",
+                "batch_size": 1,
+                "use_icf": True,
+                "icf_naming": "broad",
+                "job_timeout": 900,
+            },
         ],
     }
 
@@ -53,8 +82,18 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     lab.db.put_pipeline("jump-cellpainting", jump_pipeline_meta())
     # One well, two sites of a few cells each (JUMP's MeasureTexture takes ~5 s of CPU per
     # cell), larger than the demo's: JUMP's nuclei are 15-90 px across.
-    acq = register_plate(lab.db, lab.settings, barcode="JUMP-0001", wells=["B02"], sites=[1, 2], seed=2,
-                         dyes=JUMP_IMAGES, channel_map_id=JUMP_CHANNEL_MAP, size=SIDE, cell_scale=1.6)
+    acq = register_plate(
+        lab.db,
+        lab.settings,
+        barcode="JUMP-0001",
+        wells=["B02"],
+        sites=[1, 2],
+        seed=2,
+        dyes=JUMP_IMAGES,
+        channel_map_id=JUMP_CHANNEL_MAP,
+        size=SIDE,
+        cell_scale=1.6,
+    )
     image_files = sorted((lab.nas / "images" / "JUMP-0001").glob("*.tif"))
     assert len(image_files) == 16
     with tifffile.TiffFile(image_files[0]) as tif:  # as a Phenix writes them
@@ -85,8 +124,12 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     batches = sorted(work_dir(lab.settings, features_sub).glob("batch_*"))
     assert len(batches) == 2
     [row] = list(csv.DictReader(open(batches[0] / "loaddata.csv")))
-    assert (row["Metadata_Plate"], row["Metadata_Well"], row["Metadata_Row"], row["Metadata_Col"]) == \
-        ("JUMP-0001", "B02", "2", "2")
+    assert (row["Metadata_Plate"], row["Metadata_Well"], row["Metadata_Row"], row["Metadata_Col"]) == (
+        "JUMP-0001",
+        "B02",
+        "2",
+        "2",
+    )
     assert (row["FileName_IllumDNA"], row["PathName_IllumDNA"]) == ("JUMP-0001_IllumDNA.npy", str(results))
 
     image = pq.read_table(results / "Image.parquet")

@@ -3,6 +3,7 @@ HTTP to a local stand-in of the Kubernetes API (tests/support/k8s_standin.py), w
 Job's container command with its env as a local process. One Job per batch; every Job
 validates against the Kubernetes schema and carries the analysis's pod configuration when
 launched with the sensor's run config, the deployment's defaults when launched without."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -30,10 +31,16 @@ from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_co
 
 @pytest.fixture
 def cluster(lab, pg_server, tmp_path, monkeypatch):
-    with standin_cluster(pg_server, tmp_path, monkeypatch, lab.settings.nas_root,
-                         {"imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
-                          "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"}}
-                         ) as found:
+    with standin_cluster(
+        pg_server,
+        tmp_path,
+        monkeypatch,
+        lab.settings.nas_root,
+        {
+            "imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
+            "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"},
+        },
+    ) as found:
         yield found
 
 
@@ -48,8 +55,11 @@ def submit_demo(lab, instance, barcode: str) -> tuple[dg.RunRequest, int]:
 def sensor_run_config(lab, sub_id: int) -> dict:
     """The run config the sensor gives a sub-analysis's run on Kubernetes."""
     sub = lab.db.sub_analysis(sub_id)
-    return analysis_run_config(PodSettings.load(), SubAnalysisOptions.from_meta(sub.meta),
-                               AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id))
+    return analysis_run_config(
+        PodSettings.load(),
+        SubAnalysisOptions.from_meta(sub.meta),
+        AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id),
+    )
 
 
 def step_jobs(k8s, fragment: str) -> list[dict]:
@@ -80,8 +90,10 @@ def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, clus
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["image"] == IMAGE
-        assert container["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
-                                          "limits": {"cpu": "2", "memory": "8Gi"}}  # sub_type features
+        assert container["resources"] == {
+            "requests": {"cpu": "1", "memory": "4Gi"},
+            "limits": {"cpu": "2", "memory": "8Gi"},
+        }  # sub_type features
         assert job["spec"]["activeDeadlineSeconds"] == 1800 + 300  # demo job_timeout + start-up grace
         assert job["spec"]["backoffLimit"] == 0
         mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -155,9 +167,13 @@ def test_killed_batch_pod_is_retried_then_fails_the_analysis(lab, cluster, kills
     from cpp_dagster.defs.analysis.sensors import record_run_failure
 
     failure = events(instance, run.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
-    context = dg.build_run_status_sensor_context(sensor_name=record_run_failure.name, dagster_event=failure,
-                                                 dagster_instance=instance, dagster_run=run,
-                                                 resources=build_defs().resources).for_run_failure()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=record_run_failure.name,
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources=build_defs().resources,
+    ).for_run_failure()
     record_run_failure(context)
     sub = lab.db.sub_analysis(sub_id)
     assert sub.error is not None and sub.finish is None

@@ -2,6 +2,7 @@
 against the local stand-in of the Kubernetes API. Every step, each split included, is
 its own Job with the training pod settings (the k8s executor's defaults, by op name);
 the credentials come from Secrets; the model is trained and published."""
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,16 @@ def training_cluster(pg_server, tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     for key, value in credentials.items():  # the sensor runs here, in the test's process
         monkeypatch.setenv(key, value)
-    with standin_cluster(pg_server, tmp_path, monkeypatch, tmp_path / "nas",
-                         {"training-credentials": credentials,
-                          "imagedb-credentials": {"CPP_IMAGEDB_URL": "postgresql://unused@imagedb/x"}}
-                         ) as (k8s, instance):
+    with standin_cluster(
+        pg_server,
+        tmp_path,
+        monkeypatch,
+        tmp_path / "nas",
+        {
+            "training-credentials": credentials,
+            "imagedb-credentials": {"CPP_IMAGEDB_URL": "postgresql://unused@imagedb/x"},
+        },
+    ) as (k8s, instance):
         yield k8s, instance, store
 
 
@@ -53,8 +60,9 @@ def test_every_training_step_and_split_is_its_own_job_and_the_model_is_published
     (request,) = tick(instance, "new_training_configurations", cursor=str(added.version.id - 1)).run_requests
     key = request.partition_key
     # the pods' settings are the executor's defaults; the run config only adds the workflow label
-    launch(instance, key, job="model_training", run_config=training_run_config(added.version.workflow),
-           tags=request.tags)
+    launch(
+        instance, key, job="model_training", run_config=training_run_config(added.version.workflow), tags=request.tags
+    )
     run = wait_for_run(instance, key)
     assert run.status == dg.DagsterRunStatus.SUCCESS, k8s.pod_log(k8s.jobs[0]["metadata"]["name"])[-3000:]
     assert k8s.unhandled == []
@@ -80,8 +88,10 @@ def test_every_training_step_and_split_is_its_own_job_and_the_model_is_published
         assert {"secretRef": {"name": "training-credentials"}} in container["envFrom"]
         assert not {"CPP_TRAINING_DB_URL", "CPP_DATABASE_COMPOUNDS_URL"} & {e["name"] for e in container["env"]}
         if op == "train_split":
-            assert container["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"},
-                                              "limits": {"cpu": "2", "memory": "8Gi"}}
+            assert container["resources"] == {
+                "requests": {"cpu": "2", "memory": "4Gi"},
+                "limits": {"cpu": "2", "memory": "8Gi"},
+            }
             assert job["spec"]["activeDeadlineSeconds"] == 21600
 
     published = tmp_path / "nas" / "models" / "solubility" / key

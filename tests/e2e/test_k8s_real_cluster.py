@@ -9,6 +9,7 @@ cluster".
    cluster), a Job in that image imports the code location and runs
    `cellprofiler --version`, and succeeds.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ from cpp_dagster.settings import PROJECT_ROOT
 CONTEXT = os.environ.get("CPP_K8S_TEST_CONTEXT")
 NAMESPACE = os.environ.get("CPP_K8S_TEST_NAMESPACE", "default")
 pytestmark = pytest.mark.skipif(
-    not CONTEXT, reason="CPP_K8S_TEST_CONTEXT is not set: no Kubernetes cluster to test against "
-                        "(set it to a kube context, e.g. kind-cpp; docs/deploy.md 'How it is tested without a cluster')")
+    not CONTEXT,
+    reason="CPP_K8S_TEST_CONTEXT is not set: no Kubernetes cluster to test against "
+    "(set it to a kube context, e.g. kind-cpp; docs/deploy.md 'How it is tested without a cluster')",
+)
 
 
 def batch_job(image: str | None = None, args: list[str] | None = None):
@@ -35,15 +38,22 @@ def batch_job(image: str | None = None, args: list[str] | None = None):
 
     settings = PodSettings.load(os.environ.get("CPP_K8S_CONFIG", PROJECT_ROOT / "deploy" / "k8s-pods.yaml"))
     options = SubAnalysisOptions.from_meta(demo_pipeline_meta()["sub_analyses"][0])
-    layer = merge_layers(step_base_config(settings),  # the executor's step_k8s_config, then the batch's own layer
-                         analysis_step_config(settings, "run_cellprofiler", options, AnalysisIds(1, 1, 1)))
+    layer = merge_layers(
+        step_base_config(settings),  # the executor's step_k8s_config, then the batch's own layer
+        analysis_step_config(settings, "run_cellprofiler", options, AnalysisIds(1, 1, 1)),
+    )
     if image:
         layer["container_config"]["image"] = image
     name = f"cpp-dagster-test-{uuid.uuid4().hex[:8]}"
     return construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image=image or layer["container_config"]["image"], dagster_home="/opt/dagster/dagster_home"),
-        args=args or ["dagster", "api", "execute_step"], job_name=name,
-        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), labels={"dagster/op": "run_cellprofiler"})
+        DagsterK8sJobConfig(
+            job_image=image or layer["container_config"]["image"], dagster_home="/opt/dagster/dagster_home"
+        ),
+        args=args or ["dagster", "api", "execute_step"],
+        job_name=name,
+        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer),
+        labels={"dagster/op": "run_cellprofiler"},
+    )
 
 
 @pytest.fixture
@@ -67,7 +77,9 @@ def test_image_runs_cellprofiler_in_a_pod(batch_api):
     script = "python -c 'import cpp_dagster.definitions' && $CPP_CELLPROFILER --version"
     job = batch_job(os.environ["CPP_K8S_TEST_IMAGE"], ["sh", "-c", script])
     job.spec.template.spec.volumes = [v for v in job.spec.template.spec.volumes if v.name == "tmp"]
-    job.spec.template.spec.containers[0].volume_mounts = [m for m in job.spec.template.spec.containers[0].volume_mounts if m.name == "tmp"]
+    job.spec.template.spec.containers[0].volume_mounts = [
+        m for m in job.spec.template.spec.containers[0].volume_mounts if m.name == "tmp"
+    ]
     job.spec.template.spec.node_selector = None  # a test cluster has no labelled nodes
     batch_api.create_namespaced_job(NAMESPACE, job)
     name = job.metadata.name

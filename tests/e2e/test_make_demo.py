@@ -1,5 +1,6 @@
 """`make demo`'s command on a fresh local directory: embedded PostgreSQL, the real
 dagster-daemon and its sensor, real CellProfiler; the last line is the JSON outcome."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,21 @@ CLI = str(Path(sys.executable).with_name("cpp-dagster"))
 def test_demo_command_prints_the_outcome_read_back_from_imagedb():
     local = Path(tempfile.mkdtemp(prefix="cpp-demo-test-"))
     local.chmod(0o755)  # the embedded server runs as its own user and must reach its folder
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CPP_", "DAGSTER_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CPP_", "DAGSTER_"))}
     env.update(CPP_LOCAL_DIR=str(local), CPP_SENSOR_INTERVAL_S="2")
     try:
-        proc = subprocess.run([CLI, "demo", "--wells", "2", "--sites", "2", "--batch-size", "2"],
-                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [CLI, "demo", "--wells", "2", "--sites", "2", "--batch-size", "2"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         daemon_log = local / "logs" / "dagster-daemon.log"
-        assert proc.returncode == 0, proc.stderr[-3000:] + (daemon_log.read_text()[-3000:] if daemon_log.exists() else "")
+        assert proc.returncode == 0, proc.stderr[-3000:] + (
+            daemon_log.read_text()[-3000:] if daemon_log.exists() else ""
+        )
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["batches"] == 2 and result["image_sets"] == 4
         assert set(result["tables"]) == {"Image", "Nuclei", "Cells", "Cytoplasm", "single_cell", "well_profiles"}

@@ -1,6 +1,7 @@
 """`cpp-dagster dev` (what `make dev` runs): the real `dagster dev` with its webserver and
 daemon on the project's dagster.yaml. The instance it opens, without the servers:
 tests/integration/test_local_instance.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,14 +30,23 @@ def test_make_dev_prints_the_asset_graph_url_and_the_ui_answers_there(pg_server,
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "CPP_NAS_ROOT": str(tmp_path / "nas"),
-           "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-           "CPP_IMAGEDB_URL": new_database(pg_server, "imagedb"),
-           "CPP_TRAINING_DB_URL": new_database(pg_server, "training")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "CPP_NAS_ROOT": str(tmp_path / "nas"),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+        "CPP_IMAGEDB_URL": new_database(pg_server, "imagedb"),
+        "CPP_TRAINING_DB_URL": new_database(pg_server, "training"),
+    }
     lines: queue.Queue[str] = queue.Queue()
-    proc = subprocess.Popen([str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "dev", "--port", str(port),
-                             "--no-browser"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "dev", "--port", str(port), "--no-browser"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     try:
         expected = f"Dagster UI: http://127.0.0.1:{port}/asset-groups (the asset graph)"

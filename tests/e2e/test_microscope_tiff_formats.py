@@ -4,6 +4,7 @@ full 2160x2160 field, with the intensities of the uncompressed file. Real CellPr
 runs a tiny pipeline (LoadData, MeasureImageIntensity, ExportToSpreadsheet) on a LoadData
 CSV the project writes. That the synthetic plate writes LZW by default:
 tests/integration/test_synthetic_plate_writes_lzw_tiffs.py."""
+
 from __future__ import annotations
 
 import csv
@@ -22,11 +23,19 @@ CP_PYTHON = PROJECT_ROOT / ".venv-cp" / "bin" / "python"
 DEMO_DIR = Path(synthetic_plate.__file__).parent
 # image name -> (bits, compression)
 FORMATS = {
-    "U16none": (16, "none"), "U16lzw": (16, "lzw"), "U16deflate": (16, "deflate"), "U16zstd": (16, "zstd"),
-    "U8none": (8, "none"), "U8lzw": (8, "lzw"),
+    "U16none": (16, "none"),
+    "U16lzw": (16, "lzw"),
+    "U16deflate": (16, "deflate"),
+    "U16zstd": (16, "zstd"),
+    "U8none": (8, "none"),
+    "U8lzw": (8, "lzw"),
 }
-TIFF_CODE = {"none": tifffile.COMPRESSION.NONE, "lzw": tifffile.COMPRESSION.LZW,
-             "deflate": tifffile.COMPRESSION.ADOBE_DEFLATE, "zstd": tifffile.COMPRESSION.ZSTD}
+TIFF_CODE = {
+    "none": tifffile.COMPRESSION.NONE,
+    "lzw": tifffile.COMPRESSION.LZW,
+    "deflate": tifffile.COMPRESSION.ADOBE_DEFLATE,
+    "zstd": tifffile.COMPRESSION.ZSTD,
+}
 BIG = "Phenix2160"  # a 2160x2160 field, LZW
 
 BUILD_PIPELINE = """
@@ -46,8 +55,13 @@ sys.exit(0 if write_pipeline(assemble([load_data_module(), measure, export_modul
 def measure_intensity_pipeline(path: Path, images: list[str]) -> Path:
     """LoadData -> MeasureImageIntensity(images) -> ExportToSpreadsheet, built with the
     cellprofiler_core API in the CellProfiler environment (as `make pipeline` does)."""
-    subprocess.run([str(CP_PYTHON), "-c", BUILD_PIPELINE, str(DEMO_DIR), str(path), ",".join(images)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [str(CP_PYTHON), "-c", BUILD_PIPELINE, str(DEMO_DIR), str(path), ",".join(images)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return path
 
 
@@ -70,12 +84,17 @@ def test_cellprofiler_reads_compressed_8_and_16_bit_and_2160px_tiffs_with_uncomp
     batch_dir.mkdir()
     batch = planning.Batch(0, (planning.ImageSet(1, "B02", 1, 0, tuple(paths)),))
     (batch_dir / "loaddata.csv").write_text(
-        loaddata.loaddata_csv(batch, names, plate_barcode="TIFF", plate_acquisition_id=1))
+        loaddata.loaddata_csv(batch, names, plate_barcode="TIFF", plate_acquisition_id=1)
+    )
 
     outcome = cellprofiler.run_batch(
         cellprofiler=str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
         pipeline=measure_intensity_pipeline(tmp_path / "measure.cppipe", names),
-        batch_dir=batch_dir, expected_image_sets=1, timeout_s=600, echo=lambda line: None)
+        batch_dir=batch_dir,
+        expected_image_sets=1,
+        timeout_s=600,
+        echo=lambda line: None,
+    )
 
     with open(Path(outcome.output_dir) / "MyExpt_Image.csv", newline="") as f:
         [row] = list(csv.DictReader(f))

@@ -1,6 +1,7 @@
 """Model training end to end: a configuration version in the store (real PostgreSQL) ->
 the sensor -> the training job (each split its own process) on the real public data set
 in a real compound database -> checks -> a published model that loads back and predicts."""
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,21 @@ def lab(pg_server, compounds_url, tmp_path, monkeypatch):
     store_url = new_database(pg_server, "training")
     store = ConfigStore(store_url)
     store.apply_schema()
-    for key, value in {"CPP_TRAINING_DB_URL": store_url, "CPP_DATABASE_COMPOUNDS_URL": compounds_url,
-                       "CPP_NAS_ROOT": str(tmp_path / "nas")}.items():
+    for key, value in {
+        "CPP_TRAINING_DB_URL": store_url,
+        "CPP_DATABASE_COMPOUNDS_URL": compounds_url,
+        "CPP_NAS_ROOT": str(tmp_path / "nas"),
+    }.items():
         monkeypatch.setenv(key, value)
-    for key in ("CPP_WORK_ROOT", "CPP_MODEL_REGISTRY_URL", "CPP_MODEL_REGISTRY_DIR", "CPP_MODEL_REGISTRY_TOKEN",
-                "CPP_TRAINING_ENGINE", "CPP_CPSIGN_COMMAND", "CPP_CPSIGN_LICENSE"):
+    for key in (
+        "CPP_WORK_ROOT",
+        "CPP_MODEL_REGISTRY_URL",
+        "CPP_MODEL_REGISTRY_DIR",
+        "CPP_MODEL_REGISTRY_TOKEN",
+        "CPP_TRAINING_ENGINE",
+        "CPP_CPSIGN_COMMAND",
+        "CPP_CPSIGN_LICENSE",
+    ):
         monkeypatch.delenv(key, raising=False)
     return store
 
@@ -61,14 +72,20 @@ def train(instance: dg.DagsterInstance, store: ConfigStore, raw: dict) -> dg.Dag
     added = store.add(from_dict(raw))
     assert added.created
     (request,) = tick(instance, SENSOR, cursor=str(added.version.id - 1)).run_requests
-    with dg.execute_job(dg.reconstructable(training_job_def), instance=instance, raise_on_error=False,
-                        tags={**request.tags, "dagster/partition": request.partition_key}) as result:
+    with dg.execute_job(
+        dg.reconstructable(training_job_def),
+        instance=instance,
+        raise_on_error=False,
+        tags={**request.tags, "dagster/partition": request.partition_key},
+    ) as result:
         return instance.get_run_by_id(result.run_id)
 
 
 def checks(instance, run_id: str) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.event_specific_data.check_name: e.event_specific_data
-            for e in events(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+    return {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in events(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    }
 
 
 def failure(instance, run_id: str) -> str:
@@ -83,8 +100,10 @@ def failure(instance, run_id: str) -> str:
 
 
 def materialized(instance, run_id: str) -> set[str]:
-    return {e.event_specific_data.materialization.asset_key.to_user_string()
-            for e in events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)}
+    return {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    }
 
 
 def test_a_new_version_requests_one_run_and_unchanged_content_none(lab, dagster_instance):
@@ -96,7 +115,10 @@ def test_a_new_version_requests_one_run_and_unchanged_content_none(lab, dagster_
     data = tick(dagster_instance, SENSOR)
     (request,) = data.run_requests
     assert request.partition_key == added.version.partition_key == request.run_key
-    assert request.partition_key.startswith("solubility-") and request.tags["cpp-dagster/config-version"] == added.version.version
+    assert (
+        request.partition_key.startswith("solubility-")
+        and request.tags["cpp-dagster/config-version"] == added.version.version
+    )
     assert dagster_instance.has_dynamic_partition("training_config_version", request.partition_key)
     assert tick(dagster_instance, SENSOR, cursor=data.cursor).run_requests == []  # a repeated tick: nothing
 
@@ -113,8 +135,9 @@ def test_a_new_version_requests_one_run_and_unchanged_content_none(lab, dagster_
     assert second.partition_key == changed.version.partition_key != request.partition_key
 
 
-def test_default_engine_trains_on_the_public_set_and_the_published_model_predicts(lab, dagster_instance, tmp_path,
-                                                                               monkeypatch):
+def test_default_engine_trains_on_the_public_set_and_the_published_model_predicts(
+    lab, dagster_instance, tmp_path, monkeypatch
+):
     token = "registry-test-token"
     server = serve(tmp_path / "registry", port=0, token=token, background=True)
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -126,8 +149,11 @@ def test_default_engine_trains_on_the_public_set_and_the_published_model_predict
         key = run.tags["dagster/partition"]
 
         # one step per split, each its own process
-        split_steps = {e.step_key for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
-                       if "train_split" in e.step_key}
+        split_steps = {
+            e.step_key
+            for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
+            if "train_split" in e.step_key
+        }
         assert split_steps == {"split_models.train_split[split_0]", "split_models.train_split[split_1]"}
 
         found = checks(dagster_instance, run.run_id)
@@ -147,7 +173,9 @@ def test_default_engine_trains_on_the_public_set_and_the_published_model_predict
         assert meta["evaluation"]["coverage"] == validity.metadata["coverage"].value
         model = load_model(registry.fetch("solubility", key, tmp_path))
         predictions = model.predict(["CCO", "CCCCCCCCCCCCCCCC", "c1ccc2ccccc2c1"])
-        assert (predictions["lower"] < predictions["prediction"]).all() and (predictions["prediction"] < predictions["upper"]).all()
+        assert (predictions["lower"] < predictions["prediction"]).all() and (
+            predictions["prediction"] < predictions["upper"]
+        ).all()
         # ethanol is far more soluble than hexadecane (measured log S about 1.1 and -7.8)
         assert predictions["prediction"][0] > predictions["prediction"][1] + 2
         with pytest.raises(RegistryError, match="401"):
@@ -171,9 +199,23 @@ def test_classification_is_reproducible_and_published_to_the_folder_registry(lab
     before = model.predict(["CCO", "c1ccccc1Cl"])
     assert set(before.columns) >= {"p_low", "p_medium", "p_high", "prediction_set"}
     # the same from the command line, through the deployment's registry
-    cli = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), "train", "predict",
-                          "--model", "solubility-class", "--version", key, "CCO", "c1ccccc1Cl"],
-                         capture_output=True, text=True, timeout=120, check=True)
+    cli = subprocess.run(
+        [
+            str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"),
+            "train",
+            "predict",
+            "--model",
+            "solubility-class",
+            "--version",
+            key,
+            "CCO",
+            "c1ccccc1Cl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     rows = [json.loads(line) for line in cli.stdout.splitlines()]
     assert [r["smiles"] for r in rows] == ["CCO", "c1ccccc1Cl"]
     assert [r["p_high"] for r in rows] == pytest.approx(list(before["p_high"]))
@@ -181,11 +223,14 @@ def test_classification_is_reproducible_and_published_to_the_folder_registry(lab
     # Re-running the version (a re-execution, as from the UI) gives the same model.
     from cpp_dagster.definitions import training_job_def
 
-    with dg.execute_job(dg.reconstructable(training_job_def), instance=dagster_instance,
-                        tags={"dagster/partition": key}) as again:
+    with dg.execute_job(
+        dg.reconstructable(training_job_def), instance=dagster_instance, tags={"dagster/partition": key}
+    ) as again:
         assert again.success
-    assert checks(dagster_instance, again.run_id)["validity"].metadata["coverage"].value == \
-        found["validity"].metadata["coverage"].value
+    assert (
+        checks(dagster_instance, again.run_id)["validity"].metadata["coverage"].value
+        == found["validity"].metadata["coverage"].value
+    )
     after = load_model(next(published.glob("model.*"))).predict(["CCO", "c1ccccc1Cl"])
     assert after.drop(columns="prediction_set").equals(before.drop(columns="prediction_set"))
 
@@ -208,18 +253,33 @@ def bad_compounds(pg_server, monkeypatch) -> str:
     return url
 
 
-@pytest.mark.parametrize("changes, fragments", [
-    ({"query": "SELECT id, smiles, solubility AS label FROM compounds WHERE solubility > 100"},
-     ["the query returned no rows from 'compounds'"]),
-    ({"query": "SELECT id, smiles FROM compounds"}, ["the query must return columns 'smiles' and 'label'"]),
-    ({"query": "SELECT smiles, label FROM no_such_table"}, ["the query failed on 'compounds'", "no_such_table"]),
-    ({"database": "chembl"}, ["cannot reach compound database 'chembl'", "postgresql://reader:***@127.0.0.1:9/chembl"]),
-    ({"database": "unknown_db"}, ["compound database 'unknown_db' is not configured: set CPP_DATABASE_UNKNOWN_DB_URL"]),
-    ({"database": "badchem", "query": "SELECT id, smiles, logd AS label FROM compounds"},
-     ["compound_counts", "11 of 41 rows skipped"]),
-], ids=["no-rows", "no-label-column", "bad-sql", "unreachable", "not-configured", "unparsable-smiles"])
-def test_bad_input_fails_the_run_clearly_and_publishes_nothing(lab, dagster_instance, tmp_path, monkeypatch,
-                                                               bad_compounds, changes, fragments):
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        (
+            {"query": "SELECT id, smiles, solubility AS label FROM compounds WHERE solubility > 100"},
+            ["the query returned no rows from 'compounds'"],
+        ),
+        ({"query": "SELECT id, smiles FROM compounds"}, ["the query must return columns 'smiles' and 'label'"]),
+        ({"query": "SELECT smiles, label FROM no_such_table"}, ["the query failed on 'compounds'", "no_such_table"]),
+        (
+            {"database": "chembl"},
+            ["cannot reach compound database 'chembl'", "postgresql://reader:***@127.0.0.1:9/chembl"],
+        ),
+        (
+            {"database": "unknown_db"},
+            ["compound database 'unknown_db' is not configured: set CPP_DATABASE_UNKNOWN_DB_URL"],
+        ),
+        (
+            {"database": "badchem", "query": "SELECT id, smiles, logd AS label FROM compounds"},
+            ["compound_counts", "11 of 41 rows skipped"],
+        ),
+    ],
+    ids=["no-rows", "no-label-column", "bad-sql", "unreachable", "not-configured", "unparsable-smiles"],
+)
+def test_bad_input_fails_the_run_clearly_and_publishes_nothing(
+    lab, dagster_instance, tmp_path, monkeypatch, bad_compounds, changes, fragments
+):
     monkeypatch.setenv("CPP_DATABASE_CHEMBL_URL", "postgresql://reader:s3cret@127.0.0.1:9/chembl")
     run = train(dagster_instance, lab, example(**changes))
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -241,15 +301,19 @@ def use_cpsign_standin(tmp_path: Path, monkeypatch, **env: str) -> Path:
     where the stand-in records its command lines."""
     log, license_file = tmp_path / "cpsign-calls.jsonl", tmp_path / "cpsign.license"
     license_file.write_text("licensed to the lab")
-    for key, value in {"CPP_TRAINING_ENGINE": "cpsign", "CPP_CPSIGN_LICENSE": str(license_file),
-                       "CPP_CPSIGN_COMMAND": f"{sys.executable} {CPSIGN_STANDIN}",
-                       "CPSIGN_STANDIN_LOG": str(log), "CPSIGN_STANDIN_LICENSE": str(license_file), **env}.items():
+    for key, value in {
+        "CPP_TRAINING_ENGINE": "cpsign",
+        "CPP_CPSIGN_LICENSE": str(license_file),
+        "CPP_CPSIGN_COMMAND": f"{sys.executable} {CPSIGN_STANDIN}",
+        "CPSIGN_STANDIN_LOG": str(log),
+        "CPSIGN_STANDIN_LICENSE": str(license_file),
+        **env,
+    }.items():
         monkeypatch.setenv(key, value)
     return log
 
 
-def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, dagster_instance, tmp_path,
-                                                                        monkeypatch):
+def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, dagster_instance, tmp_path, monkeypatch):
     log = use_cpsign_standin(tmp_path, monkeypatch, CPSIGN_STANDIN_FAIL_SPLITS="4", CPP_SPLIT_RETRIES="0")
     raw = example(model={**example()["model"], "scorer": "LinearSVR"})
     run = train(dagster_instance, lab, raw)
@@ -264,7 +328,7 @@ def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, da
     assert programs == ["precompute", "train", "train"]  # the aggregate never ran
     precompute = next(c for c in calls if c[0] == "precompute")
     assert precompute[precompute.index("--model-type") + 1] == "regression"
-    assert precompute[precompute.index("--train-data") + 1: precompute.index("--train-data") + 3][0] == "CSV"
+    assert precompute[precompute.index("--train-data") + 1 : precompute.index("--train-data") + 3][0] == "CSV"
     trains = sorted((c for c in calls if c[0] == "train"), key=lambda c: c[c.index("--splits") + 1])
     # models 0..3 spread over two splits; CPSign numbers them from 1
     assert [c[c.index("--splits") + 1] for c in trains] == ["1,3", "2,4"]
@@ -277,12 +341,15 @@ def test_cpsign_engine_runs_its_cli_and_a_failed_split_publishes_nothing(lab, da
     log.unlink()
     run = train(dagster_instance, lab, example(seed=7))
     assert run.status == dg.DagsterRunStatus.FAILURE
-    assert "model.scorer 'RandomForest' is not available with the CPSign engine" in failure(dagster_instance, run.run_id)
+    assert "model.scorer 'RandomForest' is not available with the CPSign engine" in failure(
+        dagster_instance, run.run_id
+    )
     assert not log.exists()
 
 
-def test_cpsign_model_is_published_only_when_its_coverage_passes_the_validity_check(lab, dagster_instance, tmp_path,
-                                                                                    monkeypatch):
+def test_cpsign_model_is_published_only_when_its_coverage_passes_the_validity_check(
+    lab, dagster_instance, tmp_path, monkeypatch
+):
     log = use_cpsign_standin(tmp_path, monkeypatch, CPSIGN_STANDIN_COVERAGE="0.9")
     models = tmp_path / "nas" / "models" / "solubility"
     raw = example(model={**example()["model"], "scorer": "LinearSVR"})
@@ -303,6 +370,9 @@ def test_cpsign_model_is_published_only_when_its_coverage_passes_the_validity_ch
     validity = checks(dagster_instance, invalid.run_id)["validity"]
     assert not validity.passed and validity.metadata["minimum"].value == pytest.approx(0.75)
     message = failure(dagster_instance, invalid.run_id)
-    assert "check validity failed: coverage 0.498 on 257 held-out compounds" in message and "the model is not published" in message
+    assert (
+        "check validity failed: coverage 0.498 on 257 held-out compounds" in message
+        and "the model is not published" in message
+    )
     assert "published_model" not in materialized(dagster_instance, invalid.run_id)
     assert [p.name for p in models.iterdir()] == [valid.tags["dagster/partition"]]

@@ -2,6 +2,7 @@
 replaced it (its row in imagedb, its work folders, its results), and a sub-analysis is
 run by one run at a time. Real imagedb, real CellProfiler, real Dagster runs and sensors.
 imagedb's refusal of a stale write alone: tests/integration/test_stale_and_simultaneous_writes_to_imagedb.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,11 @@ from cpp_dagster.imagedb.rows import RunStamp
 def snapshot(folder) -> dict[str, str]:
     """Every file under a results folder (through its link) with a hash of its bytes."""
     root = folder.resolve()
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_old_runs_late_outcome_never_changes_the_rerun_row_or_files(lab):
@@ -103,17 +107,27 @@ def test_a_failure_of_generation_0_reported_after_generation_1_started_is_refuse
     assert failed.status == dg.DagsterRunStatus.FAILURE and lab.db.sub_analysis(sub_id).error
 
     (lab.settings.pipelines_dir / "late").mkdir()
-    shutil.copyfile(lab.settings.pipelines_dir / DEMO_PIPELINE_FILE, lab.settings.pipelines_dir / "late/features.cppipe")
+    shutil.copyfile(
+        lab.settings.pipelines_dir / DEMO_PIPELINE_FILE, lab.settings.pipelines_dir / "late/features.cppipe"
+    )
     assert lab.db.rerun_sub_analysis(sub_id) == 1
     (again,) = tick(dagster_instance).run_requests
     assert again.tags["imagedb/generation"] == "1"
-    lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun")))  # as generation 1's plan step
+    lifecycle.prepare(
+        lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(1, "the-rerun"))
+    )  # as generation 1's plan step
     running = lab.db.sub_analysis(sub_id)
 
     event = events(dagster_instance, failed.run_id, dg.DagsterEventType.RUN_FAILURE)[0]
-    record_run_failure(dg.build_run_status_sensor_context(
-        sensor_name=record_run_failure.name, dagster_event=event, dagster_instance=dagster_instance,
-        dagster_run=failed, resources=build_defs().resources).for_run_failure())
+    record_run_failure(
+        dg.build_run_status_sensor_context(
+            sensor_name=record_run_failure.name,
+            dagster_event=event,
+            dagster_instance=dagster_instance,
+            dagster_run=failed,
+            resources=build_defs().resources,
+        ).for_run_failure()
+    )
     sub = lab.db.sub_analysis(sub_id)
     assert sub == running and sub.error is None and sub.status["state"] == "running"
     assert lab.db.analysis(sub.analysis_id)["error"] is None
@@ -129,23 +143,38 @@ def test_one_active_run_per_partition(lab, dagster_instance):
     from cpp_dagster.definitions import analysis_job_def
     from cpp_dagster.settings import PROJECT_ROOT
 
-    limits = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
+    limits = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"][
+        "tag_concurrency_limits"
+    ]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
-    helm = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())["concurrency"]["runs"]["tagConcurrencyLimits"]
+    helm = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())["concurrency"]["runs"][
+        "tagConcurrencyLimits"
+    ]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in helm
 
     acq = register_plate(lab.db, lab.settings, barcode="ONCE", wells=["B02"], sites=[1], seed=2)
     sub_id = submit(lab, acq, batch_size=1)
     (request,) = tick(dagster_instance).run_requests
-    sensor_run = dagster_instance.add_run(dg.DagsterRun(
-        job_name="analysis_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
-        tags={"dagster/partition": request.partition_key, **request.tags}))
-    lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id)))  # the sensor's run is planning
+    sensor_run = dagster_instance.add_run(
+        dg.DagsterRun(
+            job_name="analysis_job",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": request.partition_key, **request.tags},
+        )
+    )
+    lifecycle.prepare(
+        lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id, RunStamp(0, sensor_run.run_id))
+    )  # the sensor's run is planning
     before = lab.db.sub_analysis(sub_id)
 
-    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance,
-                        tags={"dagster/partition": request.partition_key}, raise_on_error=False,
-                        asset_selection=list(request.asset_selection)) as ui:
+    with dg.execute_job(
+        dg.reconstructable(analysis_job_def),
+        instance=dagster_instance,
+        tags={"dagster/partition": request.partition_key},
+        raise_on_error=False,
+        asset_selection=list(request.asset_selection),
+    ) as ui:
         assert not ui.success
         (failure,) = [e for e in ui.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert failure.step_key == "features_step.plan_batches"

@@ -2,6 +2,7 @@
 with a message that names the module or image; CellProfiler inspects each pipeline file
 once (real CellProfiler, real PostgreSQL, the real sensor and job). The comparison
 itself, pure Python: tests/unit/test_pipeline_check_compares_needs_with_the_plan.py."""
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,7 @@ def without_module(text: str, name: str) -> str:
     """The pipeline text without the (last) block of module `name`."""
     start = text.index(f"\n{name}:[") + 1
     end = text.find("\n\n", start)
-    return module_count(text[:start] + (text[end + 2:] if end != -1 else ""), -1)
+    return module_count(text[:start] + (text[end + 2 :] if end != -1 else ""), -1)
 
 
 def with_module_before(text: str, block: str, before: str) -> str:
@@ -65,14 +66,23 @@ def submit(lab, acq: int, pipeline_file: str, **sub_meta) -> int:
 
 
 BAD_PIPELINES = {
-    "no export": (lambda lab: without_module(demo_text(lab), "ExportToSpreadsheet"),
-                  ["exports no tables", "no ExportToSpreadsheet module"]),
-    "plugin not installed": (lambda lab: with_module_before(demo_text(lab), RUN_CELLPOSE, "IdentifySecondaryObjects"),
-                             ["cannot load", "RunCellpose #3", "Could not find the RunCellpose module"]),
-    "channel the map lacks": (lambda lab: (FIXTURES / "nf-core-cellpainting" / "illumination.cppipe").read_text(),
-                              ["needs image(s) that this plate acquisition's channel map does not provide",
-                               "OrigBrightfield_L (used by Resize #23)", "OrigDNA (used by Resize #2)",
-                               "provides HOECHST, CONC, SYTO, MITO, PHAandWGA"]),
+    "no export": (
+        lambda lab: without_module(demo_text(lab), "ExportToSpreadsheet"),
+        ["exports no tables", "no ExportToSpreadsheet module"],
+    ),
+    "plugin not installed": (
+        lambda lab: with_module_before(demo_text(lab), RUN_CELLPOSE, "IdentifySecondaryObjects"),
+        ["cannot load", "RunCellpose #3", "Could not find the RunCellpose module"],
+    ),
+    "channel the map lacks": (
+        lambda lab: (FIXTURES / "nf-core-cellpainting" / "illumination.cppipe").read_text(),
+        [
+            "needs image(s) that this plate acquisition's channel map does not provide",
+            "OrigBrightfield_L (used by Resize #23)",
+            "OrigDNA (used by Resize #2)",
+            "provides HOECHST, CONC, SYTO, MITO, PHAandWGA",
+        ],
+    ),
 }
 
 
@@ -103,7 +113,8 @@ def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_messa
         lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, sub_id))
     assert str(refused.value) == (
         f"pipeline {pipeline_file!r} reads its images through NamesAndTypes; cpp-dagster feeds images through "
-        "LoadData: replace Images/Metadata/NamesAndTypes/Groups by LoadData")
+        "LoadData: replace Images/Metadata/NamesAndTypes/Groups by LoadData"
+    )
     assert lab.db.sub_analysis(sub_id).start is None and not work_dir(lab.settings, sub_id).exists()
 
 
@@ -142,15 +153,33 @@ def test_public_jump_pipelines_pass_on_the_channels_they_are_written_for(tmp_pat
     orig, illum = [f"Orig{ch}" for ch in JUMP_CHANNELS], {f"Illum{ch}" for ch in JUMP_CHANNELS}
     illumination = needs(jump / "illumination.cppipe")
     assert [m.label for m in illumination.modules if not m.enabled] == ["CreateBatchFiles #34"]
-    assert pipeline_check.problems(illumination, pipeline_file="illumination.cppipe", dyes=orig,
-                                   illumination_images=illum, use_icf=False, files_only_allowed=True) == []
+    assert (
+        pipeline_check.problems(
+            illumination,
+            pipeline_file="illumination.cppipe",
+            dyes=orig,
+            illumination_images=illum,
+            use_icf=False,
+            files_only_allowed=True,
+        )
+        == []
+    )
     # As the last step of an analysis it writes no table: that is refused.
-    assert "exports no tables" in pipeline_check.problems(
-        illumination, pipeline_file="illumination.cppipe", dyes=orig, illumination_images=illum, use_icf=False)[0]
+    assert (
+        "exports no tables"
+        in pipeline_check.problems(
+            illumination, pipeline_file="illumination.cppipe", dyes=orig, illumination_images=illum, use_icf=False
+        )[0]
+    )
     jump_analysis = needs(jump / "lifecycle.cppipe")
     assert [m.label for m in jump_analysis.modules if not m.enabled] == ["FlagImage #5"]
-    assert jump_analysis.exports == (Export("ExportToSpreadsheet #39", False,
-                                            ("Image", "Experiment", "Cells", "Cytoplasm", "Nuclei")),)
-    assert pipeline_check.problems(jump_analysis, pipeline_file="lifecycle.cppipe", dyes=orig,
-                                   illumination_images=illum, use_icf=True) == []
+    assert jump_analysis.exports == (
+        Export("ExportToSpreadsheet #39", False, ("Image", "Experiment", "Cells", "Cytoplasm", "Nuclei")),
+    )
+    assert (
+        pipeline_check.problems(
+            jump_analysis, pipeline_file="lifecycle.cppipe", dyes=orig, illumination_images=illum, use_icf=True
+        )
+        == []
+    )
     assert len(list(cache_dir.iterdir())) == 2  # one inspection per file

@@ -7,6 +7,7 @@ job, real CellProfiler 5):
   (`cytotable-outputs/`);
 - a nuclei-only pipeline (no Cells object) on the demo plate.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,11 @@ from cpp_dagster.imagedb.rows import Image
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXAMPLEHUMAN = FIXTURES / "examplehuman"
-IMAGES = {"DNA": "AS_09125_050116030001_D03f00d0.tif", "PH3": "AS_09125_050116030001_D03f00d1.tif",
-          "cellbody": "AS_09125_050116030001_D03f00d2.tif"}
+IMAGES = {
+    "DNA": "AS_09125_050116030001_D03f00d0.tif",
+    "PH3": "AS_09125_050116030001_D03f00d1.tif",
+    "cellbody": "AS_09125_050116030001_D03f00d2.tif",
+}
 FLOAT32 = {"rel": 1e-6, "abs": 1e-6}  # float32 tolerance: the merge stores features as float32
 # CellProfiler 5 finds one nucleus (hence cell and cytoplasm) more than 4.0.6 did, at about
 # (504, 320) on the right border, and draws ExampleHuman's nuclei a few pixels smaller
@@ -42,9 +46,22 @@ def reference(table: str) -> list[dict]:
 
 
 def submit(lab, name: str, pipeline_file: str, acq: int, batch_size: int) -> tuple[int, int]:
-    lab.db.put_pipeline(name, {"analysis_meta": {"description": name}, "sub_analyses": [
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": pipeline_file,
-         "cp_version": DEMO_CP_VERSION, "batch_size": batch_size, "job_timeout": 900}]})
+    lab.db.put_pipeline(
+        name,
+        {
+            "analysis_meta": {"description": name},
+            "sub_analyses": [
+                {
+                    "type": "cellprofiler",
+                    "sub_type": "features",
+                    "pipeline_file": pipeline_file,
+                    "cp_version": DEMO_CP_VERSION,
+                    "batch_size": batch_size,
+                    "job_timeout": 900,
+                }
+            ],
+        },
+    )
     submitted = lab.db.submit_analysis(acq, name)
     return submitted.analysis_id, submitted.sub_ids[0]
 
@@ -60,8 +77,10 @@ def run_sensor_and_job(lab, dagster_instance, sub_id: int) -> dg.DagsterRun:
 
 
 def check_results(dagster_instance, run) -> dict[str, bool]:
-    return {e.event_specific_data.check_name: e.event_specific_data.passed
-            for e in events(dagster_instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.passed
+        for e in events(dagster_instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    }
 
 
 def install_examplehuman(lab) -> int:
@@ -69,13 +88,16 @@ def install_examplehuman(lab) -> int:
     acquisition (1 well, 1 site, 3 channels) whose channel map names them as the pipeline
     does."""
     (lab.settings.pipelines_dir / "examplehuman").mkdir(parents=True)
-    shutil.copyfile(EXAMPLEHUMAN / "ExampleHuman_LoadData.cppipe",
-                    lab.settings.pipelines_dir / "examplehuman" / "ExampleHuman_LoadData.cppipe")
+    shutil.copyfile(
+        EXAMPLEHUMAN / "ExampleHuman_LoadData.cppipe",
+        lab.settings.pipelines_dir / "examplehuman" / "ExampleHuman_LoadData.cppipe",
+    )
     folder = lab.nas / "images" / "EXAMPLEHUMAN"
     folder.mkdir(parents=True)
     lab.db.put_channel_map(7, {1: "DNA", 2: "PH3", 3: "cellbody"})
-    acq = lab.db.add_plate_acquisition("EXAMPLEHUMAN", channel_map_id=7, folder=str(folder),
-                                       project="examplehuman", microscope="unknown")
+    acq = lab.db.add_plate_acquisition(
+        "EXAMPLEHUMAN", channel_map_id=7, folder=str(folder), project="examplehuman", microscope="unknown"
+    )
     images = []
     for channel, name in enumerate(IMAGES.values(), 1):
         shutil.copyfile(EXAMPLEHUMAN / "images" / name, folder / name)
@@ -125,7 +147,9 @@ def test_examplehuman_real_images_give_the_objects_cellprofiler_found(lab, dagst
     # 1.5 px, its nucleus is drawn smaller); areas and intensities close, not equal: CellProfiler 5
     # segments the nuclei slightly smaller (measured: median area -3.4%, cells -0.6%)
     for table, max_distance, max_median_area_change, column in (
-            ("Nuclei", 0.5, 0.05, "Intensity_MeanIntensity_DNA"), ("Cells", 1.5, 0.01, "Intensity_MeanIntensity_PH3")):
+        ("Nuclei", 0.5, 0.05, "Intensity_MeanIntensity_DNA"),
+        ("Cells", 1.5, 0.01, "Intensity_MeanIntensity_PH3"),
+    ):
         rows = tables[table].to_pylist()
         ref = reference(table)
         index, distance = nearest(centers(rows), centers(ref))
@@ -141,8 +165,13 @@ def test_examplehuman_real_images_give_the_objects_cellprofiler_found(lab, dagst
     single = pq.read_table(results / "single_cell.parquet")
     assert single.num_rows == tables["Cells"].num_rows
     names = single.column_names
-    assert {"Cells_AreaShape_Area", "Nuclei_AreaShape_Area", "Cytoplasm_AreaShape_Area",
-            "Nuclei_Children_PH3_Count", "Image_Count_PH3"} <= set(names)
+    assert {
+        "Cells_AreaShape_Area",
+        "Nuclei_AreaShape_Area",
+        "Cytoplasm_AreaShape_Area",
+        "Nuclei_Children_PH3_Count",
+        "Image_Count_PH3",
+    } <= set(names)
     assert [n for n in names if n.startswith("PH3_")] == ["PH3_Image_Count"]  # PH3 has no features to average
     assert set(single["PH3_Image_Count"].to_pylist()) == {PH3_OBJECTS}
     nuclei_of_cells = single["Metadata_Cells_Parent_Nuclei"].to_pylist()
@@ -150,7 +179,8 @@ def test_examplehuman_real_images_give_the_objects_cellprofiler_found(lab, dagst
     assert len(set(nuclei_of_cells)) == CP5_OBJECTS
     profiles = pq.read_table(results / "well_profiles.parquet").to_pylist()
     assert [(p["Metadata_Well"], p["Metadata_Object_Count"], p["Metadata_PH3_Count"]) for p in profiles] == [
-        ("D03", CP5_OBJECTS, PH3_OBJECTS)]
+        ("D03", CP5_OBJECTS, PH3_OBJECTS)
+    ]
     assert check_results(dagster_instance, run)["well_cell_counts"]
 
 
@@ -158,15 +188,21 @@ def test_a_nuclei_only_pipeline_gives_a_single_cell_table_and_profiles_on_nuclei
     """Built by `cpp_dagster/demo/build_pipeline.py --nuclei-only` (LoadData, Nuclei,
     intensities and shapes, ExportToSpreadsheet of Image and Nuclei)."""
     (lab.settings.pipelines_dir / "nuclei-only").mkdir(parents=True)
-    shutil.copyfile(FIXTURES / "nuclei-only" / "demo_nuclei_only.cppipe",
-                    lab.settings.pipelines_dir / "nuclei-only" / "demo_nuclei_only.cppipe")
+    shutil.copyfile(
+        FIXTURES / "nuclei-only" / "demo_nuclei_only.cppipe",
+        lab.settings.pipelines_dir / "nuclei-only" / "demo_nuclei_only.cppipe",
+    )
     acq = register_plate(lab.db, lab.settings, barcode="NUC-1", wells=["B02", "C03"], sites=[1], seed=3)
     analysis_id, sub_id = submit(lab, "nuclei-only", "nuclei-only/demo_nuclei_only.cppipe", acq, 2)
     run = run_sensor_and_job(lab, dagster_instance, sub_id)
     results = lab.nas / "results" / "NUC-1" / str(acq) / str(analysis_id)
 
     assert sorted(p.name for p in results.glob("*.parquet")) == [
-        "Image.parquet", "Nuclei.parquet", "single_cell.parquet", "well_profiles.parquet"]
+        "Image.parquet",
+        "Nuclei.parquet",
+        "single_cell.parquet",
+        "well_profiles.parquet",
+    ]
     nuclei = pq.read_table(results / "Nuclei.parquet")
     single = pq.read_table(results / "single_cell.parquet")
     assert single.num_rows == nuclei.num_rows > 10
@@ -179,8 +215,12 @@ def test_a_nuclei_only_pipeline_gives_a_single_cell_table_and_profiles_on_nuclei
     assert per_well == {w: wells.count(w) for w in ("B02", "C03")}
     assert all(p["Metadata_Nuclei_Count"] == p["Metadata_Object_Count"] for p in profiles)
     assert all(p["Nuclei_AreaShape_Area"] > 0 for p in profiles)
-    assert check_results(dagster_instance, run) == {"image_rows_match_plan": True, "all_batches_present": True,
-                                                     "well_cell_counts": True, "nan_share": True,
-                                                     "column_drift": True}
+    assert check_results(dagster_instance, run) == {
+        "image_rows_match_plan": True,
+        "all_batches_present": True,
+        "well_cell_counts": True,
+        "nan_share": True,
+        "column_drift": True,
+    }
     mat = dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")).asset_materialization
     assert mat.metadata["dagster/row_count"].value == nuclei.num_rows

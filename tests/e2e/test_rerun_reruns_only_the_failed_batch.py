@@ -2,6 +2,7 @@
 UI) runs only the failed batch again and gives the tables of a clean run; real imagedb,
 real Dagster runs and real CellProfiler. Submitting:
 tests/integration/test_submission_by_cli_ui_and_automation.py."""
+
 from __future__ import annotations
 
 import os
@@ -35,11 +36,15 @@ def test_rerun_runs_only_the_failed_batch_and_gives_the_clean_run_tables(lab, da
     assert again.run_key == f"{request.run_key}:rerun1" and again.partition_key == request.partition_key
     rerun = launch(dagster_instance, again)
     assert rerun.status == dg.DagsterRunStatus.SUCCESS
-    outputs = {e.step_key: e.event_specific_data.metadata["reused"].value
-               for e in events(dagster_instance, rerun.run_id, dg.DagsterEventType.STEP_OUTPUT)
-               if ".run_cellprofiler[" in e.step_key}
-    assert outputs == {"features_step.run_cellprofiler[batch_0000]": True,
-                       "features_step.run_cellprofiler[batch_0001]": False}
+    outputs = {
+        e.step_key: e.event_specific_data.metadata["reused"].value
+        for e in events(dagster_instance, rerun.run_id, dg.DagsterEventType.STEP_OUTPUT)
+        if ".run_cellprofiler[" in e.step_key
+    }
+    assert outputs == {
+        "features_step.run_cellprofiler[batch_0000]": True,
+        "features_step.run_cellprofiler[batch_0001]": False,
+    }
     sub = lab.db.sub_analysis(sub_id)
     assert sub.finish and sub.error is None
 
@@ -58,9 +63,25 @@ def test_rerun_runs_only_the_failed_batch_and_gives_the_clean_run_tables(lab, da
 def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, dagster_instance):
     from cpp_dagster.definitions import analysis_job_def
 
-    lab.db.put_pipeline("two-step", {"sub_analyses": [
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "demo/demo_features.cppipe", "batch_size": 2},
-        {"type": "cellprofiler", "sub_type": "features", "pipeline_file": "demo/demo_features.cppipe", "batch_size": 4}]})
+    lab.db.put_pipeline(
+        "two-step",
+        {
+            "sub_analyses": [
+                {
+                    "type": "cellprofiler",
+                    "sub_type": "features",
+                    "pipeline_file": "demo/demo_features.cppipe",
+                    "batch_size": 2,
+                },
+                {
+                    "type": "cellprofiler",
+                    "sub_type": "features",
+                    "pipeline_file": "demo/demo_features.cppipe",
+                    "batch_size": 4,
+                },
+            ]
+        },
+    )
     acq = register_plate(lab.db, lab.settings, barcode="REEXEC", wells=["B02"], sites=[1, 2, 3, 4], seed=6)
     corrupt = next(im for im in lab.db.images(acq) if im.site == 4 and im.channel == 2)
     good = Path(corrupt.path).read_bytes()
@@ -74,10 +95,18 @@ def test_reexecution_from_failure_in_the_ui_reruns_only_the_failed_batch(lab, da
     Path(corrupt.path).write_bytes(good)
     options = dg.ReexecutionOptions.from_failure(failed.run_id, dagster_instance)
     ui_tags = {k: v for k, v in failed.tags.items() if k.startswith(("dagster/partition", "imagedb/"))}
-    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=dagster_instance, tags=ui_tags,
-                        reexecution_options=options, raise_on_error=False) as result:  # as the UI's button
-        assert result.success, [(e.step_key, e.event_specific_data.error.message[:300])
-                                for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    with dg.execute_job(
+        dg.reconstructable(analysis_job_def),
+        instance=dagster_instance,
+        tags=ui_tags,
+        reexecution_options=options,
+        raise_on_error=False,
+    ) as result:  # as the UI's button
+        assert result.success, [
+            (e.step_key, e.event_specific_data.error.message[:300])
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        ]
         executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
     assert "features_step.run_cellprofiler[batch_0001]" in executed
     assert not executed & {"features_step.plan_batches", "features_step.run_cellprofiler[batch_0000]"}

@@ -1,6 +1,7 @@
 """End to end with real parts: a plate registered in imagedb is picked up by the sensor,
 run batch by batch by real CellProfiler (each batch its own process), merged into
 Parquet feature tables on the NAS, and the outcome is recorded in imagedb."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -30,10 +31,15 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert run.status == dg.DagsterRunStatus.SUCCESS
 
     # Two batches of two image sets, each run by CellProfiler in its own step process.
-    batch_steps = [e for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
-                   if ".run_cellprofiler[" in e.step_key]
+    batch_steps = [
+        e
+        for e in events(dagster_instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
+        if ".run_cellprofiler[" in e.step_key
+    ]
     assert sorted(e.step_key for e in batch_steps) == [
-        "features_step.run_cellprofiler[batch_0000]", "features_step.run_cellprofiler[batch_0001]"]
+        "features_step.run_cellprofiler[batch_0000]",
+        "features_step.run_cellprofiler[batch_0001]",
+    ]
     assert len({e.pid for e in batch_steps}) == 2
 
     # imagedb: start, finish, result, progress; the analysis finished with it.
@@ -51,7 +57,11 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     image = pq.read_table(results / "Image.parquet")
     assert image.num_rows == 4
     assert sorted(zip(image["Metadata_Well"].to_pylist(), image["Metadata_Site"].to_pylist())) == [
-        ("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
+        ("B02", 1),
+        ("B02", 2),
+        ("C03", 1),
+        ("C03", 2),
+    ]
     assert set(image[BATCH_COLUMN].to_pylist()) == {"batch_0000", "batch_0001"}
     nuclei = pq.read_table(results / "Nuclei.parquet")
     assert nuclei.num_rows == int(pc.sum(image["Count_Nuclei"]).as_py()) > 4 * 10
@@ -73,11 +83,18 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     assert mat.metadata["results_url"].value == f"https://files.lab/{sub.result['job_folder']}"
 
     # Quality checks ran on the merged tables and passed; the plate map is in the metadata.
-    evaluations = {e.check_name: e.passed for e in events(dagster_instance, run.run_id,
-                                                          dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-                   for e in [e.event_specific_data]}
-    assert evaluations == {"image_rows_match_plan": True, "all_batches_present": True,
-                           "well_cell_counts": True, "nan_share": True, "column_drift": True}
+    evaluations = {
+        e.check_name: e.passed
+        for e in events(dagster_instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        for e in [e.event_specific_data]
+    }
+    assert evaluations == {
+        "image_rows_match_plan": True,
+        "all_batches_present": True,
+        "well_cell_counts": True,
+        "nan_share": True,
+        "column_drift": True,
+    }
     assert mat.metadata["plate_map"].value.startswith("![")
 
     # The joined single-cell table: one row per cell; per-well profiles: one row per well.
@@ -89,7 +106,9 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
     profiles = pq.read_table(results / "well_profiles.parquet")
     assert sorted(profiles["Metadata_Well"].to_pylist()) == ["B02", "C03"]
     for name in ("single_cell_table", "well_profiles"):
-        assert dagster_instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.partition == key
+        assert (
+            dagster_instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.partition == key
+        )
 
     # A second tick finds nothing: the sub-analysis is never requested twice.
     assert tick(dagster_instance).run_requests == []

@@ -4,6 +4,7 @@ over three plates in the Dagster UI (two imaged, one still being imaged). The re
 the real daemon runs it with real CellProfiler, and imagedb gets the rows a
 `cpp-dagster submit` makes. The plate still being imaged is submitted and waits, and
 both the terminal and the UI say why."""
+
 from __future__ import annotations
 
 import json
@@ -26,24 +27,36 @@ PLATES = {"BF-1": True, "BF-2": True, "BF-WAIT": False}  # barcode: acquisition 
 
 def cpp_dagster(*args: str) -> str:
     """The `cpp-dagster` command as a lab member types it (environment of the test)."""
-    done = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), *args], env=os.environ,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster"), *args],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_a_backfill_from_the_ui_submits_and_runs_finished_plates_and_leaves_the_others_waiting(
-        lab, pg_server, tmp_path):
-    acq = {barcode: register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02"], sites=[1], seed=i + 5,
-                                   finished=finished)
-           for i, (barcode, finished) in enumerate(PLATES.items())}
+    lab, pg_server, tmp_path
+):
+    acq = {
+        barcode: register_plate(
+            lab.db, lab.settings, barcode=barcode, wells=["B02"], sites=[1], seed=i + 5, finished=finished
+        )
+        for i, (barcode, finished) in enumerate(PLATES.items())
+    }
     keys = {barcode: f"{DEMO_PIPELINE}|{barcode}" for barcode in PLATES}
 
     home = write_dagster_home(tmp_path / "dagster_home")
     with dagster_ui(home, sqlalchemy_url(new_database(pg_server, "dagster"))) as ui:
         # The plates and pipelines become partitions as soon as they are registered.
-        ui.wait_until("the sensor to add the plates' partitions",
-                      lambda: set(keys.values()) <= set(ui.partition_keys("well_profiles")), 180)
+        ui.wait_until(
+            "the sensor to add the plates' partitions",
+            lambda: set(keys.values()) <= set(ui.partition_keys("well_profiles")),
+            180,
+        )
 
         backfill_id = ui.launch_partition_backfill(ANALYSIS_ASSETS, list(keys.values()))
         backfill = ui.wait_for_backfill(backfill_id, timeout=900)
@@ -102,7 +115,10 @@ def test_a_backfill_from_the_ui_submits_and_runs_finished_plates_and_leaves_the_
     (cli_sub,) = lab.db.sub_analyses_of(cli["analysis_id"])
     (ui_sub,) = lab.db.sub_analyses_of(analyses["BF-1"])
     assert (cli_sub.meta, cli_sub.priority, cli_sub.depends_on_sub_id) == (
-        ui_sub.meta, ui_sub.priority, ui_sub.depends_on_sub_id)
+        ui_sub.meta,
+        ui_sub.priority,
+        ui_sub.depends_on_sub_id,
+    )
 
     # The terminal says the same as the UI.
     (line,) = json.loads(cpp_dagster("status", "--plate", "BF-WAIT", "--json"))

@@ -3,6 +3,7 @@ partition is a submission that runs the pipeline's steps in dependency order; a 
 that fails after the feature tables were merged leaves the partition failed, in Dagster
 and in imagedb. Real CellProfiler. What a Materialize does before any batch runs:
 tests/integration/test_ui_partitions_are_submissions.py."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -51,7 +52,8 @@ def test_a_materialize_from_the_ui_submits_the_pipeline_and_runs_its_steps_in_or
 
 
 def test_a_failed_single_cell_table_leaves_the_partition_failed_in_dagster_and_imagedb(
-        lab, dagster_instance, monkeypatch):
+    lab, dagster_instance, monkeypatch
+):
     """The NAS fills up while the single-cell table is written (the in-process executor
     lets the test make the writer raise as the disk would): the feature tables were
     merged, yet no asset of the features step turns green, and imagedb says failed."""
@@ -76,8 +78,10 @@ def test_a_failed_single_cell_table_leaves_the_partition_failed_in_dagster_and_i
     assert "features_step.merge_tables" in step_order(dagster_instance, run.run_id)
     for asset in FEATURES_STEP:
         assert dagster_instance.get_latest_materialization_event(asset) is None
-    planned = {(e.asset_key, e.partition) for e in events(dagster_instance, run.run_id,
-                                                          dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)}
+    planned = {
+        (e.asset_key, e.partition)
+        for e in events(dagster_instance, run.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    }
     assert {(asset, f"{DEMO_PIPELINE}|UI-FULL") for asset in FEATURES_STEP} <= planned
 
     # imagedb: the sub-analysis and its analysis failed, with the step and the reason.

@@ -1,6 +1,7 @@
 """One malformed row in imagedb (or in the training store) never stops the lab: it fails
 on its own with a message naming its cause, and every other row goes on. Real
 PostgreSQL, the real sensors of the Definitions evaluated as the daemon does."""
+
 from __future__ import annotations
 
 import json
@@ -48,18 +49,24 @@ def test_malformed_rows_are_named_and_do_not_break_the_ready_query(db):
         insert_sub_analysis(db, acq, meta='["x"]'): "meta must be a JSON object, not a list",
         insert_sub_analysis(db, acq, meta='"x"'): "meta must be a JSON object, not a string",
         insert_sub_analysis(db, acq, meta="7"): "meta must be a JSON object, not a number",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on='"12"'):
-            "depends_on_sub_id must be a list of sub-analysis ids, not a string",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on="12"):
-            "depends_on_sub_id must be a list of sub-analysis ids, not a number",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on='{"sub": 1}'):
-            "depends_on_sub_id must be a list of sub-analysis ids, not an object",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on='["one", 2]'):
-            "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on="[1.5]"):
-            "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
-        insert_sub_analysis(db, acq, meta=GOOD_META, depends_on="[99999999999]"):
-            "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on='"12"'
+        ): "depends_on_sub_id must be a list of sub-analysis ids, not a string",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on="12"
+        ): "depends_on_sub_id must be a list of sub-analysis ids, not a number",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on='{"sub": 1}'
+        ): "depends_on_sub_id must be a list of sub-analysis ids, not an object",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on='["one", 2]'
+        ): "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on="[1.5]"
+        ): "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
+        insert_sub_analysis(
+            db, acq, meta=GOOD_META, depends_on="[99999999999]"
+        ): "depends_on_sub_id must be a list of sub-analysis ids (whole numbers)",
     }
     assert [r.sub_id for r in db.ready_sub_analyses()] == [good]  # no SQL error, only the good row
     found = {r.sub_id: r.message for r in db.malformed_sub_analyses()}
@@ -119,8 +126,7 @@ def test_a_status_written_by_hand_does_not_stop_the_tick(lab, dagster_instance):
     scribbled = insert_sub_analysis(lab.db, acq, meta=GOOD_META)
     conn = psycopg2.connect(lab.db.url)
     with conn, conn.cursor() as cur:
-        cur.execute("""UPDATE image_sub_analyses SET status = '{"reruns": "many"}' WHERE sub_id = %s""",
-                    (scribbled,))
+        cur.execute("""UPDATE image_sub_analyses SET status = '{"reruns": "many"}' WHERE sub_id = %s""", (scribbled,))
     conn.close()
     requested = sorted(int(r.tags["imagedb/sub_id"]) for r in tick(dagster_instance).run_requests)
     assert requested == sorted([good, scribbled])
@@ -136,7 +142,8 @@ def test_an_automation_rule_naming_a_missing_pipeline_is_recorded_and_the_others
     submitted = {pipeline: analysis for _, pipeline, analysis in db.submit_by_automation()}
     assert submitted["one"].error is None and len(submitted["one"].sub_ids) == 1
     assert submitted[MISSING_PIPELINE].error == (
-        f"not submitted by automation: no analysis pipeline named {MISSING_PIPELINE!r}")
+        f"not submitted by automation: no analysis pipeline named {MISSING_PIPELINE!r}"
+    )
     assert "'sub_analyses' must be a list of JSON objects" in submitted["misshapen"].error
     recorded = automation_failures(db)
     assert sorted((r["acq"], r["pipeline"]) for r in recorded) == [(acq, "misshapen"), (acq, MISSING_PIPELINE)]
@@ -152,7 +159,8 @@ def test_a_pipeline_of_the_wrong_shape_is_a_clear_error_at_submission(db):
 
 
 def test_a_training_version_that_no_longer_validates_is_reported_and_the_others_launch(
-        pg_server, dagster_instance, monkeypatch):
+    pg_server, dagster_instance, monkeypatch
+):
     from cpp_dagster.training.configuration import from_dict
     from cpp_dagster.training.store import ConfigStore
 
@@ -163,9 +171,11 @@ def test_a_training_version_that_no_longer_validates_is_reported_and_the_others_
     first = store.add(from_dict(raw)).version
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:  # stored long ago, by rules that have changed since
-        cur.execute("""INSERT INTO training_config_versions (version, partition_key, workflow, config)
+        cur.execute(
+            """INSERT INTO training_config_versions (version, partition_key, workflow, config)
                        VALUES ('old', 'old-000000000000', 'old', %s)""",
-                    (json.dumps({**raw, "splits": 0, "colour": "blue"}),))
+            (json.dumps({**raw, "splits": 0, "colour": "blue"}),),
+        )
     conn.close()
     last = store.add(from_dict({**raw, "splits": raw.get("splits", 1) + 1})).version
 
@@ -199,13 +209,11 @@ def test_a_cycle_of_dependencies_fails_with_the_cycle_instead_of_waiting_forever
     acq = plate(db)
     itself = insert_sub_analysis(db, acq, meta=GOOD_META)
     with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s",
-                    (Json([itself]), itself))
+        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s", (Json([itself]), itself))
     first = insert_sub_analysis(db, acq, meta=GOOD_META)
     second = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{first}]")
     with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s",
-                    (Json([second]), first))
+        cur.execute("UPDATE image_sub_analyses SET depends_on_sub_id = %s WHERE sub_id = %s", (Json([second]), first))
     on_cycle = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{second}]")
     waiting_on = insert_sub_analysis(db, acq, meta=GOOD_META)
     waits = insert_sub_analysis(db, acq, meta=GOOD_META, depends_on=f"[{waiting_on}]")
@@ -213,11 +221,11 @@ def test_a_cycle_of_dependencies_fails_with_the_cycle_instead_of_waiting_forever
     failed_now = {r.sub_id: r.message for r in db.fail_unresolvable_dependencies()}
     assert failed_now == {
         itself: f"not started: its dependencies form a cycle (sub-analysis {itself} -> {itself}): "
-                "it would wait forever",
+        "it would wait forever",
         first: f"not started: its dependencies form a cycle (sub-analysis {first} -> {second} -> {first}): "
-               "it would wait forever",
+        "it would wait forever",
         second: f"not started: its dependencies form a cycle (sub-analysis {second} -> {first} -> {second}): "
-                "it would wait forever",
+        "it would wait forever",
         on_cycle: f"not started: it depends on sub-analysis {second}, which failed",
     }
     for sub_id, text in failed_now.items():

@@ -1,5 +1,6 @@
 """imagedb against a real PostgreSQL: submission rows, what the sensor's query returns,
 and how outcomes roll up from sub-analyses to the analysis."""
+
 from __future__ import annotations
 
 import psycopg2
@@ -166,8 +167,11 @@ def test_indexes_the_queries_use_exist(db):
     with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
         cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
         names = {r[0] for r in cur.fetchall()}
-    assert {"images_plate_acquisition_id_idx", "image_sub_analyses_pending_idx",
-            "image_sub_analyses_analysis_id_idx"} <= names
+    assert {
+        "images_plate_acquisition_id_idx",
+        "image_sub_analyses_pending_idx",
+        "image_sub_analyses_analysis_id_idx",
+    } <= names
 
 
 def test_outputs_recorded_while_running_are_kept_once_in_order(db):
@@ -176,15 +180,22 @@ def test_outputs_recorded_while_running_are_kept_once_in_order(db):
     db.mark_sub_started(sub, batches=1, image_sets=1)
     db.add_outputs(sub, ["r/Image.parquet", "r/Cells.parquet"])
     assert db.add_outputs(sub, ["r/Cells.parquet", "r/single_cell.parquet"]) == [
-        "r/Image.parquet", "r/Cells.parquet", "r/single_cell.parquet"]
+        "r/Image.parquet",
+        "r/Cells.parquet",
+        "r/single_cell.parquet",
+    ]
     db.mark_sub_started(sub, batches=1, image_sets=1)  # a re-run starts from nothing
     assert db.add_outputs(sub, []) == []
 
 
 def test_submission_overrides_reach_every_sub_analysis(db):
     db.put_pipeline("two-step", TWO_STEP)
-    submitted = db.submit_analysis(plate(db), "two-step", priority=1,
-                                   overrides={"well_filter": ["B02"], "site_filter": [1, 2], "cp_version": "4.2.8"})
+    submitted = db.submit_analysis(
+        plate(db),
+        "two-step",
+        priority=1,
+        overrides={"well_filter": ["B02"], "site_filter": [1, 2], "cp_version": "4.2.8"},
+    )
     for sub_id in submitted.sub_ids:
         sub = db.sub_analysis(sub_id)
         assert sub.meta["well_filter"] == ["B02"] and sub.meta["site_filter"] == [1, 2]
@@ -199,7 +210,8 @@ def test_automation_rules_submit_once_per_finished_acquisition(db):
     with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO image_analyses_automation (project, cell_line, pipeline_name, channel_map) VALUES (%s, %s, %s, %s)",
-            [("screen", None, "two-step", 1), (None, None, "other", 2), ("screen", "U2OS", "other", 1)])
+            [("screen", None, "two-step", 1), (None, None, "other", 2), ("screen", "U2OS", "other", 1)],
+        )
         cur.execute("UPDATE plate_acquisition SET project = 'screen'")
     matching = plate(db, "MATCH")
     waiting = plate(db, "WAITING", finished=False)

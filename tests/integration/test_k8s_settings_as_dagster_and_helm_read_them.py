@@ -2,6 +2,7 @@
 Dagster resolves the real Definitions' executor (the executor switch, and the sensor's
 run config on Kubernetes), and the official chart's values schema validates
 helm-values.yaml. The pure pod configuration is in tests/unit/test_k8s_pod_config.py."""
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,12 @@ def test_executor_is_chosen_by_deployment_for_every_way_a_run_starts(kind, name)
     env = {k: v for k, v in os.environ.items() if k != "CPP_EXECUTOR"}
     if kind:
         env.update(CPP_EXECUTOR=kind, CPP_K8S_CONFIG=str(EXAMPLE))
-    code = ("from cpp_dagster.definitions import build_defs\n"
-            "defs = build_defs()\n"
-            "print(defs.resolve_job_def('feature_tables_job').executor_def.name,"
-            " defs.resolve_implicit_global_asset_job_def().executor_def.name)")
+    code = (
+        "from cpp_dagster.definitions import build_defs\n"
+        "defs = build_defs()\n"
+        "print(defs.resolve_job_def('feature_tables_job').executor_def.name,"
+        " defs.resolve_implicit_global_asset_job_def().executor_def.name)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [name, name]
 
@@ -63,14 +66,16 @@ def test_the_definitions_k8s_executor_takes_the_sensors_run_config_and_keeps_its
     config gets the sub-analysis's pod settings, a run without it the defaults."""
     run_config = analysis_run_config(settings, options(sub_type="qc", priority=1), IDS)
     env = {**os.environ, "CPP_EXECUTOR": "k8s", "CPP_K8S_CONFIG": str(EXAMPLE)}
-    out = subprocess.run([sys.executable, "-c", RESOLVE, json.dumps(run_config)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", RESOLVE, json.dumps(run_config)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     resolved = json.loads(out.stdout)
     assert len(resolved) == 4
     for without, given in (resolved[0:2], resolved[2:4]):
         assert without["per_step_k8s_config"]["run_cellprofiler"]["pod_template_spec_metadata"]["labels"] == {
-            "cpp-dagster/pod-settings": "defaults"}
+            "cpp-dagster/pod-settings": "defaults"
+        }
         batch = step_layer(given, "run_cellprofiler")
         assert batch["container_config"]["resources"] == settings.resources["qc"]
         assert batch["pod_spec_config"]["priority_class_name"] == "cpp-high"
@@ -82,7 +87,8 @@ def test_the_definitions_k8s_executor_takes_the_sensors_run_config_and_keeps_its
 def test_helm_values_pass_the_official_chart_schema():
     # the chart's schema and the offline validator are vendored (tests/fixtures/dagster-helm/SOURCE.md)
     tool = Path(__file__).resolve().parents[1] / "fixtures" / "dagster-helm" / "validate_helm_values.py"
-    out = subprocess.run([sys.executable, str(tool), str(PROJECT_ROOT / "helm-values.yaml")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(tool), str(PROJECT_ROOT / "helm-values.yaml")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout

@@ -1,5 +1,6 @@
 """The Kubernetes stand-in (tests/support/k8s_standin.py), driven only through the official
 kubernetes client and dagster_k8s's DagsterKubernetesClient."""
+
 from __future__ import annotations
 
 import sys
@@ -15,30 +16,40 @@ NS = "default"
 
 def job_body(name: str, code: str, *, env=None, env_from=None, deadline=None, **container):
     """A minimal valid batch/v1 Job running `python -c code` (as Dagster does: args only)."""
-    c = {"name": "main", "image": "standin/python:3.11", "args": [sys.executable, "-c", code],
-         **({"env": env} if env else {}), **({"envFrom": env_from} if env_from else {}),
-         **container}
-    spec = {"backoffLimit": 0,
-            "template": {"metadata": {"labels": {"app": "t"}},
-                         "spec": {"containers": [c], "restartPolicy": "Never"}}}
+    c = {
+        "name": "main",
+        "image": "standin/python:3.11",
+        "args": [sys.executable, "-c", code],
+        **({"env": env} if env else {}),
+        **({"envFrom": env_from} if env_from else {}),
+        **container,
+    }
+    spec = {
+        "backoffLimit": 0,
+        "template": {"metadata": {"labels": {"app": "t"}}, "spec": {"containers": [c], "restartPolicy": "Never"}},
+    }
     if deadline:
         spec["activeDeadlineSeconds"] = deadline
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "labels": {"app": "t", "case": name}}, "spec": spec}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"app": "t", "case": name}},
+        "spec": spec,
+    }
 
 
 @pytest.fixture
 def k8s(tmp_path):
-    with KubeStandIn(secrets={"creds": {"token": "s3cret"}}, config_maps={"cfg": {"MODE": "fast"}},
-                     cwd=tmp_path) as k8s:
+    with KubeStandIn(
+        secrets={"creds": {"token": "s3cret"}}, config_maps={"cfg": {"MODE": "fast"}}, cwd=tmp_path
+    ) as k8s:
         yield k8s
     assert k8s.unhandled == []
 
 
 @pytest.fixture
 def apis(k8s):
-    client = kubernetes.config.new_client_from_config(config_file=k8s.kubeconfig_path,
-                                                      context=k8s.context)
+    client = kubernetes.config.new_client_from_config(config_file=k8s.kubeconfig_path, context=k8s.context)
     yield kubernetes.client.BatchV1Api(client), kubernetes.client.CoreV1Api(client)
     client.close()
 
@@ -61,18 +72,22 @@ def only_pod(core, name):
 
 def test_success_logs_env_and_labels(k8s, apis, tmp_path):
     batch, core = apis
-    code = ("import os; print('hello from', os.environ['HOSTNAME']); "
-            "print('V', os.environ['PLAIN'], os.environ['TOKEN'], os.environ['POD'], "
-            "os.environ['NAMESPACE'], os.environ['MODE'], os.environ.get('OPT', 'none')); "
-            "print('CWD', os.getcwd())")
-    env = [{"name": "PLAIN", "value": "p1"},
-           {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-           {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-           {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k",
-                                                          "optional": True}}}]
+    code = (
+        "import os; print('hello from', os.environ['HOSTNAME']); "
+        "print('V', os.environ['PLAIN'], os.environ['TOKEN'], os.environ['POD'], "
+        "os.environ['NAMESPACE'], os.environ['MODE'], os.environ.get('OPT', 'none')); "
+        "print('CWD', os.getcwd())"
+    )
+    env = [
+        {"name": "PLAIN", "value": "p1"},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
+    ]
     created = batch.create_namespaced_job(
-        NS, job_body("ok", code, env=env, env_from=[{"configMapRef": {"name": "cfg"}}]))
+        NS, job_body("ok", code, env=env, env_from=[{"configMapRef": {"name": "cfg"}}])
+    )
     assert created.metadata.uid and created.metadata.namespace == NS
     status = wait_done(batch, "ok")
     assert status.succeeded == 1 and not status.failed and status.completion_time
@@ -94,8 +109,7 @@ def test_success_logs_env_and_labels(k8s, apis, tmp_path):
     assert k8s.pod_log("ok") == log
 
     # selectors and lookups
-    assert [j.metadata.name for j in batch.list_namespaced_job(
-        NS, label_selector="app=t,case=ok").items] == ["ok"]
+    assert [j.metadata.name for j in batch.list_namespaced_job(NS, label_selector="app=t,case=ok").items] == ["ok"]
     assert batch.list_namespaced_job(NS, label_selector="app=t,case=other").items == []
     assert core.list_namespaced_pod(NS, label_selector="job-name=other").items == []
     assert batch.read_namespaced_job("ok", NS).status.succeeded == 1
@@ -157,8 +171,10 @@ def test_conflict_and_invalid(k8s, apis):
 def test_delete_kills_process(k8s, apis, tmp_path):
     batch, core = apis
     beat = tmp_path / "beat"
-    code = (f"import time, pathlib\nwhile True:\n    pathlib.Path({str(beat)!r}).write_text("
-            "str(time.time()))\n    time.sleep(0.05)")
+    code = (
+        f"import time, pathlib\nwhile True:\n    pathlib.Path({str(beat)!r}).write_text("
+        "str(time.time()))\n    time.sleep(0.05)"
+    )
     batch.create_namespaced_job(NS, job_body("beating", code))
     for _ in range(100):
         if beat.exists():
@@ -247,11 +263,14 @@ def test_dagster_kubernetes_client(k8s):
     try:
         kubernetes.config.load_kube_config(config_file=k8s.kubeconfig_path, context=k8s.context)
         api = DagsterKubernetesClient.production_client()
-        config = DagsterK8sJobConfig(job_image="standin/python:3.11", dagster_home="/nowhere",
-                                     env_secrets=["creds"], env_vars=["EXTRA=1"])
+        config = DagsterK8sJobConfig(
+            job_image="standin/python:3.11", dagster_home="/nowhere", env_secrets=["creds"], env_vars=["EXTRA=1"]
+        )
         job = construct_dagster_k8s_job(
-            config, [sys.executable, "-c", "import os, time; "
-                     "print(os.environ['token'], flush=True); time.sleep(60)"], "dagster-step-x")
+            config,
+            [sys.executable, "-c", "import os, time; print(os.environ['token'], flush=True); time.sleep(60)"],
+            "dagster-step-x",
+        )
         api.create_namespaced_job_with_retries(body=job, namespace=NS)
         assert api.get_pod_names_in_job("dagster-step-x", NS)
         status = api.get_job_status("dagster-step-x", NS)
@@ -269,7 +288,6 @@ def test_dagster_kubernetes_client(k8s):
         assert api.get_job_status("dagster-step-x", NS) is None
         assert api.delete_job("dagster-step-x", NS) is False
         sent = k8s.jobs[0]["spec"]["template"]["spec"]["containers"][0]
-        assert sent["args"][0] == sys.executable and sent["envFrom"] == [
-            {"secretRef": {"name": "creds"}}]
+        assert sent["args"][0] == sys.executable and sent["envFrom"] == [{"secretRef": {"name": "creds"}}]
     finally:
         kubernetes.client.Configuration.set_default(default)

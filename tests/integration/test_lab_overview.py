@@ -1,6 +1,7 @@
 """`cpp-dagster status`: the lab overview against a real imagedb. Each state a
 sub-analysis can be in shows with its reason, progress, failure or result folder, and
 one malformed row never breaks the overview."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ CLI = str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster")
 
 
 def plate(lab, barcode: str, *, finished: bool = True) -> int:
-    return register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02"], sites=[1], finished=finished,
-                          size=64)
+    return register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02"], sites=[1], finished=finished, size=64)
 
 
 def sql(lab, statement: str, params: tuple = ()) -> None:
@@ -36,8 +36,9 @@ def sql(lab, statement: str, params: tuple = ()) -> None:
 
 
 def lines(lab, **query):
-    return overview_lines(lab.db.lab_overview(**query), url_template=load_settings().results_url_template,
-                          nas_root=lab.nas)
+    return overview_lines(
+        lab.db.lab_overview(**query), url_template=load_settings().results_url_template, nas_root=lab.nas
+    )
 
 
 def by_sub(lab, **query) -> dict:
@@ -54,7 +55,9 @@ def test_every_step_waits_while_the_acquisition_is_not_finished(lab):
     first, second = lab.db.submit_analysis(acq, DEMO_ICF_PIPELINE).sub_ids
     shown = by_sub(lab)
     assert [(shown[s].state, shown[s].detail) for s in (first, second)] == [
-        ("waiting", "acquisition not finished"), ("waiting", "acquisition not finished")]
+        ("waiting", "acquisition not finished"),
+        ("waiting", "acquisition not finished"),
+    ]
     assert (shown[first].stage, shown[second].stage) == ("1/2 icf", "2/2 features")
     assert shown[first].pipeline == DEMO_ICF_PIPELINE and shown[first].plate == "IMAGING"
 
@@ -84,9 +87,13 @@ def test_a_failed_dependency_is_named_before_and_after_the_sensor_fails_its_depe
     lab.db.mark_sub_failed(first, "step features_step.run_cellprofiler[batch_0001] failed: exit code 1")
     shown = by_sub(lab)
     assert (shown[first].state, shown[first].detail) == (
-        "failed", "step features_step.run_cellprofiler[batch_0001] failed: exit code 1")
+        "failed",
+        "step features_step.run_cellprofiler[batch_0001] failed: exit code 1",
+    )
     assert (shown[second].state, shown[second].detail) == (
-        "failed", f"not started: it depends on sub-analysis {first}, which failed")
+        "failed",
+        f"not started: it depends on sub-analysis {first}, which failed",
+    )
 
 
 def test_a_finished_step_shows_its_result_folder_and_url(lab, monkeypatch):
@@ -101,8 +108,11 @@ def test_a_finished_step_shows_its_result_folder_and_url(lab, monkeypatch):
     monkeypatch.setenv("CPP_RESULTS_URL_TEMPLATE", "https://files.lab/{path}")
     assert by_sub(lab)[sub].result_url == f"https://files.lab/results/P%201/{acq}/1"
     # an older row holding the absolute folder is shown relative to the NAS
-    sql(lab, "UPDATE image_sub_analyses SET result = jsonb_build_object('job_folder', %s::text)",
-        (str(lab.nas / folder),))
+    sql(
+        lab,
+        "UPDATE image_sub_analyses SET result = jsonb_build_object('job_folder', %s::text)",
+        (str(lab.nas / folder),),
+    )
     assert by_sub(lab)[sub].result_folder == folder
 
 
@@ -110,7 +120,12 @@ def test_a_plate_without_analysis_shows_as_not_run(lab):
     acq = plate(lab, "NEW")
     [line] = lines(lab)
     assert (line.plate, line.plate_acquisition_id, line.pipeline, line.state, line.sub_id) == (
-        "NEW", acq, "-", "not run", None)
+        "NEW",
+        acq,
+        "-",
+        "not run",
+        None,
+    )
 
 
 def test_plate_filter_latest_analysis_and_several_acquisitions_of_one_barcode(lab):
@@ -122,7 +137,9 @@ def test_plate_filter_latest_analysis_and_several_acquisitions_of_one_barcode(la
 
     shown = lines(lab, plate_barcode="TWICE")
     assert [(line.plate, line.sub_id) for line in shown] == [
-        (f"TWICE (acq {first_acq})", latest), (f"TWICE (acq {second_acq})", None)]
+        (f"TWICE (acq {first_acq})", latest),
+        (f"TWICE (acq {second_acq})", None),
+    ]
     assert [line.sub_id for line in lines(lab, plate_barcode="TWICE", all_analyses=True)] == [old, latest, None]
     assert {line.plate_barcode for line in lines(lab)} == {"TWICE", "OTHER"}
     assert lab.db.lab_overview(plate_barcode="NOPE") == []
@@ -133,13 +150,20 @@ def test_malformed_rows_do_not_break_the_overview(lab):
     good = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
     listed = insert_sub_analysis(lab.db, acq, meta='["features"]')
     scalar_deps = insert_sub_analysis(lab.db, acq, meta='{"sub_type": 7}', depends_on='"12"')
-    odd_json = insert_sub_analysis(lab.db, acq, meta='{}')
-    orphan = insert_sub_analysis(lab.db, acq, meta='{}', depends_on=f"[{MISSING_SUB_ID}]")
-    sql(lab, """UPDATE image_sub_analyses SET start = now(), finish = now(), status = '["done"]',
-                       result = '"results/x"' WHERE sub_id = %s""", (odd_json,))
-    sql(lab, """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
+    odd_json = insert_sub_analysis(lab.db, acq, meta="{}")
+    orphan = insert_sub_analysis(lab.db, acq, meta="{}", depends_on=f"[{MISSING_SUB_ID}]")
+    sql(
+        lab,
+        """UPDATE image_sub_analyses SET start = now(), finish = now(), status = '["done"]',
+                       result = '"results/x"' WHERE sub_id = %s""",
+        (odd_json,),
+    )
+    sql(
+        lab,
+        """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
                 VALUES (%s, 'missing-pipeline', now(), now(), '{"message": "not submitted by automation: no"}')""",
-        (acq,))
+        (acq,),
+    )
 
     shown = by_sub(lab, all_analyses=True)
     assert shown[good].detail == "waiting to be launched"
@@ -165,8 +189,7 @@ def test_markdown_table_has_one_row_per_line_with_cells_escaped(lab, monkeypatch
     monkeypatch.setenv("CPP_RESULTS_URL_TEMPLATE", "https://files.lab/{path}")
     table = markdown_table(lines(lab)).splitlines()
     assert table[0] == "| plate | pipeline | stage | sub | state | result | url | detail |"
-    assert table[-1].endswith(
-        "| finished | results/P3/3/3 | [link](https://files.lab/results/P3/3/3) |  |")
+    assert table[-1].endswith("| finished | results/P3/3/3 | [link](https://files.lab/results/P3/3/3) |  |")
 
 
 def test_status_command_prints_the_reasons_and_json(lab):
@@ -190,10 +213,13 @@ def test_status_command_prints_the_reasons_and_json(lab):
     assert as_dicts(lines(lab, plate_barcode="P1")) == rows
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (("--plate", "NOPE"), {}, "cpp-dagster status: no plate acquisition with barcode 'NOPE'"),
-    ((), {"CPP_RESULTS_URL_TEMPLATE": "https://files.lab/"}, "must contain {path}"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (("--plate", "NOPE"), {}, "cpp-dagster status: no plate acquisition with barcode 'NOPE'"),
+        ((), {"CPP_RESULTS_URL_TEMPLATE": "https://files.lab/"}, "must contain {path}"),
+    ],
+)
 def test_status_command_refuses_with_one_line_and_exit_2(lab, monkeypatch, args, env, message):
     plate(lab, "P1")
     for key, value in env.items():
@@ -239,8 +265,11 @@ def test_a_launched_run_waiting_in_the_run_queue_is_named_in_the_ui_overview(lab
     lab.db.submit_analysis(plate(lab, "OV-QUEUE-2"), DEMO_PIPELINE)
     # A run the sensor launched and that has not started (a QUEUED run needs a code
     # location's origin, which a test instance has not: NOT_STARTED, created, not yet queued)
-    run = dagster_instance.add_run(dg.DagsterRun(job_name="feature_tables_job", run_id="0badc0de-" + "0" * 27,
-                                                 tags={"imagedb/sub_id": str(queued_sub)}))
+    run = dagster_instance.add_run(
+        dg.DagsterRun(
+            job_name="feature_tables_job", run_id="0badc0de-" + "0" * 27, tags={"imagedb/sub_id": str(queued_sub)}
+        )
+    )
     assert run.status == dg.DagsterRunStatus.NOT_STARTED
     [observation] = tick(dagster_instance, "lab_overview_sensor").asset_events
     assert detail_of(observation, "OV-QUEUE-1").startswith("launched, queued in Dagster's run queue (run 0badc0de)")

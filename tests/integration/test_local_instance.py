@@ -2,6 +2,7 @@
 cellprofiler pool's limit set first), and a `dagster dev` that does not stop in time
 stopped with all it started; no webserver or daemon is started here. `cpp-dagster dev`
 itself: tests/e2e/test_make_dev_serves_the_asset_graph.py."""
+
 from __future__ import annotations
 
 import os
@@ -35,14 +36,21 @@ def test_a_dagster_dev_that_does_not_stop_in_time_is_stopped_with_everything_it_
     webserver and daemon; every process it started goes with it."""
     from cpp_dagster.local.ui import stop
 
-    proc = subprocess.Popen(["bash", "-c", 'trap "" TERM; sleep 300 & echo $!; wait'], stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", 'trap "" TERM; sleep 300 & echo $!; wait'],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     child = int(proc.stdout.readline())
     started = time.monotonic()
     stop(proc, grace_s=1)
     assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 30
-    assert wait_until("the process it started to be gone", lambda: not os.path.exists(f"/proc/{child}")
-                      or open(f"/proc/{child}/stat").read().split()[2] == "Z", 10)
+    assert wait_until(
+        "the process it started to be gone",
+        lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z",
+        10,
+    )
 
 
 def test_the_cellprofiler_pool_limit_is_set_before_any_run_claims_it(pg_server, tmp_path):
@@ -55,8 +63,18 @@ def test_the_cellprofiler_pool_limit_is_set_before_any_run_claims_it(pg_server, 
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster"))}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+    }
     pin_pool_limits(env)
-    shown = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "dagster"), "instance", "concurrency", "get",
-                            "cellprofiler"], env=env, capture_output=True, text=True, check=True, timeout=300)
+    shown = subprocess.run(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "dagster"), "instance", "concurrency", "get", "cellprofiler"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     assert "cellprofiler" in shown.stdout and "4" in shown.stdout, shown.stdout

@@ -1,6 +1,7 @@
 """`cpp-dagster merge` in a process of its own: the merged tables on stdout, and a broken
 batch table or a missing folder as one readable line with exit code 2. The merge
 itself: tests/unit/test_merge.py and tests/unit/test_merge_never_breaks_a_reader.py."""
+
 from __future__ import annotations
 
 import subprocess

@@ -2,6 +2,7 @@
 --insecure-local, uploads streamed to disk under a size cap, socket timeouts, a bounded
 pool of workers, and names that cannot leave the registry folder. A real server on a
 loopback port, real HTTP clients."""
+
 from __future__ import annotations
 
 import http.client
@@ -45,11 +46,15 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def put(port: int, path: str, body: bytes | io.IOBase = b"model", length: int | None = None,
-        token: str | None = TOKEN) -> tuple[int, dict]:
+def put(
+    port: int, path: str, body: bytes | io.IOBase = b"model", length: int | None = None, token: str | None = TOKEN
+) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Length": str(len(body) if length is None else length), "X-Model-Filename": "model.joblib",
-               "X-Model-Metadata": json.dumps({"workflow": "w"})}
+    headers = {
+        "Content-Length": str(len(body) if length is None else length),
+        "X-Model-Filename": "model.joblib",
+        "X-Model-Metadata": json.dumps({"workflow": "w"}),
+    }
     if token:
         headers["Authorization"] = f"Bearer {token}"
     conn.putrequest("PUT", path, skip_accept_encoding=True)
@@ -70,9 +75,23 @@ def put(port: int, path: str, body: bytes | io.IOBase = b"model", length: int | 
 
 def test_the_server_refuses_to_start_without_a_token_unless_insecure_local(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CPP_MODEL_REGISTRY_TOKEN"}
-    done = subprocess.run([sys.executable, "-m", "cpp_dagster.cli", "train", "registry", "--root",
-                           str(tmp_path / "models"), "--port", "0"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpp_dagster.cli",
+            "train",
+            "registry",
+            "--root",
+            str(tmp_path / "models"),
+            "--port",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "refusing to serve the model registry without a token" in done.stderr
     assert "--insecure-local" in done.stderr
@@ -142,8 +161,10 @@ class _Zeros(io.RawIOBase):
 def test_a_stalled_client_times_out_and_does_not_block_the_others(registry, tmp_path):
     port = registry(timeout_s=1, workers=1).server_port
     stalled = socket.create_connection(("127.0.0.1", port))
-    stalled.sendall(f"PUT /models/w/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    "Content-Length: 1000\r\n\r\n0123456789".encode())
+    stalled.sendall(
+        f"PUT /models/w/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 1000\r\n\r\n0123456789".encode()
+    )
     started = time.monotonic()
     # the only worker is busy with the stalled upload: this request waits for its timeout
     client = HttpModelRegistry(f"http://127.0.0.1:{port}", token=TOKEN, timeout_s=30)
@@ -161,8 +182,10 @@ def test_a_stalled_client_times_out_and_does_not_block_the_others(registry, tmp_
 def test_an_upload_that_trickles_in_is_cut_off(registry, tmp_path):
     port = registry(timeout_s=1).server_port
     trickle = socket.create_connection(("127.0.0.1", port))
-    trickle.sendall(f"PUT /models/w/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    "Content-Length: 1000\r\n\r\n".encode())
+    trickle.sendall(
+        f"PUT /models/w/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 1000\r\n\r\n".encode()
+    )
     started, answer = time.monotonic(), b""
     trickle.settimeout(0.3)
     while not answer and time.monotonic() - started < 20:  # one byte every 0.3 s: never a full stall
@@ -179,8 +202,17 @@ def test_an_upload_that_trickles_in_is_cut_off(registry, tmp_path):
     assert files_under(tmp_path / "models") == []
 
 
-@pytest.mark.parametrize("path", ["/models/../v1", "/models/%2e%2e/v1", "/models/w/..", "/models/w%2F..%2F..%2Fx/v1",
-                                  "/models/%00w/v1", "/models/w/%2Fetc"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/../v1",
+        "/models/%2e%2e/v1",
+        "/models/w/..",
+        "/models/w%2F..%2F..%2Fx/v1",
+        "/models/%00w/v1",
+        "/models/w/%2Fetc",
+    ],
+)
 def test_a_name_that_would_leave_the_registry_gets_400_and_nothing_is_written(registry, tmp_path, path):
     port = registry().server_port
     status, answer = put(port, path)

@@ -2,6 +2,7 @@
 the real sensor and job: refused with a message naming the value, the sub-analysis
 failed in imagedb, and nothing created outside the NAS root (checked on the filesystem,
 before and after). The values themselves: tests/unit/test_paths_stay_under_their_root.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,8 +64,9 @@ def test_an_escaping_barcode_fails_its_sub_analysis_in_imagedb_through_the_real_
     assert run.status == dg.DagsterRunStatus.FAILURE
     sub = lab.db.sub_analysis(bad)
     assert sub.error is not None and sub.status["state"] == "failed"
-    assert sub.status["message"] == ("step features_step.plan_batches failed: plate barcode '../../escaped' "
-                                     "contains a path separator")
+    assert sub.status["message"] == (
+        "step features_step.plan_batches failed: plate barcode '../../escaped' contains a path separator"
+    )
     assert outside_nas(lab.nas) == before and not (tmp_path / "escaped").exists()
     assert lab.db.sub_analysis(good).error is None
 

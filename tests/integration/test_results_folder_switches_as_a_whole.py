@@ -2,6 +2,7 @@
 folder shows the old tables or the new ones, never a mix, and no staging folder is left.
 The merge runs as `cpp-dagster merge` in a process of its own, on enough data to take
 a while."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,7 @@ def write_plate(src: Path, version: int, tables: list[str]) -> None:
         folder.mkdir(parents=True)
         for table in tables:
             n = IMAGES if table == "Image" else IMAGES * OBJECTS_PER_IMAGE
-            columns = {"ImageNumber": np.repeat(np.arange(1, IMAGES + 1), n // IMAGES),
-                       "Version": np.full(n, version)}
+            columns = {"ImageNumber": np.repeat(np.arange(1, IMAGES + 1), n // IMAGES), "Version": np.full(n, version)}
             if table != "Image":
                 columns["ObjectNumber"] = np.tile(np.arange(1, OBJECTS_PER_IMAGE + 1), IMAGES)
             for f in range(FEATURES):
@@ -69,8 +69,9 @@ class Watcher(threading.Thread):
 
 
 def merge_process(src: Path, dest: Path) -> subprocess.Popen:
-    return subprocess.Popen([CLI, "merge", str(src), str(dest)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=os.environ)
+    return subprocess.Popen(
+        [CLI, "merge", str(src), str(dest)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ
+    )
 
 
 def test_a_merge_killed_mid_write_then_rerun_never_shows_a_mix(tmp_path):
@@ -87,8 +88,7 @@ def test_a_merge_killed_mid_write_then_rerun_never_shows_a_mix(tmp_path):
     try:
         merging = merge_process(new_src, dest)
         deadline = time.monotonic() + 120
-        while not any(p.suffix == ".parquet" and p.stat().st_size > 0
-                      for p in versions_dir(dest).glob("staging-*/*")):
+        while not any(p.suffix == ".parquet" and p.stat().st_size > 0 for p in versions_dir(dest).glob("staging-*/*")):
             assert merging.poll() is None, "the merge ended before it could be killed mid-write"
             assert time.monotonic() < deadline
             time.sleep(0.01)

@@ -1,6 +1,7 @@
 """`cpp-dagster settings`, the command in a process of its own: docs/operations.md's table
 is what it prints, every bad value is listed at once with exit code 2, and secrets never
 reach the terminal. The Settings themselves: tests/unit/test_settings.py."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def readme_settings_table() -> str:
 def test_readme_configuration_table_is_what_cpp_dagster_settings_prints():
     printed = cli("settings", "--markdown")
     assert printed.returncode == 0, printed.stderr
-    assert readme_settings_table() == printed.stdout.rstrip("\n"), \
+    assert readme_settings_table() == printed.stdout.rstrip("\n"), (
         "docs/operations.md's configuration table is stale: paste `cpp-dagster settings --markdown` between its markers"
+    )
     variables = [s.variable for s in specs()]
     assert len(variables) == len(set(variables))
     for spec in specs():  # every row: the variable, its meaning and its default
@@ -44,20 +46,25 @@ def test_every_bad_value_is_listed_at_once_and_the_command_exits_2():
         Settings.from_env(bad)
     assert sorted(str(refused.value).splitlines()) == [
         "CPP_MODEL_REGISTRY_MAX_UPLOAD_MB='big': expected a positive number",
-        "CPP_SENSOR_INTERVAL_S='soon': expected a positive whole number"]
+        "CPP_SENSOR_INTERVAL_S='soon': expected a positive whole number",
+    ]
     done = cli("settings", env=bad)
     assert done.returncode == 2 and done.stdout == ""
     assert sorted(done.stderr.splitlines()) == [
         "cpp-dagster settings: CPP_MODEL_REGISTRY_MAX_UPLOAD_MB='big': expected a positive number",
-        "cpp-dagster settings: CPP_SENSOR_INTERVAL_S='soon': expected a positive whole number"]
+        "cpp-dagster settings: CPP_SENSOR_INTERVAL_S='soon': expected a positive whole number",
+    ]
 
 
 def test_passwords_and_tokens_never_appear_in_a_repr_or_the_terminal(tmp_path):
-    env = {"CPP_IMAGEDB_URL": "postgresql://cpp:imagedb-pw@db.lab:5432/imagedb",
-           "CPP_TRAINING_DB_URL": "postgresql://cpp:training-pw@db.lab/training",
-           "CPP_DATABASE_CHEMBL_URL": "postgresql://reader:chembl-pw@chembl.lab/chembl",
-           "CPP_MODEL_REGISTRY_URL": "https://bot:registry-pw@models.lab", "CPP_MODEL_REGISTRY_TOKEN": "tok-123",
-           "CPP_NAS_ROOT": str(tmp_path / "nas")}
+    env = {
+        "CPP_IMAGEDB_URL": "postgresql://cpp:imagedb-pw@db.lab:5432/imagedb",
+        "CPP_TRAINING_DB_URL": "postgresql://cpp:training-pw@db.lab/training",
+        "CPP_DATABASE_CHEMBL_URL": "postgresql://reader:chembl-pw@chembl.lab/chembl",
+        "CPP_MODEL_REGISTRY_URL": "https://bot:registry-pw@models.lab",
+        "CPP_MODEL_REGISTRY_TOKEN": "tok-123",
+        "CPP_NAS_ROOT": str(tmp_path / "nas"),
+    }
     settings = Settings.from_env(env)
     assert settings.imagedb_url == env["CPP_IMAGEDB_URL"] and settings.registry.token == "tok-123"
     shown = cli("settings", env=env)

@@ -2,6 +2,7 @@
 run log the lab reads; batches reporting at the same moment are all counted. Real
 imagedb, a real Dagster run. A stale run through real CellProfiler runs and sensors:
 tests/e2e/test_no_stale_run_overwrites_a_new_one.py."""
+
 from __future__ import annotations
 
 import dagster as dg

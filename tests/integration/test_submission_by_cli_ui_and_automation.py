@@ -1,6 +1,7 @@
 """Submitting analyses (CLI, a Materialize in the Dagster UI, automation rules) creates the
 same imagedb rows, with clear errors; real imagedb and real Dagster runs. Re-running:
 tests/e2e/test_rerun_reruns_only_the_failed_batch.py."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ def rows_of(db, analysis_id: int) -> list[tuple]:
     subs = db.sub_analyses_of(analysis_id)
     chain = [[subs.index(next(s for s in subs if s.sub_id == d)) for d in sub.depends_on_sub_id] for sub in subs]
     return [(analysis["pipeline_name"], analysis["meta"], analysis["priority"])] + [
-        (sub.meta, sub.priority, links) for sub, links in zip(subs, chain)]
+        (sub.meta, sub.priority, links) for sub, links in zip(subs, chain)
+    ]
 
 
 def test_cli_ui_and_automation_submissions_create_the_same_rows(lab, dagster_instance):
@@ -38,14 +40,21 @@ def test_cli_ui_and_automation_submissions_create_the_same_rows(lab, dagster_ins
     by_ui = lab.db.analysis_of_run(ui.run_id)
     assert by_ui is not None and ui.tags["imagedb/analysis_id"] == str(by_ui)
     assert dagster_instance.get_latest_materialization_event(dg.AssetKey("feature_tables")) is None  # it waits
-    cli = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE],
-                         env=os.environ, capture_output=True, text=True, check=True)
+    cli = subprocess.run(
+        [CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     by_cli = json.loads(cli.stdout)["analysis_id"]
 
     lab.db.finish_plate_acquisition(acq)
     with psycopg2.connect(lab.db.url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO image_analyses_automation (project, pipeline_name, channel_map) VALUES ('demo', %s, 1)",
-                    (DEMO_PIPELINE,))
+        cur.execute(
+            "INSERT INTO image_analyses_automation (project, pipeline_name, channel_map) VALUES ('demo', %s, 1)",
+            (DEMO_PIPELINE,),
+        )
     automation = tick(dagster_instance, "automation_rules")
     assert len(automation.asset_events) == 1
     assert tick(dagster_instance, "automation_rules").asset_events == []  # once per acquisition
@@ -57,13 +66,36 @@ def test_cli_ui_and_automation_submissions_create_the_same_rows(lab, dagster_ins
 
 def test_cli_submission_options_and_clear_errors(lab):
     acq = register_plate(lab.db, lab.settings, barcode="OPTIONS", wells=["B02", "B03"], sites=[1, 2], seed=3)
-    out = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE,
-                          "--wells", "B03", "--sites", "2", "--cp-version", "5.0.0.dev784", "--priority", "1"],
-                         env=os.environ, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            CLI,
+            "submit",
+            "--plate-acquisition",
+            str(acq),
+            "--pipeline",
+            DEMO_PIPELINE,
+            "--wells",
+            "B03",
+            "--sites",
+            "2",
+            "--cp-version",
+            "5.0.0.dev784",
+            "--priority",
+            "1",
+        ],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     sub = lab.db.sub_analysis(json.loads(out.stdout)["sub_analysis_ids"][0])
     assert (sub.meta["well_filter"], sub.meta["site_filter"], sub.priority) == (["B03"], [2], 1)
-    bad = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", "no-such-pipeline"],
-                         env=os.environ, capture_output=True, text=True)
+    bad = subprocess.run(
+        [CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", "no-such-pipeline"],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "no analysis pipeline named 'no-such-pipeline'" in bad.stderr
 
 
@@ -78,12 +110,20 @@ def test_a_priority_that_is_not_a_whole_number_from_1_to_9_is_a_clear_submission
     lab.db.put_pipeline("worded-priority", meta)
     range_text = "'priority' must be a whole number from 1 to 9, in 1 = high, 9 = low"
 
-    out_of_range = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE,
-                                   "--priority", "42"], env=os.environ, capture_output=True, text=True)
+    out_of_range = subprocess.run(
+        [CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", DEMO_PIPELINE, "--priority", "42"],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+    )
     assert out_of_range.returncode == 2
     assert f"the submission's priority: {range_text}; got 42" in out_of_range.stderr
-    worded = subprocess.run([CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", "worded-priority"],
-                            env=os.environ, capture_output=True, text=True)
+    worded = subprocess.run(
+        [CLI, "submit", "--plate-acquisition", str(acq), "--pipeline", "worded-priority"],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+    )
     assert worded.returncode == 2 and "Traceback" not in worded.stderr
     assert f"pipeline 'worded-priority': {range_text}; got 'high'" in worded.stderr
 

@@ -1,6 +1,7 @@
 """The synthetic plate (the demo's and the tests') writes 16-bit LZW TIFFs by default, of
 any dyes and size, registered in a real imagedb; uncompressed on request, with the same
 pixels. CellProfiler reading them: tests/e2e/test_microscope_tiff_formats.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,10 +15,17 @@ from cpp_dagster.demo.register import register_plate
 
 
 def test_synthetic_plate_writes_lzw_tiffs_of_any_dyes_and_size_by_default(db, settings):
-    jump = ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito", "OrigBrightfield", "OrigBrightfield_L",
-            "OrigBrightfield_H"]
-    acq = register_plate(db, settings, barcode="LZW", wells=["B02"], sites=[1], dyes=jump, channel_map_id=8,
-                         size=120)
+    jump = [
+        "OrigDNA",
+        "OrigER",
+        "OrigRNA",
+        "OrigAGP",
+        "OrigMito",
+        "OrigBrightfield",
+        "OrigBrightfield_L",
+        "OrigBrightfield_H",
+    ]
+    acq = register_plate(db, settings, barcode="LZW", wells=["B02"], sites=[1], dyes=jump, channel_map_id=8, size=120)
     assert db.channel_map(8) == {i + 1: dye for i, dye in enumerate(jump)}
     files = sorted(Path(im.path) for im in db.images(acq))
     assert len(files) == 8
@@ -25,8 +33,9 @@ def test_synthetic_plate_writes_lzw_tiffs_of_any_dyes_and_size_by_default(db, se
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             assert (page.compression, page.dtype, page.shape) == (tifffile.COMPRESSION.LZW, np.uint16, (120, 120))
-    uncompressed = synthetic_plate.write_plate(settings.nas_root / "plain", "PLAIN", ["B02"], [1], seed=1,
-                                               size=120, dyes=jump, compression="none")
+    uncompressed = synthetic_plate.write_plate(
+        settings.nas_root / "plain", "PLAIN", ["B02"], [1], seed=1, size=120, dyes=jump, compression="none"
+    )
     for record in uncompressed:
         with tifffile.TiffFile(record["path"]) as tif:
             assert tif.pages[0].compression == tifffile.COMPRESSION.NONE

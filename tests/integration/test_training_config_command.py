@@ -1,6 +1,7 @@
 """`cpp-dagster train add` and `train list`, in a process of their own against a real
 training store: a bad file is refused with exit code 2, a good one stored once. The
 configurations themselves: tests/unit/test_training_configuration_and_pods.py."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ def test_cli_add_refuses_a_bad_file_and_stores_a_version_once(pg_server, tmp_pat
     good = tmp_path / "good.json"
     good.write_text(json.dumps(EXAMPLE))
     first = subprocess.run([*cli, "add", str(good)], env=env, capture_output=True, text=True, timeout=120, check=True)
-    again = subprocess.run([*cli, "add", str(good), "--added-by", "ada"], env=env, capture_output=True, text=True,
-                           timeout=120, check=True)
+    again = subprocess.run(
+        [*cli, "add", str(good), "--added-by", "ada"], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     assert json.loads(first.stdout)["new_version"] is True and json.loads(again.stdout)["new_version"] is False
     listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert [json.loads(line)["partition_key"] for line in listed.stdout.splitlines()] == [json.loads(first.stdout)["partition_key"]]
+    assert [json.loads(line)["partition_key"] for line in listed.stdout.splitlines()] == [
+        json.loads(first.stdout)["partition_key"]
+    ]

@@ -2,6 +2,7 @@
 against the real embedded PostgreSQL and the real `compounds` table (the public set).
 A configuration holding more than one statement is refused before it is stored:
 tests/unit/test_training_configuration_and_pods.py."""
+
 from __future__ import annotations
 
 import psycopg2
@@ -38,12 +39,17 @@ def test_commit_inside_the_query_text_is_refused_and_deletes_nothing(compounds):
     assert count(compounds) == ROWS
 
 
-@pytest.mark.parametrize(("query", "refusal"), [
-    ("DELETE FROM compounds", "cannot execute DELETE in a read-only transaction"),
-    # a SELECT is read through a server-side cursor, which PostgreSQL refuses for this too
-    ("WITH d AS (DELETE FROM compounds RETURNING smiles, solubility AS label) SELECT * FROM d",
-     "must not contain data-modifying statements"),
-])
+@pytest.mark.parametrize(
+    ("query", "refusal"),
+    [
+        ("DELETE FROM compounds", "cannot execute DELETE in a read-only transaction"),
+        # a SELECT is read through a server-side cursor, which PostgreSQL refuses for this too
+        (
+            "WITH d AS (DELETE FROM compounds RETURNING smiles, solubility AS label) SELECT * FROM d",
+            "must not contain data-modifying statements",
+        ),
+    ],
+)
 def test_a_query_that_would_write_is_refused_by_postgresql_and_deletes_nothing(compounds, query, refusal):
     with pytest.raises(CompoundDatabaseError, match="the query failed on 'compounds'") as refused:
         run_query("compounds", query, load_settings().training)
@@ -52,8 +58,10 @@ def test_a_query_that_would_write_is_refused_by_postgresql_and_deletes_nothing(c
 
 
 def test_semicolons_in_strings_comments_and_dollar_quotes_are_one_statement(compounds):
-    query = ("SELECT smiles, solubility AS label, ';' AS a, $q$; DELETE FROM compounds $q$ AS b "
-             "FROM compounds /* ; */ WHERE id <= 3; -- a trailing comment; still one statement")
+    query = (
+        "SELECT smiles, solubility AS label, ';' AS a, $q$; DELETE FROM compounds $q$ AS b "
+        "FROM compounds /* ; */ WHERE id <= 3; -- a trailing comment; still one statement"
+    )
     result = run_query("compounds", query, load_settings().training)
     assert len(result.frame) == 3 and result.frame["a"].tolist() == [";"] * 3
     assert count(compounds) == ROWS
@@ -63,17 +71,29 @@ def test_more_rows_than_the_cap_fail_with_a_readable_message(compounds):
     query = "SELECT smiles, solubility AS label FROM compounds"
     with pytest.raises(CompoundDatabaseError, match="more than 1,000 rows .* CPP_TRAINING_QUERY_MAX_ROWS"):
         run_query("compounds", query, load_settings().training, limits=TrainingQueryLimits(timeout_s=60, max_rows=1000))
-    assert len(run_query("compounds", query, load_settings().training, limits=TrainingQueryLimits(timeout_s=60, max_rows=ROWS)).frame) == ROWS
+    assert (
+        len(
+            run_query(
+                "compounds", query, load_settings().training, limits=TrainingQueryLimits(timeout_s=60, max_rows=ROWS)
+            ).frame
+        )
+        == ROWS
+    )
 
 
 def test_a_query_over_the_statement_timeout_is_cancelled(compounds, monkeypatch):
     monkeypatch.setenv("CPP_TRAINING_QUERY_TIMEOUT_S", "0.5")
     with pytest.raises(CompoundDatabaseError, match=r"longer than 0.5 s .*CPP_TRAINING_QUERY_TIMEOUT_S"):
-        run_query("compounds", "SELECT smiles, solubility AS label FROM compounds, pg_sleep(5) LIMIT 1", load_settings().training)
+        run_query(
+            "compounds",
+            "SELECT smiles, solubility AS label FROM compounds, pg_sleep(5) LIMIT 1",
+            load_settings().training,
+        )
 
 
 def test_a_stored_version_whose_query_escapes_its_transaction_fails_its_run_and_deletes_nothing(
-        pg_server, compounds, dagster_instance, tmp_path, monkeypatch):
+    pg_server, compounds, dagster_instance, tmp_path, monkeypatch
+):
     """A version already in the store (written before this check, or by hand) whose query
     holds `COMMIT; DELETE`: its training run fails with the reason, the compounds table
     is whole, and no model is published."""
@@ -89,16 +109,27 @@ def test_a_stored_version_whose_query_escapes_its_transaction_fails_its_run_and_
         monkeypatch.setenv(key, value)
     for key in ("CPP_WORK_ROOT", "CPP_MODEL_REGISTRY_URL", "CPP_MODEL_REGISTRY_DIR", "CPP_TRAINING_ENGINE"):
         monkeypatch.delenv(key, raising=False)
-    config = {"workflow": "poison", "database": "compounds", "splits": 1, "model": {"predictor": "ACP_Regression"},
-              "query": "SELECT 1; COMMIT; DELETE FROM compounds"}
+    config = {
+        "workflow": "poison",
+        "database": "compounds",
+        "splits": 1,
+        "model": {"predictor": "ACP_Regression"},
+        "query": "SELECT 1; COMMIT; DELETE FROM compounds",
+    }
     key = "poison-0123456789ab"
     with psycopg2.connect(store_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO training_config_versions (version, partition_key, workflow, config) "
-                    "VALUES (%s, %s, %s, %s)", ("0123456789ab" + "0" * 52, key, "poison", psycopg2.extras.Json(config)))
+        cur.execute(
+            "INSERT INTO training_config_versions (version, partition_key, workflow, config) VALUES (%s, %s, %s, %s)",
+            ("0123456789ab" + "0" * 52, key, "poison", psycopg2.extras.Json(config)),
+        )
     conn.close()
     dagster_instance.add_dynamic_partitions("training_config_version", [key])
-    with dg.execute_job(dg.reconstructable(training_job_def), instance=dagster_instance, raise_on_error=False,
-                        tags={"dagster/partition": key}) as result:
+    with dg.execute_job(
+        dg.reconstructable(training_job_def),
+        instance=dagster_instance,
+        raise_on_error=False,
+        tags={"dagster/partition": key},
+    ) as result:
         run = dagster_instance.get_run_by_id(result.run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE
     messages = []

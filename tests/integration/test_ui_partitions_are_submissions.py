@@ -3,6 +3,7 @@ batch runs: each plate key leads back to its acquisition, a Materialize of a pla
 pipeline partition submits the pipeline (a plate still being imaged waits, a selection
 that leaves out a step is refused, on Kubernetes it only submits). Running the steps:
 tests/e2e/test_ui_partitions_and_honest_status.py."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -56,7 +57,8 @@ def test_a_plate_still_being_imaged_is_submitted_and_waits(lab, dagster_instance
 
 
 def test_on_kubernetes_a_ui_run_only_submits_and_the_sensor_runs_each_step_with_its_pod_settings(
-        lab, dagster_instance, monkeypatch):
+    lab, dagster_instance, monkeypatch
+):
     """CPP_UI_RUNS=submit (the default with CPP_EXECUTOR=k8s): a Materialize submits the
     pipeline and runs no batch itself; the sensor then launches each sub-analysis as a run
     of its own (the runs that carry a cp_version's image and a step's resources)."""

@@ -1,6 +1,7 @@
 """`cpp-dagster gc`: the work area of sub-analyses that finished longer ago than the
 retention is freed, and a running, submitted or failed sub-analysis's is never touched;
 with real imagedb rows in the embedded PostgreSQL."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,13 @@ PIPELINE = {"sub_analyses": [{"type": "cellprofiler", "pipeline_file": "demo/dem
 def age(db, sub_id: int, column: str, days: float) -> None:
     """Move a sub-analysis's finish or error time `days` into the past."""
     with psycopg2.connect(db.url) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("UPDATE image_sub_analyses SET {0} = {0} - make_interval(secs => %s), "
-                            "start = start - make_interval(secs => %s) WHERE sub_id = %s").format(
-                                sql.Identifier(column)), (days * 86400, days * 86400, sub_id))
+        cur.execute(
+            sql.SQL(
+                "UPDATE image_sub_analyses SET {0} = {0} - make_interval(secs => %s), "
+                "start = start - make_interval(secs => %s) WHERE sub_id = %s"
+            ).format(sql.Identifier(column)),
+            (days * 86400, days * 86400, sub_id),
+        )
 
 
 def batch_folders(settings, sub_id: int, generation: int = 0, size: int = 3000) -> Path:
@@ -111,8 +116,10 @@ def test_a_rerun_keeps_the_work_area_until_the_rerun_has_finished_and_aged(gc_la
     gc_lab.db.mark_sub_started(sub_id, batches=1, image_sets=1, stamp=RunStamp(generation=1))
     g1 = batch_folders(gc_lab.settings, sub_id, generation=1)
     (g1 / "tables" / "Image.arrow").unlink()
-    os.link(gc_lab.settings.work_root / f"sub_{sub_id}" / "g0" / "batch_0000" / "tables" / "Image.arrow",
-            g1 / "tables" / "Image.arrow")  # a reused batch's Parquet is a link to g0's
+    os.link(
+        gc_lab.settings.work_root / f"sub_{sub_id}" / "g0" / "batch_0000" / "tables" / "Image.arrow",
+        g1 / "tables" / "Image.arrow",
+    )  # a reused batch's Parquet is a link to g0's
     assert collect(gc_lab, days=0)[sub_id].reason == "running: its batches are in use"
     gc_lab.db.mark_sub_finished(sub_id, {"file_list": []}, RunStamp(generation=1))
     age(gc_lab.db, sub_id, "finish", 8)
@@ -145,11 +152,13 @@ def test_gc_command_prints_what_it_freed_and_a_dry_run_removes_nothing(gc_lab):
 
 
 def test_a_retention_that_is_not_a_number_of_days_is_one_clear_line(gc_lab):
-    bad = subprocess.run([CLI, "gc"], env={**os.environ, "CPP_WORK_RETENTION_DAYS": "a week"},
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [CLI, "gc"], env={**os.environ, "CPP_WORK_RETENTION_DAYS": "a week"}, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip() == ("cpp-dagster gc: CPP_WORK_RETENTION_DAYS='a week': expected a number of days, "
-                                  "0 or more (e.g. 7 or 0.5)")
+    assert bad.stderr.strip() == (
+        "cpp-dagster gc: CPP_WORK_RETENTION_DAYS='a week': expected a number of days, 0 or more (e.g. 7 or 0.5)"
+    )
     assert Settings.from_env({}).work_retention_days == 7.0
     assert Settings.from_env({"CPP_WORK_RETENTION_DAYS": "0.5"}).work_retention_days == 0.5
 

@@ -1,5 +1,6 @@
 """An analysis run once as the daemon would, and its failure checked in imagedb and
 Dagster: for the tests that every failure reaches imagedb."""
+
 from __future__ import annotations
 
 import dagster as dg

@@ -8,6 +8,7 @@ in $CPSIGN_STANDIN_FAIL_SPLITS. It trains nothing.
 `predict` writes prediction intervals for the rows of the predict file: the first
 $CPSIGN_STANDIN_COVERAGE share of them (default 0.9) contain the row's label, the rest
 miss it, so a test chooses the coverage the validity check sees."""
+
 import json
 import os
 import sys
@@ -17,14 +18,19 @@ args = sys.argv[1:]
 with open(os.environ["CPSIGN_STANDIN_LOG"], "a") as log:
     log.write(json.dumps(args) + "\n")
 program = args[0]
-if os.environ.get("CPSIGN_STANDIN_LICENSE") and args[args.index("--license") + 1] != os.environ["CPSIGN_STANDIN_LICENSE"]:
+if (
+    os.environ.get("CPSIGN_STANDIN_LICENSE")
+    and args[args.index("--license") + 1] != os.environ["CPSIGN_STANDIN_LICENSE"]
+):
     sys.exit("standin: wrong or missing --license")
 if program == "train":
     splits = args[args.index("--splits") + 1].split(",")
     failing = set(filter(None, os.environ.get("CPSIGN_STANDIN_FAIL_SPLITS", "").split(",")))
     if failing & set(splits):
-        print(f"ERROR: training of split(s) {','.join(sorted(failing & set(splits)))} failed: "
-              "LIBLINEAR did not converge", file=sys.stderr)
+        print(
+            f"ERROR: training of split(s) {','.join(sorted(failing & set(splits)))} failed: LIBLINEAR did not converge",
+            file=sys.stderr,
+        )
         sys.exit(3)
 if program == "predict":
     import csv

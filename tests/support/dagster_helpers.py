@@ -1,4 +1,5 @@
 """Driving the real definitions the way the daemon does, for tests."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,9 @@ def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"
     sensor = defs.get_repository_def().get_sensor_def(sensor_name)
     # As a context manager: the instance it opens from the ref is closed (and unset as the
     # current one) when the tick is done.
-    with dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources,
-                                 cursor=cursor) as context:
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources, cursor=cursor
+    ) as context:
         data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -24,8 +26,12 @@ def tick(instance: dg.DagsterInstance, sensor_name: str = "pending_sub_analyses"
 
 def run_request_tags(request: dg.RunRequest, sensor_name: str = "pending_sub_analyses") -> dict[str, str]:
     """The tags the daemon puts on a run it launches for a sensor's request."""
-    return {**request.tags, "dagster/partition": request.partition_key, "dagster/run_key": request.run_key,
-            "dagster/sensor_name": sensor_name}
+    return {
+        **request.tags,
+        "dagster/partition": request.partition_key,
+        "dagster/run_key": request.run_key,
+        "dagster/sensor_name": sensor_name,
+    }
 
 
 def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
@@ -34,13 +40,20 @@ def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRu
     from cpp_dagster.definitions import analysis_job_def
 
     assert request.partition_key is not None
-    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance, tags=run_request_tags(request),
-                        asset_selection=list(request.asset_selection or []), raise_on_error=False) as result:
+    with dg.execute_job(
+        dg.reconstructable(analysis_job_def),
+        instance=instance,
+        tags=run_request_tags(request),
+        asset_selection=list(request.asset_selection or []),
+        raise_on_error=False,
+    ) as result:
         return instance.get_run_by_id(result.run_id)
 
 
-ANALYSIS_ASSETS = [dg.AssetKey(k) for k in ("illumination_functions", "image_qc", "feature_tables",
-                                             "single_cell_table", "well_profiles")]
+ANALYSIS_ASSETS = [
+    dg.AssetKey(k)
+    for k in ("illumination_functions", "image_qc", "feature_tables", "single_cell_table", "well_profiles")
+]
 
 
 def launch_from_ui(instance: dg.DagsterInstance, pipeline: str, plate: str, assets=None) -> dg.DagsterRun:
@@ -48,9 +61,13 @@ def launch_from_ui(instance: dg.DagsterInstance, pipeline: str, plate: str, asse
     tags, every step asset of the analysis selected unless `assets` says otherwise."""
     from cpp_dagster.definitions import analysis_job_def
 
-    with dg.execute_job(dg.reconstructable(analysis_job_def), instance=instance,
-                        tags={"dagster/partition": f"{pipeline}|{plate}"},
-                        asset_selection=list(assets or ANALYSIS_ASSETS), raise_on_error=False) as result:
+    with dg.execute_job(
+        dg.reconstructable(analysis_job_def),
+        instance=instance,
+        tags={"dagster/partition": f"{pipeline}|{plate}"},
+        asset_selection=list(assets or ANALYSIS_ASSETS),
+        raise_on_error=False,
+    ) as result:
         return instance.get_run_by_id(result.run_id)
 
 

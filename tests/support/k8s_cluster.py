@@ -1,6 +1,7 @@
 """A local "cluster" for the end-to-end Kubernetes tests: the stand-in of the Kubernetes
 API (k8s_standin.py) and a Dagster instance whose run launcher is the real
 K8sRunLauncher talking to it; launching a job as the UI would, and waiting for its run."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ BIN = Path(sys.executable).parent
 
 
 @contextmanager
-def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: dict[str, dict[str, str]],
-                    launcher_secrets: tuple[str, ...] = ()):
+def standin_cluster(
+    pg_server,
+    tmp_path,
+    monkeypatch,
+    nas_root: Path,
+    secrets: dict[str, dict[str, str]],
+    launcher_secrets: tuple[str, ...] = (),
+):
     """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher. The
     cluster holds `secrets` (name -> env); the run launcher passes `launcher_secrets` to
     every pod (none, as in the Helm values), and each step pod's own layer adds the
@@ -46,8 +53,9 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
     home = tmp_path / "dagster_home"
     home.mkdir()
     base_env = {"PATH": f"{BIN}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
-    with KubeStandIn(base_env=base_env, secrets=secrets, cwd=PROJECT_ROOT, namespace=NAMESPACE,
-                     workdir=tmp_path / "standin") as k8s:
+    with KubeStandIn(
+        base_env=base_env, secrets=secrets, cwd=PROJECT_ROOT, namespace=NAMESPACE, workdir=tmp_path / "standin"
+    ) as k8s:
         env_vars = {
             "CPP_EXECUTOR": "k8s",
             "CPP_K8S_CONFIG": str(pods_file),
@@ -56,33 +64,63 @@ def standin_cluster(pg_server, tmp_path, monkeypatch, nas_root: Path, secrets: d
             "CPP_BATCH_RETRY_DELAY_S": "1",
             "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
         }
-        (home / "dagster.yaml").write_text(yaml.safe_dump({
-            "storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}},
-            "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "DefaultRunCoordinator"},
-            "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": {
-                "service_account_name": "cpp-dagster", "instance_config_map": "dagster-instance",
-                "dagster_home": str(home), "job_image": IMAGE, "job_namespace": NAMESPACE,
-                "load_incluster_config": False, "kubeconfig_file": k8s.kubeconfig_path,
-                "env_secrets": [name for name in launcher_secrets if name in secrets],
-                "env_vars": [f"{k}={v}" for k, v in env_vars.items()]}},
-            "concurrency": {"pools": {"default_limit": 4}},
-            "telemetry": {"enabled": False},
-        }))
+        (home / "dagster.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}},
+                    "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "DefaultRunCoordinator"},
+                    "run_launcher": {
+                        "module": "dagster_k8s",
+                        "class": "K8sRunLauncher",
+                        "config": {
+                            "service_account_name": "cpp-dagster",
+                            "instance_config_map": "dagster-instance",
+                            "dagster_home": str(home),
+                            "job_image": IMAGE,
+                            "job_namespace": NAMESPACE,
+                            "load_incluster_config": False,
+                            "kubeconfig_file": k8s.kubeconfig_path,
+                            "env_secrets": [name for name in launcher_secrets if name in secrets],
+                            "env_vars": [f"{k}={v}" for k, v in env_vars.items()],
+                        },
+                    },
+                    "concurrency": {"pools": {"default_limit": 4}},
+                    "telemetry": {"enabled": False},
+                }
+            )
+        )
         for key, value in {**env_vars, "DAGSTER_HOME": str(home)}.items():
             monkeypatch.setenv(key, value)
         with dg.DagsterInstance.get() as instance:  # from DAGSTER_HOME, as every pod's process does
             yield k8s, instance
 
 
-def launch(instance, key: str, job: str = "analysis_job", run_config: dict | None = None,
-           tags: dict[str, str] | None = None) -> None:
+def launch(
+    instance, key: str, job: str = "analysis_job", run_config: dict | None = None, tags: dict[str, str] | None = None
+) -> None:
     """`dagster job launch`: the run is created from the code location and handed to the
     instance's run launcher (K8sRunLauncher), as a launch from the UI (no run config) or
     by the daemon for a sensor's request (its run config and tags) would be."""
-    subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                    "-j", job, "--tags", json.dumps({**(tags or {}), "dagster/partition": key}),
-                    "--config-json", json.dumps(run_config or {})],
-                   check=True, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "job",
+            "launch",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-j",
+            job,
+            "--tags",
+            json.dumps({**(tags or {}), "dagster/partition": key}),
+            "--config-json",
+            json.dumps(run_config or {}),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
 
 
 def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.DagsterRun:
@@ -112,11 +150,17 @@ def step_job(layer: dict, op: str, launcher_secrets: tuple[str, ...] = ()) -> di
     from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 
     job = construct_dagster_k8s_job(
-        job_config=DagsterK8sJobConfig(job_image="registry.example.org/cpp-dagster:default", dagster_home="/opt/dagster",
-                                       env_secrets=list(launcher_secrets)),
-        args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{op.replace('_', '-')}",
-        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer), component="step_worker",
-        labels={"dagster/op": op})
+        job_config=DagsterK8sJobConfig(
+            job_image="registry.example.org/cpp-dagster:default",
+            dagster_home="/opt/dagster",
+            env_secrets=list(launcher_secrets),
+        ),
+        args=["dagster", "api", "execute_step"],
+        job_name=f"dagster-step-{op.replace('_', '-')}",
+        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer),
+        component="step_worker",
+        labels={"dagster/op": op},
+    )
     return kubernetes.client.ApiClient().sanitize_for_serialization(job)
 
 

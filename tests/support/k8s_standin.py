@@ -43,6 +43,7 @@ This module holds the API side: the HTTP server, the kubeconfig, request routing
 admission (validation), list selectors.  The Jobs, their Pods and the processes that
 run them are kept by `JobController` in k8s_standin_jobs.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,14 +71,23 @@ def _selector(text: str | None) -> list[tuple[str, str, str | None]]:
         if "(" in term or " " in term:
             raise ApiError(400, "BadRequest", f"set-based selector not modelled: {text}")
         m = re.fullmatch(r"([^=!]+)(==|=|!=)(.*)", term)
-        terms.append(("!=" if m[2] == "!=" else "=", m[1], m[3]) if m else
-                     ("!", term[1:], None) if term.startswith("!") else ("has", term, None))
+        terms.append(
+            ("!=" if m[2] == "!=" else "=", m[1], m[3])
+            if m
+            else ("!", term[1:], None)
+            if term.startswith("!")
+            else ("has", term, None)
+        )
     return terms
 
 
 def _matches(terms, values: dict) -> bool:
-    ops = {"=": lambda v, w: v == w, "!=": lambda v, w: v != w,
-           "has": lambda v, w: v is not None, "!": lambda v, w: v is None}
+    ops = {
+        "=": lambda v, w: v == w,
+        "!=": lambda v, w: v != w,
+        "has": lambda v, w: v is not None,
+        "!": lambda v, w: v is None,
+    }
     return all(ops[op](values.get(key), want) for op, key, want in terms)
 
 
@@ -86,12 +96,20 @@ def _list(kind: str, objs: list[dict], query: dict) -> dict:
     known = ("metadata.name", "metadata.namespace", "status.phase")
     if any(k not in known for _, k, _ in fields):
         raise ApiError(400, "BadRequest", f"field selector not modelled: {fields}")
-    items = [o for o in objs if _matches(labels, o["metadata"]["labels"]) and _matches(
-        fields, {"metadata.name": o["metadata"]["name"],
-                 "metadata.namespace": o["metadata"]["namespace"],
-                 "status.phase": o["status"].get("phase")})]
-    return {"kind": kind, "apiVersion": "v1" if kind == "PodList" else "batch/v1",
-            "metadata": {}, "items": items}
+    items = [
+        o
+        for o in objs
+        if _matches(labels, o["metadata"]["labels"])
+        and _matches(
+            fields,
+            {
+                "metadata.name": o["metadata"]["name"],
+                "metadata.namespace": o["metadata"]["namespace"],
+                "status.phase": o["status"].get("phase"),
+            },
+        )
+    ]
+    return {"kind": kind, "apiVersion": "v1" if kind == "PodList" else "batch/v1", "metadata": {}, "items": items}
 
 
 class KubeStandIn(JobController):
@@ -102,9 +120,15 @@ class KubeStandIn(JobController):
     Hooks: `kill(job, reason)`, `wait_for(job, timeout)`, `pod_log(job)`, `pod_name(job)`.
     """
 
-    def __init__(self, base_env: dict | None = None, secrets: dict | None = None,
-                 config_maps: dict | None = None, cwd: str | os.PathLike | None = None,
-                 namespace: str | None = None, workdir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        base_env: dict | None = None,
+        secrets: dict | None = None,
+        config_maps: dict | None = None,
+        cwd: str | os.PathLike | None = None,
+        namespace: str | None = None,
+        workdir: str | os.PathLike | None = None,
+    ):
         """`base_env` defaults to PATH/HOME/LANG of this process.  `namespace` goes in
         the kubeconfig context (dagster_k8s then takes it as the current namespace and,
         if HOSTNAME is set, looks up its own pod there).  `workdir` keeps kubeconfig and
@@ -121,14 +145,21 @@ class KubeStandIn(JobController):
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Handler,), {"k8s": self}))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        ctx = {"cluster": "standin", "user": "standin",
-               **({"namespace": self.namespace} if self.namespace else {})}
+        ctx = {"cluster": "standin", "user": "standin", **({"namespace": self.namespace} if self.namespace else {})}
         self.kubeconfig_path = str(self.workdir / "kubeconfig.json")  # JSON is YAML
-        Path(self.kubeconfig_path).write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": self.context,
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {}}],
-            "contexts": [{"name": self.context, "context": ctx}]}, indent=1))
+        Path(self.kubeconfig_path).write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": self.context,
+                    "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+                    "users": [{"name": "standin", "user": {}}],
+                    "contexts": [{"name": self.context, "context": ctx}],
+                },
+                indent=1,
+            )
+        )
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -151,9 +182,16 @@ class KubeStandIn(JobController):
             raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: {where}: {e.message}') from None
         n = len(body["spec"]["template"]["spec"]["containers"])
         if not name or n != 1:  # (generateName is not modelled)
-            raise ApiError(422, "Invalid", f'Job.batch "{name}" is invalid: ' + (
-                "metadata.name: Required value" if not name else
-                f"the k8s stand-in runs exactly one container, not {n}"))
+            raise ApiError(
+                422,
+                "Invalid",
+                f'Job.batch "{name}" is invalid: '
+                + (
+                    "metadata.name: Required value"
+                    if not name
+                    else f"the k8s stand-in runs exactly one container, not {n}"
+                ),
+            )
         return self._add_job(ns, body)
 
     def handle(self, method: str, path: str, query: dict, body: dict | None):
@@ -170,27 +208,35 @@ class KubeStandIn(JobController):
             ns, name = jobs[1], jobs[2]
             with self._lock:
                 if not name:
-                    return 200, _list("JobList", [self._job_json(j) for (n, _), j in
-                                                       self._jobs.items() if n == ns], query)
+                    return 200, _list(
+                        "JobList", [self._job_json(j) for (n, _), j in self._jobs.items() if n == ns], query
+                    )
                 job = self._jobs.get((ns, name))
                 if job is None:
                     raise ApiError(404, "NotFound", f'jobs.batch "{name}" not found')
                 if method == "GET":
                     return 200, self._job_json(job)
-                cascade = (query.get("propagationPolicy") or (body or {}).get(
-                    "propagationPolicy")) in ("Background", "Foreground")
+                cascade = (query.get("propagationPolicy") or (body or {}).get("propagationPolicy")) in (
+                    "Background",
+                    "Foreground",
+                )
                 self._delete_job(job, cascade)
             if cascade and job.watcher:
                 job.watcher.join(timeout=10)  # the process is gone when DELETE returns
-            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                         "status": "Success", "details": {"name": name, "group": "batch",
-                                                          "kind": "jobs", "uid": job.uid}}
+            return 200, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "group": "batch", "kind": "jobs", "uid": job.uid},
+            }
         if pods and (method == "GET" or (method == "DELETE" and pods[2] and not pods[3])):
             ns, name = pods[1], pods[2]
             with self._lock:
                 if not name:
-                    return 200, _list("PodList", [self._pod_json(j) for (n, _), j in
-                                                       self._pods.items() if n == ns], query)
+                    return 200, _list(
+                        "PodList", [self._pod_json(j) for (n, _), j in self._pods.items() if n == ns], query
+                    )
                 job = self._pods.get((ns, name))
                 if job is None:
                     raise ApiError(404, "NotFound", f'pods "{name}" not found')
@@ -200,8 +246,11 @@ class KubeStandIn(JobController):
                     return 200, self._pod_json(job)
                 if job.proc is None:
                     why = (job.waiting or {}).get("reason", "ContainerCreating")
-                    raise ApiError(400, "BadRequest", f'container "{job.container["name"]}" '
-                                                      f'in pod "{name}" is waiting to start: {why}')
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        f'container "{job.container["name"]}" in pod "{name}" is waiting to start: {why}',
+                    )
             return 200, job.log()
         self.unhandled.append((method, path + (f"?{query['?']}" if query.get("?") else "")))
         raise ApiError(404, "NotFound", f"{method} {path} is not modelled by the k8s stand-in")

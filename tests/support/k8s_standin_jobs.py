@@ -7,6 +7,7 @@ deletes, `activeDeadlineSeconds`), records how it ended and renders Job and Pod 
 API's JSON.  `KubeStandIn` (k8s_standin.py) puts the HTTP API in front of it; what the
 stand-in models and what it does not is described there.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -31,8 +32,15 @@ def _now() -> str:
 class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str):
         super().__init__(message)
-        self.body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                     "reason": reason, "code": code, "message": message}
+        self.body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "reason": reason,
+            "code": code,
+            "message": message,
+        }
 
 
 class _ConfigError(Exception):
@@ -52,10 +60,13 @@ class _Job:
         suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
         self.pod_name, self.pod_uid = f"{self.name}-{suffix}", str(uuid.uuid4())
         self.log_path = logs / f"{ns}.{self.pod_name}.log"
-        self.labels = {**(self.template.get("metadata") or {}).get("labels", {}),
-                       "job-name": self.name, "controller-uid": self.uid,
-                       "batch.kubernetes.io/job-name": self.name,
-                       "batch.kubernetes.io/controller-uid": self.uid}
+        self.labels = {
+            **(self.template.get("metadata") or {}).get("labels", {}),
+            "job-name": self.name,
+            "controller-uid": self.uid,
+            "batch.kubernetes.io/job-name": self.name,
+            "batch.kubernetes.io/controller-uid": self.uid,
+        }
         self.phase, self.waiting = "Pending", {"reason": "ContainerCreating"}
         self.started = self.finished = self.exit_code = self.term_reason = None
         self.pod_reason = self.message = None
@@ -84,10 +95,14 @@ class JobController:
 
     workdir: Path
 
-    def __init__(self, base_env: dict | None, secrets: dict | None, config_maps: dict | None,
-                 cwd: str | os.PathLike | None):
-        self.base_env = dict(base_env) if base_env is not None else {
-            k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    def __init__(
+        self, base_env: dict | None, secrets: dict | None, config_maps: dict | None, cwd: str | os.PathLike | None
+    ):
+        self.base_env = (
+            dict(base_env)
+            if base_env is not None
+            else {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+        )
         self.secrets, self.config_maps = dict(secrets or {}), dict(config_maps or {})
         self.cwd = str(cwd or os.getcwd())
         self.jobs: list[dict] = []
@@ -147,8 +162,7 @@ class JobController:
             self._pods[ns, job.pod_name] = job
             self._history.append(job)
             if body["spec"].get("activeDeadlineSeconds"):
-                job.timer = threading.Timer(body["spec"]["activeDeadlineSeconds"],
-                                            self._deadline, (job,))
+                job.timer = threading.Timer(body["spec"]["activeDeadlineSeconds"], self._deadline, (job,))
                 job.timer.daemon = True
                 job.timer.start()
             job.watcher = threading.Thread(target=self._run, args=(job,), daemon=True)
@@ -191,8 +205,9 @@ class JobController:
             except ProcessLookupError:
                 pass
 
-    def _finish(self, job: _Job, code: int | None, reason: str, message: str | None = None,
-                waiting: bool = False) -> None:
+    def _finish(
+        self, job: _Job, code: int | None, reason: str, message: str | None = None, waiting: bool = False
+    ) -> None:
         job.finished, job.phase = _now(), "Succeeded" if code == 0 else "Failed"
         job.exit_code, job.term_reason, job.message = code, reason, message
         job.waiting = {"reason": reason, "message": message} if waiting else None
@@ -205,14 +220,25 @@ class JobController:
         cond = {"status": "True", "lastProbeTime": job.finished, "lastTransitionTime": job.finished}
         base = {"startTime": job.status["startTime"], "ready": 0}
         if code == 0:
-            job.status = {**base, "succeeded": 1, "completionTime": job.finished,
-                          "conditions": [{"type": "Complete", **cond}]}
+            job.status = {
+                **base,
+                "succeeded": 1,
+                "completionTime": job.finished,
+                "conditions": [{"type": "Complete", **cond}],
+            }
         else:
-            why, msg = ((DEADLINE, "Job was active longer than specified deadline")
-                        if job.kill_reason == DEADLINE else (reason, message) if waiting else
-                        ("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
-            job.status = {**base, "failed": 1,
-                          "conditions": [{"type": "Failed", "reason": why, "message": msg, **cond}]}
+            why, msg = (
+                (DEADLINE, "Job was active longer than specified deadline")
+                if job.kill_reason == DEADLINE
+                else (reason, message)
+                if waiting
+                else ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            )
+            job.status = {
+                **base,
+                "failed": 1,
+                "conditions": [{"type": "Failed", "reason": why, "message": msg, **cond}],
+            }
         self._rv += 1
         self._lock.notify_all()
 
@@ -228,19 +254,29 @@ class JobController:
             if data is None or (key is not None and key not in data):
                 if ref.get("optional"):
                     return None
-                raise _ConfigError(f'{kind} "{ref.get("name")}" not found' if data is None else
-                                   f"couldn't find key {key} in {kind} {job.ns}/{ref['name']}")
+                raise _ConfigError(
+                    f'{kind} "{ref.get("name")}" not found'
+                    if data is None
+                    else f"couldn't find key {key} in {kind} {job.ns}/{ref['name']}"
+                )
             return data if key is None else data[key]
 
-        fields = {"metadata.name": job.pod_name, "metadata.namespace": job.ns,
-                  "metadata.uid": job.pod_uid, "spec.nodeName": "standin",
-                  "spec.serviceAccountName": job.template["spec"].get("serviceAccountName",
-                                                                      "default"),
-                  "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+        fields = {
+            "metadata.name": job.pod_name,
+            "metadata.namespace": job.ns,
+            "metadata.uid": job.pod_uid,
+            "spec.nodeName": "standin",
+            "spec.serviceAccountName": job.template["spec"].get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
         env, c = {**self.base_env, "HOSTNAME": job.pod_name}, job.container
         for src in c.get("envFrom") or []:
-            data = (lookup(self.secrets, "secret", src["secretRef"]) if "secretRef" in src else
-                    lookup(self.config_maps, "configmap", src.get("configMapRef", {})))
+            data = (
+                lookup(self.secrets, "secret", src["secretRef"])
+                if "secretRef" in src
+                else lookup(self.config_maps, "configmap", src.get("configMapRef", {}))
+            )
             env.update({src.get("prefix", "") + k: str(v) for k, v in (data or {}).items()})
         for e in c.get("env") or []:
             vf = e.get("valueFrom")
@@ -272,13 +308,17 @@ class JobController:
             argv = [*(job.container.get("command") or []), *(job.container.get("args") or [])]
             exe = shutil.which(argv[0], path=env.get("PATH", "")) if argv else None
             if not exe:
-                return self._finish(job, 128, "StartError",
-                                    f"exec: {argv[:1]}: executable file not found in $PATH")
+                return self._finish(job, 128, "StartError", f"exec: {argv[:1]}: executable file not found in $PATH")
             with open(job.log_path, "wb") as log:
                 job.proc = subprocess.Popen(
-                    [exe, *argv[1:]], env=env, cwd=job.container.get("workingDir") or self.cwd,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+                    [exe, *argv[1:]],
+                    env=env,
+                    cwd=job.container.get("workingDir") or self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             job.phase, job.started, job.waiting = "Running", _now(), None
             self._rv += 1
         os.waitid(os.P_PID, job.proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
@@ -288,18 +328,26 @@ class JobController:
             except ProcessLookupError:
                 pass
             rc, job.reaped = job.proc.wait(), True
-            self._finish(job, rc if rc >= 0 else 128 - rc,
-                         job.kill_reason or ("Completed" if rc == 0 else "Error"))
+            self._finish(job, rc if rc >= 0 else 128 - rc, job.kill_reason or ("Completed" if rc == 0 else "Error"))
 
     # ---- Job and Pod as the API shows them ----------------------------------------
     def _job_json(self, job: _Job) -> dict:
-        meta = {**job.body["metadata"], "namespace": job.ns, "uid": job.uid, "generation": 1,
-                "resourceVersion": str(self._rv), "creationTimestamp": job.created,
-                "labels": job.body["metadata"].get("labels") or {}}
-        spec = {"parallelism": 1, "completions": 1, **job.body["spec"],
-                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": job.uid}}}
-        return {"kind": "Job", "apiVersion": "batch/v1", "metadata": meta, "spec": spec,
-                "status": dict(job.status)}
+        meta = {
+            **job.body["metadata"],
+            "namespace": job.ns,
+            "uid": job.uid,
+            "generation": 1,
+            "resourceVersion": str(self._rv),
+            "creationTimestamp": job.created,
+            "labels": job.body["metadata"].get("labels") or {},
+        }
+        spec = {
+            "parallelism": 1,
+            "completions": 1,
+            **job.body["spec"],
+            "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": job.uid}},
+        }
+        return {"kind": "Job", "apiVersion": "batch/v1", "metadata": meta, "spec": spec, "status": dict(job.status)}
 
     def _pod_json(self, job: _Job) -> dict:
         c, running = job.container, job.phase == "Running"
@@ -308,24 +356,64 @@ class JobController:
         elif running:
             state = {"running": {"startedAt": job.started}}
         else:
-            state = {"terminated": {"exitCode": job.exit_code, "reason": job.term_reason,
-                                    "startedAt": job.started, "finishedAt": job.finished,
-                                    **({"message": job.message} if job.message else {})}}
-        status = {"phase": job.phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-                  "startTime": job.created,
-                  "conditions": [{"type": "Ready", "status": str(running),
-                                  "lastTransitionTime": job.started or job.created}],
-                  "containerStatuses": [{
-                      "name": c["name"], "image": c["image"], "imageID": "", "ready": running,
-                      "started": running, "restartCount": 0, "state": state,
-                      **({"containerID": f"standin://{job.proc.pid}"} if job.proc else {})}]}
+            state = {
+                "terminated": {
+                    "exitCode": job.exit_code,
+                    "reason": job.term_reason,
+                    "startedAt": job.started,
+                    "finishedAt": job.finished,
+                    **({"message": job.message} if job.message else {}),
+                }
+            }
+        status = {
+            "phase": job.phase,
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "startTime": job.created,
+            "conditions": [{"type": "Ready", "status": str(running), "lastTransitionTime": job.started or job.created}],
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": running,
+                    "started": running,
+                    "restartCount": 0,
+                    "state": state,
+                    **({"containerID": f"standin://{job.proc.pid}"} if job.proc else {}),
+                }
+            ],
+        }
         if job.pod_reason:
             status.update(reason=job.pod_reason, message=job.message or job.pod_reason)
-        owner = [] if job.orphaned else [{"apiVersion": "batch/v1", "kind": "Job", "uid": job.uid,
-                                          "name": job.name, "controller": True,
-                                          "blockOwnerDeletion": True}]
-        meta = {**(job.template.get("metadata") or {}), "name": job.pod_name, "namespace": job.ns,
-                "uid": job.pod_uid, "resourceVersion": str(self._rv), "labels": job.labels,
-                "creationTimestamp": job.created, "ownerReferences": owner}
-        return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "status": status,
-                "spec": {**job.template["spec"], "nodeName": "standin"}}
+        owner = (
+            []
+            if job.orphaned
+            else [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "uid": job.uid,
+                    "name": job.name,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        )
+        meta = {
+            **(job.template.get("metadata") or {}),
+            "name": job.pod_name,
+            "namespace": job.ns,
+            "uid": job.pod_uid,
+            "resourceVersion": str(self._rv),
+            "labels": job.labels,
+            "creationTimestamp": job.created,
+            "ownerReferences": owner,
+        }
+        return {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": meta,
+            "status": status,
+            "spec": {**job.template["spec"], "nodeName": "standin"},
+        }

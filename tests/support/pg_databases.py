@@ -1,5 +1,6 @@
 """Databases of a test's own on the session's embedded PostgreSQL (the `pg_server`
 fixture of tests/conftest.py)."""
+
 from __future__ import annotations
 
 import uuid

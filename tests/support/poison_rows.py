@@ -1,5 +1,6 @@
 """Rows a careless or hostile script could put into imagedb beside good analyses, and
 the message each must get. Inserted with plain SQL, as such a script would."""
+
 from __future__ import annotations
 
 import psycopg2
@@ -15,12 +16,17 @@ def insert_sub_analysis(db: ImageDB, acq: int, *, meta: str, depends_on: str | N
     conn = psycopg2.connect(db.url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("""INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted)
-                           VALUES (%s, 'by-hand', '{}', now()) RETURNING id""", (acq,))
+            cur.execute(
+                """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta, submitted)
+                           VALUES (%s, 'by-hand', '{}', now()) RETURNING id""",
+                (acq,),
+            )
             analysis_id = cur.fetchone()[0]
-            cur.execute("""INSERT INTO image_sub_analyses (analysis_id, plate_acquisition_id, meta, depends_on_sub_id)
+            cur.execute(
+                """INSERT INTO image_sub_analyses (analysis_id, plate_acquisition_id, meta, depends_on_sub_id)
                            VALUES (%s, %s, %s::jsonb, %s::jsonb) RETURNING sub_id""",
-                        (analysis_id, acq, meta, depends_on))
+                (analysis_id, acq, meta, depends_on),
+            )
             return cur.fetchone()[0]
     finally:
         conn.close()
@@ -32,18 +38,26 @@ def insert_poison_rows(db: ImageDB, acq: int, good_meta: str) -> dict[str, tuple
     failed = insert_sub_analysis(db, acq, meta=good_meta)
     assert db.mark_sub_failed(failed, "boom: stopped by the lab")
     return {
-        "meta a JSON list": (insert_sub_analysis(db, acq, meta='["features"]'),
-                             "meta must be a JSON object, not a list"),
-        "meta a JSON string": (insert_sub_analysis(db, acq, meta='"features"'),
-                               "meta must be a JSON object, not a string"),
-        "depends_on_sub_id a scalar": (insert_sub_analysis(db, acq, meta=good_meta, depends_on='"12"'),
-                                       "depends_on_sub_id must be a list of sub-analysis ids"),
+        "meta a JSON list": (
+            insert_sub_analysis(db, acq, meta='["features"]'),
+            "meta must be a JSON object, not a list",
+        ),
+        "meta a JSON string": (
+            insert_sub_analysis(db, acq, meta='"features"'),
+            "meta must be a JSON object, not a string",
+        ),
+        "depends_on_sub_id a scalar": (
+            insert_sub_analysis(db, acq, meta=good_meta, depends_on='"12"'),
+            "depends_on_sub_id must be a list of sub-analysis ids",
+        ),
         "depends_on_sub_id a missing id": (
             insert_sub_analysis(db, acq, meta=good_meta, depends_on=f"[{MISSING_SUB_ID}]"),
-            f"not started: it depends on sub-analysis {MISSING_SUB_ID}, which does not exist"),
+            f"not started: it depends on sub-analysis {MISSING_SUB_ID}, which does not exist",
+        ),
         "depends_on an already failed one": (
             insert_sub_analysis(db, acq, meta=good_meta, depends_on=f"[{failed}]"),
-            f"not started: it depends on sub-analysis {failed}, which failed"),
+            f"not started: it depends on sub-analysis {failed}, which failed",
+        ),
     }
 
 
@@ -51,8 +65,11 @@ def add_rule(db: ImageDB, pipeline_name: str, project: str | None = None) -> Non
     conn = psycopg2.connect(db.url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("""INSERT INTO image_analyses_automation (project, cell_line, pipeline_name, channel_map)
-                           VALUES (%s, NULL, %s, NULL)""", (project, pipeline_name))
+            cur.execute(
+                """INSERT INTO image_analyses_automation (project, cell_line, pipeline_name, channel_map)
+                           VALUES (%s, NULL, %s, NULL)""",
+                (project, pipeline_name),
+            )
     finally:
         conn.close()
 

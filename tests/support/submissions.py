@@ -1,5 +1,6 @@
 """Submitting a variant of the demo analysis to imagedb, as the lab would with a pipeline
 of its own."""
+
 from __future__ import annotations
 
 import uuid

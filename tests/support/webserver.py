@@ -11,6 +11,7 @@ Both processes (and their code servers and run workers) are stopped when the blo
 also when it fails. Their output is in `<home>/webserver.log` and `<home>/daemon.log`, which
 a failing wait quotes.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,16 @@ _METADATA_VALUE = """
   ... on UrlMetadataEntry { url }
   ... on JsonMetadataEntry { jsonString }
 """
-_METADATA_FIELD = {"MarkdownMetadataEntry": "mdStr", "TextMetadataEntry": "text", "IntMetadataEntry": "intValue",
-                   "FloatMetadataEntry": "floatValue", "BoolMetadataEntry": "boolValue",
-                   "PathMetadataEntry": "path", "UrlMetadataEntry": "url", "JsonMetadataEntry": "jsonString"}
+_METADATA_FIELD = {
+    "MarkdownMetadataEntry": "mdStr",
+    "TextMetadataEntry": "text",
+    "IntMetadataEntry": "intValue",
+    "FloatMetadataEntry": "floatValue",
+    "BoolMetadataEntry": "boolValue",
+    "PathMetadataEntry": "path",
+    "UrlMetadataEntry": "url",
+    "JsonMetadataEntry": "jsonString",
+}
 
 
 class GraphQLError(RuntimeError):
@@ -78,6 +86,7 @@ def partition_statuses_from(statuses: dict, dimensions: list[dict]) -> dict[str,
     missing}. A multi-partitioned asset's statuses are ranges over its primary dimension,
     each with the secondary dimension's statuses; its keys join the dimension values in
     the order of the dimension names (Dagster's MultiPartitionKey)."""
+
     def one_dimension(s: dict) -> dict[str, str]:
         out = {k: "missing" for k in s["unmaterializedPartitions"]}
         out.update({k: "materialized" for k in s["materializedPartitions"]})
@@ -96,7 +105,7 @@ def partition_statuses_from(statuses: dict, dimensions: list[dict]) -> dict[str,
     out = {}
     for r in statuses["ranges"]:
         primary_keys = keys[primary]
-        span = primary_keys[primary_keys.index(r["primaryDimStartKey"]):primary_keys.index(r["primaryDimEndKey"]) + 1]
+        span = primary_keys[primary_keys.index(r["primaryDimStartKey"]) : primary_keys.index(r["primaryDimEndKey"]) + 1]
         for p in span:
             for s, status in one_dimension(r["secondaryDim"]).items():
                 values = {primary: p, secondary: s}
@@ -113,8 +122,7 @@ class DagsterUI:
 
     def query(self, query: str, **variables) -> dict:
         body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.load(response)
         if answer.get("errors"):
@@ -122,9 +130,11 @@ class DagsterUI:
         return answer["data"]
 
     def log_tails(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {p.name} (last {lines} lines)\n" + "\n".join(p.read_text(errors="replace")
-                                                                         .splitlines()[-lines:])
-                         for p in self.logs if p.exists())
+        return "\n".join(
+            f"--- {p.name} (last {lines} lines)\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+            for p in self.logs
+            if p.exists()
+        )
 
     def wait_until(self, what: str, predicate, timeout: float = 300, every: float = 2):
         """Poll `predicate` until it returns something truthy; on timeout the error quotes
@@ -155,15 +165,21 @@ class DagsterUI:
 
     def launch_partition_backfill(self, assets: list[str], partitions: list[str], tags: dict | None = None) -> str:
         """Backfill `assets` over `partitions` as the UI's Materialize dialog does; the backfill id."""
-        data = self.query("""mutation($params: LaunchBackfillParams!) {
+        data = self.query(
+            """mutation($params: LaunchBackfillParams!) {
             launchPartitionBackfill(backfillParams: $params) {
               __typename
               ... on LaunchBackfillSuccess { backfillId }
               ... on Error { message }
               ... on PythonError { stack }
-            } }""", params={
-            "assetSelection": [asset_key(a) for a in assets], "partitionNames": partitions, "fromFailure": False,
-            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]})
+            } }""",
+            params={
+                "assetSelection": [asset_key(a) for a in assets],
+                "partitionNames": partitions,
+                "fromFailure": False,
+                "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+            },
+        )
         result = data["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
             raise GraphQLError(f"backfill refused ({result['__typename']}): {result.get('message')}")
@@ -171,11 +187,14 @@ class DagsterUI:
 
     def backfill(self, backfill_id: str) -> dict:
         """The backfill's status (BulkActionStatus), partition names, run ids and error."""
-        data = self.query("""query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+        data = self.query(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
             __typename
             ... on PartitionBackfill { id status partitionNames numCancelable error { message }
                                        runs { runId status } }
-            ... on PythonError { message } } }""", id=backfill_id)
+            ... on PythonError { message } } }""",
+            id=backfill_id,
+        )
         result = data["partitionBackfillOrError"]
         if result["__typename"] != "PartitionBackfill":
             raise GraphQLError(f"backfill {backfill_id}: {result.get('message', result['__typename'])}")
@@ -183,6 +202,7 @@ class DagsterUI:
 
     def wait_for_backfill(self, backfill_id: str, timeout: float = 900) -> dict:
         """The backfill once the daemon has finished it and all its runs have ended."""
+
         def done():
             b = self.backfill(backfill_id)
             finished = b["status"] in FINISHED_BACKFILL and all(r["status"] in FINISHED_RUN for r in b["runs"])
@@ -194,10 +214,12 @@ class DagsterUI:
 
     def runs(self, tags: dict[str, str] | None = None) -> list[dict]:
         """Runs (newest first) with all these tags: id, job, status and tags as a dict."""
-        data = self.query("""query($filter: RunsFilter) { runsOrError(filter: $filter) {
+        data = self.query(
+            """query($filter: RunsFilter) { runsOrError(filter: $filter) {
             __typename ... on Runs { results { runId jobName status tags { key value } } }
             ... on PythonError { message } } }""",
-                          filter={"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]})
+            filter={"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+        )
         result = data["runsOrError"]
         if result["__typename"] != "Runs":
             raise GraphQLError(result.get("message", result["__typename"]))
@@ -205,9 +227,12 @@ class DagsterUI:
 
     def run_messages(self, run_id: str) -> list[str]:
         """The messages of a run's event log, as the run page lists them."""
-        data = self.query("""query($id: ID!) { logsForRun(runId: $id, limit: 5000) {
+        data = self.query(
+            """query($id: ID!) { logsForRun(runId: $id, limit: 5000) {
             __typename ... on EventConnection { events { __typename ... on MessageEvent { message } } }
-            ... on PythonError { message } } }""", id=run_id)
+            ... on PythonError { message } } }""",
+            id=run_id,
+        )
         result = data["logsForRun"]
         if result["__typename"] != "EventConnection":
             raise GraphQLError(result.get("message", result["__typename"]))
@@ -220,14 +245,18 @@ class DagsterUI:
         return sorted("/".join(n["assetKey"]["path"]) for n in data["assetNodes"])
 
     def partition_keys(self, asset: str) -> list[str]:
-        data = self.query("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
-            ... on AssetNode { partitionKeys } } }""", key=asset_key(asset))
+        data = self.query(
+            """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+            ... on AssetNode { partitionKeys } } }""",
+            key=asset_key(asset),
+        )
         return data["assetNodeOrError"]["partitionKeys"]
 
     def partition_statuses(self, asset: str) -> dict[str, str]:
         """{partition key: materialized / failed / materializing / missing} from the
         asset's `assetPartitionStatuses` (what the partition grid shows)."""
-        data = self.query("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        data = self.query(
+            """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
             __typename
             ... on AssetNode {
               partitionKeysByDimension { name partitionKeys }
@@ -241,7 +270,8 @@ class DagsterUI:
                     __typename
                     ... on DefaultPartitionStatuses { materializedPartitions failedPartitions
                                                       unmaterializedPartitions materializingPartitions } } } } } } } }""",
-                          key=asset_key(asset))
+            key=asset_key(asset),
+        )
         node = data["assetNodeOrError"]
         if node["__typename"] != "AssetNode":
             raise GraphQLError(f"no asset {asset}: {node['__typename']}")
@@ -256,11 +286,14 @@ class DagsterUI:
         return self._latest_event(asset, "assetObservations", None)
 
     def _latest_event(self, asset: str, field: str, partition: str | None) -> dict | None:
-        data = self.query(f"""query($key: AssetKeyInput!, $partitions: [String!]) {{
+        data = self.query(
+            f"""query($key: AssetKeyInput!, $partitions: [String!]) {{
             assetOrError(assetKey: $key) {{ __typename ... on Asset {{
               {field}(limit: 1, partitions: $partitions) {{ partition runId timestamp
                                                            metadataEntries {{ {_METADATA_VALUE} }} }} }} }} }}""",
-                          key=asset_key(asset), partitions=[partition] if partition else None)
+            key=asset_key(asset),
+            partitions=[partition] if partition else None,
+        )
         found = data["assetOrError"]
         if found["__typename"] != "Asset":
             return None  # no event of the asset yet
@@ -268,8 +301,12 @@ class DagsterUI:
         if not events:
             return None
         e = events[0]
-        return {"partition": e["partition"], "run_id": e["runId"], "timestamp": e["timestamp"],
-                "metadata": metadata_dict(e["metadataEntries"])}
+        return {
+            "partition": e["partition"],
+            "run_id": e["runId"],
+            "timestamp": e["timestamp"],
+            "metadata": metadata_dict(e["metadataEntries"]),
+        }
 
 
 def write_dagster_home(home: Path, **runs_overrides) -> Path:
@@ -283,22 +320,33 @@ def write_dagster_home(home: Path, **runs_overrides) -> Path:
 
 
 @contextmanager
-def dagster_ui(home: Path, dagster_pg_url: str, *, env: dict[str, str] | None = None,
-               sensor_interval_s: int = 2, timeout: float = 300) -> Iterator[DagsterUI]:
+def dagster_ui(
+    home: Path,
+    dagster_pg_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    sensor_interval_s: int = 2,
+    timeout: float = 300,
+) -> Iterator[DagsterUI]:
     """`dagster-webserver` (on a free port) and `dagster-daemon run` on `home` (see
     `write_dagster_home`) and the Dagster storage at `dagster_pg_url`, with the rest of the
     environment (CPP_IMAGEDB_URL, CPP_NAS_ROOT, ...) inherited; yields once the code
     location has loaded in the webserver. Sensors tick every `sensor_interval_s` s."""
     port = free_port()
-    env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_URL": dagster_pg_url,
-           "CPP_SENSOR_INTERVAL_S": str(sensor_interval_s), "CPP_OVERVIEW_INTERVAL_S": str(sensor_interval_s),
-           **(env or {})}
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dagster_pg_url,
+        "CPP_SENSOR_INTERVAL_S": str(sensor_interval_s),
+        "CPP_OVERVIEW_INTERVAL_S": str(sensor_interval_s),
+        **(env or {}),
+    }
     logs = [home / "webserver.log", home / "daemon.log"]
     ui = DagsterUI(f"http://127.0.0.1:{port}", logs)
     pin_pool_limits({**os.environ, **env})  # as `cpp-dagster dev` does
     with ExitStack() as stack:
-        webserver = stack.enter_context(dagster_process(
-            "dagster-webserver", ["-h", "127.0.0.1", "-p", str(port)], env, logs[0]))
+        webserver = stack.enter_context(
+            dagster_process("dagster-webserver", ["-h", "127.0.0.1", "-p", str(port)], env, logs[0])
+        )
         stack.enter_context(dagster_process("dagster-daemon", ["run"], env, logs[1]))
 
         def loaded():

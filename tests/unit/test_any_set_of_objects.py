@@ -2,6 +2,7 @@
 pipeline exported: the base object is Cells, else the object the others relate to; an
 object several per base object (ExampleHuman's PH3) is summarised per image, never
 multiplied into the base rows."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,14 +34,23 @@ def add_ph3(folder: Path) -> None:
     for name, (b, images) in BATCHES.items():
         for i in range(1, len(images) + 1):
             for p, parent in enumerate(PH3_PARENTS):
-                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, b * 1_000_000 + i), ("ImageNumber", i),
-                               ("ObjectNumber", p + 1), ("Parent_Nuclei", parent), ("AreaShape_Area", ph3_area(b, i, p))]:
+                for col, v in [
+                    (BATCH_COLUMN, name),
+                    (IMAGE_KEY_COLUMN, b * 1_000_000 + i),
+                    ("ImageNumber", i),
+                    ("ObjectNumber", p + 1),
+                    ("Parent_Nuclei", parent),
+                    ("AreaShape_Area", ph3_area(b, i, p)),
+                ]:
                     cols.setdefault(col, []).append(v)
     pq.write_table(pa.table(cols), folder / "PH3.parquet")
     nuclei = pq.read_table(folder / "Nuclei.parquet")
     children = [PH3_PARENTS.count(o) for o in nuclei.column("ObjectNumber").to_pylist()]
-    pq.write_table(nuclei.append_column("Children_PH3_Count", pa.array(children, pa.int64())),
-                   folder / "Nuclei.parquet", row_group_size=4)
+    pq.write_table(
+        nuclei.append_column("Children_PH3_Count", pa.array(children, pa.int64())),
+        folder / "Nuclei.parquet",
+        row_group_size=4,
+    )
 
 
 def single_cell(folder: Path, dest: Path, **kw) -> pa.Table:
@@ -53,8 +63,10 @@ def single_cell(folder: Path, dest: Path, **kw) -> pa.Table:
 def test_base_object_rule():
     assert base_object({"Nuclei": ["ObjectNumber"], "Cells": ["Parent_Nuclei"]}) == "Cells"
     assert base_object({"Nuclei": ["ObjectNumber"]}) == "Nuclei"
-    assert base_object({"PH3": ["Parent_Nuclei"], "Nuclei": ["Children_PH3_Count"],
-                        "Cytoplasm": ["Parent_Nuclei"]}) == "Nuclei"
+    assert (
+        base_object({"PH3": ["Parent_Nuclei"], "Nuclei": ["Children_PH3_Count"], "Cytoplasm": ["Parent_Nuclei"]})
+        == "Nuclei"
+    )
     assert base_object({"Speckles": [], "Bodies": []}) == "Bodies"  # unrelated: by name
 
 
@@ -117,7 +129,10 @@ def test_nuclei_only_tables_give_profiles_and_counts_on_nuclei(tmp_path):
     assert table.num_rows == 12 and "Nuclei_AreaShape_Area" in table.column_names
     profiles = pq.read_table(write_well_profiles(folder, tmp_path / "p.parquet").path).to_pylist()
     assert [(p["Metadata_Well"], p["Metadata_Object_Count"], p["Metadata_Nuclei_Count"]) for p in profiles] == [
-        ("B02", 6, 6), ("B03", 3, 3), ("C04", 3, 3)]
+        ("B02", 6, 6),
+        ("B03", 3, 3),
+        ("C04", 3, 3),
+    ]
     assert profiles[0]["Nuclei_AreaShape_Area"] is not None
     outcome = well_counts_outliers(folder)
     assert outcome.metadata["object"] == "Nuclei"

@@ -1,6 +1,7 @@
 """Each batch converts its own tables, and the final merge concatenates them into Parquet:
 the feature tables are the same as the CSV route's (same columns, types and values),
 with drift between batches, for an Image-only pipeline and at JUMP width."""
+
 from __future__ import annotations
 
 import csv
@@ -35,27 +36,37 @@ def drifting_batches(root: Path) -> list[Path]:
         # Metadata_Plate: numbers in one batch, text in another (the CSV route keeps `0.50`
         # as written); Metadata_Row: empty in one batch, integers in another (int64);
         # Intensity_Mean: integral values in one batch (float32 all the same)
-        0: (["ImageNumber", "Metadata_Well", "Metadata_Plate", "Metadata_Row", "Count_Nuclei", "Intensity_Mean"],
-            [[1, "B02", "12", "nan", 2, 3], [2, "B03", "0.50", "nan", 2, 4]]),
-        1: (["ImageNumber", "Metadata_Well", "Metadata_Row", "Count_Nuclei", "Intensity_Mean", "Granularity_1"],
-            [[1, "C02", 3, 2, 0.25, "nan"], [2, "C03", 3, 2, "nan", 1.5]]),
-        2: (["ImageNumber", "Metadata_Well", "Metadata_Plate", "Count_Nuclei", "Intensity_Mean"],
-            [[1, "D02", "P1", 2, 1e-3], [2, "D03", "P2", 2, 2.5e10]]),
+        0: (
+            ["ImageNumber", "Metadata_Well", "Metadata_Plate", "Metadata_Row", "Count_Nuclei", "Intensity_Mean"],
+            [[1, "B02", "12", "nan", 2, 3], [2, "B03", "0.50", "nan", 2, 4]],
+        ),
+        1: (
+            ["ImageNumber", "Metadata_Well", "Metadata_Row", "Count_Nuclei", "Intensity_Mean", "Granularity_1"],
+            [[1, "C02", 3, 2, 0.25, "nan"], [2, "C03", 3, 2, "nan", 1.5]],
+        ),
+        2: (
+            ["ImageNumber", "Metadata_Well", "Metadata_Plate", "Count_Nuclei", "Intensity_Mean"],
+            [[1, "D02", "P1", 2, 1e-3], [2, "D03", "P2", 2, 2.5e10]],
+        ),
     }
     for k, d in enumerate(batches):
         header, rows = images[k]
         write_csv(d / "output" / "MyExpt_Image.csv", header, rows)
         extra = ["AreaShape_Extra"] if k == 1 else []
-        write_csv(d / "output" / "MyExpt_Nuclei.csv",
-                  ["ImageNumber", "ObjectNumber", "Parent_Cells", *extra, "AreaShape_Area"],
-                  [[i, o, o, *([o * 0.5] if extra else []), 100.0 * k + 10 * i + o]
-                   for i in (1, 2) for o in (1, 2)])
+        write_csv(
+            d / "output" / "MyExpt_Nuclei.csv",
+            ["ImageNumber", "ObjectNumber", "Parent_Cells", *extra, "AreaShape_Area"],
+            [[i, o, o, *([o * 0.5] if extra else []), 100.0 * k + 10 * i + o] for i in (1, 2) for o in (1, 2)],
+        )
         experiment(d / "output")
     # A late type change: a column of integers for the first MB of the file, then decimals.
     rows = [[1, o, o, 0.1, o] for o in range(1, 60_001)]
     rows[-1][4] = 2.75
-    write_csv(batches[2] / "output" / "MyExpt_Cells.csv",
-              ["ImageNumber", "ObjectNumber", "Parent_Nuclei", "AreaShape_Area", "Intensity_Late"], rows)
+    write_csv(
+        batches[2] / "output" / "MyExpt_Cells.csv",
+        ["ImageNumber", "ObjectNumber", "Parent_Nuclei", "AreaShape_Area", "Intensity_Late"],
+        rows,
+    )
     return batches
 
 
@@ -67,6 +78,7 @@ def assert_same_tables(csv_route: MergeResult, parquet_route: MergeResult) -> No
         ta, tb = pq.read_table(a.path), pq.read_table(b.path)
         assert ta.schema.equals(tb.schema), (name, ta.schema, tb.schema)
         assert ta.equals(tb), name
+
     def relative(result: MergeResult) -> list[Path]:
         dest = next(iter(result.tables.values())).path.parent
         return sorted(p.relative_to(dest) for p in result.files)
@@ -75,8 +87,10 @@ def assert_same_tables(csv_route: MergeResult, parquet_route: MergeResult) -> No
 
 
 def both_routes(batches: list[Path], tmp_path: Path) -> tuple[MergeResult, MergeResult]:
-    return (merge_batches([d / "output" for d in batches], tmp_path / "csv-route"),
-            merge_converted(batches, tmp_path / "parquet-route"))
+    return (
+        merge_batches([d / "output" for d in batches], tmp_path / "csv-route"),
+        merge_converted(batches, tmp_path / "parquet-route"),
+    )
 
 
 def test_batches_with_drift_give_the_same_tables_by_both_routes(tmp_path):
@@ -95,8 +109,11 @@ def test_batches_with_drift_give_the_same_tables_by_both_routes(tmp_path):
 def test_an_image_only_pipeline_gives_the_same_tables_and_files_by_both_routes(tmp_path):
     batches = [tmp_path / "work" / f"batch_{k:04d}" for k in (1, 2)]
     for k, d in enumerate(batches, 1):
-        write_csv(d / "output" / "Illum_Image.csv", ["ImageNumber", "Metadata_Well", "Threshold_DNA"],
-                  [[1, f"B0{k}", 0.01 * k], [2, f"C0{k}", "nan"]])
+        write_csv(
+            d / "output" / "Illum_Image.csv",
+            ["ImageNumber", "Metadata_Well", "Threshold_DNA"],
+            [[1, f"B0{k}", 0.01 * k], [2, f"C0{k}", "nan"]],
+        )
         experiment(d / "output")
         (d / "output" / f"ICF_DNA_{k}.npy").write_bytes(b"\x93NUMPY" + bytes([k]))
         convert_batch(d)
@@ -110,11 +127,24 @@ def test_jump_width_tables_give_the_same_tables_by_both_routes(tmp_path):
     batches = [tmp_path / "work" / f"batch_{k:04d}" for k in (1, 2, 3)]
     for k, d in enumerate(batches, 1):
         cols = features if k != 2 else features[:1500] + ["Intensity_OnlyHere_DNA"] + features[1500:]
-        write_csv(d / "output" / "MyExpt_Image.csv", ["ImageNumber", "Metadata_Batch", "Metadata_Well", *cols],
-                  [[i, "2021_04_26_Batch1", f"A0{i}", *[("nan" if (i + j) % 97 == 0 else (k * i + j) / 7)
-                                                        for j in range(len(cols))]] for i in (1, 2)])
-        write_csv(d / "output" / "MyExpt_Cells.csv", ["ImageNumber", "ObjectNumber", "Parent_Nuclei", *cols],
-                  [[i, o, o, *[(i * o + j * k) / 3 for j in range(len(cols))]] for i in (1, 2) for o in (1, 2, 3)])
+        write_csv(
+            d / "output" / "MyExpt_Image.csv",
+            ["ImageNumber", "Metadata_Batch", "Metadata_Well", *cols],
+            [
+                [
+                    i,
+                    "2021_04_26_Batch1",
+                    f"A0{i}",
+                    *[("nan" if (i + j) % 97 == 0 else (k * i + j) / 7) for j in range(len(cols))],
+                ]
+                for i in (1, 2)
+            ],
+        )
+        write_csv(
+            d / "output" / "MyExpt_Cells.csv",
+            ["ImageNumber", "ObjectNumber", "Parent_Nuclei", *cols],
+            [[i, o, o, *[(i * o + j * k) / 3 for j in range(len(cols))]] for i in (1, 2) for o in (1, 2, 3)],
+        )
         experiment(d / "output")
         convert_batch(d)
     csv_route, parquet_route = both_routes(batches, tmp_path)
@@ -197,13 +227,16 @@ def test_a_converted_table_that_disagrees_with_its_complete_json_is_an_error_nam
     complete = json.loads((batches[1] / TABLES / COMPLETE).read_text())
     complete["tables"]["Nuclei"]["rows"] += 1
     (batches[1] / TABLES / COMPLETE).write_text(json.dumps(complete))
-    with pytest.raises(MergeError, match=r"batch_0001/tables/Nuclei.arrow has 4 rows, its batch's complete.json says 5"):
+    with pytest.raises(
+        MergeError, match=r"batch_0001/tables/Nuclei.arrow has 4 rows, its batch's complete.json says 5"
+    ):
         merge_converted(batches, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
     complete["tables"]["Nuclei"]["rows"] -= 1
-    complete["tables"]["Nuclei"]["schema"] = json.loads((batches[0] / TABLES / COMPLETE).read_text())[
-        "tables"]["Nuclei"]["schema"]  # batch 1's Nuclei has a column batch 0's has not
+    complete["tables"]["Nuclei"]["schema"] = json.loads((batches[0] / TABLES / COMPLETE).read_text())["tables"][
+        "Nuclei"
+    ]["schema"]  # batch 1's Nuclei has a column batch 0's has not
     (batches[1] / TABLES / COMPLETE).write_text(json.dumps(complete))
     with pytest.raises(MergeError, match=r"batch_0001/tables/Nuclei.arrow is not the one its batch's complete.json"):
         merge_converted(batches, tmp_path / "dest")

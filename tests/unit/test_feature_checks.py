@@ -1,5 +1,6 @@
 """Checks of merged feature tables, each on good data and on data with the fault it looks
 for; and the plate map PNG."""
+
 from __future__ import annotations
 
 import base64
@@ -38,11 +39,13 @@ def rewrite(folder, name, edit):
 
 
 def replace_column(table: pa.Table, name: str, values, type_=None) -> pa.Table:
-    return table.set_column(table.column_names.index(name), name,
-                            pa.array(values, type_ or table.schema.field(name).type))
+    return table.set_column(
+        table.column_names.index(name), name, pa.array(values, type_ or table.schema.field(name).type)
+    )
 
 
 # --- image rows and batches ------------------------------------------------------------
+
 
 def test_image_rows_match_plan(tables):
     good = image_rows_match_plan(tables, 4)
@@ -82,6 +85,7 @@ def test_a_batch_without_image_rows_is_missing(tables):
 
 # --- cells per well ----------------------------------------------------------------
 
+
 def test_even_wells_pass(tables):
     # B02 has two sites (6 cells), B03 and C04 one (3): median 3, 6 < 3 x 3
     outcome = well_counts_outliers(tables)
@@ -102,10 +106,12 @@ def test_empty_well_and_planned_well_without_images_are_flagged(tables):
 def test_a_tenfold_well_is_flagged(tmp_path):
     batches = {"batch_0001": (1, [(w, 1) for w in ["B02", "B03", "B04", "B05", "B06"]])}
     folder = make_tables(tmp_path / "t", batches=batches)
+
     # B06 (image 5) gets 27 more cells: 30 against a median of 3
     def add_cells(t):
         extra = t.filter(pa.compute.equal(t[IMAGE_KEY_COLUMN], 1_000_005))
         return pa.concat_tables([t] + [extra] * 9)
+
     rewrite(folder, "Cells", add_cells)
     outcome = well_counts_outliers(folder)
     assert not outcome.passed and outcome.metadata["flagged"] == {"B06": 30}
@@ -113,13 +119,17 @@ def test_a_tenfold_well_is_flagged(tmp_path):
 
 
 def test_objects_per_well_counts_other_tables_and_orphans(tables):
-    rewrite(tables, "Nuclei", lambda t: replace_column(t, IMAGE_KEY_COLUMN,
-                                                       [9_000_001] + t[IMAGE_KEY_COLUMN].to_pylist()[1:]))
+    rewrite(
+        tables,
+        "Nuclei",
+        lambda t: replace_column(t, IMAGE_KEY_COLUMN, [9_000_001] + t[IMAGE_KEY_COLUMN].to_pylist()[1:]),
+    )
     counts, orphans = objects_per_well(tables, "Nuclei")
     assert counts == {"B02": 5, "B03": 3, "C04": 3} and orphans == 1
 
 
 # --- NaN share -----------------------------------------------------------------------
+
 
 def test_nan_share_passes_below_the_threshold(tables):
     # Nuclei intensity is null for one nucleus in three: fine with max_share=0.5
@@ -130,6 +140,7 @@ def test_nan_share_passes_below_the_threshold(tables):
 
 def test_a_single_cell_file_beside_the_tables_is_not_an_object_table(tables):
     from cpp_dagster.features.single_cell import write_single_cell
+
     write_single_cell(tables, tables / "single_cell.parquet")
     assert nan_share(tables, max_share=0.5).metadata["columns_checked"] == 4
     assert column_drift_in_tables(tables).passed
@@ -139,6 +150,7 @@ def test_a_feature_half_nan_is_reported(tables):
     def half_nan(t):
         values = [float("nan") if k % 2 else v for k, v in enumerate(t["AreaShape_Area"].to_pylist())]
         return replace_column(t, "AreaShape_Area", values)
+
     rewrite(tables, "Cells", half_nan)
     outcome = nan_share(tables, max_share=0.4)
     assert not outcome.passed
@@ -149,6 +161,7 @@ def test_a_feature_half_nan_is_reported(tables):
 
 
 # --- drift -------------------------------------------------------------------------------
+
 
 def test_drift_reported_by_merge():
     assert column_drift({"Image": (), "Cells": ()}).passed
@@ -161,9 +174,12 @@ def test_drift_found_in_the_parquet(tables):
     assert column_drift_in_tables(tables).passed
 
     def drop_in_batch_2(t):
-        values = [None if b == "batch_0002" else v
-                  for b, v in zip(t[BATCH_COLUMN].to_pylist(), t["AreaShape_Area"].to_pylist())]
+        values = [
+            None if b == "batch_0002" else v
+            for b, v in zip(t[BATCH_COLUMN].to_pylist(), t["AreaShape_Area"].to_pylist())
+        ]
         return replace_column(t, "AreaShape_Area", values)
+
     rewrite(tables, "Nuclei", drop_in_batch_2)
     outcome = column_drift_in_tables(tables)
     assert not outcome.passed and outcome.severity == "WARN"
@@ -182,6 +198,7 @@ def test_drift_found_when_row_groups_mix_batches(tables):
 
 
 # --- plate map ---------------------------------------------------------------------------
+
 
 def decode(png: bytes) -> np.ndarray:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -232,7 +249,7 @@ def test_markdown_embeds_the_png():
     md = plate_map_markdown(png, alt="cells per well")
     prefix = "![cells per well](data:image/png;base64,"
     assert md.startswith(prefix) and md.endswith(")")
-    assert base64.b64decode(md[len(prefix):-1]) == png
+    assert base64.b64decode(md[len(prefix) : -1]) == png
 
 
 def test_plate_map_from_the_check_counts(tables):

@@ -1,6 +1,7 @@
 """Pod configuration per step (pure): the executor's defaults, a sub-analysis's run config
 and how they merge; the deployment files. Dagster's own resolution of the executor and
 the chart's values schema: tests/integration/test_k8s_settings_as_dagster_and_helm_read_them.py."""
+
 from __future__ import annotations
 
 import ast
@@ -83,9 +84,17 @@ def test_nas_mounts_tmp_security_labels_and_placement(settings):
     assert pod["node_selector"] == {"cpp-dagster/node": "true"}
     assert {"name": "OMP_NUM_THREADS", "value": "1"} in container["env"]
     labels = config["pod_template_spec_metadata"]["labels"]
-    assert labels == {"cpp-dagster/pod-settings": "sub-analysis", "cpp-dagster/sub-type": "none",
-                      "cpp-dagster/plate-acquisition": "3", "cpp-dagster/analysis": "5",
-                      "cpp-dagster/sub-analysis": "8"} == config["job_metadata"]["labels"]
+    assert (
+        labels
+        == {
+            "cpp-dagster/pod-settings": "sub-analysis",
+            "cpp-dagster/sub-type": "none",
+            "cpp-dagster/plate-acquisition": "3",
+            "cpp-dagster/analysis": "5",
+            "cpp-dagster/sub-analysis": "8",
+        }
+        == config["job_metadata"]["labels"]
+    )
 
 
 @pytest.mark.parametrize("op", ANALYSIS_STEPS)
@@ -109,8 +118,9 @@ def test_the_service_account_token_stays_off_over_the_run_workers_setting(settin
 
 
 def test_pod_settings_can_use_the_nodes_disk_for_tmp_and_other_secret_names(settings):
-    changed = PodSettings.from_mapping({**yaml.safe_load(EXAMPLE.read_text()), "tmp_medium": "",
-                                        "imagedb_secret": "lab-imagedb"})
+    changed = PodSettings.from_mapping(
+        {**yaml.safe_load(EXAMPLE.read_text()), "tmp_medium": "", "imagedb_secret": "lab-imagedb"}
+    )
     job = step_job(sensor_layer(changed, "run_cellprofiler"), "run_cellprofiler")
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}} in job["spec"]["template"]["spec"]["volumes"]
@@ -121,7 +131,9 @@ def test_image_follows_cp_version_and_unknown_versions_are_refused(settings):
     config = sensor_layer(settings, "plan_batches")
     assert config["container_config"]["image"] == "registry.example.org/cpp-dagster:0.1.0-cp5.0.0.dev784"
     assert config["container_config"]["resources"] == settings.step_resources["plan_batches"]
-    with pytest.raises(PodConfigError, match=r"cp_version '4.2.8' has no container image configured \(known: 5.0.0.dev784\)"):
+    with pytest.raises(
+        PodConfigError, match=r"cp_version '4.2.8' has no container image configured \(known: 5.0.0.dev784\)"
+    ):
         analysis_run_config(settings, options(cp_version="4.2.8"), IDS)
     unnamed = analysis_run_config(settings, SubAnalysisOptions.from_meta({"pipeline_file": "x"}), IDS)
     layer = step_layer(executor_config(settings, unnamed), "run_cellprofiler")
@@ -154,8 +166,9 @@ def test_a_run_launched_without_the_sensors_run_config_gets_the_deployments_defa
     assert batch["job_spec_config"] == {"active_deadline_seconds": DEFAULT_JOB_TIMEOUT_S + 300}
 
     # the sensor's run config replaces what it names; the labels say which settings a pod got
-    launched = step_layer(executor_config(defaults, analysis_run_config(defaults, options(sub_type="qc"), IDS)),
-                          "run_cellprofiler")
+    launched = step_layer(
+        executor_config(defaults, analysis_run_config(defaults, options(sub_type="qc"), IDS)), "run_cellprofiler"
+    )
     assert launched["container_config"]["image"].endswith("cp5.0.0.dev784")
     assert launched["container_config"]["resources"] == defaults.resources["qc"]
     assert launched["pod_template_spec_metadata"]["labels"]["cpp-dagster/pod-settings"] == "sub-analysis"
@@ -164,15 +177,24 @@ def test_a_run_launched_without_the_sensors_run_config_gets_the_deployments_defa
 def test_pod_config_given_at_launch_is_merged_onto_the_defaults(settings):
     """A run launched from the UI's Launchpad with its own executor config: what it names
     wins, key by key, and the defaults stay for everything else."""
-    own = {"execution": {"config": {
-        "max_concurrent": 3,
-        "per_step_k8s_config": {"run_cellprofiler": {"container_config": {"resources": {"limits": {"memory": "16Gi"}}}}},
-        "step_k8s_config": {"pod_spec_config": {"node_selector": {"zone": "a"}}}}}}
+    own = {
+        "execution": {
+            "config": {
+                "max_concurrent": 3,
+                "per_step_k8s_config": {
+                    "run_cellprofiler": {"container_config": {"resources": {"limits": {"memory": "16Gi"}}}}
+                },
+                "step_k8s_config": {"pod_spec_config": {"node_selector": {"zone": "a"}}},
+            }
+        }
+    }
     config = executor_config(settings, own)
     assert config["max_concurrent"] == 3
     batch = step_layer(config, "run_cellprofiler")
-    assert batch["container_config"]["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
-                                                      "limits": {"cpu": "2", "memory": "16Gi"}}
+    assert batch["container_config"]["resources"] == {
+        "requests": {"cpu": "1", "memory": "4Gi"},
+        "limits": {"cpu": "2", "memory": "16Gi"},
+    }
     assert batch["container_config"]["image"].endswith("cp5.0.0.dev784")
     assert batch["pod_spec_config"]["node_selector"] == {"cpp-dagster/node": "true", "zone": "a"}
     assert_least_privilege(step_job(batch, "run_cellprofiler"))
@@ -227,7 +249,10 @@ def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contex
     # runs get the code server's settings, not its Secrets
     assert launcher["runK8sConfig"]["containerConfig"]["env"] == deployment["env"]
     assert launcher["volumes"] == deployment["volumes"] and launcher["volumeMounts"] == deployment["volumeMounts"]
-    for pod_security in (deployment["podSecurityContext"], launcher["runK8sConfig"]["podSpecConfig"]["securityContext"]):
+    for pod_security in (
+        deployment["podSecurityContext"],
+        launcher["runK8sConfig"]["podSpecConfig"]["securityContext"],
+    ):
         assert pod_security["runAsNonRoot"] is True and pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
     for container_security in (deployment["securityContext"], launcher["securityContext"]):
         assert container_security["allowPrivilegeEscalation"] is False

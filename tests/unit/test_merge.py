@@ -1,4 +1,5 @@
 """Merging per-batch CellProfiler CSVs into one Parquet per object table."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,10 @@ from cpp_dagster.features.results_folder import versions_dir
 
 @pytest.fixture
 def two_batches(tmp_path):
-    return [make_batch(tmp_path / "src" / "batch_0001", 1, wells=("B02", "B03")),
-            make_batch(tmp_path / "src" / "batch_0002", 2, wells=("C04", "C05"))]
+    return [
+        make_batch(tmp_path / "src" / "batch_0001", 1, wells=("B02", "B03")),
+        make_batch(tmp_path / "src" / "batch_0002", 2, wells=("C04", "C05")),
+    ]
 
 
 def read(dest: Path, name: str) -> pa.Table:
@@ -29,6 +32,7 @@ def rows(table: pa.Table) -> list[dict]:
 
 
 # --- batches kept apart -----------------------------------------------------------
+
 
 def test_rows_of_different_batches_never_collide(two_batches, tmp_path):
     result = merge_batches(two_batches, tmp_path / "dest")
@@ -54,22 +58,32 @@ def test_object_rows_carry_the_image_key_of_their_image(two_batches, tmp_path):
 def test_batch_output_folders_are_named_after_their_batch(tmp_path):
     dirs = [make_batch(tmp_path / f"batch_000{k}" / "output", k) for k in (1, 2)]
     merge_batches(dirs, tmp_path / "dest")
-    assert read(tmp_path / "dest", "Image").column(BATCH_COLUMN).to_pylist() == \
-        ["batch_0001", "batch_0001", "batch_0002", "batch_0002"]
+    assert read(tmp_path / "dest", "Image").column(BATCH_COLUMN).to_pylist() == [
+        "batch_0001",
+        "batch_0001",
+        "batch_0002",
+        "batch_0002",
+    ]
 
 
 # --- types --------------------------------------------------------------------------
+
 
 def test_column_types(two_batches, tmp_path):
     merge_batches(two_batches, tmp_path / "dest")
     image = read(tmp_path / "dest", "Image").schema
     cells = read(tmp_path / "dest", "Cells").schema
     for schema, name, t in [
-        (image, "Intensity_MeanIntensity_DNA", pa.float32()), (cells, "AreaShape_Area", pa.float32()),
-        (image, "ImageNumber", pa.int64()), (cells, "ObjectNumber", pa.int64()),
-        (cells, "Parent_Nuclei", pa.int64()), (image, "Count_Nuclei", pa.int64()),
-        (image, IMAGE_KEY_COLUMN, pa.int64()), (image, "Metadata_Site", pa.int64()),
-        (image, "Metadata_Well", pa.string()), (image, BATCH_COLUMN, pa.string()),
+        (image, "Intensity_MeanIntensity_DNA", pa.float32()),
+        (cells, "AreaShape_Area", pa.float32()),
+        (image, "ImageNumber", pa.int64()),
+        (cells, "ObjectNumber", pa.int64()),
+        (cells, "Parent_Nuclei", pa.int64()),
+        (image, "Count_Nuclei", pa.int64()),
+        (image, IMAGE_KEY_COLUMN, pa.int64()),
+        (image, "Metadata_Site", pa.int64()),
+        (image, "Metadata_Well", pa.string()),
+        (image, BATCH_COLUMN, pa.string()),
     ]:
         assert schema.field(name).type == t, name
 
@@ -90,11 +104,14 @@ def test_float_values_survive_as_float32(two_batches, tmp_path):
 
 # --- schema drift -------------------------------------------------------------------
 
+
 def test_column_missing_in_one_batch_is_null_there_and_reported(tmp_path):
     a = make_batch(tmp_path / "batch_0001", 1)
     b = make_batch(tmp_path / "batch_0002", 2)
-    write_csv(a / "MyExpt_Image.csv", [["ImageNumber", "Metadata_Well", "Granularity_1_DNA"],
-                                       [1, "B02", 0.75], [2, "B03", 0.5]])
+    write_csv(
+        a / "MyExpt_Image.csv",
+        [["ImageNumber", "Metadata_Well", "Granularity_1_DNA"], [1, "B02", 0.75], [2, "B03", 0.5]],
+    )
     write_csv(b / "MyExpt_Image.csv", [["ImageNumber", "Metadata_Well"], [1, "C04"]])
     result = merge_batches([a, b], tmp_path / "dest")
     table = read(tmp_path / "dest", "Image")
@@ -104,46 +121,59 @@ def test_column_missing_in_one_batch_is_null_there_and_reported(tmp_path):
 
 
 def test_column_empty_in_one_batch_takes_the_numeric_type_of_the_others(tmp_path):
-    a = write_csv(tmp_path / "batch_0001" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Texture_Foo"], [1, ""], [2, "nan"]]).parent
-    b = write_csv(tmp_path / "batch_0002" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Texture_Foo"], [1, 3.5]]).parent
+    a = write_csv(
+        tmp_path / "batch_0001" / "MyExpt_Image.csv", [["ImageNumber", "Texture_Foo"], [1, ""], [2, "nan"]]
+    ).parent
+    b = write_csv(tmp_path / "batch_0002" / "MyExpt_Image.csv", [["ImageNumber", "Texture_Foo"], [1, 3.5]]).parent
     merge_batches([a, b], tmp_path / "dest")
     column = read(tmp_path / "dest", "Image").column("Texture_Foo")
     assert column.type == pa.float32() and column.to_pylist() == [None, None, 3.5]
 
 
 def test_column_with_text_in_one_batch_is_text(tmp_path):
-    a = write_csv(tmp_path / "batch_0001" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Metadata_Plate"], [1, 1234]]).parent
-    b = write_csv(tmp_path / "batch_0002" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Metadata_Plate"], [1, "P-5678"]]).parent
+    a = write_csv(tmp_path / "batch_0001" / "MyExpt_Image.csv", [["ImageNumber", "Metadata_Plate"], [1, 1234]]).parent
+    b = write_csv(
+        tmp_path / "batch_0002" / "MyExpt_Image.csv", [["ImageNumber", "Metadata_Plate"], [1, "P-5678"]]
+    ).parent
     merge_batches([a, b], tmp_path / "dest")
     column = read(tmp_path / "dest", "Image").column("Metadata_Plate")
     assert column.type == pa.string() and column.to_pylist() == ["1234", "P-5678"]
 
 
 def test_date_like_columns_are_kept_as_text(tmp_path):
-    a = write_csv(tmp_path / "batch_0001" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Metadata_Date", "Metadata_Time"], [1, "2026-11-03", "10:30:00"]]).parent
+    a = write_csv(
+        tmp_path / "batch_0001" / "MyExpt_Image.csv",
+        [["ImageNumber", "Metadata_Date", "Metadata_Time"], [1, "2026-11-03", "10:30:00"]],
+    ).parent
     merge_batches([a], tmp_path / "dest")
     assert rows(read(tmp_path / "dest", "Image"))[0] == {
-        BATCH_COLUMN: "batch_0001", IMAGE_KEY_COLUMN: 1_000_001, "ImageNumber": 1,
-        "Metadata_Date": "2026-11-03", "Metadata_Time": "10:30:00"}
+        BATCH_COLUMN: "batch_0001",
+        IMAGE_KEY_COLUMN: 1_000_001,
+        "ImageNumber": 1,
+        "Metadata_Date": "2026-11-03",
+        "Metadata_Time": "10:30:00",
+    }
 
 
 def test_values_land_in_their_columns_when_batches_order_columns_differently(tmp_path):
-    a = write_csv(tmp_path / "batch_0001" / "MyExpt_Image.csv",
-                  [["ImageNumber", "Metadata_Well", "Metadata_Site", "Intensity_X"], [1, "B02", 1, 0.5]]).parent
-    b = write_csv(tmp_path / "batch_0002" / "MyExpt_Image.csv",
-                  [["Intensity_X", "Metadata_Site", "ImageNumber", "Metadata_Well"],
-                   [7.25, 3, 1, "C04"], [2.25, 2, 2, "C05"]]).parent
+    a = write_csv(
+        tmp_path / "batch_0001" / "MyExpt_Image.csv",
+        [["ImageNumber", "Metadata_Well", "Metadata_Site", "Intensity_X"], [1, "B02", 1, 0.5]],
+    ).parent
+    b = write_csv(
+        tmp_path / "batch_0002" / "MyExpt_Image.csv",
+        [["Intensity_X", "Metadata_Site", "ImageNumber", "Metadata_Well"], [7.25, 3, 1, "C04"], [2.25, 2, 2, "C05"]],
+    ).parent
     merge_batches([a, b], tmp_path / "dest")
     table = read(tmp_path / "dest", "Image")
     assert table.column_names[2:] == ["ImageNumber", "Metadata_Well", "Metadata_Site", "Intensity_X"]
     last = rows(table)[-1]
-    assert (last["ImageNumber"], last["Metadata_Well"], last["Metadata_Site"], last["Intensity_X"]) == \
-        (2, "C05", 2, 2.25)
+    assert (last["ImageNumber"], last["Metadata_Well"], last["Metadata_Site"], last["Intensity_X"]) == (
+        2,
+        "C05",
+        2,
+        2.25,
+    )
 
 
 def test_a_column_turning_to_text_after_the_first_block_is_text(tmp_path):
@@ -158,6 +188,7 @@ def test_a_column_turning_to_text_after_the_first_block_is_text(tmp_path):
 
 
 # --- Experiment and other files -----------------------------------------------------
+
 
 def test_experiment_table_is_copied_once_from_the_first_batch(two_batches, tmp_path):
     result = merge_batches(two_batches, tmp_path / "dest")
@@ -180,7 +211,8 @@ def test_other_files_are_copied_into_the_destination(two_batches, tmp_path):
     assert (dest / "qc" / "C04_s1.png").read_bytes() == b"\x89PNG fake"
     assert {dest / "ICF_HOECHST.npy", dest / "qc" / "C04_s1.png", dest / "Image.parquet"} <= set(result.files)
     assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == sorted(
-        ["Cells.parquet", "Experiment.csv", "ICF_HOECHST.npy", "Image.parquet", "Nuclei.parquet", "qc"])
+        ["Cells.parquet", "Experiment.csv", "ICF_HOECHST.npy", "Image.parquet", "Nuclei.parquet", "qc"]
+    )
 
 
 def test_two_batches_writing_the_same_file_is_an_error(two_batches, tmp_path):
@@ -194,6 +226,7 @@ def test_two_batches_writing_the_same_file_is_an_error(two_batches, tmp_path):
 
 
 # --- atomic writes ------------------------------------------------------------------
+
 
 def test_no_staging_folder_remains_after_a_merge(two_batches, tmp_path):
     merge_batches(two_batches, tmp_path / "dest")
@@ -230,6 +263,7 @@ def test_nothing_to_merge_is_an_error(tmp_path):
 
 
 # --- table files --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prefix", ["MyExpt_", "", "plate_42_run_"])
 def test_table_files_finds_tables_with_any_prefix(tmp_path, prefix):

@@ -2,6 +2,7 @@
 CellProfiler exported (a JUMP LoadData `Metadata_Batch`), and a broken batch table is a
 clear error naming the batch and file (through `cpp-dagster merge`:
 tests/integration/test_merge_command.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,17 +26,30 @@ def jump_batch(folder: Path, k: int, wells: tuple[str, ...]) -> Path:
     """A batch whose Image table has JUMP's `Metadata_Batch` and `Metadata_Plate` columns,
     as CellProfiler exports them from a JUMP LoadData CSV."""
     make_batch(folder, k, wells=wells)
-    write_csv(folder / "MyExpt_Image.csv", [
-        ["ImageNumber", "Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_Well", "Metadata_Site",
-         "Count_Nuclei", "Intensity_MeanIntensity_DNA"],
-        *[[i, "source_4", JUMP_BATCH, "BR00117035", w, 1, 2, k + i / 10] for i, w in enumerate(wells, 1)],
-    ])
+    write_csv(
+        folder / "MyExpt_Image.csv",
+        [
+            [
+                "ImageNumber",
+                "Metadata_Source",
+                "Metadata_Batch",
+                "Metadata_Plate",
+                "Metadata_Well",
+                "Metadata_Site",
+                "Count_Nuclei",
+                "Intensity_MeanIntensity_DNA",
+            ],
+            *[[i, "source_4", JUMP_BATCH, "BR00117035", w, 1, 2, k + i / 10] for i, w in enumerate(wells, 1)],
+        ],
+    )
     return folder
 
 
 def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read_the_tables(tmp_path):
-    dirs = [jump_batch(tmp_path / "src" / "batch_0001", 1, ("A01", "A02")),
-            jump_batch(tmp_path / "src" / "batch_0002", 2, ("B01",))]
+    dirs = [
+        jump_batch(tmp_path / "src" / "batch_0001", 1, ("A01", "A02")),
+        jump_batch(tmp_path / "src" / "batch_0002", 2, ("B01",)),
+    ]
     merge_batches(dirs, tmp_path / "dest")
     image_file = tmp_path / "dest" / "Image.parquet"
 
@@ -46,8 +60,9 @@ def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read
     assert list(frame.columns).count("Metadata_Batch") == 1
     assert pl.read_parquet(image_file)["Metadata_Batch"].to_list() == [JUMP_BATCH] * 3
     # the column name is the merge's constant (quoted as an identifier), the file a parameter
-    assert duckdb.execute(f'SELECT count(*), min(Metadata_Batch), min("{BATCH_COLUMN}") FROM read_parquet(?)',
-                          [str(image_file)]).fetchall() == [(3, JUMP_BATCH, "batch_0001")]
+    assert duckdb.execute(
+        f'SELECT count(*), min(Metadata_Batch), min("{BATCH_COLUMN}") FROM read_parquet(?)', [str(image_file)]
+    ).fetchall() == [(3, JUMP_BATCH, "batch_0001")]
     for table in ("Nuclei", "Cells"):
         assert len(pd.read_parquet(tmp_path / "dest" / f"{table}.parquet")) == 6
 
@@ -57,8 +72,9 @@ def test_a_cellprofiler_metadata_batch_is_kept_and_pandas_polars_and_duckdb_read
     assert len(cells) == 6 and set(cells["Metadata_Batch"]) == {JUMP_BATCH}
     assert set(cells[BATCH_COLUMN]) == {"batch_0001", "batch_0002"}
     assert pl.read_parquet(single).height == 6
-    assert duckdb.execute("SELECT count(DISTINCT Metadata_Well) FROM read_parquet(?)",
-                          [str(single)]).fetchall() == [(3,)]
+    assert duckdb.execute("SELECT count(DISTINCT Metadata_Well) FROM read_parquet(?)", [str(single)]).fetchall() == [
+        (3,)
+    ]
     profiles = pd.read_parquet(write_well_profiles(single, tmp_path / "dest" / "well_profiles.parquet").path)
     assert profiles["Metadata_Well"].tolist() == ["A01", "A02", "B01"]
     assert profiles["Metadata_Plate"].tolist() == ["BR00117035"] * 3
@@ -76,7 +92,9 @@ def test_an_image_table_with_a_header_and_no_rows_is_an_error(tmp_path):
     dirs = two_batches(tmp_path)
     path = dirs[0] / "MyExpt_Image.csv"
     path.write_text(path.read_text().splitlines()[0] + "\n")
-    with pytest.raises(MergeError, match="batch batch_0001: its Image table .*MyExpt_Image.csv has a header but zero rows"):
+    with pytest.raises(
+        MergeError, match="batch batch_0001: its Image table .*MyExpt_Image.csv has a header but zero rows"
+    ):
         merge_batches(dirs, tmp_path / "dest")
 
 

@@ -4,6 +4,7 @@ absolute path or holds a NUL byte: with a message naming the value, and nothing 
 outside the NAS root (checked on the filesystem, before and after). Plate barcodes and
 pipeline files in imagedb, through the real sensor and job:
 tests/integration/test_paths_stay_under_their_root_through_imagedb_and_the_job.py."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_pipeline_file_value_of_each_kind_is_a_planning_error(kind, tmp_path):
-    value = "x/" + bad_value(kind, tmp_path, "escaped.cppipe") if kind == "slash" else \
-        bad_value(kind, tmp_path, "escaped.cppipe")
+    value = (
+        "x/" + bad_value(kind, tmp_path, "escaped.cppipe")
+        if kind == "slash"
+        else bad_value(kind, tmp_path, "escaped.cppipe")
+    )
     if kind == "slash":  # a subfolder of the pipelines folder is allowed: `a/b.cppipe`
         assert SubAnalysisOptions.from_meta({"pipeline_file": value}).pipeline_file == value
         return
@@ -36,6 +40,7 @@ def test_a_pipeline_file_value_of_each_kind_is_a_planning_error(kind, tmp_path):
 
 
 # --- model name, version and training workflow ---------------------------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("field", ["name", "version"])
@@ -80,6 +85,7 @@ def test_a_training_workflow_that_is_not_a_folder_name_is_a_configuration_error(
 
 # --- partition keys used as folders ---------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", KINDS + ("dot",))
 def test_a_partition_key_is_never_a_folder_outside_the_work_area(settings, tmp_path, kind):
     key = "." if kind == "dot" else ".." if kind == "dotdot" else bad_value(kind, tmp_path)
@@ -97,13 +103,17 @@ def test_a_partition_key_is_never_a_folder_outside_the_work_area(settings, tmp_p
 
 def test_a_good_partition_key_is_written_and_read_under_the_work_area(settings):
     io_manager = WorkAreaIOManager().create_io_manager(None)
-    io_manager.handle_output(dg.build_output_context(asset_key="training_data", partition_key="solubility-0a1b"),
-                             {"x": 1})
-    assert io_manager.load_input(dg.build_input_context(asset_key="training_data",
-                                                        partition_key="solubility-0a1b")) == {"x": 1}
+    io_manager.handle_output(
+        dg.build_output_context(asset_key="training_data", partition_key="solubility-0a1b"), {"x": 1}
+    )
+    assert io_manager.load_input(
+        dg.build_input_context(asset_key="training_data", partition_key="solubility-0a1b")
+    ) == {"x": 1}
     assert (settings.work_root / "dagster-io" / "training_data" / "solubility-0a1b").is_file()
-    assert steps.version_folder(settings.work_root, "solubility-0a1b") == settings.work_root / "training" / \
-        "solubility-0a1b"
+    assert (
+        steps.version_folder(settings.work_root, "solubility-0a1b")
+        == settings.work_root / "training" / "solubility-0a1b"
+    )
 
 
 @pytest.mark.parametrize("workflow", ["-solubility", "solubility.", "_x"])

@@ -1,4 +1,5 @@
 """Planning: sub-analysis meta -> image sets -> batches -> LoadData CSV text."""
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,11 @@ CHANNELS = {1: "HOECHST", 2: "SYTO", 3: "MITO"}
 def images(wells=("B02",), sites=(1,), zs=(0,), timepoints=(1,), channels=CHANNELS):
     return [
         Image(well=w, site=s, channel=c, z=z, timepoint=t, path=f"/nas/plate/t{t}/{w}_s{s}_z{z}_c{c}.tiff")
-        for t in timepoints for w in wells for s in sites for z in zs for c in channels
+        for t in timepoints
+        for w in wells
+        for s in sites
+        for z in zs
+        for c in channels
     ]
 
 
@@ -44,14 +49,18 @@ def keys(p):
 
 # --- z planes ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, planes", [
-    ("2-5,7", {2, 3, 4, 5, 7}),
-    ("3", {3}),
-    ("0", {0}),
-    ("4-4", {4}),
-    (" 2 - 3 , 9 ", {2, 3, 9}),
-    ("1,1,2", {1, 2}),
-])
+
+@pytest.mark.parametrize(
+    "spec, planes",
+    [
+        ("2-5,7", {2, 3, 4, 5, 7}),
+        ("3", {3}),
+        ("0", {0}),
+        ("4-4", {4}),
+        (" 2 - 3 , 9 ", {2, 3, 9}),
+        ("1,1,2", {1, 2}),
+    ],
+)
 def test_z_spec_reads_numbers_and_ranges(spec, planes):
     assert parse_z_spec(spec) == planes
 
@@ -90,6 +99,7 @@ def test_z_selecting_no_existing_plane_is_an_error():
 
 
 # --- filters, channels, order -----------------------------------------------------
+
 
 def test_well_filter_is_case_insensitive():
     p = plan(images(wells=("B02", "b03", "C04")), CHANNELS, options(well_filter=["b03", "c04"]))
@@ -137,6 +147,7 @@ def test_timepoint_0_is_kept_apart_from_timepoint_1():
 
 # --- batches ----------------------------------------------------------------------
 
+
 def test_batch_size_splits_into_consecutive_named_batches():
     p = plan(images(sites=range(1, 8)), CHANNELS, options(batch_size=3))
     assert [len(b.image_sets) for b in p.batches] == [3, 3, 1]
@@ -153,6 +164,7 @@ def test_batch_size_zero_or_negative_is_one_batch_of_all(batch_size):
 
 # --- readable errors --------------------------------------------------------------
 
+
 def test_no_images_after_filters_is_an_error_naming_the_filters():
     with pytest.raises(PlanningError, match=r"no images left.*Z99.*sites=\[3\]"):
         plan(images(), CHANNELS, options(well_filter=["Z99"], site_filter=[3]))
@@ -164,8 +176,11 @@ def test_empty_channel_map_is_an_error():
 
 
 def test_image_set_missing_a_channel_names_well_site_and_dye():
-    ims = [im for im in images(wells=("B02", "B03"), sites=(1, 2))
-           if not (im.well == "B03" and im.site == 2 and im.channel == 2)]
+    ims = [
+        im
+        for im in images(wells=("B02", "B03"), sites=(1, 2))
+        if not (im.well == "B03" and im.site == 2 and im.channel == 2)
+    ]
     with pytest.raises(PlanningError, match=r"well B03 site 2 .*missing channel\(s\) SYTO"):
         plan(ims, CHANNELS, options())
 
@@ -177,6 +192,7 @@ def test_two_images_for_one_channel_is_an_error_naming_the_image_set_and_dye():
 
 
 # --- sub-analysis meta ------------------------------------------------------------
+
 
 def test_meta_defaults():
     o = SubAnalysisOptions.from_meta({"pipeline_file": "qc.cppipe"})
@@ -192,24 +208,37 @@ def test_meta_empty_z_means_the_middle_plane(z):
 
 
 def test_meta_values_are_parsed():
-    o = options(type="cellprofiler", batch_size="50", site_filter=[1, "2"], well_filter=["b02"],
-                channels=["HOECHST"], z=3, use_icf=True, job_timeout=600, priority=1, cp_version="4.2.8")
+    o = options(
+        type="cellprofiler",
+        batch_size="50",
+        site_filter=[1, "2"],
+        well_filter=["b02"],
+        channels=["HOECHST"],
+        z=3,
+        use_icf=True,
+        job_timeout=600,
+        priority=1,
+        cp_version="4.2.8",
+    )
     assert (o.batch_size, o.site_filter, o.well_filter, o.channels) == (50, (1, 2), ("B02",), ("HOECHST",))
     assert (o.z, o.use_icf, o.job_timeout, o.priority, o.cp_version) == ("3", True, 600, 1, "4.2.8")
 
 
-@pytest.mark.parametrize("meta", [
-    {"site_filter": ["a"]},
-    {"site_filter": "12"},
-    {"site_filter": [1.5]},
-    {"well_filter": "B02"},
-    {"well_filter": ["B02", 3]},
-    {"channels": "HOECHST"},
-    {"batch_size": "many"},
-    {"job_timeout": [1]},
-    {"use_icf": "false"},
-    {"z": "2-"},
-])
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"site_filter": ["a"]},
+        {"site_filter": "12"},
+        {"site_filter": [1.5]},
+        {"well_filter": "B02"},
+        {"well_filter": ["B02", 3]},
+        {"channels": "HOECHST"},
+        {"batch_size": "many"},
+        {"job_timeout": [1]},
+        {"use_icf": "false"},
+        {"z": "2-"},
+    ],
+)
 def test_meta_of_the_wrong_type_is_a_planning_error(meta):
     with pytest.raises(PlanningError):
         options(**meta)
@@ -227,57 +256,73 @@ def test_missing_pipeline_file_is_an_error(meta):
 
 
 # The message names the key and what it may be, for the scientist who wrote the meta.
-@pytest.mark.parametrize("meta, message", [
-    ({"job_timeout": -5}, "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); "
-                          "got -5"),
-    ({"job_timeout": 0}, "'job_timeout' must be a whole number from 1 to 604800"),
-    ({"job_timeout": 8 * 24 * 3600}, "'job_timeout' must be a whole number from 1 to 604800"),
-    ({"job_timeout": "3h"}, "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); "
-                            "got '3h'"),
-    ({"job_timeout": 1.5}, "got 1.5"),
-    ({"job_timeout": True}, "got True"),
-    ({"batch_size": "many"}, "'batch_size' must be a whole number, in image sets per batch (0: one batch of all); "
-                             "got 'many'"),
-    ({"batch_size": [4]}, "'batch_size' must be a whole number"),
-    ({"priority": "high"}, "'priority' must be a whole number from 1 to 9, in 1 = high, 9 = low; got 'high'"),
-    ({"priority": 0}, "'priority' must be a whole number from 1 to 9"),
-    ({"priority": 10}, "'priority' must be a whole number from 1 to 9"),
-    ({"sub_type": "gpu"}, "'sub_type' must be one of qc, icf, features; got 'gpu'"),
-    ({"sub_type": "QC"}, "'sub_type' must be one of qc, icf, features; got 'QC'"),
-    ({"cp_version": "5.0 beta"}, "'cp_version' must be at most 63 letters, digits, '-', '_' or '.', starting and "
-                                 "ending with a letter or digit (a Kubernetes label); got '5.0 beta'"),
-    ({"cp_version": "x" * 64}, "(a Kubernetes label)"),
-    ({"cp_version": "-5.0"}, "(a Kubernetes label)"),
-    ({"cp_version": "5.0."}, "(a Kubernetes label)"),
-    ({"cp_version": ["5"]}, "(a Kubernetes label)"),
-    ({"type": "shell"}, "sub-analysis type 'shell' is not supported (only 'cellprofiler')"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        (
+            {"job_timeout": -5},
+            "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); got -5",
+        ),
+        ({"job_timeout": 0}, "'job_timeout' must be a whole number from 1 to 604800"),
+        ({"job_timeout": 8 * 24 * 3600}, "'job_timeout' must be a whole number from 1 to 604800"),
+        (
+            {"job_timeout": "3h"},
+            "'job_timeout' must be a whole number from 1 to 604800, in seconds (at most 7 days); got '3h'",
+        ),
+        ({"job_timeout": 1.5}, "got 1.5"),
+        ({"job_timeout": True}, "got True"),
+        (
+            {"batch_size": "many"},
+            "'batch_size' must be a whole number, in image sets per batch (0: one batch of all); got 'many'",
+        ),
+        ({"batch_size": [4]}, "'batch_size' must be a whole number"),
+        ({"priority": "high"}, "'priority' must be a whole number from 1 to 9, in 1 = high, 9 = low; got 'high'"),
+        ({"priority": 0}, "'priority' must be a whole number from 1 to 9"),
+        ({"priority": 10}, "'priority' must be a whole number from 1 to 9"),
+        ({"sub_type": "gpu"}, "'sub_type' must be one of qc, icf, features; got 'gpu'"),
+        ({"sub_type": "QC"}, "'sub_type' must be one of qc, icf, features; got 'QC'"),
+        (
+            {"cp_version": "5.0 beta"},
+            "'cp_version' must be at most 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit (a Kubernetes label); got '5.0 beta'",
+        ),
+        ({"cp_version": "x" * 64}, "(a Kubernetes label)"),
+        ({"cp_version": "-5.0"}, "(a Kubernetes label)"),
+        ({"cp_version": "5.0."}, "(a Kubernetes label)"),
+        ({"cp_version": ["5"]}, "(a Kubernetes label)"),
+        ({"type": "shell"}, "sub-analysis type 'shell' is not supported (only 'cellprofiler')"),
+    ],
+)
 def test_meta_out_of_range_is_refused_naming_the_key_and_the_allowed_values(meta, message):
     with pytest.raises(PlanningError) as refused:
         options(**meta)
     assert message in str(refused.value)
 
 
-@pytest.mark.parametrize("meta, parsed", [
-    ({"job_timeout": 1}, ("job_timeout", 1)),
-    ({"job_timeout": 7 * 24 * 3600}, ("job_timeout", 604800)),
-    ({"job_timeout": None}, ("job_timeout", 10800)),
-    ({"job_timeout": "600"}, ("job_timeout", 600)),
-    ({"batch_size": -1}, ("batch_size", -1)),  # <= 0: one batch of all image sets
-    ({"batch_size": None}, ("batch_size", 0)),
-    ({"priority": 1}, ("priority", 1)),
-    ({"priority": "9"}, ("priority", 9)),
-    ({"sub_type": "icf"}, ("sub_type", "icf")),
-    ({"cp_version": "5.0.0.dev784"}, ("cp_version", "5.0.0.dev784")),
-    ({"cp_version": "x" * 63}, ("cp_version", "x" * 63)),
-    ({"pipeline_file": "jump/analysis.cppipe"}, ("pipeline_file", "jump/analysis.cppipe")),
-])
+@pytest.mark.parametrize(
+    "meta, parsed",
+    [
+        ({"job_timeout": 1}, ("job_timeout", 1)),
+        ({"job_timeout": 7 * 24 * 3600}, ("job_timeout", 604800)),
+        ({"job_timeout": None}, ("job_timeout", 10800)),
+        ({"job_timeout": "600"}, ("job_timeout", 600)),
+        ({"batch_size": -1}, ("batch_size", -1)),  # <= 0: one batch of all image sets
+        ({"batch_size": None}, ("batch_size", 0)),
+        ({"priority": 1}, ("priority", 1)),
+        ({"priority": "9"}, ("priority", 9)),
+        ({"sub_type": "icf"}, ("sub_type", "icf")),
+        ({"cp_version": "5.0.0.dev784"}, ("cp_version", "5.0.0.dev784")),
+        ({"cp_version": "x" * 63}, ("cp_version", "x" * 63)),
+        ({"pipeline_file": "jump/analysis.cppipe"}, ("pipeline_file", "jump/analysis.cppipe")),
+    ],
+)
 def test_meta_at_the_edges_of_its_ranges_is_accepted(meta, parsed):
     key, value = parsed
     assert getattr(options(**meta), key) == value
 
 
 # --- LoadData CSV -----------------------------------------------------------------
+
 
 def one_batch(*paths, well="B02", site=3, z=1, timepoint=2):
     return Batch(0, (ImageSet(timepoint, well, site, z, tuple(paths)),))
@@ -292,9 +337,21 @@ def test_loaddata_header_and_metadata():
     text = loaddata_csv(batch, ("HOECHST", "MITO"), plate_barcode="PB001", plate_acquisition_id=17)
     header = next(csv.reader(io.StringIO(text)))
     assert header == [
-        "FileName_HOECHST", "PathName_HOECHST", "URL_HOECHST", "FileName_MITO", "PathName_MITO", "URL_MITO",
-        "Metadata_Barcode", "Metadata_Well", "Metadata_Site", "Metadata_AcqID", "Metadata_z", "Metadata_Timepoint",
-        "Metadata_Plate", "Metadata_Row", "Metadata_Col",
+        "FileName_HOECHST",
+        "PathName_HOECHST",
+        "URL_HOECHST",
+        "FileName_MITO",
+        "PathName_MITO",
+        "URL_MITO",
+        "Metadata_Barcode",
+        "Metadata_Well",
+        "Metadata_Site",
+        "Metadata_AcqID",
+        "Metadata_z",
+        "Metadata_Timepoint",
+        "Metadata_Plate",
+        "Metadata_Row",
+        "Metadata_Col",
     ]
     [row] = rows_of(text)
     assert (row["FileName_MITO"], row["PathName_MITO"]) == ("B02_c3.tiff", "/nas/p")
@@ -311,11 +368,22 @@ def test_loaddata_url_is_a_file_url_of_the_absolute_path(path):
 
 
 def test_loaddata_icf_columns_point_at_the_icf_files():
-    text = loaddata_csv(one_batch("/nas/p/a.tiff", "/nas/p/b.tiff"), ("HOECHST", "MITO"),
-                        plate_barcode="PB", plate_acquisition_id=1, icf_folder="/nas/results/PB/1/9")
+    text = loaddata_csv(
+        one_batch("/nas/p/a.tiff", "/nas/p/b.tiff"),
+        ("HOECHST", "MITO"),
+        plate_barcode="PB",
+        plate_acquisition_id=1,
+        icf_folder="/nas/results/PB/1/9",
+    )
     header = next(csv.reader(io.StringIO(text)))
-    assert header[15:] == ["FileName_ICF_HOECHST", "PathName_ICF_HOECHST", "URL_ICF_HOECHST",
-                           "FileName_ICF_MITO", "PathName_ICF_MITO", "URL_ICF_MITO"]
+    assert header[15:] == [
+        "FileName_ICF_HOECHST",
+        "PathName_ICF_HOECHST",
+        "URL_ICF_HOECHST",
+        "FileName_ICF_MITO",
+        "PathName_ICF_MITO",
+        "URL_ICF_MITO",
+    ]
     [row] = rows_of(text)
     assert row["FileName_ICF_MITO"] == "ICF_MITO.npy"
     assert row["PathName_ICF_MITO"] == "/nas/results/PB/1/9"
@@ -337,11 +405,11 @@ def test_loaddata_has_one_row_per_image_set_in_batch_order():
 @pytest.mark.parametrize("path, icf_folder", [("nas/p/a.tiff", None), ("/nas/p/a.tiff", "results/icf")])
 def test_loaddata_relative_path_is_an_error(path, icf_folder):
     with pytest.raises(PlanningError, match="not absolute"):
-        loaddata_csv(one_batch(path), ("HOECHST",), plate_barcode="PB", plate_acquisition_id=1,
-                     icf_folder=icf_folder)
+        loaddata_csv(one_batch(path), ("HOECHST",), plate_barcode="PB", plate_acquisition_id=1, icf_folder=icf_folder)
 
 
 # --- scale ------------------------------------------------------------------------
+
 
 def test_a_full_384_well_plate_plans_every_image_set():
     wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]

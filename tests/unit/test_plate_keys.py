@@ -1,5 +1,6 @@
 """The plate keys of the UI's partitions: readable barcodes, stable when acquisitions are
 added. Looking a key up in imagedb: tests/integration/test_ui_partitions_are_submissions.py."""
+
 from __future__ import annotations
 
 from cpp_dagster.defs.analysis.partitions import plate_keys

@@ -1,5 +1,6 @@
 """The progress line imagedb keeps in a running sub-analysis's status: batches finished
 of all, and the hours left. Its bookkeeping in imagedb: tests/integration/test_imagedb.py."""
+
 from __future__ import annotations
 
 from cpp_dagster.imagedb.outcome import progress_message

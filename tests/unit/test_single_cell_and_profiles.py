@@ -1,5 +1,6 @@
 """The joined single-cell table and the per-well profiles, on merged tables written here
 with pyarrow in merge.py's layout: two batches whose ImageNumber and ObjectNumber restart."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,7 @@ from cpp_dagster.features.profiles import write_well_profiles
 from cpp_dagster.features.single_cell import SingleCellError, write_single_cell
 
 # batch name -> (batch number, [(well, site) of image 1, image 2, ...])
-BATCHES = {"batch_0001": (1, [("B02", 1), ("B02", 2)]),
-           "batch_0002": (2, [("B03", 1), ("C04", 1)])}
+BATCHES = {"batch_0001": (1, [("B02", 1), ("B02", 2)]), "batch_0002": (2, [("B03", 1), ("C04", 1)])}
 OBJECTS = 3  # nuclei, cells and cytoplasms per image (object numbers 1..3)
 NO_CYTOPLASM = ("batch_0002", 2, 3)  # (batch, image, cell) whose cytoplasm is missing
 
@@ -32,10 +32,20 @@ def cytoplasm_of(o: int) -> int:
     return o % OBJECTS + 1
 
 
-def cell_area(b, i, o): return 10_000 + 1000 * b + 100 * i + o
-def nucleus_area(b, i, n): return 20_000 + 1000 * b + 100 * i + n
-def cytoplasm_intensity(b, i, c): return 0.5 + b + i / 10 + c / 100
-def nucleus_intensity(b, i, n): return None if n == 2 else 0.25 * n + b  # one null per image
+def cell_area(b, i, o):
+    return 10_000 + 1000 * b + 100 * i + o
+
+
+def nucleus_area(b, i, n):
+    return 20_000 + 1000 * b + 100 * i + n
+
+
+def cytoplasm_intensity(b, i, c):
+    return 0.5 + b + i / 10 + c / 100
+
+
+def nucleus_intensity(b, i, n):
+    return None if n == 2 else 0.25 * n + b  # one null per image
 
 
 def write(path: Path, columns: dict, types: dict, row_group_size: int = 4) -> None:
@@ -51,37 +61,74 @@ def make_tables(folder: Path, batches=BATCHES, skip=()) -> Path:
     for name, (b, images) in batches.items():
         for i, (well, site) in enumerate(images, 1):
             key = b * 1_000_000 + i
-            for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
-                           ("Metadata_Barcode", "P1"), ("Metadata_Well", well), ("Metadata_Site", site),
-                           ("Count_Nuclei", OBJECTS), ("Count_Cells", OBJECTS),
-                           ("FileName_HOECHST", f"{well}_s{site}.tif"),
-                           ("Intensity_MeanIntensity_HOECHST", b + i / 10)]:
+            for col, v in [
+                (BATCH_COLUMN, name),
+                (IMAGE_KEY_COLUMN, key),
+                ("ImageNumber", i),
+                ("Metadata_Barcode", "P1"),
+                ("Metadata_Well", well),
+                ("Metadata_Site", site),
+                ("Count_Nuclei", OBJECTS),
+                ("Count_Cells", OBJECTS),
+                ("FileName_HOECHST", f"{well}_s{site}.tif"),
+                ("Intensity_MeanIntensity_HOECHST", b + i / 10),
+            ]:
                 img.setdefault(col, []).append(v)
             for o in range(1, OBJECTS + 1):
-                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
-                               ("ObjectNumber", o), ("Number_Object_Number", o), ("Children_Cells_Count", 1),
-                               ("AreaShape_Area", nucleus_area(b, i, o)),
-                               ("Intensity_MeanIntensity_HOECHST", nucleus_intensity(b, i, o))]:
+                for col, v in [
+                    (BATCH_COLUMN, name),
+                    (IMAGE_KEY_COLUMN, key),
+                    ("ImageNumber", i),
+                    ("ObjectNumber", o),
+                    ("Number_Object_Number", o),
+                    ("Children_Cells_Count", 1),
+                    ("AreaShape_Area", nucleus_area(b, i, o)),
+                    ("Intensity_MeanIntensity_HOECHST", nucleus_intensity(b, i, o)),
+                ]:
                     nuc.setdefault(col, []).append(v)
-                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
-                               ("ObjectNumber", o), ("Parent_Nuclei", nucleus_of(o)),
-                               ("AreaShape_Area", cell_area(b, i, o))]:
+                for col, v in [
+                    (BATCH_COLUMN, name),
+                    (IMAGE_KEY_COLUMN, key),
+                    ("ImageNumber", i),
+                    ("ObjectNumber", o),
+                    ("Parent_Nuclei", nucleus_of(o)),
+                    ("AreaShape_Area", cell_area(b, i, o)),
+                ]:
                     cel.setdefault(col, []).append(v)
             # cytoplasm rows written in reverse order, one cell's missing
             for c in range(OBJECTS, 0, -1):
                 parent = next(o for o in range(1, OBJECTS + 1) if cytoplasm_of(o) == c)
                 if (name, i, parent) == NO_CYTOPLASM:
                     continue
-                for col, v in [(BATCH_COLUMN, name), (IMAGE_KEY_COLUMN, key), ("ImageNumber", i),
-                               ("ObjectNumber", c), ("Parent_Cells", parent), ("Parent_Nuclei", nucleus_of(parent)),
-                               ("Intensity_MeanIntensity_HOECHST", cytoplasm_intensity(b, i, c))]:
+                for col, v in [
+                    (BATCH_COLUMN, name),
+                    (IMAGE_KEY_COLUMN, key),
+                    ("ImageNumber", i),
+                    ("ObjectNumber", c),
+                    ("Parent_Cells", parent),
+                    ("Parent_Nuclei", nucleus_of(parent)),
+                    ("Intensity_MeanIntensity_HOECHST", cytoplasm_intensity(b, i, c)),
+                ]:
                     cyt.setdefault(col, []).append(v)
     i64, f32, s = pa.int64(), pa.float32(), pa.string()
-    types = {BATCH_COLUMN: s, IMAGE_KEY_COLUMN: i64, "ImageNumber": i64, "ObjectNumber": i64,
-             "Metadata_Barcode": s, "Metadata_Well": s, "Metadata_Site": i64, "Count_Nuclei": i64,
-             "Count_Cells": i64, "FileName_HOECHST": s, "Intensity_MeanIntensity_HOECHST": f32,
-             "Number_Object_Number": i64, "Children_Cells_Count": i64, "AreaShape_Area": f32,
-             "Parent_Nuclei": i64, "Parent_Cells": i64}
+    types = {
+        BATCH_COLUMN: s,
+        IMAGE_KEY_COLUMN: i64,
+        "ImageNumber": i64,
+        "ObjectNumber": i64,
+        "Metadata_Barcode": s,
+        "Metadata_Well": s,
+        "Metadata_Site": i64,
+        "Count_Nuclei": i64,
+        "Count_Cells": i64,
+        "FileName_HOECHST": s,
+        "Intensity_MeanIntensity_HOECHST": f32,
+        "Number_Object_Number": i64,
+        "Children_Cells_Count": i64,
+        "AreaShape_Area": f32,
+        "Parent_Nuclei": i64,
+        "Parent_Cells": i64,
+    }
     for name, columns in [("Image", img), ("Nuclei", nuc), ("Cells", cel), ("Cytoplasm", cyt)]:
         if name not in skip:
             write(folder / f"{name}.parquet", columns, types)
@@ -102,18 +149,34 @@ def single_cell(tables: Path, dest: Path, **kw) -> pa.Table:
 
 # --- the single-cell table ---------------------------------------------------------
 
+
 def test_one_row_per_cell_with_compartment_prefixes_and_metadata(tables, tmp_path):
     table = single_cell(tables, tmp_path / "sc.parquet")
     cells = pq.read_table(tables / "Cells.parquet")
     assert table.num_rows == cells.num_rows == 12
     names = table.column_names
-    for column in [BATCH_COLUMN, IMAGE_KEY_COLUMN, "Metadata_Plate", "Metadata_Barcode", "Metadata_Well",
-                   "Metadata_Site", "Metadata_ImageNumber", "Metadata_ObjectNumber", "Metadata_Cells_Parent_Nuclei",
-                   "Metadata_Nuclei_ObjectNumber", "Metadata_Cytoplasm_ObjectNumber",
-                   "Metadata_Cytoplasm_Parent_Cells", "Image_Count_Nuclei", "Image_FileName_HOECHST",
-                   "Image_Intensity_MeanIntensity_HOECHST", "Cells_AreaShape_Area", "Nuclei_AreaShape_Area",
-                   "Nuclei_Intensity_MeanIntensity_HOECHST", "Nuclei_Children_Cells_Count",
-                   "Cytoplasm_Intensity_MeanIntensity_HOECHST"]:
+    for column in [
+        BATCH_COLUMN,
+        IMAGE_KEY_COLUMN,
+        "Metadata_Plate",
+        "Metadata_Barcode",
+        "Metadata_Well",
+        "Metadata_Site",
+        "Metadata_ImageNumber",
+        "Metadata_ObjectNumber",
+        "Metadata_Cells_Parent_Nuclei",
+        "Metadata_Nuclei_ObjectNumber",
+        "Metadata_Cytoplasm_ObjectNumber",
+        "Metadata_Cytoplasm_Parent_Cells",
+        "Image_Count_Nuclei",
+        "Image_FileName_HOECHST",
+        "Image_Intensity_MeanIntensity_HOECHST",
+        "Cells_AreaShape_Area",
+        "Nuclei_AreaShape_Area",
+        "Nuclei_Intensity_MeanIntensity_HOECHST",
+        "Nuclei_Children_Cells_Count",
+        "Cytoplasm_Intensity_MeanIntensity_HOECHST",
+    ]:
         assert column in names, column
     assert all(n.startswith(("Metadata_", "Image_", "Cells_", "Cytoplasm_", "Nuclei_")) for n in names)
     assert not {"ImageNumber", "ObjectNumber", "Nuclei_Number_Object_Number", "Metadata_Well_1"} & set(names)
@@ -121,8 +184,9 @@ def test_one_row_per_cell_with_compartment_prefixes_and_metadata(tables, tmp_pat
     assert table.schema.field("Cells_AreaShape_Area").type == pa.float32()
     assert set(table.column("Metadata_Plate").to_pylist()) == {"P1"}
     rows = table.to_pylist()
-    assert [(r[IMAGE_KEY_COLUMN], r["Metadata_ObjectNumber"]) for r in rows] == \
-        list(zip(cells.column(IMAGE_KEY_COLUMN).to_pylist(), cells.column("ObjectNumber").to_pylist()))
+    assert [(r[IMAGE_KEY_COLUMN], r["Metadata_ObjectNumber"]) for r in rows] == list(
+        zip(cells.column(IMAGE_KEY_COLUMN).to_pylist(), cells.column("ObjectNumber").to_pylist())
+    )
 
 
 def test_batches_do_not_multiply_rows_as_a_join_on_image_and_object_number_does(tables, tmp_path):
@@ -205,6 +269,7 @@ def test_rewrite_replaces_the_file_and_leaves_no_temporary_file(tables, tmp_path
 
 # --- the real merge, then the join --------------------------------------------------
 
+
 def write_csv(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -216,17 +281,41 @@ def test_merge_batches_output_joins_into_one_row_per_cell(tmp_path):
     for b, wells in ((1, ["B02", "B03"]), (2, ["C04"])):
         d = tmp_path / "src" / f"batch_000{b}"
         objects = [(i, o) for i in range(1, len(wells) + 1) for o in (1, 2)]
-        write_csv(d / "MyExpt_Image.csv", [["ImageNumber", "Metadata_Barcode", "Metadata_Well", "Metadata_Site",
-                                           "Count_Nuclei", "FileName_HOECHST"],
-                                          *[[i, "P1", w, 1, 2, f"{w}.tif"] for i, w in enumerate(wells, 1)]])
-        write_csv(d / "MyExpt_Nuclei.csv", [["ImageNumber", "ObjectNumber", "Number_Object_Number", "AreaShape_Area"],
-                                           *[[i, o, o, 100 * b + 10 * i + o] for i, o in objects]])
-        write_csv(d / "MyExpt_Cells.csv", [["ImageNumber", "ObjectNumber", "Parent_Nuclei", "AreaShape_Area"],
-                                          *[[i, o, 3 - o, 1000 * b + 10 * i + o] for i, o in objects]])
-        write_csv(d / "MyExpt_Cytoplasm.csv", [["ImageNumber", "ObjectNumber", "Parent_Cells", "Parent_Nuclei",
-                                               "Intensity_MeanIntensity_HOECHST"],
-                                              *[[i, o, o, 3 - o, "nan" if o == 2 else b + i / 10]
-                                                for i, o in objects]])
+        write_csv(
+            d / "MyExpt_Image.csv",
+            [
+                [
+                    "ImageNumber",
+                    "Metadata_Barcode",
+                    "Metadata_Well",
+                    "Metadata_Site",
+                    "Count_Nuclei",
+                    "FileName_HOECHST",
+                ],
+                *[[i, "P1", w, 1, 2, f"{w}.tif"] for i, w in enumerate(wells, 1)],
+            ],
+        )
+        write_csv(
+            d / "MyExpt_Nuclei.csv",
+            [
+                ["ImageNumber", "ObjectNumber", "Number_Object_Number", "AreaShape_Area"],
+                *[[i, o, o, 100 * b + 10 * i + o] for i, o in objects],
+            ],
+        )
+        write_csv(
+            d / "MyExpt_Cells.csv",
+            [
+                ["ImageNumber", "ObjectNumber", "Parent_Nuclei", "AreaShape_Area"],
+                *[[i, o, 3 - o, 1000 * b + 10 * i + o] for i, o in objects],
+            ],
+        )
+        write_csv(
+            d / "MyExpt_Cytoplasm.csv",
+            [
+                ["ImageNumber", "ObjectNumber", "Parent_Cells", "Parent_Nuclei", "Intensity_MeanIntensity_HOECHST"],
+                *[[i, o, o, 3 - o, "nan" if o == 2 else b + i / 10] for i, o in objects],
+            ],
+        )
         write_csv(d / "MyExpt_Experiment.csv", [["Key", "Value"], ["CellProfiler_Version", "4.2.8"]])
         dirs.append(d)
     merged = merge_batches(dirs, tmp_path / "merged")
@@ -246,6 +335,7 @@ def test_merge_batches_output_joins_into_one_row_per_cell(tmp_path):
 
 
 # --- per-well profiles --------------------------------------------------------------
+
 
 def expected_cells_by_well() -> dict[str, list[tuple[int, int, int]]]:
     wells: dict[str, list] = {}
@@ -270,12 +360,17 @@ def test_well_medians_and_counts(tables, tmp_path, from_folder):
         assert row["Metadata_Nuclei_Count"] == OBJECTS * len({(b, i) for b, i, _ in cells})
         assert row["Cells_AreaShape_Area"] == np.float32(np.median([cell_area(*c) for c in cells]))
         assert row["Nuclei_AreaShape_Area"] == np.float32(
-            np.median([nucleus_area(b, i, nucleus_of(o)) for b, i, o in cells]))
+            np.median([nucleus_area(b, i, nucleus_of(o)) for b, i, o in cells])
+        )
         intensities = [nucleus_intensity(b, i, nucleus_of(o)) for b, i, o in cells]
         assert row["Nuclei_Intensity_MeanIntensity_HOECHST"] == np.float32(
-            np.median(np.float32([v for v in intensities if v is not None])))
-        cyto = [np.float32(cytoplasm_intensity(b, i, cytoplasm_of(o))) for b, i, o in cells
-                if (f"batch_000{b}", i, o) != NO_CYTOPLASM]
+            np.median(np.float32([v for v in intensities if v is not None]))
+        )
+        cyto = [
+            np.float32(cytoplasm_intensity(b, i, cytoplasm_of(o)))
+            for b, i, o in cells
+            if (f"batch_000{b}", i, o) != NO_CYTOPLASM
+        ]
         assert row["Cytoplasm_Intensity_MeanIntensity_HOECHST"] == np.float32(np.median(np.float64(cyto)))
     assert by_well["B02"]["Cells_AreaShape_Area"] == (11_103 + 11_201) / 2  # worked by hand
     assert profiles.schema.field("Cells_AreaShape_Area").type == pa.float32()

@@ -1,6 +1,7 @@
 """Training configurations (schema, clear errors, content-addressed versions) and the pods
 a training run gets on Kubernetes, built by dagster-k8s's own Job builder. The commands
 (`cpp-dagster train add/list`): tests/integration/test_training_config_command.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,9 +39,13 @@ def test_every_problem_of_a_configuration_is_listed_at_once():
     with pytest.raises(ConfigError) as error:
         from_dict(raw)
     message = str(error.value)
-    for fragment in ("unknown key 'extra'", "missing required key 'query'", "splits must be between 1 and 64",
-                     "model.predictor must be one of ACP_Regression, ACP_Classification; got 'TCP'",
-                     "model.significance must be between 0.01 and 0.5, got 2"):
+    for fragment in (
+        "unknown key 'extra'",
+        "missing required key 'query'",
+        "splits must be between 1 and 64",
+        "model.predictor must be one of ACP_Regression, ACP_Classification; got 'TCP'",
+        "model.significance must be between 0.01 and 0.5, got 2",
+    ):
         assert fragment in message
 
 
@@ -55,8 +60,11 @@ def test_options_must_fit_the_predictor_and_splits_the_models():
 
 def test_version_is_the_content_not_the_formatting():
     config = from_dict(EXAMPLE)
-    respelled = parse(json.dumps({"seed": 42, **{k: EXAMPLE[k] for k in reversed(list(EXAMPLE))},
-                                  "validity_tolerance": 0.05}, indent=3))
+    respelled = parse(
+        json.dumps(
+            {"seed": 42, **{k: EXAMPLE[k] for k in reversed(list(EXAMPLE))}, "validity_tolerance": 0.05}, indent=3
+        )
+    )
     assert respelled.version == config.version and len(config.version) == 64
     assert from_dict({**EXAMPLE, "query": EXAMPLE["query"] + " WHERE id > 10"}).version != config.version
     assert config.partition_key == f"solubility-{config.version[:12]}"
@@ -68,8 +76,13 @@ def test_models_are_spread_over_the_splits():
 
 
 def test_a_configuration_holding_more_than_one_statement_is_refused_when_added():
-    raw = {"workflow": "w", "database": "compounds", "splits": 1, "model": {"predictor": "ACP_Regression"},
-           "query": "SELECT smiles, solubility AS label FROM compounds; DROP TABLE compounds"}
+    raw = {
+        "workflow": "w",
+        "database": "compounds",
+        "splits": 1,
+        "model": {"predictor": "ACP_Regression"},
+        "query": "SELECT smiles, solubility AS label FROM compounds; DROP TABLE compounds",
+    }
     with pytest.raises(ConfigError, match="exactly one SQL statement"):
         from_dict(raw)
 
@@ -110,8 +123,9 @@ def test_cpsign_steps_run_the_cpsign_image_with_the_license_secret(pods, op):
         assert job["spec"]["activeDeadlineSeconds"] == 21600
 
 
-@pytest.mark.parametrize("op, engine", [("training_data", "cpsign"), ("published_model", "cpsign"),
-                                        ("train_split", "embedded")])
+@pytest.mark.parametrize(
+    "op, engine", [("training_data", "cpsign"), ("published_model", "cpsign"), ("train_split", "embedded")]
+)
 def test_other_training_steps_run_the_project_image_without_the_license(pods, op, engine):
     job = _job(training_layer(pods, op, engine), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)
@@ -149,11 +163,18 @@ def test_a_training_run_launched_with_its_workflow_labels_every_step(pods):
     assert step_layer(config, "train_split")["container_config"]["image"] == pods.training["cpsign_image"]
 
 
-@pytest.mark.parametrize("op, secrets", [
-    ("training_data", ["training-credentials"]), ("descriptors", ["training-credentials"]),
-    ("train_split", ["training-credentials"]), ("aggregated_model", ["training-credentials"]),
-    ("published_model", ["training-credentials"]), ("plan_splits", []), ("collect_split_models", []),
-])
+@pytest.mark.parametrize(
+    "op, secrets",
+    [
+        ("training_data", ["training-credentials"]),
+        ("descriptors", ["training-credentials"]),
+        ("train_split", ["training-credentials"]),
+        ("aggregated_model", ["training-credentials"]),
+        ("published_model", ["training-credentials"]),
+        ("plan_splits", []),
+        ("collect_split_models", []),
+    ],
+)
 def test_training_steps_get_only_the_training_secret_and_least_privilege(pods, op, secrets):
     job = step_job(training_layer(pods, op, "cpsign"), op)
     kubernetes_validate.validate(job, SCHEMA_VERSION, strict=True)

@@ -20,6 +20,7 @@ compares it with an acquisition's channel map):
 - `exports`: per enabled ExportToSpreadsheet, `everything` ("Export all measurement
   types?") and `tables` (its explicit list: Image, Experiment, object names).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,12 @@ def load(path: str):
     build = pipeline.setup_module
 
     def setup_module(attribute_string, module_name, module_number, settings, skip_attributes):
-        block = {"number": len(blocks) + 1, "name": module_name,
-                 "enabled": "|enabled:False|" not in attribute_string, "error": None}
+        block = {
+            "number": len(blocks) + 1,
+            "name": module_name,
+            "enabled": "|enabled:False|" not in attribute_string,
+            "error": None,
+        }
         blocks.append(block)
         pending[:] = [block]
         module = build(attribute_string, module_name, module_number, settings, skip_attributes)
@@ -108,11 +113,17 @@ def inspect(path: str) -> dict:
                             needs.setdefault(name, []).append(label)
         if module.module_name != "LoadData":  # LoadData's providers come from its CSV, given at run time
             made.update(module.other_providers("imagegroup"))
-        made.update(name for s in settings if isinstance(s, Name) and s.get_group() == "imagegroup"
-                    for name in image_names(s))
+        made.update(
+            name for s in settings if isinstance(s, Name) and s.get_group() == "imagegroup" for name in image_names(s)
+        )
         if module.module_name == "ExportToSpreadsheet":
-            exports.append({"module": label, "everything": bool(module.wants_everything.value),
-                            "tables": [str(g.name.value) for g in module.object_groups]})
+            exports.append(
+                {
+                    "module": label,
+                    "everything": bool(module.wants_everything.value),
+                    "tables": [str(g.name.value) for g in module.object_groups],
+                }
+            )
     return {
         "modules": blocks,
         "load_error": load_error,

@@ -1,6 +1,7 @@
 """The analysis workflow's Dagster wiring: plate x pipeline partitions, one asset per
 pipeline step, the launch and outcome sensors, the lab overview, the work area's nightly cleaning. The work itself is in
 cpp_dagster.analysis and below."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -20,15 +21,21 @@ from cpp_dagster.defs.analysis.sensors import (
 from cpp_dagster.defs.analysis.work_area import clean_work_area, clean_work_area_nightly
 
 
-def analysis_defs(launching: Launching, batch_retry_policy: dg.RetryPolicy, *,
-                  overview_interval_s: int = 60) -> dg.Definitions:
+def analysis_defs(
+    launching: Launching, batch_retry_policy: dg.RetryPolicy, *, overview_interval_s: int = 60
+) -> dg.Definitions:
     return dg.Definitions(
         assets=[plate_acquisitions, lab_overview, *build_step_assets(batch_retry_policy)],
         jobs=[analysis_job, *STAGE_JOBS.values(), clean_work_area],
         schedules=[clean_work_area_nightly],
-        sensors=[build_pending_sensor(launching), build_automation_sensor(launching.interval_s),
-                 build_overview_sensor(overview_interval_s),
-                 record_run_failure, record_run_cancellation, record_run_without_outcome],
+        sensors=[
+            build_pending_sensor(launching),
+            build_automation_sensor(launching.interval_s),
+            build_overview_sensor(overview_interval_s),
+            record_run_failure,
+            record_run_cancellation,
+            record_run_without_outcome,
+        ],
     )
 
 

@@ -31,17 +31,21 @@ from cpp_dagster.features import checks, plate_map
 from cpp_dagster.settings import Settings
 
 plate_acquisitions = dg.AssetSpec(
-    ["imagedb", "plate_acquisitions"], kinds={"postgres"}, group_name="imagedb",
-    description="Plate acquisitions registered in imagedb (observed by the pending_sub_analyses sensor).")
+    ["imagedb", "plate_acquisitions"],
+    kinds={"postgres"},
+    group_name="imagedb",
+    description="Plate acquisitions registered in imagedb (observed by the pending_sub_analyses sensor).",
+)
 
-FEATURE_TABLES, SINGLE_CELL, PROFILES = (dg.AssetKey(n) for n in
-                                         ("feature_tables", "single_cell_table", "well_profiles"))
+FEATURE_TABLES, SINGLE_CELL, PROFILES = (
+    dg.AssetKey(n) for n in ("feature_tables", "single_cell_table", "well_profiles")
+)
 ILLUMINATION, QC = dg.AssetKey(Stage.ILLUMINATION.value), dg.AssetKey(Stage.QC.value)
 CHECKS = {
     "image_rows_match_plan": "The Image table has one row per planned image set",
     "all_batches_present": "Every planned batch is in the merged tables",
     "well_cell_counts": "Cells (the base object: Cells, else e.g. Nuclei) per well near the plate median "
-                        "(empty or over-seeded wells flagged)",
+    "(empty or over-seeded wells flagged)",
     "nan_share": "Share of NaN per feature under the threshold (features over it listed)",
     "column_drift": "Columns identical across batches (drift reported)",
 }
@@ -53,10 +57,14 @@ def feature_checks(merged: lifecycle.Merged) -> dict:
     return {
         "image_rows_match_plan": checks.image_rows_match_plan(results_dir, merged.sub.status.image_sets or 0),
         "all_batches_present": checks.all_batches_present(results_dir, list(merged.batches)),
-        "well_cell_counts": (checks.well_counts_outliers(results_dir, objects=objects) if objects
-                             else checks.not_applicable(NO_OBJECT_TABLES)),
-        "nan_share": (checks.nan_share(results_dir, tables=objects) if objects
-                      else checks.not_applicable(NO_OBJECT_TABLES)),
+        "well_cell_counts": (
+            checks.well_counts_outliers(results_dir, objects=objects)
+            if objects
+            else checks.not_applicable(NO_OBJECT_TABLES)
+        ),
+        "nan_share": (
+            checks.nan_share(results_dir, tables=objects) if objects else checks.not_applicable(NO_OBJECT_TABLES)
+        ),
         "column_drift": checks.column_drift({t.name: list(t.drift) for t in merged.merge.tables.values()}),
     }
 
@@ -69,9 +77,12 @@ def feature_tables_metadata(merged: lifecycle.Merged, found: dict, settings: Set
     tables = merged.merge.tables
     lines = ["| table | rows | columns | file |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.rows} | {t.columns} | {t.path.name} |" for t in tables.values()]
-    metadata: dict = {**result_links(merged.sub, settings), "tables": dg.MetadataValue.md("\n".join(lines)),
-                      "image_sets": merged.sub.status.image_sets or 0,
-                      "object_tables": ", ".join(merged.object_tables) or NO_OBJECT_TABLES}
+    metadata: dict = {
+        **result_links(merged.sub, settings),
+        "tables": dg.MetadataValue.md("\n".join(lines)),
+        "image_sets": merged.sub.status.image_sets or 0,
+        "object_tables": ", ".join(merged.object_tables) or NO_OBJECT_TABLES,
+    }
     for t in tables.values():
         metadata[f"{t.name}_rows"] = t.rows
         metadata[f"{t.name}_columns"] = t.columns
@@ -85,10 +96,17 @@ def feature_tables_metadata(merged: lifecycle.Merged, found: dict, settings: Set
     return metadata
 
 
-@dg.op(out={"feature_tables": dg.Out(dg.Nothing), "single_cell_table": dg.Out(dg.Nothing),
-            "well_profiles": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing) for name in CHECKS}})
-def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
-                        merged, single_cell: dict):
+@dg.op(
+    out={
+        "feature_tables": dg.Out(dg.Nothing),
+        "single_cell_table": dg.Out(dg.Nothing),
+        "well_profiles": dg.Out(dg.Nothing),
+        **{name: dg.Out(dg.Nothing) for name in CHECKS},
+    }
+)
+def write_well_profiles(
+    context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, merged, single_cell: dict
+):
     """Per-well profiles, then the sub-analysis complete in imagedb; then the three assets
     of the features step materialize together, with the checks of the feature tables."""
     if not isinstance(merged, lifecycle.Merged):  # nothing to do, and why
@@ -102,15 +120,29 @@ def write_well_profiles(context: dg.OpExecutionContext, imagedb: ImageDBResource
     found = feature_checks(merged)
     yield dg.Output(None, "feature_tables", metadata=feature_tables_metadata(merged, found, settings))
     yield dg.Output(None, "single_cell_table", metadata=single_cell)
-    yield dg.Output(None, "well_profiles", metadata=(
-        {"written": False, "reason": NO_OBJECT_TABLES} if profiles is None else
-        {"path": dg.MetadataValue.path(str(profiles.path)), "wells": profiles.wells, "columns": profiles.columns,
-         "dagster/row_count": profiles.wells}))
+    yield dg.Output(
+        None,
+        "well_profiles",
+        metadata=(
+            {"written": False, "reason": NO_OBJECT_TABLES}
+            if profiles is None
+            else {
+                "path": dg.MetadataValue.path(str(profiles.path)),
+                "wells": profiles.wells,
+                "columns": profiles.columns,
+                "dagster/row_count": profiles.wells,
+            }
+        ),
+    )
     for name, result in found.items():
         yield dg.AssetCheckResult(
-            asset_key=FEATURE_TABLES, check_name=name, passed=result.passed, description=result.description,
+            asset_key=FEATURE_TABLES,
+            check_name=name,
+            passed=result.passed,
+            description=result.description,
             severity=dg.AssetCheckSeverity.ERROR if result.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
-            metadata={k: _metadata_value(v) for k, v in result.metadata.items()})
+            metadata={k: _metadata_value(v) for k, v in result.metadata.items()},
+        )
 
 
 # What every step asset shares: partitions, the failure hook, the group.
@@ -122,9 +154,16 @@ def _stage_asset(stage: Stage, description: str, run_batch) -> dg.AssetsDefiniti
     """A step others depend on (illumination, QC): plan -> batches -> merge -> complete."""
 
     @dg.graph_multi_asset(
-        name=STAGE_GRAPHS[stage], ins=ACQUISITIONS, group_name="analysis", **STEP,
-        outs={stage.value: dg.AssetOut(key=dg.AssetKey(stage.value), dagster_type=dg.Nothing,
-                                      kinds={"cellprofiler"}, description=description)})
+        name=STAGE_GRAPHS[stage],
+        ins=ACQUISITIONS,
+        group_name="analysis",
+        **STEP,
+        outs={
+            stage.value: dg.AssetOut(
+                key=dg.AssetKey(stage.value), dagster_type=dg.Nothing, kinds={"cellprofiler"}, description=description
+            )
+        },
+    )
     def _graph(acquisitions):
         batches, sub = plan_batches(acquisitions=acquisitions)
         return {stage.value: complete_step(merge_tables(sub, batches.map(run_batch).collect()))}
@@ -136,24 +175,40 @@ def build_step_assets(batch_retry_policy: dg.RetryPolicy) -> list[dg.AssetsDefin
     """The step assets, built when the definitions load: the CellProfiler op's retry
     policy comes from the settings."""
     run_batch = run_cellprofiler.with_retry_policy(batch_retry_policy)
-    return [_stage_asset(Stage.ILLUMINATION, ILLUMINATION_TEXT, run_batch), _stage_asset(Stage.QC, QC_TEXT, run_batch),
-            _features_step(run_batch)]
+    return [
+        _stage_asset(Stage.ILLUMINATION, ILLUMINATION_TEXT, run_batch),
+        _stage_asset(Stage.QC, QC_TEXT, run_batch),
+        _features_step(run_batch),
+    ]
 
 
-ILLUMINATION_TEXT = ( "The illumination step of a pipeline (sub_type icf): illumination functions "
-    "(ICF_<dye>.npy or <Plate>_Illum<Ch>.npy) in the analysis's results folder, which the features step uses.")
-QC_TEXT = ("The QC step of a pipeline (sub_type qc): image quality measurements, in a subfolder "
-    "sub<id>_qc of the analysis's results folder.")
+ILLUMINATION_TEXT = (
+    "The illumination step of a pipeline (sub_type icf): illumination functions "
+    "(ICF_<dye>.npy or <Plate>_Illum<Ch>.npy) in the analysis's results folder, which the features step uses."
+)
+QC_TEXT = (
+    "The QC step of a pipeline (sub_type qc): image quality measurements, in a subfolder "
+    "sub<id>_qc of the analysis's results folder."
+)
 
 
 FEATURES_OUTS = {
-    "feature_tables": (FEATURE_TABLES, "One Parquet per CellProfiler object table of the features step, in "
-                       "results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/ on the NAS."),
-    "single_cell_table": (SINGLE_CELL, "Joined single-cell table (pycytominer/CytoTable layout), one row per cell "
-                          "(the base object: Cells, else e.g. Nuclei); objects not one-to-one with it summarised "
-                          "per image."),
-    "well_profiles": (PROFILES, "Per-well profiles: median of each feature per well, with object counts. Written "
-                      "last: the features step (and its sub-analysis in imagedb) is then complete."),
+    "feature_tables": (
+        FEATURE_TABLES,
+        "One Parquet per CellProfiler object table of the features step, in "
+        "results/<plate_barcode>/<plate_acquisition_id>/<analysis_id>/ on the NAS.",
+    ),
+    "single_cell_table": (
+        SINGLE_CELL,
+        "Joined single-cell table (pycytominer/CytoTable layout), one row per cell "
+        "(the base object: Cells, else e.g. Nuclei); objects not one-to-one with it summarised "
+        "per image.",
+    ),
+    "well_profiles": (
+        PROFILES,
+        "Per-well profiles: median of each feature per well, with object counts. Written "
+        "last: the features step (and its sub-analysis in imagedb) is then complete.",
+    ),
 }
 
 
@@ -168,16 +223,22 @@ def _features_step(run_batch) -> dg.AssetsDefinition:
         batches, sub = plan_batches(acquisitions=acquisitions, illumination=illumination, qc=qc)
         merged = merge_tables(sub, batches.map(run_batch).collect())
         done = write_well_profiles(merged, write_single_cell_table(merged))
-        return {"feature_tables": done.feature_tables, "single_cell_table": done.single_cell_table,
-                "well_profiles": done.well_profiles,
-                **{f"feature_tables_{name}": getattr(done, name) for name in CHECKS}}
+        return {
+            "feature_tables": done.feature_tables,
+            "single_cell_table": done.single_cell_table,
+            "well_profiles": done.well_profiles,
+            **{f"feature_tables_{name}": getattr(done, name) for name in CHECKS},
+        }
 
     return dg.AssetsDefinition.from_graph(
         features_step,
         keys_by_input_name={"acquisitions": plate_acquisitions.key, "illumination": ILLUMINATION, "qc": QC},
         keys_by_output_name={name: key for name, (key, _) in FEATURES_OUTS.items()},
-        internal_asset_deps={"feature_tables": {plate_acquisitions.key, ILLUMINATION, QC},
-                             "single_cell_table": {FEATURE_TABLES}, "well_profiles": {SINGLE_CELL}},
+        internal_asset_deps={
+            "feature_tables": {plate_acquisitions.key, ILLUMINATION, QC},
+            "single_cell_table": {FEATURE_TABLES},
+            "well_profiles": {SINGLE_CELL},
+        },
         descriptions_by_output_name={name: text for name, (_, text) in FEATURES_OUTS.items()},
         group_names_by_output_name=dict.fromkeys(FEATURES_OUTS, "analysis"),
         tags_by_output_name=dict.fromkeys(FEATURES_OUTS, {"dagster/kind/parquet": ""}),

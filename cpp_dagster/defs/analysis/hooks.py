@@ -33,7 +33,8 @@ def record_failure_in_imagedb(context: dg.HookContext) -> None:
         if sub.finish is not None or sub.error is not None:
             continue
         if other_active_runs(context.instance, run):
-            context.log.warning(f"sub-analysis {sub.sub_id}: another run of this partition is active; "
-                                "this failure is not recorded")
+            context.log.warning(
+                f"sub-analysis {sub.sub_id}: another run of this partition is active; this failure is not recorded"
+            )
         elif db.mark_sub_failed(sub.sub_id, message, run_stamp(run)):
             context.log.error(f"sub-analysis {sub.sub_id} marked failed in imagedb: {message}")

@@ -30,8 +30,9 @@ STATES = ("not run", "waiting", "running", "finished", "failed")
 
 
 def build_overview_sensor(interval_s: int) -> dg.SensorDefinition:
-    return dg.sensor(name="lab_overview_sensor", minimum_interval_seconds=interval_s,
-                     default_status=dg.DefaultSensorStatus.RUNNING)(lab_overview_sensor)
+    return dg.sensor(
+        name="lab_overview_sensor", minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.RUNNING
+    )(lab_overview_sensor)
 
 
 def queued_runs(instance: dg.DagsterInstance, limit: int = 5000) -> dict[int, str]:
@@ -45,13 +46,18 @@ def queued_runs(instance: dg.DagsterInstance, limit: int = 5000) -> dict[int, st
 def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBResource, deployment: DeploymentResource):
     """Observe `imagedb/lab_overview` when the overview changed since the last observation."""
     settings = deployment.settings
-    lines = overview_lines(imagedb.db().lab_overview(), url_template=settings.results_url_template,
-                           nas_root=settings.nas_root, queued=queued_runs(context.instance))
+    lines = overview_lines(
+        imagedb.db().lab_overview(),
+        url_template=settings.results_url_template,
+        nas_root=settings.nas_root,
+        queued=queued_runs(context.instance),
+    )
     table = markdown_table(lines)
     digest = hashlib.sha256(table.encode()).hexdigest()
     if digest == context.cursor:
         return dg.SkipReason("the lab overview has not changed")
     counts = Counter(line.state for line in lines)
     metadata = {"overview": dg.MetadataValue.md(table), **{state: counts.get(state, 0) for state in STATES}}
-    return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=lab_overview.key, metadata=metadata)],
-                           cursor=digest)
+    return dg.SensorResult(
+        asset_events=[dg.AssetObservation(asset_key=lab_overview.key, metadata=metadata)], cursor=digest
+    )

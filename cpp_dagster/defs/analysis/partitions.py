@@ -11,6 +11,7 @@ history. A sub-analysis keeps its own exactly-once run key (`sub<id>`).
 
 Also: the run tags that tie a run to its sub-analysis and re-run generation.
 """
+
 from __future__ import annotations
 
 import re

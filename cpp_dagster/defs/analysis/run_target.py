@@ -11,6 +11,7 @@
   launches each sub-analysis as its own run, with its own pod settings (its cp_version's
   image, its step's resources), which a run launched from the UI cannot carry.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,22 +61,32 @@ def target(context: dg.OpExecutionContext, db: ImageDB, stage: Stage, *, run_ste
     if acq_id is None:
         raise dg.Failure(f"no plate acquisition in imagedb has the plate key {plate!r}", allow_retries=False)
     if pipeline not in db.pipeline_names():
-        raise dg.Failure(f"no analysis pipeline named {pipeline!r} in imagedb: a run from the UI submits a "
-                         "registered pipeline", allow_retries=False)
+        raise dg.Failure(
+            f"no analysis pipeline named {pipeline!r} in imagedb: a run from the UI submits a registered pipeline",
+            allow_retries=False,
+        )
     _check_selection(run, pipeline, [Stage.of(t) for t in db.pipeline_sub_types(pipeline)])
     root = run.root_run_id or run.run_id
-    submission = db.submit_for_run(acq_id, pipeline, root,
-                                   claim=first_of_each_stage if run_steps else lambda sub_types: set())
+    submission = db.submit_for_run(
+        acq_id, pipeline, root, claim=first_of_each_stage if run_steps else lambda sub_types: set()
+    )
     analysis_id = submission.analysis.analysis_id
     if ANALYSIS_ID_TAG not in run.tags:
         context.instance.add_run_tags(run.run_id, {ANALYSIS_ID_TAG: str(analysis_id), GENERATION_TAG: "0"})
     if not submission.acquisition_finished:
-        return StepTarget(None, f"plate {plate}: acquisition not finished; analysis {analysis_id} is submitted and "
-                                "the sensor launches it once the acquisition has finished", waits=True)
+        return StepTarget(
+            None,
+            f"plate {plate}: acquisition not finished; analysis {analysis_id} is submitted and "
+            "the sensor launches it once the acquisition has finished",
+            waits=True,
+        )
     if not submission.claimed:
-        return StepTarget(None, f"plate {plate}: analysis {analysis_id} is submitted; the sensor launches each of "
-                                "its sub-analyses as a run of its own, with its pod settings (CPP_UI_RUNS=submit)",
-                          waits=True)
+        return StepTarget(
+            None,
+            f"plate {plate}: analysis {analysis_id} is submitted; the sensor launches each of "
+            "its sub-analyses as a run of its own, with its pod settings (CPP_UI_RUNS=submit)",
+            waits=True,
+        )
     subs = [s for s in db.sub_analyses_of(analysis_id) if stage_of_sub(s) == stage]
     if not subs:
         return StepTarget(None, f"none: pipeline {pipeline!r} has no {stage.value} stage")
@@ -86,8 +97,11 @@ def check_stage(sub: SubAnalysisRun, stage: Stage) -> None:
     """A run launched for a sub-analysis of another kind of step (a wrong job) fails
     before anything is planned."""
     if sub.stage != stage:
-        raise dg.Failure(f"this run is for sub-analysis {sub.sub_id}, a {sub.stage.value} stage, not {stage.value}: "
-                         f"launch it with the {sub.stage.value}_job (as the sensor does)", allow_retries=False)
+        raise dg.Failure(
+            f"this run is for sub-analysis {sub.sub_id}, a {sub.stage.value} stage, not {stage.value}: "
+            f"launch it with the {sub.stage.value}_job (as the sensor does)",
+            allow_retries=False,
+        )
 
 
 def first_of_each_stage(sub_types) -> set[int]:
@@ -105,8 +119,11 @@ def _check_selection(run: dg.DagsterRun, pipeline: str, steps: list[Stage]) -> N
     selected = {key.to_user_string() for key in (run.asset_selection or ())}
     missing = [s.value for s in dict.fromkeys(steps) if selected and s.value not in selected]
     if missing:
-        raise dg.Failure(f"pipeline {pipeline!r} has the steps {', '.join(s.value for s in dict.fromkeys(steps))}: "
-                         f"select {', '.join(missing)} too (nothing was submitted)", allow_retries=False)
+        raise dg.Failure(
+            f"pipeline {pipeline!r} has the steps {', '.join(s.value for s in dict.fromkeys(steps))}: "
+            f"select {', '.join(missing)} too (nothing was submitted)",
+            allow_retries=False,
+        )
 
 
 def sub_analyses_of_run(db: ImageDB, run: dg.DagsterRun) -> list[SubAnalysis]:

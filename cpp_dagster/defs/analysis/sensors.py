@@ -35,17 +35,26 @@ analysis_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("analysis"),
     partitions_def=analysis_partitions,
     description="Every step of a pipeline on a plate (pipeline x plate partition): illumination, QC, feature "
-                "tables, single-cell table, well profiles; launched from the UI, it submits the pipeline.",
+    "tables, single-cell table, well profiles; launched from the UI, it submits the pipeline.",
 )
 
 # The assets a sensor-launched run of a sub-analysis materializes, by its step, and the
 # job that runs them (one sub-analysis per run).
-STAGE_ASSETS = {Stage.ILLUMINATION: [dg.AssetKey(Stage.ILLUMINATION.value)], Stage.QC: [dg.AssetKey(Stage.QC.value)],
-               Stage.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES]}
-STAGE_JOBS = {stage: dg.define_asset_job(
-    f"{stage.value}_job", selection=dg.AssetSelection.assets(*keys), partitions_def=analysis_partitions,
-    description=f"One sub-analysis of sub_type {stage.name.lower()}: its {stage.value} stage, launched by the "
-                "pending_sub_analyses sensor.") for stage, keys in STAGE_ASSETS.items()}
+STAGE_ASSETS = {
+    Stage.ILLUMINATION: [dg.AssetKey(Stage.ILLUMINATION.value)],
+    Stage.QC: [dg.AssetKey(Stage.QC.value)],
+    Stage.FEATURES: [FEATURE_TABLES, SINGLE_CELL, PROFILES],
+}
+STAGE_JOBS = {
+    stage: dg.define_asset_job(
+        f"{stage.value}_job",
+        selection=dg.AssetSelection.assets(*keys),
+        partitions_def=analysis_partitions,
+        description=f"One sub-analysis of sub_type {stage.name.lower()}: its {stage.value} stage, launched by the "
+        "pending_sub_analyses sensor.",
+    )
+    for stage, keys in STAGE_ASSETS.items()
+}
 PAGE_SIZE = 500
 
 
@@ -62,8 +71,9 @@ class Launching:
     run_config: Callable[[ReadySubAnalysis, SubAnalysisOptions], dict] = lambda ready, options: {}
 
 
-def run_request(r: ReadySubAnalysis, options: SubAnalysisOptions, plate: str, rerun: int = 0,
-                run_config: dict | None = None) -> dg.RunRequest:
+def run_request(
+    r: ReadySubAnalysis, options: SubAnalysisOptions, plate: str, rerun: int = 0, run_config: dict | None = None
+) -> dg.RunRequest:
     key = f"sub{r.sub_id}"
     stage = Stage.of(options.sub_type)
     return dg.RunRequest(
@@ -74,8 +84,13 @@ def run_request(r: ReadySubAnalysis, options: SubAnalysisOptions, plate: str, re
         partition_key=partition_key(pipeline_key(r.pipeline_name, r.analysis_id), plate),
         asset_selection=STAGE_ASSETS[stage],
         run_config=run_config or {},
-        tags={"dagster/priority": str(10 - r.priority), "imagedb/plate_barcode": r.plate_barcode,
-              SUB_ID_TAG: str(r.sub_id), ANALYSIS_ID_TAG: str(r.analysis_id), GENERATION_TAG: str(rerun)},
+        tags={
+            "dagster/priority": str(10 - r.priority),
+            "imagedb/plate_barcode": r.plate_barcode,
+            SUB_ID_TAG: str(r.sub_id),
+            ANALYSIS_ID_TAG: str(r.analysis_id),
+            GENERATION_TAG: str(rerun),
+        },
     )
 
 
@@ -96,8 +111,10 @@ def judge(check: Callable[[SubAnalysisOptions], None], meta: dict) -> tuple[SubA
 def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pipelines: list[str]) -> list:
     """Add-requests for the plate and pipeline keys imagedb has and Dagster not yet."""
     requests = []
-    for definition, keys in ((plate_partitions, sorted(set(plates.values()))),
-                             (pipeline_partitions, [p for p in pipelines if usable(p)])):
+    for definition, keys in (
+        (plate_partitions, sorted(set(plates.values()))),
+        (pipeline_partitions, [p for p in pipelines if usable(p)]),
+    ):
         new = sorted(set(keys) - set(instance.get_dynamic_partitions(definition.name)))
         if new:
             requests.append(definition.build_add_request(new))
@@ -105,8 +122,12 @@ def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pip
 
 
 def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
-    @dg.sensor(jobs=list(STAGE_JOBS.values()), name="pending_sub_analyses", minimum_interval_seconds=launching.interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING)
+    @dg.sensor(
+        jobs=list(STAGE_JOBS.values()),
+        name="pending_sub_analyses",
+        minimum_interval_seconds=launching.interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
     def pending_sub_analyses(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
         """Keeps the plate x pipeline partitions in step with imagedb, and launches the
         sub-analyses that are submitted, whose acquisition is finished and whose
@@ -138,30 +159,44 @@ def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
         for row in failed:
             context.log.warning(f"sub-analysis {row.sub_id} failed: {row.message}")
         reruns = db.rerun_generations([r.sub_id for r, _ in launchable])
-        requests = [run_request(r, options, plates[r.plate_acquisition_id], reruns.get(r.sub_id, 0),
-                                launching.run_config(r, options)) for r, options in launchable]
-        pipelines = sorted({pipeline_key(r.pipeline_name, r.analysis_id) for r, _ in launchable} -
-                           set(context.instance.get_dynamic_partitions(pipeline_partitions.name)) -
-                           {key for request in partitions for key in request.partition_keys})
+        requests = [
+            run_request(
+                r, options, plates[r.plate_acquisition_id], reruns.get(r.sub_id, 0), launching.run_config(r, options)
+            )
+            for r, options in launchable
+        ]
+        pipelines = sorted(
+            {pipeline_key(r.pipeline_name, r.analysis_id) for r, _ in launchable}
+            - set(context.instance.get_dynamic_partitions(pipeline_partitions.name))
+            - {key for request in partitions for key in request.partition_keys}
+        )
         if pipelines:  # an analysis with no usable pipeline name gets a key of its own
             partitions.append(pipeline_partitions.build_add_request(pipelines))
         ready_per_plate = Counter(r.plate_acquisition_id for r, _ in launchable)
         if not requests and not partitions:
-            return dg.SkipReason("no submitted sub-analysis is ready"
-                                 + (f"; {len(failed)} that can never run failed in imagedb" if failed else ""))
+            return dg.SkipReason(
+                "no submitted sub-analysis is ready"
+                + (f"; {len(failed)} that can never run failed in imagedb" if failed else "")
+            )
         return dg.SensorResult(
-            run_requests=requests, dynamic_partitions_requests=partitions,
-            asset_events=[dg.AssetObservation(asset_key=plate_acquisitions.key,
-                                              metadata={"plate_acquisition_id": acq_id, "plate": plates[acq_id],
-                                                        "ready_sub_analyses": n})
-                          for acq_id, n in sorted(ready_per_plate.items())])
+            run_requests=requests,
+            dynamic_partitions_requests=partitions,
+            asset_events=[
+                dg.AssetObservation(
+                    asset_key=plate_acquisitions.key,
+                    metadata={"plate_acquisition_id": acq_id, "plate": plates[acq_id], "ready_sub_analyses": n},
+                )
+                for acq_id, n in sorted(ready_per_plate.items())
+            ],
+        )
 
     return pending_sub_analyses
 
 
 def build_automation_sensor(interval_s: int) -> dg.SensorDefinition:
-    @dg.sensor(name="automation_rules", minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING)
+    @dg.sensor(
+        name="automation_rules", minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.RUNNING
+    )
     def automation_rules(context: dg.SensorEvaluationContext, imagedb: ImageDBResource):
         """Submit the pipelines of image_analyses_automation rules for newly finished
         acquisitions, once each (recorded in image_analyses_automation_submitted). The
@@ -173,23 +208,36 @@ def build_automation_sensor(interval_s: int) -> dg.SensorDefinition:
             return dg.SkipReason("no finished acquisition matches an automation rule")
         for acq, pipeline, analysis in submitted:
             if analysis.error:
-                context.log.warning(f"automation: {pipeline!r} for plate acquisition {acq} failed "
-                                    f"(analysis {analysis.analysis_id}): {analysis.error}")
+                context.log.warning(
+                    f"automation: {pipeline!r} for plate acquisition {acq} failed "
+                    f"(analysis {analysis.analysis_id}): {analysis.error}"
+                )
             else:
-                context.log.info(f"automation: submitted {pipeline} for plate acquisition {acq} "
-                                 f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})")
-        return dg.SensorResult(asset_events=[
-            dg.AssetObservation(asset_key=plate_acquisitions.key,
-                                metadata={"plate_acquisition_id": acq, "submitted_by_automation": pipeline,
-                                          "analysis_id": analysis.analysis_id,
-                                          **({"automation_error": analysis.error} if analysis.error else {})})
-            for acq, pipeline, analysis in submitted])
+                context.log.info(
+                    f"automation: submitted {pipeline} for plate acquisition {acq} "
+                    f"(analysis {analysis.analysis_id}, sub-analyses {analysis.sub_ids})"
+                )
+        return dg.SensorResult(
+            asset_events=[
+                dg.AssetObservation(
+                    asset_key=plate_acquisitions.key,
+                    metadata={
+                        "plate_acquisition_id": acq,
+                        "submitted_by_automation": pipeline,
+                        "analysis_id": analysis.analysis_id,
+                        **({"automation_error": analysis.error} if analysis.error else {}),
+                    },
+                )
+                for acq, pipeline, analysis in submitted
+            ]
+        )
 
     return automation_rules
 
 
-def _record(context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str,
-            *, only_started: bool = False) -> None:
+def _record(
+    context: dg.RunStatusSensorContext, imagedb: ImageDBResource, message: str, *, only_started: bool = False
+) -> None:
     """The run's failure, on every sub-analysis it runs that has not finished, stamped
     with its generation and run id: imagedb refuses it when the sub-analysis has been
     re-run (or started by another run) since, so a failed old run never marks the newer
@@ -212,7 +260,9 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
     steps = context.get_step_failure_events()
     if steps:
         message = "; ".join(
-            failure_message(e.step_key, e.event_specific_data.error.message.strip() if e.event_specific_data.error else "")
+            failure_message(
+                e.step_key, e.event_specific_data.error.message.strip() if e.event_specific_data.error else ""
+            )
             for e in steps
         )
     else:
@@ -220,17 +270,23 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
     _record(context, imagedb, message)
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, default_status=dg.DefaultSensorStatus.RUNNING,
-                      minimum_interval_seconds=10)
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10
+)
 def record_run_cancellation(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
     _record(context, imagedb, f"cancelled: run {context.dagster_run.run_id} was cancelled in Dagster")
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING,
-                      minimum_interval_seconds=30)
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30
+)
 def record_run_without_outcome(context: dg.RunStatusSensorContext, imagedb: ImageDBResource):
     """A run that succeeded without completing a sub-analysis it started (a step's asset
     left out of the selection) must not leave it started forever."""
-    _record(context, imagedb, f"run {context.dagster_run.run_id} succeeded but did not complete it; launch "
-                              "every step of the pipeline (the analysis_job, or all its assets) to complete it",
-            only_started=True)
+    _record(
+        context,
+        imagedb,
+        f"run {context.dagster_run.run_id} succeeded but did not complete it; launch "
+        "every step of the pipeline (the analysis_job, or all its assets) to complete it",
+        only_started=True,
+    )

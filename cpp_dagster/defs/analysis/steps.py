@@ -22,8 +22,14 @@ from cpp_dagster.imagedb.outcome import progress_message
 from cpp_dagster.settings import Settings
 
 CELLPROFILER_POOL = "cellprofiler"  # every batch op's pool: the cap on CellProfiler processes across runs
-OP_NAMES = ("plan_batches", "run_cellprofiler", "merge_tables", "write_single_cell_table", "write_well_profiles",
-            "complete_step")
+OP_NAMES = (
+    "plan_batches",
+    "run_cellprofiler",
+    "merge_tables",
+    "write_single_cell_table",
+    "write_well_profiles",
+    "complete_step",
+)
 
 
 # The graph (node name, the first part of a step key) of each pipeline step's ops: the
@@ -43,8 +49,10 @@ def stage_of(context: dg.OpExecutionContext) -> Stage:
     return next(stage for stage in Stage if stage.value in keys)
 
 
-@dg.op(ins={"acquisitions": dg.In(dg.Nothing), "illumination": dg.In(dg.Nothing), "qc": dg.In(dg.Nothing)},
-       out={"batches": dg.DynamicOut(lifecycle.BatchSpec), "sub": dg.Out(is_required=False)})
+@dg.op(
+    ins={"acquisitions": dg.In(dg.Nothing), "illumination": dg.In(dg.Nothing), "qc": dg.In(dg.Nothing)},
+    out={"batches": dg.DynamicOut(lifecycle.BatchSpec), "sub": dg.Out(is_required=False)},
+)
 def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource):
     """Which sub-analysis (run_target.target), then image sets -> batches -> one LoadData CSV
     per batch on the work area. One run of a partition at a time: the run queue holds a
@@ -55,9 +63,11 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
     db, stage = imagedb.db(), stage_of(context)
     others = other_active_runs(context.instance, context.run)
     if others:
-        raise dg.Failure(f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
-                         "partition at a time; this run changed nothing (launch it again once that run has ended)",
-                         allow_retries=False)
+        raise dg.Failure(
+            f"plate x pipeline {context.partition_key} is being run by run {others[0]}: one run of a "
+            "partition at a time; this run changed nothing (launch it again once that run has ended)",
+            allow_retries=False,
+        )
     settings = deployment.settings
     found = run_target.target(context, db, stage, run_steps=settings.launch.ui_runs_run_steps)
     if found.sub_id is None:
@@ -70,17 +80,24 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
     prepared = lifecycle.prepare(db, settings, sub)
     if GENERATION_TAG not in context.run.tags:  # launched from the UI: it adopted the current generation
         context.instance.add_run_tags(context.run_id, {GENERATION_TAG: str(prepared.stamp.generation)})
-    context.log.info(f"sub-analysis {found.sub_id} ({stage.value}) of plate {prepared.sub.plate_barcode}: "
-                     f"{prepared.image_sets} image sets in {len(prepared.batches)} batches")
+    context.log.info(
+        f"sub-analysis {found.sub_id} ({stage.value}) of plate {prepared.sub.plate_barcode}: "
+        f"{prepared.image_sets} image sets in {len(prepared.batches)} batches"
+    )
     for spec in prepared.batches:
-        yield dg.DynamicOutput(spec, mapping_key=spec.name, output_name="batches",
-                               metadata={"image_sets": spec.image_sets, "loaddata": spec.batch_dir + "/loaddata.csv"})
+        yield dg.DynamicOutput(
+            spec,
+            mapping_key=spec.name,
+            output_name="batches",
+            metadata={"image_sets": spec.image_sets, "loaddata": spec.batch_dir + "/loaddata.csv"},
+        )
     yield dg.Output(prepared.sub, "sub")
 
 
 @dg.op(pool=CELLPROFILER_POOL)
-def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
-                     batch: lifecycle.BatchSpec) -> BatchOutcome:
+def run_cellprofiler(
+    context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, batch: lifecycle.BatchSpec
+) -> BatchOutcome:
     """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
     try:
@@ -94,27 +111,40 @@ def run_cellprofiler(context: dg.OpExecutionContext, imagedb: ImageDBResource, d
     except SchemaError as unconvertible:
         # CellProfiler's verified outputs that cannot be converted (an empty or header-only
         # table, no ImageNumber): running CellProfiler again would write the same
-        raise dg.Failure(description=f"{batch.name}: its outputs cannot be converted: {unconvertible}",
-                         allow_retries=False) from unconvertible
+        raise dg.Failure(
+            description=f"{batch.name}: its outputs cannot be converted: {unconvertible}", allow_retries=False
+        ) from unconvertible
     progress = imagedb.db().record_batch_finished(batch.sub_id, batch.name, batch.stamp)
     if progress is None:
-        raise dg.Failure(f"sub-analysis {batch.sub_id} has been re-run or started by another run since this run "
-                         f"planned it (generation {batch.stamp.generation}); {batch.name} is not recorded",
-                         allow_retries=False)
+        raise dg.Failure(
+            f"sub-analysis {batch.sub_id} has been re-run or started by another run since this run "
+            f"planned it (generation {batch.stamp.generation}); {batch.name} is not recorded",
+            allow_retries=False,
+        )
     context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress})  # the runs list shows it
     how = "reused from an earlier run" if outcome.reused else f"done in {outcome.seconds:.1f} s"
     context.log.info(f"{batch.name} {how}; sub-analysis {batch.sub_id}: {progress}")
-    context.add_output_metadata({
-        "exit_code": outcome.exit_code, "reused": outcome.reused, "seconds": round(outcome.seconds, 2),
-        "image_sets": outcome.image_sets, "cellprofiler_log": dg.MetadataValue.path(outcome.log_path),
-        "progress": progress,
-    })
+    context.add_output_metadata(
+        {
+            "exit_code": outcome.exit_code,
+            "reused": outcome.reused,
+            "seconds": round(outcome.seconds, 2),
+            "image_sets": outcome.image_sets,
+            "cellprofiler_log": dg.MetadataValue.path(outcome.log_path),
+            "progress": progress,
+        }
+    )
     return outcome
 
 
 @dg.op
-def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
-                 sub, outcomes: list[BatchOutcome]):
+def merge_tables(
+    context: dg.OpExecutionContext,
+    imagedb: ImageDBResource,
+    deployment: DeploymentResource,
+    sub,
+    outcomes: list[BatchOutcome],
+):
     """Streaming merge of the batches into one Parquet per object table, in the results
     folder (which switches as a whole): `lifecycle.Merged`. A step with nothing to do
     (`sub` is not a SubAnalysisRun but the reason) passes its reason on."""
@@ -127,14 +157,16 @@ def merge_tables(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
         # batch steps that finish at once may set the progress tag out of order; once all
         # have finished, the tag says what imagedb says: every batch finished
         context.instance.add_run_tags(context.run_id, {PROGRESS_TAG: progress_message(len(outcomes), len(outcomes), 0)})
-    context.log.info(f"merged {len(outcomes)} batches into {sub.tables_dir}: "
-                     f"{', '.join(sorted(merged.merge.tables)) or 'no tables'}")
+    context.log.info(
+        f"merged {len(outcomes)} batches into {sub.tables_dir}: {', '.join(sorted(merged.merge.tables)) or 'no tables'}"
+    )
     return merged
 
 
 @dg.op
-def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
-                            merged) -> dict:
+def write_single_cell_table(
+    context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, merged
+) -> dict:
     """The joined single-cell table; its metadata (the asset materializes at the end)."""
     if not isinstance(merged, lifecycle.Merged):
         return {}
@@ -142,8 +174,12 @@ def write_single_cell_table(context: dg.OpExecutionContext, imagedb: ImageDBReso
     if result is None:
         context.log.info(f"no single-cell table: {NO_OBJECT_TABLES}")
         return {"written": False, "reason": NO_OBJECT_TABLES}
-    return {"path": dg.MetadataValue.path(str(result.path)), "dagster/row_count": result.rows,
-            "columns": result.columns, "base_object": result.base}
+    return {
+        "path": dg.MetadataValue.path(str(result.path)),
+        "dagster/row_count": result.rows,
+        "columns": result.columns,
+        "base_object": result.base,
+    }
 
 
 # A pipeline that exports only an Image table (illumination correction, QC): no cells to
@@ -156,18 +192,22 @@ def result_links(sub: SubAnalysisRun, settings: Settings) -> dict:
     CPP_RESULTS_URL_TEMPLATE is set."""
     from cpp_dagster.analysis.lab_overview import result_url
 
-    links = {"results_path": dg.MetadataValue.path(str(sub.results_dir)),
-             "sub_analysis": sub.sub_id, "analysis": sub.analysis_id, "plate_acquisition": sub.acquisition.id}
+    links = {
+        "results_path": dg.MetadataValue.path(str(sub.results_dir)),
+        "sub_analysis": sub.sub_id,
+        "analysis": sub.analysis_id,
+        "plate_acquisition": sub.acquisition.id,
+    }
     template = settings.results_url_template
     if template:
         links["results_url"] = dg.MetadataValue.url(
-            result_url(str(sub.results_dir.relative_to(settings.nas_root)), template))
+            result_url(str(sub.results_dir.relative_to(settings.nas_root)), template)
+        )
     return links
 
 
 @dg.op(out={"result": dg.Out(dg.Nothing)})
-def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource,
-                  merged):
+def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, merged):
     """The end of a step others depend on (illumination, QC): record it finished in
     imagedb, then materialize its asset with the files it wrote."""
     stage = stage_of(context)
@@ -175,8 +215,15 @@ def complete_step(context: dg.OpExecutionContext, imagedb: ImageDBResource, depl
         return dg.Output(None, "result", metadata={"reason": merged})
     settings = deployment.settings
     outcome = lifecycle.complete(imagedb.db(), settings, merged.sub)
-    context.log.info(f"sub-analysis {merged.sub.sub_id} ({stage.value}) finished: "
-                     f"{len(outcome['file_list'])} result files")
-    return dg.Output(None, "result", metadata={
-        **result_links(merged.sub, settings), "files": len(outcome["file_list"]),
-        "file_list": dg.MetadataValue.json(outcome["file_list"])})
+    context.log.info(
+        f"sub-analysis {merged.sub.sub_id} ({stage.value}) finished: {len(outcome['file_list'])} result files"
+    )
+    return dg.Output(
+        None,
+        "result",
+        metadata={
+            **result_links(merged.sub, settings),
+            "files": len(outcome["file_list"]),
+            "file_list": dg.MetadataValue.json(outcome["file_list"]),
+        },
+    )

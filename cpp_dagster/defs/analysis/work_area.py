@@ -7,6 +7,7 @@ its re-run reuses; `cpp-dagster gc --expire-failed` removes those on demand). Ea
 sub-analysis's outcome is a line of the run's log; the totals are the step's metadata.
 The schedule is on by default; a lab that cleans by hand turns it off in the UI.
 """
+
 import dagster as dg
 
 from cpp_dagster.analysis import work_area
@@ -16,22 +17,25 @@ CLEANING_CRON = "30 3 * * *"  # every night at 03:30 (the instance's time zone)
 
 
 @dg.op(description="Frees the work folders of sub-analyses finished longer ago than CPP_WORK_RETENTION_DAYS")
-def free_finished_work_folders(context: dg.OpExecutionContext, imagedb: ImageDBResource,
-                               deployment: DeploymentResource) -> dg.Output[int]:
+def free_finished_work_folders(
+    context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource
+) -> dg.Output[int]:
     settings = deployment.settings
-    outcomes = work_area.collect(imagedb.db(), settings.work_root, settings.nas_root,
-                                 settings.work_retention_days)
+    outcomes = work_area.collect(imagedb.db(), settings.work_root, settings.nas_root, settings.work_retention_days)
     for line in work_area.report_lines(outcomes, dry_run=False):
         context.log.info(line)
     freed = [o for o in outcomes if o.freed]
     total = sum(o.bytes for o in freed)
-    return dg.Output(total, metadata={
-        "freed_bytes": total,
-        "freed": work_area.human_bytes(total),
-        "freed_sub_analyses": dg.MetadataValue.json([o.sub_id for o in freed]),
-        "kept_sub_analyses": len(outcomes) - len(freed),
-        "retention_days": settings.work_retention_days,
-    })
+    return dg.Output(
+        total,
+        metadata={
+            "freed_bytes": total,
+            "freed": work_area.human_bytes(total),
+            "freed_sub_analyses": dg.MetadataValue.json([o.sub_id for o in freed]),
+            "kept_sub_analyses": len(outcomes) - len(freed),
+            "retention_days": settings.work_retention_days,
+        },
+    )
 
 
 @dg.job(description="The work area's cleaning (what `cpp-dagster gc` does), every night by its schedule")
@@ -40,7 +44,9 @@ def clean_work_area():
 
 
 clean_work_area_nightly = dg.ScheduleDefinition(
-    name="clean_work_area_nightly", job=clean_work_area, cron_schedule=CLEANING_CRON,
+    name="clean_work_area_nightly",
+    job=clean_work_area,
+    cron_schedule=CLEANING_CRON,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Frees finished sub-analyses' work folders once CPP_WORK_RETENTION_DAYS has run out",
 )

@@ -1,4 +1,5 @@
 """The resources of model training: the configuration store and the model registry."""
+
 from __future__ import annotations
 
 import dagster as dg

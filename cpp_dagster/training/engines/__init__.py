@@ -1,5 +1,6 @@
 """Two training engines behind one interface (base.TrainingEngine), chosen per deployment
 by CPP_TRAINING_ENGINE: `embedded` (default; RDKit + crepes, no license) or `cpsign`."""
+
 from __future__ import annotations
 
 from cpp_dagster.settings import Training

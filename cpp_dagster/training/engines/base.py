@@ -5,6 +5,7 @@ Every step reads and writes files in the version's work folder on the shared wor
 set, the held-out set and one parameter file per split; the engine then precomputes
 descriptors, trains each split, aggregates the split models and evaluates the result.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ class SplitParams:
 
 def split_params(config: TrainingConfig) -> list[SplitParams]:
     n = config.model.nr_models
-    return [SplitParams(index=s, splits=config.splits, models=tuple(range(s, n, config.splits)), seed=config.seed)
-            for s in range(config.splits)]
+    return [
+        SplitParams(index=s, splits=config.splits, models=tuple(range(s, n, config.splits)), seed=config.seed)
+        for s in range(config.splits)
+    ]
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,9 @@ class TrainingFiles:
     """What `training_data` wrote for one version."""
 
     folder: Path
-    train: Path          # parquet: id, smiles, label
-    heldout: Path        # parquet: id, smiles, label (never trained on)
-    skipped: Path        # parquet: id, smiles, label, reason
+    train: Path  # parquet: id, smiles, label
+    heldout: Path  # parquet: id, smiles, label (never trained on)
+    skipped: Path  # parquet: id, smiles, label, reason
     splits: tuple[Path, ...]  # one SplitParams JSON per split
     classes: tuple[str, ...] = ()  # classification: every label, in a fixed order
 
@@ -59,8 +62,8 @@ class Evaluation:
 
     compounds: int
     significance: float
-    coverage: float          # share of held-out compounds whose true label is in the prediction
-    efficiency: float        # regression: median interval width; classification: mean set size
+    coverage: float  # share of held-out compounds whose true label is in the prediction
+    efficiency: float  # regression: median interval width; classification: mean set size
     efficiency_name: str
     infinite_intervals: int  # regression: intervals the calibration set was too small to bound
     point_metrics: dict

@@ -9,6 +9,7 @@ On Kubernetes the steps run in the image named in the pod settings' `training.cp
 train, aggregate, predict); they are checked in the tests but were not run here: the jar
 is not installed on the machines the tests run on.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -24,8 +25,12 @@ from cpp_dagster.training.configuration import ConfigError, TrainingConfig
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
 
 SCORERS = {"LinearSVR": "LinearSVR", "LinearSVC": "LinearSVC"}
-NCMS = {"AbsDiff": "AbsDiff", "Normalized": "Normalized", "InverseProbability": "InverseProbability",
-        "Margin": "Margin"}
+NCMS = {
+    "AbsDiff": "AbsDiff",
+    "Normalized": "Normalized",
+    "InverseProbability": "InverseProbability",
+    "Margin": "Margin",
+}
 
 
 class CPSignError(RuntimeError):
@@ -40,8 +45,9 @@ class CPSignSettings:
 
     @classmethod
     def from_settings(cls, training: Training) -> CPSignSettings:
-        return cls(command=training.cpsign_command, license=training.cpsign_license,
-                   descriptors=training.cpsign_descriptors)
+        return cls(
+            command=training.cpsign_command, license=training.cpsign_license, descriptors=training.cpsign_descriptors
+        )
 
 
 def _license(settings: CPSignSettings) -> list[str]:
@@ -50,40 +56,97 @@ def _license(settings: CPSignSettings) -> list[str]:
 
 def _checked(config: TrainingConfig) -> None:
     if config.model.scorer not in SCORERS:
-        raise ConfigError(f"model.scorer {config.model.scorer!r} is not available with the CPSign engine "
-                          f"(use {' or '.join(SCORERS)})")
+        raise ConfigError(
+            f"model.scorer {config.model.scorer!r} is not available with the CPSign engine (use {' or '.join(SCORERS)})"
+        )
 
 
-def precompute_command(settings: CPSignSettings, config: TrainingConfig, train_csv: Path, classes: tuple[str, ...],
-                       out: Path) -> list[str]:
+def precompute_command(
+    settings: CPSignSettings, config: TrainingConfig, train_csv: Path, classes: tuple[str, ...], out: Path
+) -> list[str]:
     labels = ["--labels", *classes] if config.model.task == "classification" else []
-    return [*settings.command, "precompute", *_license(settings), "--model-type", config.model.task,
-            "--train-data", "CSV", str(train_csv), "--property", "label", *labels,
-            "--descriptors", settings.descriptors, "--model-name", config.workflow, "--model-out", str(out)]
+    return [
+        *settings.command,
+        "precompute",
+        *_license(settings),
+        "--model-type",
+        config.model.task,
+        "--train-data",
+        "CSV",
+        str(train_csv),
+        "--property",
+        "label",
+        *labels,
+        "--descriptors",
+        settings.descriptors,
+        "--model-name",
+        config.workflow,
+        "--model-out",
+        str(out),
+    ]
 
 
-def train_command(settings: CPSignSettings, config: TrainingConfig, precomputed: Path, split: SplitParams,
-                  out: Path) -> list[str]:
+def train_command(
+    settings: CPSignSettings, config: TrainingConfig, precomputed: Path, split: SplitParams, out: Path
+) -> list[str]:
     m = config.model
     # CPSign numbers the aggregated models (its "splits") from 1.
-    return [*settings.command, "train", *_license(settings), "--data-set", str(precomputed),
-            "--predictor-type", f"acp-{m.task}",
-            "--sampling-strategy", f"random:numSamples={m.nr_models}:calibRatio={m.calibration_ratio}",
-            "--splits", ",".join(str(i + 1) for i in split.models),
-            "--scorer", SCORERS[m.scorer], "--ncm", NCMS[m.ncm], "--seed", str(split.seed),
-            "--model-name", config.workflow, "--model-out", str(out)]
+    return [
+        *settings.command,
+        "train",
+        *_license(settings),
+        "--data-set",
+        str(precomputed),
+        "--predictor-type",
+        f"acp-{m.task}",
+        "--sampling-strategy",
+        f"random:numSamples={m.nr_models}:calibRatio={m.calibration_ratio}",
+        "--splits",
+        ",".join(str(i + 1) for i in split.models),
+        "--scorer",
+        SCORERS[m.scorer],
+        "--ncm",
+        NCMS[m.ncm],
+        "--seed",
+        str(split.seed),
+        "--model-name",
+        config.workflow,
+        "--model-out",
+        str(out),
+    ]
 
 
 def aggregate_command(settings: CPSignSettings, split_models: list[Path], out: Path) -> list[str]:
-    return [*settings.command, "aggregate", *_license(settings), "--model-files", *map(str, split_models),
-            "--model-out", str(out)]
+    return [
+        *settings.command,
+        "aggregate",
+        *_license(settings),
+        "--model-files",
+        *map(str, split_models),
+        "--model-out",
+        str(out),
+    ]
 
 
-def predict_command(settings: CPSignSettings, config: TrainingConfig, model: Path, predict_csv: Path,
-                    out: Path) -> list[str]:
-    return [*settings.command, "predict", *_license(settings), "--model", str(model),
-            "--predict-file", "CSV", str(predict_csv), "--confidences", str(round(1 - config.model.significance, 6)),
-            "--output-format", "CSV", "--output", str(out)]
+def predict_command(
+    settings: CPSignSettings, config: TrainingConfig, model: Path, predict_csv: Path, out: Path
+) -> list[str]:
+    return [
+        *settings.command,
+        "predict",
+        *_license(settings),
+        "--model",
+        str(model),
+        "--predict-file",
+        "CSV",
+        str(predict_csv),
+        "--confidences",
+        str(round(1 - config.model.significance, 6)),
+        "--output-format",
+        "CSV",
+        "--output",
+        str(out),
+    ]
 
 
 def run(command: list[str], log: Path, timeout_s: float = 6 * 3600) -> None:
@@ -119,7 +182,9 @@ class CPSignEngine:
     def train_split(self, config: TrainingConfig, descriptors: Path, split: SplitParams, out_dir: Path) -> Path:
         _checked(config)
         out = out_dir / f"split_{split.index}{self.model_suffix}"
-        self.run(train_command(self.settings, config, descriptors, split, out), out_dir / f"train_split_{split.index}.log")
+        self.run(
+            train_command(self.settings, config, descriptors, split, out), out_dir / f"train_split_{split.index}.log"
+        )
         return out
 
     def aggregate(self, config: TrainingConfig, split_models: list[Path], out_dir: Path) -> Path:
@@ -147,16 +212,27 @@ def evaluation_from_predictions(config: TrainingConfig, predictions: pd.DataFram
             raise CPSignError(f"CPSign's predictions hold no interval columns: {list(predictions.columns)}")
         lo, hi, y = predictions[lower].to_numpy(float), predictions[upper].to_numpy(float), labels.astype(float)
         width = hi - lo
-        return Evaluation(compounds=len(y), significance=significance, coverage=float(np.mean((lo <= y) & (y <= hi))),
-                          efficiency=float(np.median(width)), efficiency_name="median interval width",
-                          infinite_intervals=int((~np.isfinite(width)).sum()), point_metrics={})
+        return Evaluation(
+            compounds=len(y),
+            significance=significance,
+            coverage=float(np.mean((lo <= y) & (y <= hi))),
+            efficiency=float(np.median(width)),
+            efficiency_name="median interval width",
+            infinite_intervals=int((~np.isfinite(width)).sum()),
+            point_metrics={},
+        )
     p_columns = {c: columns[c] for c in columns if c.startswith("p-value")}
     if not p_columns:
         raise CPSignError(f"CPSign's predictions hold no p-value columns: {list(predictions.columns)}")
     classes = [c.split("[", 1)[-1].rstrip("]").strip() if "[" in c else c for c in p_columns.values()]
     p = predictions[list(p_columns.values())].to_numpy(float)
     sets = [[cls for cls, value in zip(classes, row) if value > significance] for row in p]
-    return Evaluation(compounds=len(labels), significance=significance,
-                      coverage=float(np.mean([str(y) in s for y, s in zip(labels, sets)])),
-                      efficiency=float(np.mean([len(s) for s in sets])), efficiency_name="mean prediction-set size",
-                      infinite_intervals=0, point_metrics={})
+    return Evaluation(
+        compounds=len(labels),
+        significance=significance,
+        coverage=float(np.mean([str(y) in s for y, s in zip(labels, sets)])),
+        efficiency=float(np.mean([len(s) for s in sets])),
+        efficiency_name="mean prediction-set size",
+        infinite_intervals=0,
+        point_metrics={},
+    )

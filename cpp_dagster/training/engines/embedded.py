@@ -20,6 +20,7 @@ the ICPs and the prediction set holds the classes with p-value > significance.
 Smoothed p-values break ties at random: the seed is fixed, so a model predicts the same
 every time (a re-run of a version reproduces its model and its checks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,11 +47,14 @@ def _learner(params: ModelParams, seed: int):
         return cls(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
     if params.scorer == "LinearSVR":
         # the primal solvers: the dual ones take minutes on ~2,000 descriptor columns
-        return make_pipeline(StandardScaler(), LinearSVR(loss="squared_epsilon_insensitive", dual=False, C=0.01,
-                                                         random_state=seed, max_iter=5000))
+        return make_pipeline(
+            StandardScaler(),
+            LinearSVR(loss="squared_epsilon_insensitive", dual=False, C=0.01, random_state=seed, max_iter=5000),
+        )
     # crepes scores classes by probability: Platt scaling gives the SVM one
-    return make_pipeline(StandardScaler(), CalibratedClassifierCV(
-        LinearSVC(dual=False, C=0.01, random_state=seed, max_iter=5000), cv=3))
+    return make_pipeline(
+        StandardScaler(), CalibratedClassifierCV(LinearSVC(dual=False, C=0.01, random_state=seed, max_iter=5000), cv=3)
+    )
 
 
 @dataclass
@@ -69,9 +73,13 @@ class ConformalModel:
         if self.task == "regression":
             bounds = np.stack([icp.predict_int(X, confidence=1 - significance, seed=0) for icp in self.icps])
             points = np.stack([icp.predict(X) for icp in self.icps])
-            return pd.DataFrame({"prediction": np.median(points, axis=0),
-                                 "lower": np.median(bounds[:, :, 0], axis=0),
-                                 "upper": np.median(bounds[:, :, 1], axis=0)})
+            return pd.DataFrame(
+                {
+                    "prediction": np.median(points, axis=0),
+                    "lower": np.median(bounds[:, :, 0], axis=0),
+                    "upper": np.median(bounds[:, :, 1], axis=0),
+                }
+            )
         p_values = np.mean(np.stack([icp.predict_p(X, seed=0) for icp in self.icps]), axis=0)
         frame = pd.DataFrame(p_values, columns=[f"p_{c}" for c in self.classes])
         frame["prediction_set"] = [[c for c, p in zip(self.classes, row) if p > significance] for row in p_values]
@@ -103,10 +111,14 @@ class EmbeddedEngine:
         heldout = pd.read_parquet(files.heldout)
         out = out_dir / "descriptors.npz"
         label_type = float if config.model.task == "regression" else str
-        np.savez(out, train=molecules.featurize(list(train["smiles"])), heldout=molecules.featurize(list(heldout["smiles"])),
-                 train_labels=train["label"].to_numpy(dtype=label_type),
-                 heldout_labels=heldout["label"].to_numpy(dtype=label_type),
-                 classes=np.array(files.classes, dtype=str))
+        np.savez(
+            out,
+            train=molecules.featurize(list(train["smiles"])),
+            heldout=molecules.featurize(list(heldout["smiles"])),
+            train_labels=train["label"].to_numpy(dtype=label_type),
+            heldout_labels=heldout["label"].to_numpy(dtype=label_type),
+            classes=np.array(files.classes, dtype=str),
+        )
         return out
 
     def train_split(self, config: TrainingConfig, descriptors: Path, split: SplitParams, out_dir: Path) -> Path:
@@ -121,15 +133,19 @@ class EmbeddedEngine:
         for model_index in split.models:
             seed = split.seed + model_index
             stratify = y if params.task == "classification" else None
-            X_prop, X_cal, y_prop, y_cal = train_test_split(X, y, test_size=params.calibration_ratio,
-                                                            random_state=seed, stratify=stratify)
+            X_prop, X_cal, y_prop, y_cal = train_test_split(
+                X, y, test_size=params.calibration_ratio, random_state=seed, stratify=stratify
+            )
             if params.task == "regression":
                 icp = WrapRegressor(_learner(params, seed))
                 icp.fit(X_prop, y_prop.astype(float))
                 # Normalized: residuals scaled by a k-NN difficulty estimate, which crepes
                 # keeps with the ICP and applies again at prediction time.
-                de = (DifficultyEstimator().fit(X=X_prop, y=y_prop.astype(float), scaler=True)
-                      if params.ncm == "Normalized" else None)
+                de = (
+                    DifficultyEstimator().fit(X=X_prop, y=y_prop.astype(float), scaler=True)
+                    if params.ncm == "Normalized"
+                    else None
+                )
                 icp.calibrate(X_cal, y_cal.astype(float), de=de)
             else:
                 icp = WrapClassifier(_learner(params, seed))
@@ -148,9 +164,14 @@ class EmbeddedEngine:
         classes = ()
         if config.model.task == "classification":
             classes = tuple(str(c) for c in parts[0]["icps"][0].learner.classes_)
-        model = ConformalModel(task=config.model.task, significance=config.model.significance,
-                               icps=[icp for part in parts for icp in part["icps"]],
-                               classes=classes, workflow=config.workflow, version=config.version)
+        model = ConformalModel(
+            task=config.model.task,
+            significance=config.model.significance,
+            icps=[icp for part in parts for icp in part["icps"]],
+            classes=classes,
+            workflow=config.workflow,
+            version=config.version,
+        )
         out = out_dir / f"model{self.model_suffix}"
         joblib.dump(model, out)
         return out
@@ -167,18 +188,28 @@ class EmbeddedEngine:
             residual = y - frame["prediction"].to_numpy()
             ss_tot = float(np.sum((y - y.mean()) ** 2))
             return Evaluation(
-                compounds=len(y), significance=predictor.significance,
+                compounds=len(y),
+                significance=predictor.significance,
                 coverage=float(np.mean((frame["lower"] <= y) & (y <= frame["upper"]))),
-                efficiency=float(np.median(width)), efficiency_name="median interval width",
+                efficiency=float(np.median(width)),
+                efficiency_name="median interval width",
                 infinite_intervals=int((~finite).sum()),
-                point_metrics={"rmse": float(np.sqrt(np.mean(residual**2))),
-                               "r2": 1 - float(np.sum(residual**2)) / ss_tot if ss_tot else float("nan")})
+                point_metrics={
+                    "rmse": float(np.sqrt(np.mean(residual**2))),
+                    "r2": 1 - float(np.sum(residual**2)) / ss_tot if ss_tot else float("nan"),
+                },
+            )
         sets = frame["prediction_set"]
         best = frame[[f"p_{c}" for c in predictor.classes]].to_numpy().argmax(axis=1)
         return Evaluation(
-            compounds=len(y), significance=predictor.significance,
+            compounds=len(y),
+            significance=predictor.significance,
             coverage=float(np.mean([str(label) in s for label, s in zip(y, sets)])),
-            efficiency=float(np.mean([len(s) for s in sets])), efficiency_name="mean prediction-set size",
+            efficiency=float(np.mean([len(s) for s in sets])),
+            efficiency_name="mean prediction-set size",
             infinite_intervals=0,
-            point_metrics={"accuracy": float(np.mean(np.array(predictor.classes)[best] == y.astype(str))),
-                           "empty_sets": int(sum(len(s) == 0 for s in sets))})
+            point_metrics={
+                "accuracy": float(np.mean(np.array(predictor.classes)[best] == y.astype(str))),
+                "empty_sets": int(sum(len(s) == 0 for s in sets)),
+            },
+        )

@@ -1,0 +1,161 @@
+"""How a setting is declared, parsed and shown: the parsers (raw text -> value, or a
+ValueError saying what is expected), `setting()` (a dataclass field read from one `CPP_*`
+variable), and groups whose repr never shows a secret. `settings.py` declares the
+project's settings with these.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """One or more `CPP_*` variables hold a value that cannot be used; one line each."""
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# --- parsers: raw text -> value, or ValueError saying what is expected -------------------
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def path(raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+def _number(kind: type, zero_allowed: bool, expected: str) -> Callable[[str], Any]:
+    def parse(raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return parse
+
+
+positive_number = _number(float, False, "a positive number")
+positive_int = _number(int, False, "a positive whole number")
+count = _number(int, True, "a whole number, 0 or more")
+duration = _number(float, True, "a number of seconds, 0 or more")
+days = _number(float, True, "a number of days, 0 or more (e.g. 7 or 0.5)")
+
+
+def boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError("expected " + " or ".join(f"'{c}'" for c in choices))
+        return raw
+
+    return parse
+
+
+def command(raw: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as error:
+        raise ValueError(f"not a command line ({error})") from None
+
+
+def url_template(raw: str) -> str:
+    if "{path}" not in raw:
+        raise ValueError("must contain {path}, e.g. https://files.lab/{path}")
+    return raw
+
+
+# --- declaring a setting ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one field is read: its variable, what it means, its default as the README shows
+    it, how its text is parsed, and whether it is a secret (`url`: redact the password;
+    `token`: never shown)."""
+
+    variable: str
+    meaning: str
+    shown_default: str
+    parse: Callable[[str], Any]
+    default: Any = None
+    derived: Callable[[Callable[[str], Any]], Any] | None = None
+    secret: str | None = None
+
+
+def setting(
+    variable: str,
+    meaning: str,
+    default: Any = None,
+    parse: Callable[[str], Any] = text,
+    *,
+    shown: str | None = None,
+    derived: Callable | None = None,
+    secret: str | None = None,
+) -> Any:
+    """A dataclass field read from `variable`. `derived(get)` computes a default from other
+    variables (`get("CPP_NAS_ROOT")`); such a field has no default when built by hand."""
+    if shown is None:
+        shown = (
+            "unset"
+            if default is None
+            else (
+                str(default).lower()
+                if isinstance(default, bool)
+                else f"`{default}`"
+                if isinstance(default, str)
+                else str(default)
+            )
+        )
+    spec = Spec(variable, meaning, shown, parse, default, derived, secret)
+    if derived is not None:
+        return field(metadata={"setting": spec})
+    return field(default=default, metadata={"setting": spec})
+
+
+def shown_value(value: Any, secret: str | None) -> Any:
+    if value is None or not secret:
+        return value
+    if secret == "url":
+        return redact_url(value) if isinstance(value, str) else tuple((k, redact_url(v)) for k, v in value)
+    return "***"
+
+
+class Group:
+    """A frozen group of settings whose repr never shows a secret."""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={shown_value(getattr(self, f.name), spec_of(f) and spec_of(f).secret)!r}" for f in fields(self)
+        )
+        return f"{type(self).__name__}({shown})"
+
+    __str__ = __repr__
+
+
+def spec_of(f) -> Spec | None:
+    return f.metadata.get("setting")
+
+
+group = dataclass(frozen=True, repr=False)
