@@ -27,7 +27,6 @@ from typing import Any
 import yaml
 
 from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
-from cpp_dagster.settings import load_settings
 
 BATCH_OP = "run_cellprofiler"
 LABEL_PREFIX = "cpp-dagster"
@@ -82,8 +81,8 @@ class PodSettings:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> PodSettings:
-        path = path or load_settings().launch.k8s_config
+    def load(cls, path: str | os.PathLike | None) -> PodSettings:
+        """The pod settings file the deployment names (`settings.launch.k8s_config`)."""
         if not path:
             raise PodConfigError("CPP_K8S_CONFIG is not set: it names the pod settings file (see deploy/k8s-pods.yaml)")
         return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})

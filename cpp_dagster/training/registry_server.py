@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from cpp_dagster import paths
-from cpp_dagster.settings import load_settings
+from cpp_dagster.settings import Registry
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError
 
 CHUNK = 1024 * 1024
@@ -199,7 +199,7 @@ def serve(
     background: bool = False,
     *,
     insecure_local: bool = False,
-    max_upload_bytes: int | None = None,
+    max_upload_bytes: int = Registry().max_upload_bytes,  # the setting's default
     timeout_s: float = 30,
     workers: int = 8,
     on_ready=None,
@@ -215,7 +215,7 @@ def serve(
     handler = _handler(
         FolderModelRegistry(root),
         token or None,
-        load_settings().registry.max_upload_bytes if max_upload_bytes is None else max_upload_bytes,
+        max_upload_bytes,
         timeout_s,
     )
     server = BoundedThreadPoolHTTPServer((host, port), handler, workers)

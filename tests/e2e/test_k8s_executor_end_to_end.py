@@ -27,6 +27,7 @@ from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOpti
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.features.columns import BATCH_COLUMN
 from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
+from cpp_dagster.settings import load_settings
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def sensor_run_config(lab, sub_id: int) -> dict:
     """The run config the sensor gives a sub-analysis's run on Kubernetes."""
     sub = lab.db.sub_analysis(sub_id)
     return analysis_run_config(
-        PodSettings.load(),
+        PodSettings.load(load_settings().launch.k8s_config),
         SubAnalysisOptions.from_meta(sub.meta),
         AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpp_dagster.settings import Training, load_settings
+from cpp_dagster.settings import Training
 from cpp_dagster.training.configuration import ConfigError, TrainingConfig
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
 
@@ -167,8 +167,8 @@ class CPSignEngine:
     name = "cpsign"
     model_suffix = ".jar"
 
-    def __init__(self, settings: CPSignSettings | None = None, runner=run):
-        self.settings = settings or CPSignSettings.from_settings(load_settings().training)
+    def __init__(self, settings: CPSignSettings, runner=run):
+        self.settings = settings
         self.run = runner
 
     def precompute(self, config: TrainingConfig, files: TrainingFiles, out_dir: Path) -> Path:
