@@ -12,18 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from k8s_cluster import assert_least_privilege, step_job, step_layer
+from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, options, step_job, step_layer
 
-from cpp_dagster.analysis.planning import SubAnalysisOptions
-from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
+from cpp_dagster.k8s.pod_config import PodSettings, analysis_run_config
 from cpp_dagster.settings import PROJECT_ROOT
-
-EXAMPLE = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
-IDS = AnalysisIds(plate_acquisition_id=3, analysis_id=5, sub_id=8)
-
-
-def options(**meta) -> SubAnalysisOptions:
-    return SubAnalysisOptions.from_meta({"pipeline_file": "x.cppipe", "cp_version": "5.0.0.dev784", **meta})
 
 
 @pytest.fixture

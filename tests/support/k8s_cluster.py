@@ -17,9 +17,20 @@ import yaml
 from k8s_standin import KubeStandIn
 from pg_databases import new_database
 
+from cpp_dagster.analysis.planning import SubAnalysisOptions
 from cpp_dagster.demo.register import DEMO_CP_VERSION
+from cpp_dagster.k8s.pod_config import AnalysisIds
 from cpp_dagster.local.environment import sqlalchemy_url
 from cpp_dagster.settings import PROJECT_ROOT
+
+# the pod settings the tests read, and a sub-analysis to build pod configs for
+EXAMPLE = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
+IDS = AnalysisIds(plate_acquisition_id=3, analysis_id=5, sub_id=8)
+
+
+def options(**meta) -> SubAnalysisOptions:
+    return SubAnalysisOptions.from_meta({"pipeline_file": "x.cppipe", "cp_version": "5.0.0.dev784", **meta})
+
 
 NAMESPACE = "cpp"
 IMAGE = "registry.example.org/cpp-dagster:test-cp5"

@@ -10,27 +10,19 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_cluster import assert_least_privilege, secrets_of, step_job, step_layer
+from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, options, secrets_of, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 from cpp_dagster.k8s.executor import with_defaults
 from cpp_dagster.k8s.pod_config import (
     ANALYSIS_STEPS,
-    AnalysisIds,
     PodConfigError,
     PodSettings,
     analysis_run_config,
     executor_defaults,
 )
 from cpp_dagster.settings import PROJECT_ROOT
-
-EXAMPLE = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
-IDS = AnalysisIds(plate_acquisition_id=3, analysis_id=5, sub_id=8)
-
-
-def options(**meta) -> SubAnalysisOptions:
-    return SubAnalysisOptions.from_meta({"pipeline_file": "x.cppipe", "cp_version": "5.0.0.dev784", **meta})
 
 
 @pytest.fixture
