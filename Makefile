@@ -44,7 +44,7 @@ dev: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(VENV)/bin/python -m pytest -p no:cacheprovider --durations=15
 
 # The quick check while editing: the unit and integration rooms (tests/unit,
@@ -53,7 +53,7 @@ test: install
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(VENV)/bin/python -m pytest -p no:cacheprovider -m "unit or integration" --durations=15 tests/unit tests/integration
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,
