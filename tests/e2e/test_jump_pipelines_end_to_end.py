@@ -63,7 +63,7 @@ def jump_pipeline_meta() -> dict:
             {
                 "type": "cellprofiler",
                 "sub_type": "features",
-                "pipeline_file": "nf-core/lifecycle.cppipe",
+                "pipeline_file": "nf-core/analysis.cppipe",
                 "batch_size": 1,
                 "use_icf": True,
                 "icf_naming": "broad",
@@ -77,7 +77,7 @@ def test_jump_illumination_then_analysis_pipelines_run_unmodified_on_lzw_plate(l
     from cpp_dagster.demo.register import register_plate
 
     (lab.settings.pipelines_dir / "nf-core").mkdir(parents=True)
-    for name in ("illumination.cppipe", "lifecycle.cppipe"):
+    for name in ("illumination.cppipe", "analysis.cppipe"):
         shutil.copyfile(NF_CORE / name, lab.settings.pipelines_dir / "nf-core" / name)
     lab.db.put_pipeline("jump-cellpainting", jump_pipeline_meta())
     # One well, two sites of a few cells each (JUMP's MeasureTexture takes ~5 s of CPU per

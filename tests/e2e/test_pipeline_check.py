@@ -171,14 +171,14 @@ def test_public_jump_pipelines_pass_on_the_channels_they_are_written_for(tmp_pat
             illumination, pipeline_file="illumination.cppipe", dyes=orig, illumination_images=illum, use_icf=False
         )[0]
     )
-    jump_analysis = needs(jump / "lifecycle.cppipe")
+    jump_analysis = needs(jump / "analysis.cppipe")
     assert [m.label for m in jump_analysis.modules if not m.enabled] == ["FlagImage #5"]
     assert jump_analysis.exports == (
         Export("ExportToSpreadsheet #39", False, ("Image", "Experiment", "Cells", "Cytoplasm", "Nuclei")),
     )
     assert (
         pipeline_check.problems(
-            jump_analysis, pipeline_file="lifecycle.cppipe", dyes=orig, illumination_images=illum, use_icf=True
+            jump_analysis, pipeline_file="analysis.cppipe", dyes=orig, illumination_images=illum, use_icf=True
         )
         == []
     )
