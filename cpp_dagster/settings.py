@@ -288,6 +288,14 @@ class Settings(Group):
         url_template,
         shown="unset (no URL column)",
     )
+    pipeline_check_dir: Path | None = setting(
+        "CPP_PIPELINE_CHECK_CACHE",
+        "where the pipeline check keeps what CellProfiler found in each pipeline file (one inspection per "
+        "file and CellProfiler)",
+        None,
+        path,
+        shown="`$CPP_WORK_ROOT/.pipeline-checks`",
+    )
     work_retention_days: float = setting(
         "CPP_WORK_RETENTION_DAYS",
         "days a finished sub-analysis's work "
@@ -303,6 +311,10 @@ class Settings(Group):
     @property
     def results_root(self) -> Path:
         return self.nas_root / "results"
+
+    @property
+    def pipeline_check_cache(self) -> Path:
+        return self.pipeline_check_dir or self.work_root / ".pipeline-checks"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

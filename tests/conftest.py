@@ -89,13 +89,22 @@ def db(pg_server, monkeypatch) -> ImageDB:
     imagedb.close()
 
 
+@pytest.fixture(scope="session")
+def pipeline_checks(tmp_path_factory) -> Path:
+    """One pipeline-check cache for the session: what CellProfiler finds in a pipeline file
+    is the same answer in every test, so each file is inspected once, not once per test
+    (tests of the cache itself use one of their own)."""
+    return tmp_path_factory.mktemp("pipeline-checks")
+
+
 @pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
+def settings(tmp_path, monkeypatch, pipeline_checks) -> Settings:
     """A NAS folder of this test's own; CPP_* variables point at it (step processes
     inherit them)."""
     monkeypatch.setenv("CPP_NAS_ROOT", str(tmp_path / "nas"))
     for var in ("CPP_WORK_ROOT", "CPP_PIPELINES_DIR"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CPP_PIPELINE_CHECK_CACHE", str(pipeline_checks))
     monkeypatch.setenv("CPP_CELLPROFILER", str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"))
     return load_settings()
 

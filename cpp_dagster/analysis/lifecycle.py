@@ -134,10 +134,10 @@ def check_pipeline(settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan
     """Refuse (PipelineCheckError, with every reason) a pipeline that cannot run on this
     plan: a module CellProfiler cannot load, no Image table exported, images the
     channel map cannot provide, use_icf without an illumination image. CellProfiler
-    inspects each pipeline file once (cached under the work root)."""
+    inspects each pipeline file once (cached in `settings.pipeline_check_cache`)."""
     options = sub.options
     needs = pipeline_check.inspect(
-        pipeline, cellprofiler=settings.cellprofiler, cache_dir=settings.work_root / pipeline_check.CACHE_FOLDER
+        pipeline, cellprofiler=settings.cellprofiler, cache_dir=settings.pipeline_check_cache
     )
     pipeline_check.check(
         needs,

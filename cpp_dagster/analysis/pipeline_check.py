@@ -11,7 +11,7 @@ this acquisition's LoadData CSV provides. Every problem is listed at once, in a
 imagedb).
 
 The inspection depends only on the file's bytes and the CellProfiler build, so it is
-cached under the work root (`.pipeline-checks/<sha256>.json`); the comparison with an
+cached (`<CPP_PIPELINE_CHECK_CACHE>/<sha256>.json`, by default under the work root); the comparison with an
 acquisition's channel map is pure Python and runs every time.
 """
 
@@ -32,7 +32,6 @@ from cpp_dagster.analysis.planning import PlanningError
 
 INSPECT_SCRIPT = Path(__file__).resolve().parent / "cellprofiler_env" / "inspect_pipeline.py"
 INSPECT_TIMEOUT_S = 300
-CACHE_FOLDER = ".pipeline-checks"
 LOG_TAIL_CHARS = 2000
 INPUT_MODULES_OTHER_THAN_LOADDATA = "Images/Metadata/NamesAndTypes/Groups"
 

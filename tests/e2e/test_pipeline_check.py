@@ -5,6 +5,7 @@ itself, pure Python: tests/unit/test_pipeline_check_compares_needs_with_the_plan
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
@@ -118,13 +119,15 @@ def test_pipeline_reading_images_through_namesandtypes_is_refused_with_its_messa
     assert lab.db.sub_analysis(sub_id).start is None and not work_dir(lab.settings, sub_id).exists()
 
 
-def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_process(lab):
+def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_process(lab, tmp_path):
     acq = register_plate(lab.db, lab.settings, barcode="CACHED", wells=["B02"], sites=[1, 2], seed=3)
     first, second = (submit(lab, acq, DEMO_PIPELINE_FILE) for _ in range(2))
-    cache_dir = lab.settings.work_root / pipeline_check.CACHE_FOLDER
+    # a cache of this test's own (the other tests share one: see conftest's `settings`)
+    cache_dir = tmp_path / "pipeline-checks"
+    settings = dataclasses.replace(lab.settings, pipeline_check_dir=cache_dir)
 
     started = time.monotonic()
-    assert len(lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, first)).batches) == 1
+    assert len(lifecycle.prepare(lab.db, settings, resolve(lab.db, settings, first)).batches) == 1
     first_s = time.monotonic() - started
     [cached] = list(cache_dir.iterdir())
     pipeline = lab.settings.pipelines_dir / DEMO_PIPELINE_FILE
@@ -132,7 +135,7 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     written = cached.stat()
 
     started = time.monotonic()
-    assert len(lifecycle.prepare(lab.db, lab.settings, resolve(lab.db, lab.settings, second)).batches) == 1
+    assert len(lifecycle.prepare(lab.db, settings, resolve(lab.db, settings, second)).batches) == 1
     second_s = time.monotonic() - started
     # A second inspection would have written a new file and renamed it over the cached one.
     assert list(cache_dir.iterdir()) == [cached]
