@@ -45,7 +45,7 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo --no-cache
-	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load --maxschedchunk 1 --durations=15
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load --durations=15
 
 # The quick check while editing: the unit and integration rooms (tests/unit,
 # tests/integration): no CellProfiler, no daemon, no webserver, so the CellProfiler
@@ -54,7 +54,7 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo --no-cache
-	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load --maxschedchunk 1 -m "unit or integration" --durations=15 tests/unit tests/integration
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load -m "unit or integration" --durations=15 tests/unit tests/integration
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,
 # and the illumination-correction pair (demo_icf.cppipe, demo_features_icf.cppipe).
