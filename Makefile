@@ -46,12 +46,15 @@ dev: install
 	$(CPP) dev
 
 # Every test, e2e included (real CellProfiler, the daemon, the webserver, `make demo`);
-# CI runs this (.ci/run). The 15 slowest tests are listed at the end.
+# CI runs this (.ci/run). The 15 slowest tests are listed at the end. Tests go to the two
+# workers one at a time (--maxschedchunk 1), the longest first (tests/conftest.py): dealt
+# in chunks, the first worker got every end-to-end test and ran them alone.
+PYTEST_WORKERS := -n 2 --dist load --maxschedchunk 1
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo --no-cache
-	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load --durations=15
+	$(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_WORKERS) --durations=15
 
 # The quick check while editing: the unit and integration rooms (tests/unit,
 # tests/integration): no CellProfiler, no daemon, no webserver, so the CellProfiler
@@ -60,7 +63,7 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo --no-cache
-	$(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist load -m "unit or integration" --durations=15 tests/unit tests/integration
+	$(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_WORKERS) -m "unit or integration" --durations=15 tests/unit tests/integration
 
 # Rebuild the bundled demo pipelines with the cellprofiler_core API: the features pipeline,
 # and the illumination-correction pair (demo_icf.cppipe, demo_features_icf.cppipe).

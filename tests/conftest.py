@@ -30,11 +30,31 @@ from cpp_dagster.settings import PROJECT_ROOT, Settings, load_settings
 
 TESTS = Path(__file__).resolve().parent
 ROOMS = ("unit", "integration", "e2e")
+# `make test` deals tests to its two workers one at a time, in collection order. Greedy
+# dealing finishes soonest when the longest tests go first and the short ones fill the
+# gaps at the end, so the end-to-end files that take a minute or more come first, the
+# longest first (as measured in `make test`), then the other end-to-end tests, then the
+# integration and the unit tests.
+LONGEST_FIRST = (
+    "e2e/test_ui_backfill_is_submission.py",
+    "e2e/test_jump_pipelines_end_to_end.py",
+    "e2e/test_rerun_reruns_only_the_failed_batch.py",
+    "e2e/test_model_training.py",
+    "e2e/test_k8s_executor_end_to_end.py",
+    "e2e/test_make_demo.py",
+    "e2e/test_k8s_model_training.py",
+    "e2e/test_ui_partitions_and_honest_status.py",
+    "e2e/test_bad_rows_beside_a_good_analysis.py",
+    "e2e/test_illumination_correction_end_to_end.py",
+    "e2e/test_pipeline_check.py",
+    "e2e/test_cancel_running_analysis.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
     """Mark each test with its room (the folder under tests/ it lives in); a test file
-    outside every room is an error, since no lane would run it."""
+    outside every room is an error, since no lane would run it. Then put the longest
+    first (see `LONGEST_FIRST`)."""
     for item in items:
         path = Path(item.path).resolve()
         if not path.is_relative_to(TESTS):
@@ -46,6 +66,19 @@ def pytest_collection_modifyitems(config, items):
                 "tests/integration or tests/e2e (see tests/conftest.py)"
             )
         item.add_marker(getattr(pytest.mark, room))
+    items.sort(key=_longest_first)
+
+
+def _longest_first(item) -> int:
+    """The sort key: a listed file's place, then e2e, integration, unit (the sort is
+    stable, so each file keeps its own order)."""
+    path = Path(item.path).resolve()
+    if not path.is_relative_to(TESTS):
+        return len(LONGEST_FIRST) + len(ROOMS)
+    relative = path.relative_to(TESTS)
+    if relative.as_posix() in LONGEST_FIRST:
+        return LONGEST_FIRST.index(relative.as_posix())
+    return len(LONGEST_FIRST) + ROOMS[::-1].index(relative.parts[0])
 
 
 @pytest.fixture(scope="session")
