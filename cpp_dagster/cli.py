@@ -179,10 +179,14 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_local_env(args: argparse.Namespace) -> int:
+    """`eval "$(cpp-dagster local env)"`: each value quoted for the shell (shlex.quote), so
+    a quote or `$(...)` in a URL stays part of the value."""
+    import shlex
+
     from cpp_dagster.local import environment as local_env
 
     for key, value in local_env.environment().items():
-        print(f"export {key}='{value}'")
+        print(f"export {key}={shlex.quote(value)}")
     return 0
 
 

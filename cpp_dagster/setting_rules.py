@@ -19,9 +19,19 @@ class SettingsError(ValueError):
     """One or more `CPP_*` variables hold a value that cannot be used; one line each."""
 
 
-def redact_url(url: str) -> str:
-    """A database URL fit for a log line: the password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+# the password of `scheme://user:password@host` (up to the last @ before the path)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
+# `password=...` as a URL query parameter or a key/value DSN word, quoted or not
+_KEY_PASSWORD = re.compile(
+    r"""(?ix) (\b(?:ssl)?password \s*=\s*) ( '(?:[^'\\]|\\.)*'? | "(?:[^"\\]|\\.)*"? | [^\s&;'"]* )"""
+)
+
+
+def redact_url(text: str) -> str:
+    """A database URL or DSN, or a message holding one, fit for a log line: every password
+    replaced by *** (`postgresql://u:pw@h/db`, `...?password=pw`, `host=h password=pw`,
+    `password='a b\\'c'`)."""
+    return _KEY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 # --- parsers: raw text -> value, or ValueError saying what is expected -------------------

@@ -125,10 +125,12 @@ class Launch(Group):
 
 @dataclass(frozen=True)
 class TrainingQueryLimits:
-    """What one training ingestion query may take: seconds (statement_timeout) and rows."""
+    """What one training ingestion query may take: seconds (statement_timeout and the whole
+    read), rows, and bytes of the rows held in memory."""
 
     timeout_s: float = 600
     max_rows: int = 1_000_000
+    max_bytes: int = 1024 * 1024 * 1024
 
 
 @group
@@ -145,14 +147,14 @@ class Training(Group):
     compound_databases: tuple[tuple[str, str], ...] = setting(
         COMPOUND_DATABASES,
         "a compound database a training configuration names (`chembl` -> "
-        "`CPP_DATABASE_CHEMBL_URL`), a PostgreSQL URL with a read-only role",
+        "`CPP_DATABASE_CHEMBL_URL`), a PostgreSQL URL whose role may only SELECT (a superuser's is refused)",
         (),
         shown="only `compounds`: embedded, with a public data set",
         secret="url",
     )
     query_timeout_s: float = setting(
         "CPP_TRAINING_QUERY_TIMEOUT_S",
-        "statement timeout of a training configuration's query",
+        "seconds a training configuration's query may take (its statement timeout, and the whole read)",
         600.0,
         positive_number,
         shown="600",
@@ -162,6 +164,13 @@ class Training(Group):
         "rows that query may return; more fails the run with a message",
         1_000_000,
         positive_int,
+    )
+    query_max_mb: float = setting(
+        "CPP_TRAINING_QUERY_MAX_MB",
+        "megabytes the rows of that query may take in memory; more fails the run with a message",
+        1024.0,
+        positive_number,
+        shown="1024",
     )
     engine: str = setting(
         "CPP_TRAINING_ENGINE",
@@ -187,7 +196,11 @@ class Training(Group):
 
     @property
     def query_limits(self) -> TrainingQueryLimits:
-        return TrainingQueryLimits(timeout_s=self.query_timeout_s, max_rows=self.query_max_rows)
+        return TrainingQueryLimits(
+            timeout_s=self.query_timeout_s,
+            max_rows=self.query_max_rows,
+            max_bytes=int(self.query_max_mb * 1024 * 1024),
+        )
 
     def compound_database_url(self, name: str) -> str | None:
         return dict(self.compound_databases).get(compound_database_variable(name))

@@ -21,13 +21,37 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpp_dagster import paths
 
 LOG_TAIL_LINES = 30
+# What CellProfiler (and any plugin it loads) gets of the step's environment: an allow-list,
+# so imagedb's and Dagster's URLs, PG* variables and tokens never reach it.
+ENVIRONMENT_ALLOWED = (
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TMP",
+    "TEMP",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "LD_LIBRARY_PATH",
+    "JAVA_HOME",
+    "MPLCONFIGDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "PYTHONDONTWRITEBYTECODE",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "OMP_NUM_THREADS",
+)
 
 
 class CellProfilerError(RuntimeError):
@@ -83,6 +107,14 @@ def command(cellprofiler: str, pipeline: Path, data_file: Path, output_dir: Path
     ]
 
 
+def cellprofiler_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment CellProfiler runs with: only the allowed variables of `environ`
+    (`ENVIRONMENT_ALLOWED`), one OpenMP thread (a batch is one core's work) and matplotlib
+    without a display."""
+    env = {k: v for k, v in environ.items() if k in ENVIRONMENT_ALLOWED}
+    return {**env, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
 def run_batch(
     *,
     cellprofiler: str,
@@ -101,7 +133,7 @@ def run_batch(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     log_path = batch_dir / "cellprofiler.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    env = {**cellprofiler_environment(), "PYTHONUNBUFFERED": "1"}
     args = command(cellprofiler, pipeline, batch_dir / "loaddata.csv", staging)
 
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)

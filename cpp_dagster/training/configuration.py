@@ -20,9 +20,10 @@
       "validity_tolerance": 0.05                # coverage may fall this far below 1 - significance
     }
 
-The query must be exactly one SQL statement and return a `smiles` and a `label` column
-(an `id` column is kept if present); it runs read-only, with a statement timeout and a
-row cap (`compounds.run_query`).
+The query must be exactly one SQL statement that only reads (`query.checked`: PostgreSQL's
+own grammar) and return a `smiles` and a `label` column (an `id` column is kept if
+present); it runs read-only, with a statement timeout and caps on rows and bytes
+(`compounds.run_query`).
 
 A version is content-addressed: the SHA-256 of the configuration normalised (defaults
 filled in, keys sorted, no whitespace). Re-adding the same file, or the same content
@@ -155,11 +156,11 @@ def from_dict(raw: Any) -> TrainingConfig:
         if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
             problems.append(f"{key} must be a non-empty string")
     if isinstance(raw.get("query"), str) and raw["query"].strip():
-        from cpp_dagster.training.compounds import CompoundDatabaseError, single_statement
+        from cpp_dagster.training.query import QueryRefused, checked
 
         try:
-            single_statement(raw["query"])
-        except CompoundDatabaseError as error:
+            checked(raw["query"])
+        except QueryRefused as error:
             problems.append(str(error))
     splits = _number(problems, "splits", raw.get("splits", 1), 1, 64, integer=True)
 

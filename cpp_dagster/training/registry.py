@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import re
@@ -22,9 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from cpp_dagster import paths
+from cpp_dagster.setting_rules import redact_url
 from cpp_dagster.settings import Registry
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -106,8 +109,17 @@ class FolderModelRegistry:
 
 
 class HttpModelRegistry:
+    """`url` may carry `user:password@`: they are sent as Basic credentials (when there is
+    no bearer token) and never appear in a request line, a message or a returned location."""
+
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 300):
-        self.url = url.rstrip("/")
+        parts = urlsplit(url.rstrip("/"))
+        self.url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        self.basic = (
+            base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()).decode()
+            if parts.password is not None
+            else None
+        )
         self.token = token
         self.timeout_s = timeout_s
 
@@ -115,6 +127,8 @@ class HttpModelRegistry:
         request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=dict(headers or {}))
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
+        elif self.basic:
+            request.add_header("Authorization", f"Basic {self.basic}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.read()
@@ -124,7 +138,13 @@ class HttpModelRegistry:
                 f"model service: {method} {path} answered {error.code} {error.reason}: {detail}"
             ) from None
         except urllib.error.URLError as error:
-            raise RegistryError(f"cannot reach the model service at {self.url}: {error.reason}") from None
+            raise RegistryError(
+                f"cannot reach the model service at {self.url}: {redact_url(str(error.reason))}"
+            ) from None
+        except (OSError, ValueError, http.client.HTTPException) as error:  # a dropped connection, a bad URL
+            raise RegistryError(
+                f"model service: {method} {self.url}{path} failed: {redact_url(str(error)) or type(error).__name__}"
+            ) from None
 
     def _path(self, name: str, version: str) -> str:
         _checked(name, version)

@@ -13,11 +13,10 @@ import pytest
 from dagster_helpers import tick
 from k8s_cluster import IMAGE, assert_least_privilege, launch, secrets_of, standin_cluster, wait_for_run
 from k8s_standin import SCHEMA_VERSION
-from pg_databases import new_database
+from pg_databases import compound_database, new_database
 
 from cpp_dagster.k8s.pod_config import training_run_config
 from cpp_dagster.settings import PROJECT_ROOT
-from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.store import ConfigStore
 
@@ -26,8 +25,7 @@ EXAMPLE = PROJECT_ROOT / "cpp_dagster" / "training" / "examples" / "solubility.j
 
 @pytest.fixture
 def training_cluster(pg_server, tmp_path, monkeypatch):
-    store_url, compounds_url = new_database(pg_server, "training"), new_database(pg_server, "compounds")
-    load_public_dataset(compounds_url)
+    store_url, compounds_url = new_database(pg_server, "training"), compound_database(pg_server)[1]
     store = ConfigStore(store_url)
     store.apply_schema()
     credentials = {"CPP_TRAINING_DB_URL": store_url, "CPP_DATABASE_COMPOUNDS_URL": compounds_url}

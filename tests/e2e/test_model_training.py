@@ -12,10 +12,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_helpers import events, tick
-from pg_databases import new_database
+from pg_databases import compound_database, new_database
 
+from cpp_dagster.local.environment import COMPOUNDS_READER
+from cpp_dagster.local.postgres import ensure_reader
 from cpp_dagster.settings import PROJECT_ROOT
-from cpp_dagster.training.compounds import load_public_dataset
 from cpp_dagster.training.configuration import from_dict
 from cpp_dagster.training.engines.embedded import load_model
 from cpp_dagster.training.registry import HttpModelRegistry, RegistryError
@@ -29,10 +30,9 @@ CPSIGN_STANDIN = Path(__file__).resolve().parents[1] / "support" / "cpsign_stand
 
 @pytest.fixture(scope="session")
 def compounds_url(pg_server) -> str:
-    """A compound database holding the public data set, as `compounds` in the config."""
-    url = new_database(pg_server, "compounds")
-    assert load_public_dataset(url) == 1282
-    return url
+    """A compound database holding the public data set, as `compounds` in the config,
+    read as the local deployment's read-only role."""
+    return compound_database(pg_server)[1]
 
 
 @pytest.fixture
@@ -249,7 +249,8 @@ def bad_compounds(pg_server, monkeypatch) -> str:
         rows += [(200, "CCN", None)]
         cur.executemany("INSERT INTO compounds VALUES (%s, %s, %s)", rows)
     conn.close()
-    monkeypatch.setenv("CPP_DATABASE_BADCHEM_URL", url)
+    reader = ensure_reader(url, COMPOUNDS_READER, ["compounds"])
+    monkeypatch.setenv("CPP_DATABASE_BADCHEM_URL", reader)
     return url
 
 
