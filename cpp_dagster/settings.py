@@ -31,6 +31,7 @@ from cpp_dagster.setting_rules import (
     count,
     days,
     duration,
+    folder_list,
     group,
     one_of,
     path,
@@ -266,6 +267,14 @@ class Settings(Group):
         shown="`.venv-cp/bin/cellprofiler`",
         derived=lambda get: str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
     )
+    image_roots: tuple[Path, ...] = setting(
+        "CPP_IMAGE_ROOTS",
+        "folders every image path in imagedb must lie under, separated by `:`; a sub-analysis with an "
+        "image elsewhere fails before any batch",
+        (),
+        folder_list,
+        shown="`$CPP_NAS_ROOT/images`",
+    )
     imagedb_url: str | None = setting(
         "CPP_IMAGEDB_URL",
         "imagedb, a PostgreSQL URL (`postgresql://user:pw@host/db`)",
@@ -311,6 +320,11 @@ class Settings(Group):
     @property
     def results_root(self) -> Path:
         return self.nas_root / "results"
+
+    @property
+    def image_folders(self) -> tuple[Path, ...]:
+        """CPP_IMAGE_ROOTS, or `$CPP_NAS_ROOT/images` when unset."""
+        return self.image_roots or (self.nas_root / "images",)
 
     @property
     def pipeline_check_cache(self) -> Path:
@@ -418,4 +432,6 @@ def _as_text(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple) and all(isinstance(v, Path) for v in value):
+        return ":".join(map(str, value))
     return shlex.join(value) if isinstance(value, tuple) else str(value)

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cpp_dagster import labels, paths
@@ -311,3 +312,17 @@ def split_batches(image_sets: Sequence[ImageSet], batch_size: int) -> list[Batch
 def plan(images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions) -> Plan:
     dyes, image_sets = build_image_sets(images, channel_map, options)
     return Plan(dyes=dyes, batches=tuple(split_batches(image_sets, options.batch_size)))
+
+
+def check_image_roots(plan: Plan, roots: Sequence[Path]) -> None:
+    """PlanningError naming the image paths of `plan` that lie outside every image root
+    (CPP_IMAGE_ROOTS): CellProfiler would read whatever imagedb names."""
+    outside = paths.outside_roots((p for b in plan.batches for s in b.image_sets for p in s.paths), roots)
+    if outside:
+        shown = ", ".join(repr(p[:200]) for p in outside[:3]) + (
+            f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        )
+        raise PlanningError(
+            f"{len(outside)} image path(s) in imagedb are outside the image folders "
+            f"(CPP_IMAGE_ROOTS: {':'.join(map(str, roots))}): {shown}; fix the paths in imagedb or the setting"
+        )
