@@ -195,6 +195,19 @@ class Training(Group):
 
 
 @group
+class Limits(Group):
+    """How large one sub-analysis may be: beyond a cap it fails in imagedb with the cap
+    named, before any batch runs (a typo must not plan millions of pods)."""
+
+    max_z_planes: int = setting("CPP_MAX_Z_PLANES", "z planes a sub-analysis's `z` may name", 1000, positive_int)
+    max_image_sets: int = setting("CPP_MAX_IMAGE_SETS", "image sets of one sub-analysis", 200_000, positive_int)
+    max_batches: int = setting(
+        "CPP_MAX_BATCHES", "batches (CellProfiler steps, pods on Kubernetes) of one sub-analysis", 5000, positive_int
+    )
+    max_loaddata_mb: float = setting("CPP_MAX_LOADDATA_MB", "size of one batch's LoadData CSV", 64, positive_number)
+
+
+@group
 class Registry(Group):
     """Where trained models are published and served."""
 
@@ -316,6 +329,7 @@ class Settings(Group):
     launch: Launch = field(default_factory=Launch)
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def results_root(self) -> Path:
@@ -340,7 +354,7 @@ class Settings(Group):
         return built
 
 
-GROUPS = (Settings, Launch, Training, Registry)
+GROUPS = (Settings, Launch, Training, Registry, Limits)
 
 
 def specs() -> list[Spec]:

@@ -86,7 +86,13 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
     written), StaleRunError for a run of an older generation."""
     sub_id, acq, options = sub.sub_id, sub.acquisition, sub.options
     pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
-    plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
+    limits = settings.limits
+    plan = planning.plan(
+        db.stream_images(acq.id),
+        db.channel_map(acq.channel_map_id),
+        options,
+        planning.PlanLimits(limits.max_z_planes, limits.max_image_sets, limits.max_batches),
+    )
     planning.check_image_roots(plan, settings.image_folders)
     icf_folder = str(sub.results_dir) if options.use_icf else None
     if icf_folder is not None:
@@ -113,6 +119,11 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
             icf_folder=icf_folder,
             icf_naming=options.icf_naming,
         )
+        if len(text) > limits.max_loaddata_mb * 1024 * 1024:  # characters: at least as many bytes
+            raise planning.PlanningError(
+                f"the LoadData CSV of {batch.name} is {len(text) / 2**20:,.1f} MB; at most "
+                f"{limits.max_loaddata_mb:g} MB (CPP_MAX_LOADDATA_MB): use a smaller batch_size"
+            )
         _write_atomically(batch_dir / "loaddata.csv", text)
         specs.append(
             BatchSpec(
