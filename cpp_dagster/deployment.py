@@ -48,13 +48,15 @@ def executor(settings: Settings) -> dg.ExecutorDefinition:
 
 
 def launching(settings: Settings) -> Launching:
-    """How the sensor launches: on Kubernetes it first checks that the deployment has an
-    image for a sub-analysis's cp_version (ValueError with a readable message, and the
-    sub-analysis fails without a run), and gives its run the per-step pod settings."""
+    """How the sensor launches: on Kubernetes it first checks that the deployment grants
+    a sub-analysis's run what it needs (an image for its cp_version, its deadline within
+    the cap; ValueError with a readable message, and the sub-analysis fails without a
+    run), and gives its run the per-step requests."""
     launch = settings.launch
     if launch.executor != "k8s":
         return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests)
     from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
+    from cpp_dagster.k8s.run_grant import grants
 
     pods = PodSettings.load(settings.launch.k8s_config)
 
@@ -62,10 +64,14 @@ def launching(settings: Settings) -> Launching:
         ids = AnalysisIds(ready.plate_acquisition_id, ready.analysis_id, ready.sub_id)
         return analysis_run_config(pods, options, ids, steps=OP_NAMES)
 
+    def check(options: SubAnalysisOptions) -> None:
+        requests = analysis_run_config(pods, options, AnalysisIds(0, 0, 0), steps=OP_NAMES)
+        grants(pods, requests["execution"]["config"]["per_step"])  # what the executor will check
+
     return Launching(
         interval_s=launch.sensor_interval_s,
         max_requests=launch.sensor_max_requests,
-        check=lambda options: pods.image_for(options.cp_version),
+        check=check,
         run_config=run_config,
     )
 

@@ -14,13 +14,21 @@ name a file or folder only below its root:
   returned on `root` as given (not resolved), so `relative_to(root)` keeps working.
 - `under_relative(root, value, what=...)`: the same for a relative path value.
 
+- `outside_roots(values, roots)`: the absolute paths (image paths from imagedb) that do
+  not lie under any of `roots`, compared as written (normalised: `..` never climbs out).
+- `real_folder(path, what)` / `regular_file(path, what)`: a folder the project writes or
+  deletes in, a file it copies, once it is not a symbolic link (lstat: never followed),
+  since anyone who can write to the NAS or the work area can plant one.
+
 Each refusal is an `UnsafePathError` (a ValueError) whose message names the value and
 what it was meant to be, for the scientist who typed it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 
 MAX_COMPONENT_BYTES = 255
@@ -84,3 +92,39 @@ def under_relative(root: Path, value: object, what: str) -> Path:
     """`root / value` for a relative path value (e.g. a pipeline file); stays inside `root`."""
     rel = relative(value, what)
     return _inside(root, Path(root) / rel, what, value)
+
+
+def _kind(path: Path, mode: int) -> str:
+    return f"a symbolic link to {os.readlink(path)}" if stat.S_ISLNK(mode) else "of another kind"
+
+
+def real_folder(path: Path, what: str) -> Path:
+    """`path` once it is a folder and not a symbolic link (lstat)."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISDIR(mode):
+        raise UnsafePathError(f"{what} {path} is {_kind(path, mode)}, not a folder; nothing was done in it")
+    return Path(path)
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """`path` once it is a regular file and not a symbolic link (lstat)."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise UnsafePathError(f"{what} {Path(path).name} is {_kind(path, mode)}, not a regular file")
+    return Path(path)
+
+
+def outside_roots(values, roots) -> list[str]:
+    """The values that are not an absolute path under one of `roots` (lexically, after
+    normalising: `/share/mikro/../../etc/passwd` is outside /share/mikro)."""
+    roots = [PurePosixPath(os.path.normpath(str(r))) for r in roots]
+    outside = []
+    for value in values:
+        text = str(value)
+        if _CONTROL.search(text) or not text.startswith("/"):
+            outside.append(text)
+            continue
+        normal = PurePosixPath(os.path.normpath(text))
+        if not any(normal.is_relative_to(root) and normal != root for root in roots):
+            outside.append(text)
+    return outside

@@ -7,6 +7,7 @@ project's settings with these.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -43,6 +44,15 @@ def text(raw: str) -> str:
 
 def path(raw: str) -> Path:
     return Path(raw).expanduser().resolve()
+
+
+def folder_list(raw: str) -> tuple[Path, ...]:
+    """`/a:/b` -> absolute folders, normalised but not resolved: compared as written with
+    the paths imagedb holds."""
+    parts = [part.strip() for part in raw.split(":") if part.strip()]
+    if not parts or any(not Path(part).expanduser().is_absolute() for part in parts):
+        raise ValueError("expected absolute folders separated by ':' (e.g. /share/mikro:/share/mikro2)")
+    return tuple(Path(os.path.normpath(Path(part).expanduser())) for part in parts)
 
 
 def _number(kind: type, zero_allowed: bool, expected: str) -> Callable[[str], Any]:

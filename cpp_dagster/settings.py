@@ -31,6 +31,7 @@ from cpp_dagster.setting_rules import (
     count,
     days,
     duration,
+    folder_list,
     group,
     one_of,
     path,
@@ -207,6 +208,19 @@ class Training(Group):
 
 
 @group
+class Limits(Group):
+    """How large one sub-analysis may be: beyond a cap it fails in imagedb with the cap
+    named, before any batch runs (a typo must not plan millions of pods)."""
+
+    max_z_planes: int = setting("CPP_MAX_Z_PLANES", "z planes a sub-analysis's `z` may name", 1000, positive_int)
+    max_image_sets: int = setting("CPP_MAX_IMAGE_SETS", "image sets of one sub-analysis", 200_000, positive_int)
+    max_batches: int = setting(
+        "CPP_MAX_BATCHES", "batches (CellProfiler steps, pods on Kubernetes) of one sub-analysis", 5000, positive_int
+    )
+    max_loaddata_mb: float = setting("CPP_MAX_LOADDATA_MB", "size of one batch's LoadData CSV", 64, positive_number)
+
+
+@group
 class Registry(Group):
     """Where trained models are published and served."""
 
@@ -279,6 +293,14 @@ class Settings(Group):
         shown="`.venv-cp/bin/cellprofiler`",
         derived=lambda get: str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
     )
+    image_roots: tuple[Path, ...] = setting(
+        "CPP_IMAGE_ROOTS",
+        "folders every image path in imagedb must lie under, separated by `:`; a sub-analysis with an "
+        "image elsewhere fails before any batch",
+        (),
+        folder_list,
+        shown="`$CPP_NAS_ROOT/images`",
+    )
     imagedb_url: str | None = setting(
         "CPP_IMAGEDB_URL",
         "imagedb, a PostgreSQL URL (`postgresql://user:pw@host/db`)",
@@ -320,10 +342,16 @@ class Settings(Group):
     launch: Launch = field(default_factory=Launch)
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def results_root(self) -> Path:
         return self.nas_root / "results"
+
+    @property
+    def image_folders(self) -> tuple[Path, ...]:
+        """CPP_IMAGE_ROOTS, or `$CPP_NAS_ROOT/images` when unset."""
+        return self.image_roots or (self.nas_root / "images",)
 
     @property
     def pipeline_check_cache(self) -> Path:
@@ -339,7 +367,7 @@ class Settings(Group):
         return built
 
 
-GROUPS = (Settings, Launch, Training, Registry)
+GROUPS = (Settings, Launch, Training, Registry, Limits)
 
 
 def specs() -> list[Spec]:
@@ -431,4 +459,6 @@ def _as_text(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple) and all(isinstance(v, Path) for v in value):
+        return ":".join(map(str, value))
     return shlex.join(value) if isinstance(value, tuple) else str(value)

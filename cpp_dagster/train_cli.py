@@ -91,6 +91,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
             max_upload_bytes=settings.registry.max_upload_bytes,
             timeout_s=args.timeout,
             workers=args.workers,
+            per_client=args.per_client,
             on_ready=lambda: _echo(
                 f"model registry on http://{args.host}:{args.port}/models/ serving {root}"
                 + ("" if token else " WITHOUT a token (--insecure-local)")
@@ -136,8 +137,11 @@ def add_parser(sub) -> None:
         action="store_true",
         help="serve without a token (CPP_MODEL_REGISTRY_TOKEN unset), on 127.0.0.1 only",
     )
-    reg.add_argument("--timeout", type=float, default=30, help="socket timeout per connection, seconds")
+    reg.add_argument(
+        "--timeout", type=float, default=30, help="seconds a request's line and headers may take in all (and a stall)"
+    )
     reg.add_argument("--workers", type=int, default=8, help="requests served at once (a bounded thread pool)")
+    reg.add_argument("--per-client", type=int, default=2, help="connections at once from one client address")
     reg.set_defaults(fn=cmd_registry)
     predict = cmds.add_parser("predict", help="predict SMILES with a published model (embedded engine)")
     predict.add_argument("--model", required=True, help="the workflow name")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from cpp_dagster import paths
 from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning
 from cpp_dagster.analysis.sub_analysis import SubAnalysisRun
 from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
@@ -85,7 +86,14 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
     written), StaleRunError for a run of an older generation."""
     sub_id, acq, options = sub.sub_id, sub.acquisition, sub.options
     pipeline = cellprofiler.resolve_pipeline_file(settings.pipelines_dir, options.pipeline_file)
-    plan = planning.plan(db.images(acq.id), db.channel_map(acq.channel_map_id), options)
+    limits = settings.limits
+    plan = planning.plan(
+        db.stream_images(acq.id),
+        db.channel_map(acq.channel_map_id),
+        options,
+        planning.PlanLimits(limits.max_z_planes, limits.max_image_sets, limits.max_batches),
+    )
+    planning.check_image_roots(plan, settings.image_folders)
     icf_folder = str(sub.results_dir) if options.use_icf else None
     if icf_folder is not None:
         icf_files = loaddata.illumination_images(plan.dyes, options.icf_naming, acq.plate_barcode).values()
@@ -100,6 +108,9 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
     for batch in plan.batches:
         batch_dir = sub.work_dir / batch.name
         batch_dir.mkdir(parents=True, exist_ok=True)
+        # every pod can write to the work area: a planted link would send the batch elsewhere
+        for folder in (sub.work_dir.parent, sub.work_dir, batch_dir):
+            paths.real_folder(folder, "work folder")
         text = loaddata.loaddata_csv(
             batch,
             plan.dyes,
@@ -108,6 +119,11 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
             icf_folder=icf_folder,
             icf_naming=options.icf_naming,
         )
+        if len(text) > limits.max_loaddata_mb * 1024 * 1024:  # characters: at least as many bytes
+            raise planning.PlanningError(
+                f"the LoadData CSV of {batch.name} is {len(text) / 2**20:,.1f} MB; at most "
+                f"{limits.max_loaddata_mb:g} MB (CPP_MAX_LOADDATA_MB): use a smaller batch_size"
+            )
         _write_atomically(batch_dir / "loaddata.csv", text)
         specs.append(
             BatchSpec(
@@ -282,12 +298,14 @@ def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final
     the results folder they are in), then move it into place while `sub.stamp` is the
     current run and that version is still the folder's: a stale run's table never lands
     in a newer run's results."""
-    version = final.parent.resolve()
+    version = results_folder.current_version(final.parent)  # never through a planted link
+    if version is None:
+        raise FileNotFoundError(f"the results folder {final.parent} has no merged tables to derive {final.name} from")
     partial = version / f".{final.name}.{uuid.uuid4().hex}.partial"
     try:
         result = write(partial)
         with db.while_current(sub.sub_id, sub.stamp):
-            if final.parent.resolve() != version:
+            if results_folder.current_version(final.parent) != version:
                 raise StaleRunError(
                     f"the results folder of sub-analysis {sub.sub_id} was replaced while "
                     f"{final.name} was written from it; it was not published"

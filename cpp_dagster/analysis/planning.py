@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cpp_dagster import labels, paths
@@ -206,21 +207,45 @@ class Plan:
         return sum(len(b.image_sets) for b in self.batches)
 
 
-_Z_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_Z_PART = re.compile(r"^\s*(\d{1,12})\s*(?:-\s*(\d{1,12})\s*)?$")
+MAX_Z_SPEC_CHARS = 2000
 
 
-def parse_z_spec(spec: str) -> set[int]:
-    """`"2-5,7"` -> {2, 3, 4, 5, 7}."""
-    planes: set[int] = set()
+@dataclass(frozen=True)
+class ZPlanes:
+    """The z planes a `z` specification names, kept as ranges: `"0-999999999999"` is one
+    range, never a trillion numbers in memory."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __contains__(self, z: object) -> bool:
+        return isinstance(z, int) and any(lo <= z <= hi for lo, hi in self.ranges)
+
+    @property
+    def count(self) -> int:
+        """How many planes, overlapping ranges counted once."""
+        total, reached = 0, -1
+        for lo, hi in sorted(self.ranges):
+            if hi > reached:
+                total += hi - max(lo, reached + 1) + 1
+                reached = hi
+        return total
+
+
+def parse_z_spec(spec: str) -> ZPlanes:
+    """`"2-5,7"` -> the planes 2, 3, 4, 5 and 7 (as ranges)."""
+    if len(spec) > MAX_Z_SPEC_CHARS:
+        raise PlanningError(f"bad z specification: longer than {MAX_Z_SPEC_CHARS} characters")
+    ranges = []
     for part in spec.split(","):
         m = _Z_PART.match(part)
         if not m:
-            raise PlanningError(f"bad z specification {spec!r}: use numbers and ranges like '2-5,7'")
+            raise PlanningError(f"bad z specification {spec[:100]!r}: use numbers and ranges like '2-5,7'")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
-            raise PlanningError(f"bad z range {part.strip()!r} in {spec!r}: end before start")
-        planes.update(range(lo, hi + 1))
-    return planes
+            raise PlanningError(f"bad z range {part.strip()!r} in {spec[:100]!r}: end before start")
+        ranges.append((lo, hi))
+    return ZPlanes(tuple(ranges))
 
 
 def middle_plane(z_values: Iterable[int]) -> int:
@@ -247,32 +272,60 @@ def select_dyes(channel_map: Mapping[int, str], channels: Sequence[str] | None) 
     return selected
 
 
+@dataclass(frozen=True)
+class PlanLimits:
+    """How large one sub-analysis may be (the settings' `limits` group)."""
+
+    max_z_planes: int = 1000
+    max_image_sets: int = 200_000
+    max_batches: int = 5000
+
+
 def build_image_sets(
-    images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions
+    images: Iterable[Image],
+    channel_map: Mapping[int, str],
+    options: SubAnalysisOptions,
+    limits: PlanLimits = PlanLimits(),
 ) -> tuple[tuple[str, ...], list[ImageSet]]:
     """Filter the images by the options and group them into image sets, ordered by
-    timepoint, well, site, z. Returns (dyes, image sets)."""
+    timepoint, well, site, z. Returns (dyes, image sets). `images` may be a stream: it
+    is read once, and a plate beyond `limits` is refused while it is read."""
     dyes_by_channel = select_dyes(channel_map, options.channels)
     wells = set(options.well_filter) if options.well_filter else None
     sites = set(options.site_filter) if options.site_filter else None
-    kept = [
-        im
-        for im in images
-        if im.channel in dyes_by_channel
-        and (wells is None or im.well.upper() in wells)
-        and (sites is None or im.site in sites)
-    ]
+    z_of = lambda im: im.z or 0  # noqa: E731 - imagedb may hold NULL for single-plane images
+    named = parse_z_spec(options.z) if options.z else None
+    if named is not None and named.count > limits.max_z_planes:
+        raise PlanningError(
+            f"z {options.z[:100]!r} names {named.count:,} planes; a sub-analysis may name at most "
+            f"{limits.max_z_planes:,} (CPP_MAX_Z_PLANES)"
+        )
+    # every plane but one may still go (the middle plane, when z is not named)
+    most = limits.max_image_sets * len(dyes_by_channel) * (1 if named is not None else limits.max_z_planes)
+    kept, filtered = [], 0  # filtered: images that pass every filter but z
+    for im in images:
+        if (
+            im.channel in dyes_by_channel
+            and (wells is None or im.well.upper() in wells)
+            and (sites is None or im.site in sites)
+        ):
+            filtered += 1
+            if named is not None and z_of(im) not in named:
+                continue
+            kept.append(im)
+            if len(kept) > most:
+                raise _too_many_image_sets(f"more than {most:,} images", limits)
     if not kept:
         raise PlanningError(
-            "no images left after the filters "
+            f"no images in z planes {options.z[:100]!r}"
+            if named is not None and filtered
+            else "no images left after the filters "
             f"(wells={list(options.well_filter or []) or 'all'}, sites={list(options.site_filter or []) or 'all'}, "
             f"channels={list(dyes_by_channel.values())})"
         )
-    z_of = lambda im: im.z or 0  # noqa: E731 - imagedb may hold NULL for single-plane images
-    planes = parse_z_spec(options.z) if options.z else {middle_plane(z_of(im) for im in kept)}
-    kept = [im for im in kept if z_of(im) in planes]
-    if not kept:
-        raise PlanningError(f"no images in z planes {options.z!r}")
+    if named is None:
+        middle = middle_plane(z_of(im) for im in kept)
+        kept = [im for im in kept if z_of(im) == middle]
 
     channel_order = list(dyes_by_channel)
     groups: dict[tuple[int, str, int, int], dict[int, str]] = defaultdict(dict)
@@ -292,7 +345,16 @@ def build_image_sets(
         if missing:
             raise PlanningError(f"image set {_describe(key)} is missing channel(s) {', '.join(missing)}")
         image_sets.append(ImageSet(*key, paths=tuple(by_channel[ch] for ch in channel_order)))
+    if len(image_sets) > limits.max_image_sets:
+        raise _too_many_image_sets(f"{len(image_sets):,} image sets", limits)
     return tuple(dyes_by_channel.values()), image_sets
+
+
+def _too_many_image_sets(found: str, limits: PlanLimits) -> PlanningError:
+    return PlanningError(
+        f"the sub-analysis has {found}; at most {limits.max_image_sets:,} image sets are planned "
+        "(CPP_MAX_IMAGE_SETS): narrow it with well_filter, site_filter or z, or split it"
+    )
 
 
 def _describe(key: tuple[int, str, int, int]) -> str:
@@ -308,6 +370,32 @@ def split_batches(image_sets: Sequence[ImageSet], batch_size: int) -> list[Batch
     ]
 
 
-def plan(images: Iterable[Image], channel_map: Mapping[int, str], options: SubAnalysisOptions) -> Plan:
-    dyes, image_sets = build_image_sets(images, channel_map, options)
+def plan(
+    images: Iterable[Image],
+    channel_map: Mapping[int, str],
+    options: SubAnalysisOptions,
+    limits: PlanLimits = PlanLimits(),
+) -> Plan:
+    dyes, image_sets = build_image_sets(images, channel_map, options, limits)
+    size = options.batch_size if options.batch_size > 0 else max(len(image_sets), 1)
+    batches = -(-len(image_sets) // size)
+    if batches > limits.max_batches:
+        raise PlanningError(
+            f"batch_size {options.batch_size} makes {batches:,} batches of {len(image_sets):,} image sets; "
+            f"a sub-analysis may have at most {limits.max_batches:,} (CPP_MAX_BATCHES): use a larger batch_size"
+        )
     return Plan(dyes=dyes, batches=tuple(split_batches(image_sets, options.batch_size)))
+
+
+def check_image_roots(plan: Plan, roots: Sequence[Path]) -> None:
+    """PlanningError naming the image paths of `plan` that lie outside every image root
+    (CPP_IMAGE_ROOTS): CellProfiler would read whatever imagedb names."""
+    outside = paths.outside_roots((p for b in plan.batches for s in b.image_sets for p in s.paths), roots)
+    if outside:
+        shown = ", ".join(repr(p[:200]) for p in outside[:3]) + (
+            f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        )
+        raise PlanningError(
+            f"{len(outside)} image path(s) in imagedb are outside the image folders "
+            f"(CPP_IMAGE_ROOTS: {':'.join(map(str, roots))}): {shown}; fix the paths in imagedb or the setting"
+        )

@@ -3,12 +3,15 @@ environment when a step or sensor starts, not when the code location loads, and 
 typed `Settings` to the domain code, which never reads the environment itself.
 
 No resource starts a database: a URL the environment does not give is a SettingsError
-naming the variable (the local deployment, `cpp_dagster.local`, gives them all)."""
+naming the variable (the local deployment, `cpp_dagster.local`, gives them all).
+
+No resource has a config field: anyone who can reach the UI can launch a run with any
+run config, so the roots and URLs a step works with (the NAS root, the work area, the
+pipelines folder, CellProfiler, imagedb) come from the deployment's environment only.
+A run config naming one (`resources.deployment.config.nas_root`) is refused by Dagster's
+config validation before the run starts."""
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -29,53 +32,37 @@ def required_url(url: str | None, variable: str) -> str:
 
 
 class ImageDBResource(dg.ConfigurableResource):
-    """imagedb; `url` defaults to CPP_IMAGEDB_URL. One `ImageDB` per step or sensor tick,
-    so its queries share one connection."""
+    """imagedb at CPP_IMAGEDB_URL. One `ImageDB` per step or sensor tick, so its queries
+    share one connection."""
 
-    url: str | None = None
     _db: ImageDB | None = PrivateAttr(default=None)
 
     def db(self) -> ImageDB:
         if self._db is None:
-            self._db = ImageDB(self.url or required_url(load_settings().imagedb_url, "CPP_IMAGEDB_URL"))
+            self._db = ImageDB(required_url(load_settings().imagedb_url, "CPP_IMAGEDB_URL"))
         return self._db
 
 
 class DeploymentResource(dg.ConfigurableResource):
-    """The deployment's settings (every CPP_* variable, typed), read once per step and
-    handed to the domain code. Unset fields come from the environment."""
+    """The deployment's settings (every CPP_* variable, typed), read once per step from
+    the environment and handed to the domain code."""
 
-    nas_root: str | None = None
-    work_root: str | None = None
-    pipelines_dir: str | None = None
-    cellprofiler: str | None = None
     _settings: Settings | None = PrivateAttr(default=None)
 
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            base = load_settings()
-            # the environment's settings, with this resource's fields over them (every other
-            # field, e.g. the retention, stays the environment's)
-            self._settings = dataclasses.replace(
-                base,
-                nas_root=Path(self.nas_root) if self.nas_root else base.nas_root,
-                work_root=Path(self.work_root) if self.work_root else base.work_root,
-                pipelines_dir=Path(self.pipelines_dir) if self.pipelines_dir else base.pipelines_dir,
-                cellprofiler=self.cellprofiler or base.cellprofiler,
-            )
+            self._settings = load_settings()
         return self._settings
 
 
 class WorkAreaIOManager(dg.ConfigurableIOManagerFactory):
     """Pickled step outputs (small descriptors) on the shared work area,
-    `$CPP_WORK_ROOT/dagster-io` by default: never on a step-local disk, since under the
-    k8s executor every step is its own pod."""
-
-    base_dir: str | None = None
+    `$CPP_WORK_ROOT/dagster-io`: never on a step-local disk, since under the k8s executor
+    every step is its own pod."""
 
     def create_io_manager(self, context) -> dg.IOManager:
-        base = self.base_dir or str(load_settings().work_root / "dagster-io")
+        base = str(load_settings().work_root / "dagster-io")
         return PartitionKeysAsFolders(dg.FilesystemIOManager(base_dir=base).create_io_manager(context))
 
 

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from cpp_dagster import paths
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
 from cpp_dagster.features.schema import (
@@ -89,9 +90,20 @@ class MergeResult:
     files: list[Path]  # every file written or copied into DEST
 
 
+def regular_file(path: Path, batch: str) -> Path:
+    """`path` once it is a regular file: a batch output linking to /proc/self/environ
+    never becomes a file in results."""
+    try:
+        return paths.regular_file(path, f"{batch} wrote")
+    except paths.UnsafePathError as e:
+        raise MergeError(f"{e}: only regular files are merged; nothing was published") from None
+
+
 def table_files(output_dir: Path) -> dict[str, Path]:
     """Object table name -> CSV in one batch's ExportToSpreadsheet output."""
     csvs = sorted(Path(output_dir).glob("*.csv"))
+    for p in csvs:
+        regular_file(p, Path(output_dir).name)
     # the shortest: with `MyExpt_Image` and `MyExpt_FilteredImage` the prefix is `MyExpt_`
     image = sorted((p for p in csvs if p.stem.endswith("Image")), key=lambda p: (len(p.stem), p.stem))
     prefix = image[0].stem[: -len("Image")] if image else None
@@ -383,9 +395,10 @@ def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path
     seen: dict[Path, str] = {}
     staged = []
     for _, batch, d in per_batch:
-        for p in sorted(d.rglob("*")):
-            if not p.is_file() or p.suffix == ".csv" and p.parent == d:
+        for p in sorted(d.rglob("*")):  # rglob never enters a linked folder
+            if p.is_dir() and not p.is_symlink() or p.suffix == ".csv" and p.parent == d:
                 continue
+            regular_file(p, batch)
             rel = p.relative_to(d)
             if rel in seen:
                 raise MergeError(f"batches {seen[rel]} and {batch} both wrote {rel}")

@@ -22,22 +22,39 @@ switch: for that one switch the path is briefly absent, never mixed.
 Paths inside the folder (`folder/Image.parquet`) keep working for readers and for
 the files written after the merge (single-cell table, well profiles), which go into
 the current version through the link.
+
+Anyone who can write to the NAS can plant a symbolic link, so nothing here follows one
+out: the versions folder must be a real folder (a symlink there is an
+`UnsafeResultsFolder`, before anything is created, renamed or removed), the folder's
+link must point at one of its own versions, and only regular files are carried over
+(never a link, whose target could be anything). Of the current version's files, only
+the project's own temporaries (`.<name>.<32 hex>.tmp` / `.partial`) stay behind: a
+user's `my_plot.partial` is carried over like any file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from cpp_dagster import paths
+
 VERSION_PREFIX, STAGING_PREFIX, TRASH_PREFIX = "v-", "staging-", "trash-"
-# Files being written (atomic-write temporaries, derived tables waiting to be published)
-# are never carried into a new version.
-UNFINISHED_SUFFIXES = (".tmp", ".partial")
+# The project's own files being written (atomic-write temporaries, derived tables waiting
+# to be published: `.<name>.<uuid hex>.tmp` / `.partial`) are never carried into a new
+# version; any other file is, whatever its name.
+UNFINISHED = re.compile(r"^\..+\.[0-9a-f]{32}\.(tmp|partial)$")
+
+
+class UnsafeResultsFolder(paths.UnsafePathError):
+    """A results folder's versions or link lead somewhere else (a planted symlink)."""
 
 
 def versions_dir(folder: Path) -> Path:
@@ -46,11 +63,23 @@ def versions_dir(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.versions"
 
 
+def _real_versions_dir(folder: Path) -> Path:
+    """The versions folder of `folder`, created if missing, once it is a real folder
+    (lstat: a symlink is never followed)."""
+    versions = versions_dir(folder)
+    versions.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        versions.mkdir()
+    try:
+        return paths.real_folder(versions, "the results folder's versions folder")
+    except paths.UnsafePathError as e:
+        raise UnsafeResultsFolder(f"{e} (remove it, and check who put it there)") from None
+
+
 def new_staging(folder: Path, owner: str) -> Path:
     """A fresh, empty staging folder for the next version of `folder`, after removing
     the staging folders `owner`'s killed merges left behind."""
-    versions = versions_dir(folder)
-    versions.mkdir(parents=True, exist_ok=True)
+    versions = _real_versions_dir(folder)
     for stale in versions.glob(f"{STAGING_PREFIX}{owner}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = versions / f"{STAGING_PREFIX}{owner}-{uuid.uuid4().hex}"
@@ -64,9 +93,19 @@ def discard(staging: Path) -> None:
 
 def current_version(folder: Path) -> Path | None:
     """The folder's current content (the version its link points to, or the folder
-    itself before the first switch); None when there is none yet."""
+    itself before the first switch); None when there is none yet. A link to anywhere
+    but one of its own versions is an UnsafeResultsFolder."""
     folder = Path(folder)
-    return folder.resolve() if folder.is_dir() else None
+    if not folder.is_symlink():
+        return folder if folder.is_dir() else None
+    target = folder.resolve()
+    versions = versions_dir(folder)
+    if versions.is_symlink() or target.parent != versions.resolve() or not target.name.startswith(VERSION_PREFIX):
+        raise UnsafeResultsFolder(
+            f"{folder} points to {target}, not to one of its versions in {versions}: nothing was carried "
+            "over or replaced (remove the link, and check who put it there)"
+        )
+    return target if target.is_dir() else None
 
 
 def switch(
@@ -82,7 +121,7 @@ def switch(
     inside `guard()` (e.g. a row lock that checks the run is still current; it raises to
     refuse, and then nothing changes). Returns the new version's folder."""
     folder, staging = Path(folder), Path(staging)
-    versions = versions_dir(folder)
+    versions = _real_versions_dir(folder)
     replaced = set(replaced)
     with guard():
         old = current_version(folder)
@@ -102,12 +141,14 @@ def switch(
 
 
 def _carry_over(old: Path, staging: Path, replaced: set[str]) -> None:
-    for dirpath, _, filenames in os.walk(old):
+    for dirpath, _, filenames in os.walk(old):  # never into a linked folder
         for name in filenames:
             src = Path(dirpath) / name
             rel = src.relative_to(old)
             target = staging / rel
-            if str(rel) in replaced or name.endswith(UNFINISHED_SUFFIXES) or target.exists():
+            if str(rel) in replaced or UNFINISHED.match(name) or target.exists():
+                continue
+            if not stat.S_ISREG(os.lstat(src).st_mode):  # a link (to anything) or a device: never carried
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(src, target)

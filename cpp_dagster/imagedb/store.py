@@ -11,7 +11,8 @@ psycopg2.sql. Each public method is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psycopg2
@@ -195,14 +196,21 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
             return [SubAnalysis(**{**row, "meta": row["meta"] or {}}) for row in cur.fetchall()]
 
     def images(self, plate_acquisition_id: int) -> list[Image]:
+        return list(self.stream_images(plate_acquisition_id))
+
+    def stream_images(self, plate_acquisition_id: int, page_rows: int = 10_000) -> Iterator[Image]:
+        """The acquisition's images, read in pages of `page_rows` through a server-side
+        cursor, so a plate of a million images is never one result in memory here."""
         # tuples, not RealDictCursor rows: a dict per image is most of the time for a 384-well plate
-        with self._cursor() as dict_cur, dict_cur.connection.cursor() as cur:
+        with self._cursor() as dict_cur, dict_cur.connection.cursor(name=f"images_{uuid.uuid4().hex}") as cur:
+            cur.itersize = page_rows
             cur.execute(
                 """SELECT well, site, channel, path, z, timepoint FROM images
                    WHERE plate_acquisition_id = %s""",
                 (plate_acquisition_id,),
             )
-            return [Image(*r) for r in cur.fetchall()]
+            for row in cur:
+                yield Image(*row)
 
     def channel_map(self, map_id: int | None) -> dict[int, str]:
         with self._cursor() as cur:

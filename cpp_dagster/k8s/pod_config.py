@@ -7,9 +7,11 @@ and `per_step_k8s_config` (how they reach a pod: `k8s/executor.py`).
 - `step_base_config`: what every step pod shares (volumes, /tmp, least privilege).
 - `executor_defaults`: the executor's config when a run gives none: the shared layer,
   the training steps by op name and the analysis steps' deployment defaults.
-- `analysis_run_config`: the run config a sub-analysis's run is launched with (image
-  per cp_version, resources per sub_type, deadline, priority class, labels).
-- `training_run_config`: a training run's workflow label.
+- `analysis_run_config`: the run config a sub-analysis's run is launched with: a
+  narrow request per step (cp_version, resources per sub_type, deadline, priority
+  class, labels) that the executor checks against what a run is granted
+  (`run_grant.py`) and turns into pod config with `request_layer`.
+- `training_run_config`: a training run's workflow label, as such a request.
 
 The deployment settings are a YAML file named by CPP_K8S_CONFIG (on Kubernetes a
 ConfigMap mounted into the user-code pods); `deploy/k8s-pods.yaml` is the documented
@@ -21,15 +23,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.utils import parse_quantity
 
 from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
 
 BATCH_OP = "run_cellprofiler"
 LABEL_PREFIX = "cpp-dagster"
+# what a run may ask for per step unless the pod settings' run_limits say otherwise:
+# the deadline fits the longest job_timeout (7 days) and a start-up grace
+DEFAULT_RUN_LIMITS = {"cpu": "16", "memory": "64Gi", "deadline_seconds": 8 * 24 * 3600}
 
 
 class PodConfigError(ValueError):
@@ -65,6 +72,8 @@ class PodSettings:
     run_as_user: int = 1000
     run_as_group: int = 1000
     fs_group: int = 1000
+    # what a run may ask for per step (run_grant.py): CPU, memory, the Job's deadline
+    run_limits: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN_LIMITS))
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PodSettings:
@@ -78,7 +87,17 @@ class PodSettings:
         values["images"] = {str(k): str(v) for k, v in raw.get("images", {}).items()}
         if values.get("default_cp_version") is not None:
             values["default_cp_version"] = str(values["default_cp_version"])
+        limits = {**DEFAULT_RUN_LIMITS, **(raw.get("run_limits") or {})}
+        if set(limits) != set(DEFAULT_RUN_LIMITS):
+            raise PodConfigError(
+                f"unknown keys in the pod settings' run_limits: {sorted(set(limits) - set(DEFAULT_RUN_LIMITS))}"
+            )
+        values["run_limits"] = limits
         return cls(**values)
+
+    def run_limit(self, name: str) -> Decimal:
+        """The cap of `cpu` or `memory` a run may ask for, as a number."""
+        return parse_quantity(self.run_limits[name])
 
     @classmethod
     def load(cls, path: str | os.PathLike | None) -> PodSettings:
@@ -234,24 +253,45 @@ ANALYSIS_STEPS = (
 )  # the op names of cpp_dagster.defs.analysis.steps (a test checks)
 
 
-def analysis_step_config(
+def request_layer(settings: PodSettings, request: Mapping[str, Any]) -> dict:
+    """The dagster-k8s layer of a step request (`run_grant.py` checks a run's first):
+    cp_version -> image, resources, priority class, deadline, labels on the Job and pod."""
+    container: dict[str, Any] = {}
+    if request.get("cp_version") is not None:
+        container["image"] = settings.image_for(request["cp_version"])
+    if request.get("resources"):
+        container["resources"] = {kind: dict(values) for kind, values in request["resources"].items()}
+    layer: dict[str, Any] = {"container_config": container} if container else {}
+    if request.get("priority_class"):
+        layer["pod_spec_config"] = {"priority_class_name": request["priority_class"]}
+    if request.get("deadline_seconds"):
+        layer["job_spec_config"] = {"active_deadline_seconds": int(request["deadline_seconds"])}
+    if request.get("labels"):
+        layer["pod_template_spec_metadata"] = {"labels": dict(request["labels"])}
+        layer["job_metadata"] = {"labels": dict(request["labels"])}
+    return layer
+
+
+def analysis_step_request(
     settings: PodSettings, op_name: str, options: SubAnalysisOptions | None = None, ids: AnalysisIds | None = None
 ) -> dict:
-    """Raw k8s config for one step of a sub-analysis's run: the image of its cp_version,
-    the `imagedb_secret` (each step records its progress or failure in imagedb; never
-    the training credentials), the priority class, labels; the batch step also gets
-    resources by sub_type and the job_timeout as a hard deadline. Without `options` (a
-    run launched without the sensor's run config), the deployment's defaults:
-    `default_cp_version` (no image there: the code location's), resources `default`,
-    the default job_timeout, `priority_class`, and the label `cpp-dagster/pod-settings:
-    defaults` instead of the sub-analysis's."""
+    """What one step of a sub-analysis's run asks of its pod: the image of its
+    cp_version, the priority class, labels; the batch step also resources by sub_type
+    and the job_timeout as a hard deadline. Without `options` (a run launched without
+    the sensor's run config), the deployment's defaults: `default_cp_version` (no image
+    there: the code location's), resources `default`, the default job_timeout,
+    `priority_class`, and the label `cpp-dagster/pod-settings: defaults` instead of the
+    sub-analysis's."""
+    request: dict[str, Any] = {}
     if options is None:
         version = settings.default_cp_version
-        image = settings.images.get(version) if version else None
+        if version and version in settings.images:
+            request["cp_version"] = version
         labels = {f"{LABEL_PREFIX}/pod-settings": "defaults"}
         sub_type, priority, job_timeout = None, None, DEFAULT_JOB_TIMEOUT_S
     else:
-        image = settings.image_for(options.cp_version)
+        settings.image_for(options.cp_version)  # PodConfigError: no image for its cp_version
+        request["cp_version"] = options.cp_version or settings.default_cp_version
         labels = {
             f"{LABEL_PREFIX}/pod-settings": "sub-analysis",
             f"{LABEL_PREFIX}/sub-type": options.sub_type or "none",
@@ -265,34 +305,44 @@ def analysis_step_config(
                 }
             )
         sub_type, priority, job_timeout = options.sub_type, options.priority, options.job_timeout
-    config, container, pod_spec = _step(image, labels, (settings.imagedb_secret,))
+    request["labels"] = labels
     priority_class = settings.high_priority_class if priority == 1 else settings.priority_class
     if priority_class:
-        pod_spec["priority_class_name"] = priority_class
+        request["priority_class"] = priority_class
     if op_name == BATCH_OP:
         # dagster-k8s merges this layer onto the defaults' key by key: a sub_type's
         # resources are layered on `default`.
         resources = settings.resources.get(sub_type or "default") or settings.resources.get("default")
         if resources:
-            container["resources"] = dict(resources)
+            request["resources"] = {kind: dict(values) for kind, values in resources.items()}
         # The batch's own timer kills CellProfiler at job_timeout; the Job's deadline is the
         # hard limit behind it (pod start and imports get a grace period).
-        config["job_spec_config"] = {"active_deadline_seconds": job_timeout + settings.startup_grace_seconds}
+        request["deadline_seconds"] = job_timeout + settings.startup_grace_seconds
     elif settings.step_resources.get(op_name):
-        container["resources"] = dict(settings.step_resources[op_name])
-    return config
+        request["resources"] = {kind: dict(values) for kind, values in settings.step_resources[op_name].items()}
+    return request
+
+
+def analysis_step_config(
+    settings: PodSettings, op_name: str, options: SubAnalysisOptions | None = None, ids: AnalysisIds | None = None
+) -> dict:
+    """Raw k8s config for one step of a sub-analysis's run (the executor's defaults):
+    its request's layer and the `imagedb_secret` (each step records its progress or
+    failure in imagedb; never the training credentials)."""
+    layer = request_layer(settings, analysis_step_request(settings, op_name, options, ids))
+    if settings.imagedb_secret:
+        layer.setdefault("container_config", {})["env_from"] = [{"secret_ref": {"name": settings.imagedb_secret}}]
+    return layer
 
 
 def analysis_run_config(
     settings: PodSettings, options: SubAnalysisOptions, ids: AnalysisIds, steps: tuple[str, ...] = ANALYSIS_STEPS
 ) -> dict:
     """The run config of one sub-analysis's run (what the sensor launches it with): the
-    k8s executor's `per_step_k8s_config`, one layer per step op. Raises PodConfigError
-    when the deployment cannot run it (no image for its cp_version)."""
+    k8s executor's `per_step` request, one per step op. Raises PodConfigError when the
+    deployment cannot run it (no image for its cp_version)."""
     return {
-        "execution": {
-            "config": {"per_step_k8s_config": {op: analysis_step_config(settings, op, options, ids) for op in steps}}
-        }
+        "execution": {"config": {"per_step": {op: analysis_step_request(settings, op, options, ids) for op in steps}}}
     }
 
 
@@ -313,13 +363,5 @@ def training_run_config(workflow: str) -> dict:
     step's Job and pod (`cpp-dagster/workflow`; the rest of a training step's pod is
     static, in the executor's defaults). `workflow` is a label value (the configuration
     checks it)."""
-    labels = {"labels": {f"{LABEL_PREFIX}/workflow": workflow}}
-    return {
-        "execution": {
-            "config": {
-                "per_step_k8s_config": {
-                    op: {"pod_template_spec_metadata": labels, "job_metadata": labels} for op in TRAINING_STEPS
-                }
-            }
-        }
-    }
+    labels = {f"{LABEL_PREFIX}/workflow": workflow}
+    return {"execution": {"config": {"per_step": {op: {"labels": labels} for op in TRAINING_STEPS}}}}

@@ -30,7 +30,10 @@ from cpp_dagster import paths
 from cpp_dagster.setting_rules import redact_url
 from cpp_dagster.settings import Registry
 
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+# 1-80 of these characters, never starting with a dot: the registry's own staging
+# folders (`.<version>.*`, `.upload-*`) start with one, and a version named like them
+# would be replaced or deleted by another version's publish
+NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,79}$")
 
 
 class RegistryError(RuntimeError):
@@ -47,16 +50,19 @@ class ModelRegistry(Protocol):
     def metadata(self, name: str, version: str) -> dict: ...
 
 
-def _checked(name: object, version: object) -> None:
+def check_name_and_version(name: object, version: object) -> None:
     """A model name and version: each one folder name by the path rule (no `..`, no
-    separator, no control character), of the registry's characters."""
+    separator, no control character), of the registry's characters and not starting
+    with a dot; RegistryError saying which is not."""
     for what, part in (("model name", name), ("model version", version)):
         try:
             paths.component(part, what)
         except paths.UnsafePathError as e:
             raise RegistryError(str(e)) from None
         if not NAME.match(part):
-            raise RegistryError(f"{what} {part!r} must be 1-80 letters, digits, '_', '.' or '-'")
+            raise RegistryError(
+                f"{what} {part[:100]!r} must be 1-80 letters, digits, '_', '.' or '-', not starting with '.'"
+            )
 
 
 class FolderModelRegistry:
@@ -66,7 +72,7 @@ class FolderModelRegistry:
         self.root = Path(root)
 
     def _dir(self, name: str, version: str) -> Path:
-        _checked(name, version)
+        check_name_and_version(name, version)
         try:
             return paths.under(self.root, name, version, what="model")
         except paths.UnsafePathError as e:  # a symlinked name folder leading out of the root
@@ -76,9 +82,13 @@ class FolderModelRegistry:
         target = self._dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
-        shutil.copyfile(model_file, staging / f"model{Path(model_file).suffix}")
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
-        staging.chmod(0o755)
+        try:
+            shutil.copyfile(model_file, staging / f"model{Path(model_file).suffix}")
+            (staging / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
+            staging.chmod(0o755)
+        except BaseException:  # a full disk, an interrupt: no half-written staging stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         if target.exists():  # a re-run of the same version replaces it
             old = target.with_name(f".{version}.replaced")
             shutil.rmtree(old, ignore_errors=True)
@@ -126,9 +136,11 @@ class HttpModelRegistry:
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
         request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=dict(headers or {}))
         if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+            # urllib's own rule for a header that must not follow a redirect: a service
+            # redirecting elsewhere never receives the token (nor the URL's credentials)
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         elif self.basic:
-            request.add_header("Authorization", f"Basic {self.basic}")
+            request.add_unredirected_header("Authorization", f"Basic {self.basic}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.read()
@@ -141,13 +153,18 @@ class HttpModelRegistry:
             raise RegistryError(
                 f"cannot reach the model service at {self.url}: {redact_url(str(error.reason))}"
             ) from None
-        except (OSError, ValueError, http.client.HTTPException) as error:  # a dropped connection, a bad URL
+        except (http.client.HTTPException, OSError) as error:  # dropped or cut short mid-request
+            raise RegistryError(
+                f"model service: {method} {path}: the connection was lost before a whole answer came "
+                f"({type(error).__name__}: {redact_url(str(error)) or 'closed'})"
+            ) from None
+        except ValueError as error:  # a bad URL
             raise RegistryError(
                 f"model service: {method} {self.url}{path} failed: {redact_url(str(error)) or type(error).__name__}"
             ) from None
 
     def _path(self, name: str, version: str) -> str:
-        _checked(name, version)
+        check_name_and_version(name, version)
         return f"/models/{quote(name)}/{quote(version)}"
 
     def publish(self, name: str, version: str, model_file: Path, metadata: dict) -> str:

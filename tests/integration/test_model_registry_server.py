@@ -5,24 +5,19 @@ loopback port, real HTTP clients."""
 
 from __future__ import annotations
 
-import http.client
 import io
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import pytest
+from registry_clients import TOKEN, MiB, files_under, put
 
 from cpp_dagster.training.registry import HttpModelRegistry, RegistryError
 from cpp_dagster.training.registry_server import RegistryServerError, serve
-
-TOKEN = "s3cret-token"
-MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -40,37 +35,6 @@ def registry(tmp_path):
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
-
-
-def put(
-    port: int, path: str, body: bytes | io.IOBase = b"model", length: int | None = None, token: str | None = TOKEN
-) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {
-        "Content-Length": str(len(body) if length is None else length),
-        "X-Model-Filename": "model.joblib",
-        "X-Model-Metadata": json.dumps({"workflow": "w"}),
-    }
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    conn.putrequest("PUT", path, skip_accept_encoding=True)
-    for key, value in headers.items():
-        conn.putheader(key, value)
-    conn.endheaders()
-    if length is None:  # the whole body; otherwise only the headers (a refusal comes first)
-        if isinstance(body, bytes):
-            conn.send(body)
-        else:
-            while chunk := body.read(MiB):
-                conn.send(chunk)
-    response = conn.getresponse()
-    answer = json.loads(response.read() or b"{}")
-    conn.close()
-    return response.status, answer
 
 
 def test_the_server_refuses_to_start_without_a_token_unless_insecure_local(tmp_path):

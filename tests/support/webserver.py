@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -123,8 +124,16 @@ class DagsterUI:
     def query(self, query: str, **variables) -> dict:
         body = json.dumps({"query": query, "variables": variables}).encode()
         request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as e:
+            # a PythonError result comes with HTTP 500 and the data in the body
+            body = e.read()
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                raise GraphQLError(f"HTTP {e.code}: {body[:2000].decode(errors='replace')}") from None
         if answer.get("errors"):
             raise GraphQLError(json.dumps(answer["errors"])[:2000])
         return answer["data"]
@@ -224,6 +233,38 @@ class DagsterUI:
         if result["__typename"] != "Runs":
             raise GraphQLError(result.get("message", result["__typename"]))
         return [{**r, "tags": {t["key"]: t["value"] for t in r["tags"]}} for r in result["results"]]
+
+    def launch_run(self, job: str, run_config: dict, tags: dict[str, str] | None = None) -> dict:
+        """Launch `job` as the Launchpad does (`launchRun`): {"kind": the result's
+        typename, "run_id" (on success), "messages": every error message, causes included}."""
+        location = self.query("""{ repositoriesOrError { ... on RepositoryConnection {
+            nodes { name location { name } } } } }""")["repositoriesOrError"]["nodes"][0]
+        data = self.query(
+            """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+              __typename
+              ... on LaunchRunSuccess { run { runId } }
+              ... on RunConfigValidationInvalid { errors { message } }
+              ... on PythonError { message causes { message } }
+              ... on Error { message } } }""",
+            params={
+                "selector": {
+                    "repositoryLocationName": location["location"]["name"],
+                    "repositoryName": location["name"],
+                    "jobName": job,
+                },
+                "runConfigData": run_config,
+                "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+            },
+        )
+        result = data["launchRun"]
+        messages = [result.get("message") or ""]
+        messages += [e["message"] for e in result.get("errors") or []]
+        messages += [c["message"] for c in result.get("causes") or []]
+        return {
+            "kind": result["__typename"],
+            "run_id": (result.get("run") or {}).get("runId"),
+            "messages": [m for m in messages if m],
+        }
 
     def run_messages(self, run_id: str) -> list[str]:
         """The messages of a run's event log, as the run page lists them."""

@@ -34,7 +34,9 @@ def executor_config(settings: PodSettings, run_config: dict) -> dict:
     """The executor config of a run launched with `run_config` (what the k8s executor's
     config mapping makes of it; tests/integration/test_k8s_settings_as_dagster_and_helm_read_them.py
     checks Dagster applies it)."""
-    return with_defaults(executor_defaults(settings, "embedded"), run_config.get("execution", {}).get("config", {}))
+    return with_defaults(
+        executor_defaults(settings, "embedded"), settings, run_config.get("execution", {}).get("config", {})
+    )
 
 
 def sensor_layer(settings: PodSettings, op: str, **meta) -> dict:
@@ -166,29 +168,17 @@ def test_a_run_launched_without_the_sensors_run_config_gets_the_deployments_defa
     assert launched["pod_template_spec_metadata"]["labels"]["cpp-dagster/pod-settings"] == "sub-analysis"
 
 
-def test_pod_config_given_at_launch_is_merged_onto_the_defaults(settings):
-    """A run launched from the UI's Launchpad with its own executor config: what it names
-    wins, key by key, and the defaults stay for everything else."""
-    own = {
-        "execution": {
-            "config": {
-                "max_concurrent": 3,
-                "per_step_k8s_config": {
-                    "run_cellprofiler": {"container_config": {"resources": {"limits": {"memory": "16Gi"}}}}
-                },
-                "step_k8s_config": {"pod_spec_config": {"node_selector": {"zone": "a"}}},
-            }
-        }
-    }
-    config = executor_config(settings, own)
-    assert config["max_concurrent"] == 3
-    batch = step_layer(config, "run_cellprofiler")
+def test_a_request_given_at_launch_is_merged_onto_the_defaults(settings):
+    """A run launched from the UI's Launchpad with its own request: what it names wins,
+    key by key, within the grant, and the defaults stay for everything else."""
+    own = {"execution": {"config": {"per_step": {"run_cellprofiler": {"resources": {"limits": {"memory": "16Gi"}}}}}}}
+    batch = step_layer(executor_config(settings, own), "run_cellprofiler")
     assert batch["container_config"]["resources"] == {
         "requests": {"cpu": "1", "memory": "4Gi"},
         "limits": {"cpu": "2", "memory": "16Gi"},
     }
     assert batch["container_config"]["image"].endswith("cp5.0.0.dev784")
-    assert batch["pod_spec_config"]["node_selector"] == {"cpp-dagster/node": "true", "zone": "a"}
+    assert batch["pod_spec_config"]["node_selector"] == {"cpp-dagster/node": "true"}
     assert_least_privilege(step_job(batch, "run_cellprofiler"))
 
 

@@ -99,7 +99,7 @@ def _job(layer: dict, op: str) -> dict:
 def training_layer(pods: PodSettings, op: str, engine: str) -> dict:
     """The pod config of training step `op`: the k8s executor's defaults (a training run
     is launched without pod config)."""
-    return step_layer(with_defaults(executor_defaults(pods, engine), {}), op)
+    return step_layer(with_defaults(executor_defaults(pods, engine), pods, {}), op)
 
 
 @pytest.mark.parametrize("op", ["descriptors", "train_split", "aggregated_model"])
@@ -137,12 +137,12 @@ def test_other_training_steps_run_the_project_image_without_the_license(pods, op
 def test_the_executors_defaults_give_training_steps_their_pods_by_op_name(pods):
     """A training run is launched without pod config: its steps get theirs from the k8s
     executor's defaults, by op name, for the deployment's engine."""
-    config = with_defaults(executor_defaults(pods, "cpsign"), {})
+    config = with_defaults(executor_defaults(pods, "cpsign"), pods, {})
     assert step_layer(config, "train_split")["container_config"]["image"] == pods.training["cpsign_image"]
     assert step_layer(config, "training_data")["container_config"]["image"] == pods.training["image"]
     for op in TRAINING_STEPS:
         assert_least_privilege(_job(step_layer(config, op), op))
-    embedded = with_defaults(executor_defaults(pods, "embedded"), {})
+    embedded = with_defaults(executor_defaults(pods, "embedded"), pods, {})
     assert step_layer(embedded, "train_split")["container_config"]["image"] == pods.training["image"]
     assert "cpsign-license" not in json.dumps(embedded)
     # other ops (e.g. submit_pipeline) get the shared least-privilege layer only
@@ -155,7 +155,7 @@ def test_the_executors_defaults_give_training_steps_their_pods_by_op_name(pods):
 
 
 def test_a_training_run_launched_with_its_workflow_labels_every_step(pods):
-    config = with_defaults(executor_defaults(pods, "cpsign"), training_run_config("logd")["execution"]["config"])
+    config = with_defaults(executor_defaults(pods, "cpsign"), pods, training_run_config("logd")["execution"]["config"])
     for op in TRAINING_STEPS:
         job = _job(step_layer(config, op), op)
         assert job["spec"]["template"]["metadata"]["labels"]["cpp-dagster/workflow"] == "logd"

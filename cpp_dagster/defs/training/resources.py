@@ -1,4 +1,7 @@
-"""The resources of model training: the configuration store and the model registry."""
+"""The resources of model training: the configuration store and the model registry.
+Neither has a config field: the store's URL and the registry's URL or folder come from
+the environment only, never from a run's config (a run pointing the registry at its own
+server would be sent the registry token)."""
 
 from __future__ import annotations
 
@@ -11,26 +14,15 @@ from cpp_dagster.training.store import ConfigStore
 
 
 class TrainingStoreResource(dg.ConfigurableResource):
-    """The configuration store; `url` defaults to CPP_TRAINING_DB_URL."""
-
-    url: str | None = None
+    """The configuration store at CPP_TRAINING_DB_URL."""
 
     def store(self) -> ConfigStore:
-        return ConfigStore(self.url or required_url(load_settings().training.db_url, "CPP_TRAINING_DB_URL"))
+        return ConfigStore(required_url(load_settings().training.db_url, "CPP_TRAINING_DB_URL"))
 
 
 class ModelRegistryResource(dg.ConfigurableResource):
-    """Where models are published: unset fields come from CPP_MODEL_REGISTRY_URL /
-    CPP_MODEL_REGISTRY_DIR (the token only ever from CPP_MODEL_REGISTRY_TOKEN)."""
-
-    url: str | None = None
-    directory: str | None = None
+    """Where models are published: CPP_MODEL_REGISTRY_URL or CPP_MODEL_REGISTRY_DIR (the
+    token from CPP_MODEL_REGISTRY_TOKEN)."""
 
     def registry(self, settings: Settings):
-        from cpp_dagster.training.registry import FolderModelRegistry, HttpModelRegistry
-
-        if self.url:
-            return HttpModelRegistry(self.url, token=settings.registry.token)
-        if self.directory:
-            return FolderModelRegistry(self.directory)
         return registry_for_deployment(settings.nas_root, settings.registry)
