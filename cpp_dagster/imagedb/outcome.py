@@ -198,7 +198,11 @@ class SubAnalysisOutcomes(Database):
                 (sub_id,),
             )
             elapsed = cur.fetchone()["elapsed"].total_seconds()
-            status.update(finished_batches=done, message=progress_message(len(done), total, elapsed))
+            status["finished_batches"] = done
+            # A sibling batch that already failed the sub-analysis keeps its message: a
+            # batch finishing after it must not replace the error with a progress line.
+            if status.get("state") != "failed":
+                status["message"] = progress_message(len(done), total, elapsed)
             cur.execute("UPDATE image_sub_analyses SET status = %s WHERE sub_id = %s", (Json(status), sub_id))
             return status["message"]
 
