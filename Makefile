@@ -73,16 +73,16 @@ pipeline: install
 # The user-code image with podman, one per CellProfiler version, from the locks only; where no
 # container registry is reachable, its Debian base is made with debootstrap (docs/deploy.md,
 # "The image"). `make image CP_VERSION=... CP_LOCK=... IMAGE_REPOSITORY=... BASE_IMAGE=...`
+# The four reach the scripts as environment variables, never pasted into a shell line.
+export CP_VERSION CP_LOCK IMAGE_REPOSITORY BASE_IMAGE
 image: $(VENV)/.installed
-	CP_VERSION=$(CP_VERSION) CP_LOCK=$(CP_LOCK) IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) BASE_IMAGE=$(BASE_IMAGE) \
-		deploy/image/build.sh
+	deploy/image/build.sh
 
 # A demo batch in the image under the pods' own settings (read-only root, uid 1000, no
 # capabilities, /tmp a tmpfs, the NAS and work area mounted as on Kubernetes): its tables
 # must equal a local run's over the same batch.
 image-check: install
-	CP_VERSION=$(CP_VERSION) CP_LOCK=$(CP_LOCK) IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) \
-		$(VENV)/bin/python deploy/image/check.py
+	$(VENV)/bin/python deploy/image/check.py
 
 # The pod settings' cp_version -> image map against the images built here: lists the gaps.
 image-gaps: $(VENV)/.installed

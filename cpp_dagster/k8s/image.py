@@ -29,6 +29,10 @@ from cpp_dagster.settings import PROJECT_ROOT
 
 REPOSITORY = "registry.example.org/cpp-dagster"  # where a lab pushes it: `make image IMAGE_REPOSITORY=...`
 CP_LOCK = PROJECT_ROOT / "requirements-cellprofiler.lock"
+# a repository as image references write it: an optional registry host[:port], then lowercase path parts
+_REPOSITORY = re.compile(
+    r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+)
 LOCK_PACKAGE = "cellprofiler-core-nightly"  # the pin that names the lock's CellProfiler version
 # The image's labels (Dockerfile): what the check and the gaps command compare with.
 LABEL_CP_VERSION = "org.cellprofiler.version"
@@ -61,6 +65,10 @@ def image_tag(cp_version: str, version: str | None = None) -> str:
 
 
 def image_reference(cp_version: str, repository: str = REPOSITORY, version: str | None = None) -> str:
+    if not _REPOSITORY.match(repository) or len(repository) > 255:
+        raise ImageError(
+            f"image repository {repository!r} is not a repository name (lowercase, e.g. registry.example.org/cpp-dagster)"
+        )
     return f"{repository}:{image_tag(cp_version, version)}"
 
 

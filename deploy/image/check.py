@@ -37,7 +37,13 @@ from cpp_dagster.settings import PROJECT_ROOT
 PODS = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
 HELM_VALUES = PROJECT_ROOT / "helm-values.yaml"
 VOLUMES = ("nas-images", "nas-results", "cpp-work")  # the image share, results (CPP_NAS_ROOT), work area
-READ_ONLY_SIGNS = ("Read-only file system", "is not a writable directory", "Permission denied")
+# what CellProfiler and matplotlib log when a write was refused and they went on without it
+READ_ONLY_SIGNS = (
+    "Read-only file system",
+    "is not a writable directory",
+    "Permission denied",
+    "created a temporary cache",
+)
 
 
 class CheckFailed(RuntimeError):

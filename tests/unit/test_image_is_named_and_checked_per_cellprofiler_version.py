@@ -90,3 +90,16 @@ def test_gaps_are_the_versions_without_an_image_or_with_another_cellprofiler():
         f"cp_version 5.0.0.dev784: {BUILT} holds CellProfiler no CellProfiler label, not 5.0.0.dev784"
     ]
     assert gaps({"5.0.0.dev784": BUILT}, {BUILT: {LABEL_CP_VERSION: "5.0.0.dev784"}}) == []
+
+
+@pytest.mark.parametrize(
+    "repository", ["Bad Repo/x", "registry.example.org/CPP", "r/x;id", "r//x", "r/x:tag", "-r/x", "", "r/" + "x" * 300]
+)
+def test_an_image_repository_that_is_not_a_repository_name_is_refused(repository, capsys):
+    assert image_reference("5.0", "registry.example.org:5000/lab/cpp-dagster", "0.1.0").endswith(
+        "lab/cpp-dagster:0.1.0-cp5.0"
+    )
+    with pytest.raises(ImageError, match="is not a repository name"):
+        image_reference("5.0", repository, "0.1.0")
+    assert main(["reference", f"--repository={repository}"]) == 2
+    assert "is not a repository name" in capsys.readouterr().err
