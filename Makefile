@@ -4,10 +4,12 @@ UV_VERSION := 0.13.8
 DATAMOL_VERSION := 0.13.0
 VENV := .venv
 CP_VENV := .venv-cp
+# the CellProfiler version its lock holds (cellprofiler-nightly itself goes in on top of it)
+CP_LOCKED := $(shell sed -n "s/^cellprofiler-core-nightly==//p" requirements-cellprofiler.lock)
 UV := $(VENV)/bin/uv
 CPP := $(VENV)/bin/cpp-dagster
 
-.PHONY: install demo dev test test-fast pipeline clean-local clean
+.PHONY: install demo dev test test-fast pipeline clean-local clean image image-check image-gaps
 
 install: $(VENV)/.installed $(CP_VENV)/.installed
 
@@ -35,7 +37,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 $(CP_VENV)/.installed: requirements-cellprofiler.lock $(VENV)/.installed
 	test -x $(CP_VENV)/bin/python || $(UV) venv --quiet -p $(PYTHON) $(CP_VENV)
 	VIRTUAL_ENV=$(CP_VENV) $(UV) pip sync --quiet --compile-bytecode requirements-cellprofiler.lock
-	VIRTUAL_ENV=$(CP_VENV) $(UV) pip install --quiet --compile-bytecode --no-deps cellprofiler-nightly==5.0.0.dev784
+	VIRTUAL_ENV=$(CP_VENV) $(UV) pip install --quiet --compile-bytecode --no-deps cellprofiler-nightly==$(CP_LOCKED)
 	$(CP_VENV)/bin/cellprofiler --version
 	touch $@
 
@@ -72,6 +74,24 @@ test-fast: $(VENV)/.installed
 pipeline: install
 	$(CP_VENV)/bin/python cpp_dagster/demo/build_pipeline.py cpp_dagster/demo/pipelines/demo_features.cppipe
 	$(CP_VENV)/bin/python cpp_dagster/demo/build_icf_pipelines.py cpp_dagster/demo/pipelines
+
+# The user-code image with podman, one per CellProfiler version, from the locks only; where no
+# container registry is reachable, its Debian base is made with debootstrap (docs/deploy.md,
+# "The image"). `make image CP_VERSION=... CP_LOCK=... IMAGE_REPOSITORY=... BASE_IMAGE=...`
+# The four reach the scripts as environment variables, never pasted into a shell line.
+export CP_VERSION CP_LOCK IMAGE_REPOSITORY BASE_IMAGE
+image: $(VENV)/.installed
+	deploy/image/build.sh
+
+# A demo batch in the image under the pods' own settings (read-only root, uid 1000, no
+# capabilities, /tmp a tmpfs, the NAS and work area mounted as on Kubernetes): its tables
+# must equal a local run's over the same batch.
+image-check: install
+	$(VENV)/bin/python deploy/image/check.py
+
+# The pod settings' cp_version -> image map against the images built here: lists the gaps.
+image-gaps: $(VENV)/.installed
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-deploy/image/containers.conf} $(VENV)/bin/python -m cpp_dagster.k8s.image gaps
 
 # Stop the local embedded PostgreSQL and forget the local imagedb, NAS and Dagster instance.
 clean-local: $(VENV)/.installed

@@ -126,7 +126,9 @@ class AnalysisIds:
 # Where a step's programs write, all under the /tmp emptyDir, so that the root filesystem
 # can be read-only: CellProfiler's measurements file and scratch folders (TMPDIR),
 # matplotlib's font cache and config (HOME/.cache, MPLCONFIGDIR); bytecode is precompiled
-# in the image. Measured with strace on a real batch: nothing else is written.
+# in the image. Measured with strace on a real batch: nothing else is written. `make
+# image-check` runs a batch in the image with exactly these (read-only root, no network):
+# without MPLCONFIGDIR or a writable HOME, matplotlib rebuilds its cache in every batch.
 WRITABLE_ENV = {
     "TMPDIR": "/tmp",
     "HOME": "/tmp/home",

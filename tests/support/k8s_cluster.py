@@ -19,6 +19,7 @@ from pg_databases import new_database
 
 from cpp_dagster.analysis.planning import SubAnalysisOptions
 from cpp_dagster.demo.register import DEMO_CP_VERSION
+from cpp_dagster.k8s.image import image_reference
 from cpp_dagster.k8s.pod_config import AnalysisIds
 from cpp_dagster.local.environment import sqlalchemy_url
 from cpp_dagster.settings import PROJECT_ROOT
@@ -33,8 +34,11 @@ def options(**meta) -> SubAnalysisOptions:
 
 
 NAMESPACE = "cpp"
-IMAGE = "registry.example.org/cpp-dagster:test-cp5"
-DEFAULT_CP_VERSION, DEFAULT_IMAGE = "5.0.0.default", "registry.example.org/cpp-dagster:test-default"
+# the references `make image` tags (cpp_dagster/k8s/image.py): the demo's CellProfiler, and a
+# default version that differs from it
+IMAGE = image_reference(DEMO_CP_VERSION)
+DEFAULT_CP_VERSION = "5.0.0.default"
+DEFAULT_IMAGE = image_reference(DEFAULT_CP_VERSION)
 DEFAULT_BATCH_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
 BIN = Path(sys.executable).parent
 
@@ -162,7 +166,7 @@ def step_job(layer: dict, op: str, launcher_secrets: tuple[str, ...] = ()) -> di
 
     job = construct_dagster_k8s_job(
         job_config=DagsterK8sJobConfig(
-            job_image="registry.example.org/cpp-dagster:default",
+            job_image=image_reference("5.0.0.code-location"),
             dagster_home="/opt/dagster",
             env_secrets=list(launcher_secrets),
         ),

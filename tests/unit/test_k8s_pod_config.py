@@ -14,7 +14,9 @@ from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, options, secrets_o
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
+from cpp_dagster.demo.register import DEMO_CP_VERSION
 from cpp_dagster.k8s.executor import with_defaults
+from cpp_dagster.k8s.image import image_reference
 from cpp_dagster.k8s.pod_config import (
     ANALYSIS_STEPS,
     PodConfigError,
@@ -123,7 +125,7 @@ def test_pod_settings_can_use_the_nodes_disk_for_tmp_and_other_secret_names(sett
 
 def test_image_follows_cp_version_and_unknown_versions_are_refused(settings):
     config = sensor_layer(settings, "plan_batches")
-    assert config["container_config"]["image"] == "registry.example.org/cpp-dagster:0.1.0-cp5.0.0.dev784"
+    assert config["container_config"]["image"] == image_reference(DEMO_CP_VERSION)
     assert config["container_config"]["resources"] == settings.step_resources["plan_batches"]
     with pytest.raises(
         PodConfigError, match=r"cp_version '4.2.8' has no container image configured \(known: 5.0.0.dev784\)"
