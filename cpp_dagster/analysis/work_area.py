@@ -11,6 +11,8 @@ has finished, its tables are in the results folder, and the retention has run ou
 - A finished one whose recorded tables are not all in the results folder is kept.
 - Each sub-analysis's row is held locked while its folders are removed (a `cpp-dagster
   rerun` waits), and only the generation folders `g0..g<generation>` it had then go.
+  Two gc at once (a nightly job and a hand-run one) each wait for the row: the second
+  finds the folder gone and says so, rather than crashing.
 - A folder under the work root that is not `sub_<id>`, or whose id has no row in imagedb,
   is left alone.
 
@@ -79,6 +81,13 @@ def collect(
                 outcomes.append(
                     WorkAreaOutcome(
                         sub_id, folder, state.state, False, 0, "its state changed while the work area was cleaned"
+                    )
+                )
+                continue
+            if not folder.is_dir():  # another gc removed it while this one waited for the row
+                outcomes.append(
+                    WorkAreaOutcome(
+                        sub_id, folder, now.state, False, 0, "already cleaned by another gc at the same time"
                     )
                 )
                 continue

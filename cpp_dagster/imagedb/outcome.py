@@ -21,8 +21,9 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extras import Json
 
+from cpp_dagster.ids import parse_id
 from cpp_dagster.imagedb.ready import dependency_failed_message
-from cpp_dagster.imagedb.rows import ImageDBError, RunStamp
+from cpp_dagster.imagedb.rows import RERUNS, ImageDBError, RunStamp
 from cpp_dagster.pg import Database
 
 log = logging.getLogger("cpp_dagster.imagedb")
@@ -64,9 +65,9 @@ class StaleRunError(RuntimeError):
 
 
 # The WHERE clause of a guarded UPDATE of image_sub_analyses (parameters: _guard_params).
-_GUARD = sql.SQL("""(%(gen)s::int IS NULL OR COALESCE((status->>'reruns')::int, 0) <= %(gen)s::int)
+_GUARD = sql.SQL("""(%(gen)s::int IS NULL OR {reruns} <= %(gen)s::int)
                    AND (%(run_id)s::text IS NULL OR status->>'run_id' IS NULL
-                        OR status->>'run_id' = %(run_id)s::text)""")
+                        OR status->>'run_id' = %(run_id)s::text)""").format(reruns=RERUNS)
 
 
 def _guard_params(stamp: RunStamp | None) -> dict:
@@ -77,7 +78,7 @@ def _guard_params(stamp: RunStamp | None) -> dict:
 def is_current(status: dict, stamp: RunStamp | None) -> bool:
     """The same rule as _GUARD, for a status read under FOR UPDATE."""
     stamp = stamp or RunStamp()
-    if stamp.generation is not None and int(status.get("reruns") or 0) > stamp.generation:
+    if stamp.generation is not None and (parse_id(status.get("reruns")) or 0) > stamp.generation:
         return False
     owner = status.get("run_id")
     return stamp.run_id is None or owner is None or owner == stamp.run_id
@@ -87,7 +88,7 @@ def stale_message(sub_id: int, stamp: RunStamp | None, status: dict | None = Non
     stamp = stamp or RunStamp()
     now = ""
     if status is not None:
-        now = f" (now generation {int(status.get('reruns') or 0)}, run {status.get('run_id') or 'not started'})"
+        now = f" (now generation {parse_id(status.get('reruns')) or 0}, run {status.get('run_id') or 'not started'})"
     return (
         f"sub-analysis {sub_id} belongs to a newer run{now}: this run (generation "
         f"{stamp.generation}, run {stamp.run_id}) is stale and its outcome was not recorded"
@@ -164,13 +165,11 @@ class SubAnalysisOutcomes(Database):
             status["run_id"] = stamp.run_id
         with self._cursor() as cur:
             cur.execute(
-                """UPDATE image_sub_analyses
+                sql.SQL("""UPDATE image_sub_analyses
                    SET start = now(), finish = NULL, error = NULL, result = NULL,
-                       status = %(status)s::jsonb
-                                || jsonb_build_object('reruns', COALESCE((status->>'reruns')::int, 0))
-                   WHERE sub_id = %(sub_id)s
-                     AND (%(gen)s::int IS NULL OR COALESCE((status->>'reruns')::int, 0) <= %(gen)s::int)
-                   RETURNING analysis_id""",
+                       status = %(status)s::jsonb || jsonb_build_object('reruns', {reruns})
+                   WHERE sub_id = %(sub_id)s AND (%(gen)s::int IS NULL OR {reruns} <= %(gen)s::int)
+                   RETURNING analysis_id""").format(reruns=RERUNS),
                 {"status": Json(status), "sub_id": sub_id, "gen": stamp.generation},
             )
             row = cur.fetchone()

@@ -6,6 +6,18 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg2 import sql
+
+from cpp_dagster.ids import parse_id
+
+# `status->>'reruns'` as a whole number in SQL, by the rule of cpp_dagster.ids: a value
+# that is not one (written by hand: "1.0", "x", "²") counts as 0, instead of failing every
+# update of the row (a cast would), so its failure can still be recorded.
+RERUNS = sql.SQL(
+    "(CASE WHEN status->>'reruns' ~ '^[0-9]+$' AND length(status->>'reruns') <= 9"
+    " THEN (status->>'reruns')::int ELSE 0 END)"
+)
+
 PRIORITY_RANGE = (1, 9)  # imagedb's priority columns: 1 = high; unset is ready.DEFAULT_PRIORITY
 
 
@@ -159,8 +171,7 @@ class SubAnalysisStatus:
             return v if isinstance(v, str) else None
 
         def whole(key):
-            v = value.get(key)
-            return int(v) if isinstance(v, int) or (isinstance(v, str) and v.isdigit()) else None
+            return parse_id(value.get(key))
 
         def texts(key):
             v = value.get(key)

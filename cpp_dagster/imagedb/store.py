@@ -29,6 +29,7 @@ from cpp_dagster.imagedb.ready import (
     LaunchQueries,
 )
 from cpp_dagster.imagedb.rows import (
+    RERUNS,
     Image,
     ImageDBError,
     PlateAcquisition,
@@ -273,12 +274,12 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
         submitted again too. Returns the new re-run generation."""
         with self._cursor() as cur:
             cur.execute(
-                """UPDATE image_sub_analyses
+                sql.SQL("""UPDATE image_sub_analyses
                    SET start = NULL, finish = NULL, error = NULL, result = NULL,
                        status = jsonb_build_object('state', 'submitted', 'message', 're-run requested',
-                                                   'reruns', COALESCE((status->>'reruns')::int, 0) + 1)
+                                                   'reruns', {reruns} + 1)
                    WHERE sub_id = %s AND start IS NOT NULL AND (error IS NOT NULL OR finish IS NOT NULL)
-                   RETURNING analysis_id, (status->>'reruns')::int AS reruns""",
+                   RETURNING analysis_id, (status->>'reruns')::int AS reruns""").format(reruns=RERUNS),
                 (sub_id,),
             )
             row = cur.fetchone()
@@ -299,9 +300,9 @@ class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, Wo
             return {}
         with self._cursor() as cur:
             cur.execute(
-                """SELECT sub_id, CASE WHEN status->>'reruns' ~ '^[0-9]{1,9}$'
-                                       THEN (status->>'reruns')::int ELSE 0 END AS reruns
-                   FROM image_sub_analyses WHERE sub_id = ANY(%s)""",
+                sql.SQL("SELECT sub_id, {reruns} AS reruns FROM image_sub_analyses WHERE sub_id = ANY(%s)").format(
+                    reruns=RERUNS
+                ),
                 (list(sub_ids),),
             )
             return {r["sub_id"]: r["reruns"] for r in cur.fetchall()}

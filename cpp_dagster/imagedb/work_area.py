@@ -15,15 +15,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2 import sql
+
+from cpp_dagster.imagedb.rows import RERUNS
 from cpp_dagster.pg import Database
 
-_STATE_SQL = """
+_STATE_SQL = sql.SQL("""
     SELECT sub_id, start, finish, error, result,
-           CASE WHEN status->>'reruns' ~ '^[0-9]{1,9}$' THEN (status->>'reruns')::int ELSE 0 END AS generation,
+           {reruns} AS generation,
            COALESCE(finish, error) < now()::timestamp - make_interval(secs => %(retention_s)s) AS expired,
            now()::timestamp - COALESCE(finish, error) AS age
     FROM image_sub_analyses
-"""
+""").format(reruns=RERUNS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class WorkAreaQueries(Database):
             return {}
         with self._cursor() as cur:
             cur.execute(
-                _STATE_SQL + " WHERE sub_id = ANY(%(ids)s)",
+                _STATE_SQL + sql.SQL(" WHERE sub_id = ANY(%(ids)s)"),
                 {"ids": list(sub_ids), "retention_s": retention_days * 86400.0},
             )
             return {r["sub_id"]: _state(r) for r in cur.fetchall()}
@@ -75,7 +78,7 @@ class WorkAreaQueries(Database):
         left alone."""
         with self._cursor() as cur:
             cur.execute(
-                _STATE_SQL + " WHERE sub_id = %(id)s FOR UPDATE",
+                _STATE_SQL + sql.SQL(" WHERE sub_id = %(id)s FOR UPDATE"),
                 {"id": sub_id, "retention_s": retention_days * 86400.0},
             )
             row = cur.fetchone()

@@ -5,8 +5,11 @@ with real imagedb rows in the embedded PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -189,3 +192,40 @@ def test_the_nightly_cleaning_frees_what_gc_frees_and_says_what_it_kept(gc_lab, 
     assert metadata["kept_sub_analyses"] == 2 and metadata["retention_days"] == 2.5
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any(f"sub-analysis {failed}: kept (failed: kept for a re-run" in m for m in logs)
+
+
+def test_two_gc_at_once_free_each_work_area_once_and_neither_crashes(gc_lab):
+    """The second gc lists a folder, then waits for its row while the first removes it
+    (the row lock held here stands for the first gc): it reports the folder as already
+    cleaned instead of failing on the missing folder and leaving the rest uncleaned."""
+    contested = gc_lab.sub("finished", days_ago=10)
+    other = gc_lab.sub("finished", days_ago=10)
+    folder = gc_lab.settings.work_root / f"sub_{contested}"
+    first = psycopg2.connect(gc_lab.db.url)
+    result: dict = {}
+    with first.cursor() as cur:
+        cur.execute("SELECT 1 FROM image_sub_analyses WHERE sub_id = %s FOR UPDATE", (contested,))
+        second = threading.Thread(target=lambda: result.update(outcomes=collect(gc_lab)))
+        second.start()
+        deadline = time.monotonic() + 30
+        while not waiting_for_a_lock(gc_lab.db.url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting_for_a_lock(gc_lab.db.url), "the second gc never waited for the row"
+        shutil.rmtree(folder)  # what the first gc does while it holds the row
+    first.commit()
+    first.close()
+    second.join(timeout=30)
+    outcomes = result["outcomes"]
+    assert (
+        not outcomes[contested].freed and outcomes[contested].reason == "already cleaned by another gc at the same time"
+    )
+    assert outcomes[other].freed and not (gc_lab.settings.work_root / f"sub_{other}").exists()
+
+
+def waiting_for_a_lock(url: str) -> bool:
+    """Some session of this database waits for a lock (a row lock: a transaction id)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cur.fetchone()[0] > 0

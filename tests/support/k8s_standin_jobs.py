@@ -128,10 +128,16 @@ class JobController:
                 return job
         raise KeyError(f"no job {job_name!r}")
 
-    def kill(self, job_name: str, reason: str = "OOMKilled", namespace: str | None = None) -> None:
-        """SIGKILL the Job's process group; its container terminates with `reason`."""
+    def kill(self, job_name: str, reason: str = "OOMKilled", namespace: str | None = None) -> bool:
+        """SIGKILL the Job's process group; its container terminates with `reason`. True
+        if the container was running; False (nothing done) if it had not started or
+        had already ended, so a test never counts a kill that came too late."""
         with self._lock:
-            self._kill(self._find(job_name, namespace), reason)
+            job = self._find(job_name, namespace)
+            running = job.proc is not None and job.phase not in ("Succeeded", "Failed") and not job.reaped
+            if running:
+                self._kill(job, reason)
+            return running
 
     def wait_for(self, job_name: str, timeout: float = 30, namespace: str | None = None) -> dict:
         """Block until the Job succeeded or failed; return its status (JSON dict)."""

@@ -18,6 +18,7 @@ import re
 
 import dagster as dg
 
+from cpp_dagster.ids import parse_id
 from cpp_dagster.imagedb.rows import RunStamp
 
 plate_partitions = dg.DynamicPartitionsDefinition(name="plate")
@@ -56,8 +57,8 @@ def key_lookup(plate_key: str) -> tuple[str, int | None]:
     names that acquisition; otherwise it is a barcode. Their acquisitions, given to
     `plate_keys`, include the one the key names, if any."""
     barcode, tilde, acq_id = plate_key.rpartition("~")
-    if tilde and acq_id.isdigit() and len(acq_id) <= 9:
-        return barcode, int(acq_id)
+    if tilde and parse_id(acq_id) is not None:
+        return barcode, parse_id(acq_id)
     return plate_key, None
 
 
@@ -93,8 +94,7 @@ ACTIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg
 
 
 def tagged_sub_id(run: dg.DagsterRun | None) -> int | None:
-    value = run.tags.get(SUB_ID_TAG, "") if run is not None else ""
-    return int(value) if value.isdigit() else None
+    return parse_id(run.tags.get(SUB_ID_TAG)) if run is not None else None
 
 
 def run_stamp(run: dg.DagsterRun | None) -> RunStamp:
@@ -102,8 +102,7 @@ def run_stamp(run: dg.DagsterRun | None) -> RunStamp:
     from failure continues the run it re-executes)."""
     if run is None:
         return RunStamp()
-    generation = run.tags.get(GENERATION_TAG, "")
-    return RunStamp(int(generation) if generation.isdigit() else None, run.root_run_id or run.run_id)
+    return RunStamp(parse_id(run.tags.get(GENERATION_TAG)), run.root_run_id or run.run_id)
 
 
 def other_active_runs(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:

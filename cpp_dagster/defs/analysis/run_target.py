@@ -27,6 +27,7 @@ from cpp_dagster.defs.analysis.partitions import (
     split_key,
     tagged_sub_id,
 )
+from cpp_dagster.ids import parse_id
 from cpp_dagster.imagedb.rows import SubAnalysis, SubAnalysisStatus
 from cpp_dagster.imagedb.store import ImageDB
 
@@ -132,9 +133,9 @@ def sub_analyses_of_run(db: ImageDB, run: dg.DagsterRun) -> list[SubAnalysis]:
     sub_id = tagged_sub_id(run)
     if sub_id is not None:
         return [db.sub_analysis(sub_id)]
-    analysis = run.tags.get(ANALYSIS_ID_TAG, "")
-    if not analysis.isdigit():
+    analysis = parse_id(run.tags.get(ANALYSIS_ID_TAG))
+    if analysis is None:
         return []
     root = run.root_run_id or run.run_id
     runs_it = lambda status: root in (status.claimed_by_run, status.run_id)  # noqa: E731
-    return [s for s in db.sub_analyses_of(int(analysis)) if runs_it(SubAnalysisStatus.from_json(s.status))]
+    return [s for s in db.sub_analyses_of(analysis) if runs_it(SubAnalysisStatus.from_json(s.status))]
