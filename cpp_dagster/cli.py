@@ -116,6 +116,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provenance(args: argparse.Namespace) -> int:
+    """How each sub-analysis of a results folder was made, and whether its tables are still
+    the ones published: exit 0 when all match, 1 on a changed or missing table, 2 when
+    there is no readable provenance (one line why)."""
+    from cpp_dagster import paths
+    from cpp_dagster.features import provenance, results_folder
+
+    try:
+        version = results_folder.current_version(Path(args.result_folder))
+        if version is None:
+            raise paths.UnsafePathError(f"{args.result_folder} is not a results folder")
+        checks = provenance.verify(version)
+    except (paths.UnsafePathError, OSError) as e:
+        _echo(f"cpp-dagster provenance: {' '.join(str(e).split())}")
+        return 2
+    for check in checks:
+        print("\n".join(provenance.summary_lines(check)))
+    if not checks:
+        _echo(f"cpp-dagster provenance: {args.result_folder} has a provenance folder with no sub-analysis in it")
+        return 2
+    return 1 if any(c.mismatched or c.missing for c in checks) else 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Clean the work area (`work_area.py`); prints what it freed per sub-analysis. A bad
     CPP_WORK_RETENTION_DAYS or --retention-days is one line, exit 2."""
@@ -245,6 +268,14 @@ def parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="a JSON list of rows, for scripts")
     status.set_defaults(fn=cmd_status)
+
+    prov = sub.add_parser(
+        "provenance",
+        help="how a result was made (pipeline, CellProfiler, runs, batches) and a check of its tables' "
+        "sha256; exit 1 when a table changed",
+    )
+    prov.add_argument("result_folder", metavar="RESULT_FOLDER", help="results/<barcode>/<acquisition>/<analysis>")
+    prov.set_defaults(fn=cmd_provenance)
 
     gc = sub.add_parser(
         "gc",

@@ -100,6 +100,21 @@ def command(raw: str) -> tuple[str, ...]:
         raise ValueError(f"not a command line ({error})") from None
 
 
+def version_map(raw: str) -> tuple[tuple[str, str], ...]:
+    """`4.2.8=/opt/cp428/bin/cellprofiler,4.2.9=/opt/cp429/bin/cellprofiler` as pairs."""
+    pairs = []
+    for part in (p.strip() for p in raw.split(",")):
+        version, sep, executable = part.partition("=")
+        if not part:
+            continue
+        if not sep or not version.strip() or not executable.strip():
+            raise ValueError(f"{part!r} is not VERSION=EXECUTABLE (e.g. 4.2.8=/opt/cp428/bin/cellprofiler)")
+        pairs.append((version.strip(), executable.strip()))
+    if len({v for v, _ in pairs}) != len(pairs):
+        raise ValueError("a version is named twice")
+    return tuple(pairs)
+
+
 def url_template(raw: str) -> str:
     if "{path}" not in raw:
         raise ValueError("must contain {path}, e.g. https://files.lab/{path}")

@@ -41,6 +41,7 @@ from cpp_dagster.setting_rules import (
     shown_value,
     spec_of,
     url_template,
+    version_map,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +293,15 @@ class Settings(Group):
         "the `cellprofiler` executable",
         shown="`.venv-cp/bin/cellprofiler`",
         derived=lambda get: str(PROJECT_ROOT / ".venv-cp" / "bin" / "cellprofiler"),
+    )
+    cellprofiler_versions: tuple[tuple[str, str], ...] = setting(
+        "CPP_CELLPROFILER_VERSIONS",
+        "the CellProfiler versions a local sub-analysis's `cp_version` may name, `VERSION=EXECUTABLE` separated "
+        "by `,`; `CPP_CELLPROFILER` is always there under the version it reports. Another `cp_version` fails "
+        "before any batch, naming these (on `k8s` the pod settings' images decide)",
+        (),
+        version_map,
+        shown="unset",
     )
     image_roots: tuple[Path, ...] = setting(
         "CPP_IMAGE_ROOTS",

@@ -13,7 +13,10 @@ a retried or killed batch never leaves files that look finished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,11 +24,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpp_dagster import paths
+from cpp_dagster.settings import Settings
 
 LOG_TAIL_LINES = 30
 # What CellProfiler (and any plugin it loads) gets of the step's environment: an allow-list,
@@ -74,6 +78,83 @@ class BatchOutcome:
     image_sets: int
     files: list[str] = field(default_factory=list)
     reused: bool = False  # outputs of an earlier run of the same batch, not run again
+
+
+def version(cellprofiler: str, cache_dir: Path | None = None) -> str:
+    """What `cellprofiler --version` of this executable says (the version that runs, not the
+    one asked for); a readable reason when it cannot say. Kept in `cache_dir` (the pipeline
+    check's cache) per executable file (its real path, inode, size and mtime: a reinstall
+    asks again), since starting CellProfiler takes seconds."""
+    try:
+        real = Path(shutil.which(cellprofiler) or cellprofiler).resolve()
+        st = real.stat()
+    except OSError as e:
+        return f"unknown ({cellprofiler}: {e.strerror})"
+    key = hashlib.sha256(f"{real}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{cellprofiler}".encode()).hexdigest()
+    cached = Path(cache_dir) / "versions" / key if cache_dir is not None else None
+    with contextlib.suppress(OSError):
+        if cached is not None:
+            return cached.read_text()
+    reported = _ask_version(cellprofiler)
+    if cached is not None and not reported.startswith("unknown"):
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{key}.{os.getpid()}.tmp")
+            tmp.write_text(reported)
+            tmp.replace(cached)
+    return reported
+
+
+@functools.cache
+def _ask_version(cellprofiler: str) -> str:
+    try:
+        done = subprocess.run(
+            [cellprofiler, "--version"], capture_output=True, text=True, timeout=120, env=cellprofiler_environment()
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({cellprofiler} --version: {e})"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[-1].strip() if done.returncode == 0 and lines else f"unknown (exit {done.returncode})"
+
+
+def executable_for(
+    cp_version: str | None, *, default: str, versions: Sequence[tuple[str, str]] = (), cache_dir: Path | None = None
+) -> str:
+    """The executable that runs `cp_version` here: `default` (CPP_CELLPROFILER) without one,
+    or when it reports that version; else the one `versions` (CPP_CELLPROFILER_VERSIONS) maps
+    it to, once it reports that version. Anything else is a CellProfilerError naming the
+    versions installed (what each executable reports), so one version never runs for another."""
+    if cp_version is None:
+        return default
+    installed = {version(default, cache_dir): default}
+    for name, executable in versions:
+        reported = version(executable, cache_dir)
+        if name == cp_version and reported != name:
+            raise CellProfilerError(
+                f"cp_version {cp_version!r}: CPP_CELLPROFILER_VERSIONS maps it to {executable}, which reports "
+                f"{reported!r}; nothing was run"
+            )
+        installed.setdefault(reported, executable)
+    if cp_version in installed:
+        return installed[cp_version]
+    have = ", ".join(f"{v} ({exe})" for v, exe in sorted(installed.items()))
+    raise CellProfilerError(
+        f"cp_version {cp_version!r} is not installed in this deployment; it has {have} "
+        "(CPP_CELLPROFILER_VERSIONS maps versions to executables)"
+    )
+
+
+def executable_of(settings: Settings, cp_version: str | None) -> str:
+    """The executable that runs a sub-analysis's `cp_version` in this deployment
+    (`executable_for`); on Kubernetes the pod's image is the version's, so CPP_CELLPROFILER in it."""
+    if settings.launch.executor == "k8s":
+        return settings.cellprofiler
+    return executable_for(
+        cp_version,
+        default=settings.cellprofiler,
+        versions=settings.cellprofiler_versions,
+        cache_dir=settings.pipeline_check_cache,
+    )
 
 
 def resolve_pipeline_file(pipelines_dir: Path, pipeline_file: str) -> Path:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from cpp_dagster import paths
 from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning
 from cpp_dagster.analysis.sub_analysis import SubAnalysisRun
-from cpp_dagster.features import batch_tables, profiles, results_folder, single_cell
+from cpp_dagster.features import batch_tables, profiles, provenance, results_folder, single_cell
 from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
@@ -50,6 +50,7 @@ class BatchSpec:
     sub_type: str | None
     priority: int | None
     stamp: RunStamp = RunStamp()  # the run that planned it (generation, run id)
+    cellprofiler: str = ""  # the executable of its cp_version (`cellprofiler.executable_of`); "": CPP_CELLPROFILER
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
                 f"use_icf is set but {', '.join(missing)} are not in {sub.results_dir} (icf_naming "
                 f"{options.icf_naming.value!r}; did the illumination step run and name its files so?)"
             )
-    check_pipeline(settings, sub, pipeline, plan)  # before any batch is written
+    # a cp_version that is not installed fails here, before any batch
+    executable = cellprofiler.executable_of(settings, sub.options.cp_version)
+    check_pipeline(settings, sub, pipeline, plan, executable)  # before any batch is written
     specs = []
     for batch in plan.batches:
         batch_dir = sub.work_dir / batch.name
@@ -138,6 +141,7 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
                 options.sub_type,
                 options.priority,
                 sub.stamp,
+                executable,
             )
         )
     if not db.mark_sub_started(sub_id, batches=len(specs), image_sets=plan.image_set_count, stamp=sub.stamp):
@@ -146,14 +150,16 @@ def prepare(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> Prepared:
     return Prepared(dataclasses.replace(sub, status=status), specs)
 
 
-def check_pipeline(settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan: planning.Plan) -> None:
+def check_pipeline(
+    settings: Settings, sub: SubAnalysisRun, pipeline: Path, plan: planning.Plan, executable: str | None = None
+) -> None:
     """Refuse (PipelineCheckError, with every reason) a pipeline that cannot run on this
     plan: a module CellProfiler cannot load, no Image table exported, images the
     channel map cannot provide, use_icf without an illumination image. CellProfiler
     inspects each pipeline file once (cached in `settings.pipeline_check_cache`)."""
     options = sub.options
     needs = pipeline_check.inspect(
-        pipeline, cellprofiler=settings.cellprofiler, cache_dir=settings.pipeline_check_cache
+        pipeline, cellprofiler=executable or settings.cellprofiler, cache_dir=settings.pipeline_check_cache
     )
     pipeline_check.check(
         needs,
@@ -183,7 +189,7 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
         if done is not None:
             return _reuse(earlier, batch_dir, done, fingerprint)
     outcome = cellprofiler.run_batch(
-        cellprofiler=settings.cellprofiler,
+        cellprofiler=spec.cellprofiler or settings.cellprofiler,
         pipeline=Path(spec.pipeline),
         batch_dir=batch_dir,
         expected_image_sets=spec.image_sets,
@@ -228,11 +234,22 @@ def batch_fingerprint(settings: Settings, spec: BatchSpec) -> str:
     digest = hashlib.sha256()
     for part in (Path(spec.batch_dir) / "loaddata.csv", Path(spec.pipeline)):
         digest.update(part.read_bytes())
-    digest.update(settings.cellprofiler.encode())
+    executable = spec.cellprofiler or settings.cellprofiler
+    # the version it reports too: a CellProfiler reinstalled under the same path never reuses
+    digest.update(f"{executable}\0{cellprofiler.version(executable, settings.pipeline_check_cache)}".encode())
     return digest.hexdigest()
 
 
-def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequence[str]) -> Merged:
+def merge(
+    db: ImageDB,
+    settings: Settings,
+    sub: SubAnalysisRun,
+    batch_dirs: Sequence[str],
+    *,
+    runs: Sequence[dict] = (),
+    retries: dict[str, int] | None = None,
+    image: str | None = None,
+) -> Merged:
     """Merge the batches' outputs into the results folder (the tables into
     `sub.tables_dir`, concatenated from each batch's converted tables: `batch_tables`);
     the files become outputs of the sub-analysis (it finishes once the
@@ -240,8 +257,24 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
     merge lists its files in a manifest of its own, so the features step's merge leaves
     the illumination step's ICF files alone. The folder switches as a whole, and only
     while `sub.stamp` is the sub-analysis's current run (StaleRunError otherwise: nothing
-    changes); this sub-analysis's derived tables from before do not survive it."""
+    changes); this sub-analysis's derived tables from before do not survive it. Its
+    provenance (`features.provenance`) switches with the tables: `runs` (the Dagster runs,
+    from the defs layer), `retries` per batch and the pod's `image` go into it."""
     out_dir, tables_dir = sub.results_dir, sub.tables_dir
+    executable = cellprofiler.executable_of(settings, sub.options.cp_version)  # what the batches ran (`prepare`)
+    record = provenance.Provenance(
+        sub_id=sub.sub_id,
+        meta=planned_meta(sub),
+        pipeline=cellprofiler.resolve_pipeline_file(settings.pipelines_dir, sub.options.pipeline_file),
+        batch_dirs=[Path(d) for d in batch_dirs],
+        cellprofiler={
+            "executable": executable,
+            "version": cellprofiler.version(executable, settings.pipeline_check_cache),
+        },
+        runs=runs,
+        retries=retries,
+        image=image,
+    )
     derived = [str((tables_dir / name).relative_to(out_dir)) for name in (SINGLE_CELL_FILE, PROFILES_FILE)]
     merged = batch_tables.merge_converted(
         [Path(d) for d in batch_dirs],
@@ -251,6 +284,7 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
         replaces=derived,
         owner=f"sub{sub.sub_id}",
         guard=lambda: db.while_current(sub.sub_id, sub.stamp),
+        provenance=record,
     )
     db.add_outputs(sub.sub_id, file_list(merged.files, settings.nas_root), sub.stamp)
     objects = tuple(
@@ -261,6 +295,22 @@ def merge(db: ImageDB, settings: Settings, sub: SubAnalysisRun, batch_dirs: Sequ
         )
     )
     return Merged(sub, merged, objects, tuple(Path(d).name for d in batch_dirs))
+
+
+def planned_meta(sub: SubAnalysisRun) -> dict:
+    """The sub-analysis and its analysis as planned, for its provenance."""
+    return {
+        "sub_analysis": sub.sub_id,
+        "analysis": sub.analysis_id,
+        "pipeline": sub.pipeline_name,
+        "plate_barcode": sub.plate_barcode,
+        "plate_acquisition": sub.acquisition.id,
+        "depends_on": list(sub.depends_on),
+        "generation": sub.stamp.generation,
+        "image_sets": sub.status.image_sets,
+        "batches": sub.status.batches,
+        **dataclasses.asdict(sub.options),
+    }
 
 
 def write_single_cell(db: ImageDB, settings: Settings, merged: Merged) -> SingleCellResult | None:
@@ -310,6 +360,7 @@ def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final
                     f"the results folder of sub-analysis {sub.sub_id} was replaced while "
                     f"{final.name} was written from it; it was not published"
                 )
+            provenance.add_checksum(version, sub.sub_id, str(final.relative_to(sub.results_dir)), partial)
             os.replace(partial, version / final.name)
     finally:
         partial.unlink(missing_ok=True)

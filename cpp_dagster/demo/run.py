@@ -118,6 +118,7 @@ def summary(db: ImageDB, settings, acq_id: int, analysis_id: int, sub, run=None)
         "db": {
             "finish": sub.finish.isoformat(sep=" ") if sub.finish else None,
             "error": sub.error.isoformat(sep=" ") if sub.error else None,
+            "file_list": (sub.result or {}).get("file_list", []),
         },
     }
     if sub.error:

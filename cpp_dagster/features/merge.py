@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from cpp_dagster import paths
+from cpp_dagster.features import provenance as provenance_record
 from cpp_dagster.features import results_folder
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN, IMAGE_KEY_STRIDE
 from cpp_dagster.features.schema import (
@@ -58,6 +59,7 @@ from cpp_dagster.features.schema import (
     _read_type,
     probe_schema,
     scan_schema,
+    shared_schemas,
     unified_schema,
 )
 from cpp_dagster.features.table_writers import RowGroupWriter, TableWriter
@@ -211,21 +213,6 @@ def first_line(path: Path) -> bytes:
         raise MergeError(f"cannot read {path}: {e}") from None
 
 
-def shared_schemas(schemas: Iterable[pa.Schema]) -> list[pa.Schema]:
-    """`schemas` with equal ones replaced by one object, as they come: batches of a
-    pipeline mostly have the same ~1,000 columns, and keeping a copy per batch (~150 kB
-    of C++ heap each) made the merge's memory grow with the plate."""
-    distinct: list[pa.Schema] = []
-    out = []
-    for schema in schemas:
-        same = next((d for d in distinct if d.equals(schema)), None)
-        if same is None:
-            distinct.append(schema)
-            same = schema
-        out.append(same)
-    return out
-
-
 class _LateTypeChange(Exception):
     """A column's type from the first block does not hold for the whole file."""
 
@@ -326,6 +313,7 @@ def merge_batches(
     owner: str = "merge",
     guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     merge_one: Callable[[str, Sequence[tuple[int, str, Path]], Path], MergedTable] = merge_table,
+    provenance: provenance_record.Provenance | None = None,
 ) -> MergeResult:
     """Merge the outputs of `batch_dirs` (each a folder of one batch's CellProfiler
     outputs, in batch order) into `dest_dir`, which switches to the new content as a
@@ -337,7 +325,8 @@ def merge_batches(
     must not survive the switch. `owner`: who merges (one merge per owner at a time; its
     killed merges' staging is removed). `guard`: see `results_folder.switch`. `merge_one`:
     how one table is merged from its (batch number, batch name, CSV) sources (`merge_table`:
-    the CSV route; `batch_tables` passes the route over the batches' converted Parquet)."""
+    the CSV route; `batch_tables` passes the route over the batches' converted Parquet).
+    `provenance`: how the batches were made, written beside the tables in the same switch."""
     if not batch_dirs:
         raise MergeError("nothing to merge: no batch folders")
     per_batch = []
@@ -375,20 +364,16 @@ def merge_batches(
                 tables[t.name] = MergedTable(t.name, dest_dir / rel, t.rows, t.columns, t.drift)
                 written.append(rel)
         written += _stage_other_files(per_batch, staging)
+        if provenance is not None:
+            staged = {str(rel): staging / rel for rel in written if rel.suffix in (".parquet", ".csv")}
+            written += provenance_record.write(staging, provenance, staged)
         (staging / manifest).write_text(json.dumps({"files": sorted(map(str, written))}, indent=1))
         current = results_folder.current_version(dest_dir)
-        previous = _manifest(current / manifest) if current is not None else set()
+        previous = results_folder.manifest_files(current / manifest) if current is not None else set()
         results_folder.switch(dest_dir, staging, replaced=previous | set(replaces), guard=guard)
         return MergeResult(tables, [dest_dir / rel for rel in written])
     finally:
         results_folder.discard(staging)  # gone after a switch; a failed merge leaves nothing
-
-
-def _manifest(path: Path) -> set[str]:
-    try:
-        return set(json.loads(path.read_text())["files"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return set()
 
 
 def _stage_other_files(per_batch: Iterable[tuple[int, str, Path]], staging: Path) -> list[Path]:

@@ -35,6 +35,7 @@ user's `my_plot.partial` is carried over like any file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -172,3 +173,11 @@ def _retire_unused(folder: Path, keep: Path) -> None:
             version.rename(versions / f"{TRASH_PREFIX}{uuid.uuid4().hex}")
     for link in folder.parent.glob(f".{folder.name}.link-*"):
         link.unlink(missing_ok=True)
+
+
+def manifest_files(path: Path) -> set[str]:
+    """The files a merge's manifest (in a version) lists; none when it is missing or unreadable."""
+    try:
+        return set(json.loads(path.read_text())["files"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return set()

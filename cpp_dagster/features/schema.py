@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +274,18 @@ def _kind_bit(type_id: int) -> int:
 
 def _read_type(t: pa.DataType) -> pa.DataType:
     return pa.float64() if pa.types.is_floating(t) else t
+
+
+def shared_schemas(schemas: Iterable[pa.Schema]) -> list[pa.Schema]:
+    """`schemas` with equal ones replaced by one object, as they come: batches of a
+    pipeline mostly have the same ~1,000 columns, and keeping a copy per batch (~150 kB
+    of C++ heap each) made the merge's memory grow with the plate."""
+    distinct: list[pa.Schema] = []
+    out = []
+    for schema in schemas:
+        same = next((d for d in distinct if d.equals(schema)), None)
+        if same is None:
+            distinct.append(schema)
+            same = schema
+        out.append(same)
+    return out

@@ -9,6 +9,9 @@ Under the multiprocess executor each op is its own process; under the k8s execut
 pod (per-step pod settings are keyed by these op names).
 """
 
+import os
+from datetime import UTC, datetime
+
 import dagster as dg
 
 from cpp_dagster.analysis import lifecycle
@@ -152,7 +155,15 @@ def merge_tables(
         return sub
     db = imagedb.db()
     batch_dirs = [o.output_dir.rsplit("/", 1)[0] for o in sorted(outcomes, key=lambda o: o.batch)]
-    merged = lifecycle.merge(db, deployment.settings, sub, batch_dirs)
+    merged = lifecycle.merge(
+        db,
+        deployment.settings,
+        sub,
+        batch_dirs,
+        runs=[this_run(context)],
+        retries=batch_retries(context),
+        image=os.environ.get("DAGSTER_CURRENT_IMAGE"),  # set by dagster-k8s in its pods
+    )
     if outcomes:
         # batch steps that finish at once may set the progress tag out of order; once all
         # have finished, the tag says what imagedb says: every batch finished
@@ -161,6 +172,32 @@ def merge_tables(
         f"merged {len(outcomes)} batches into {sub.tables_dir}: {', '.join(sorted(merged.merge.tables)) or 'no tables'}"
     )
     return merged
+
+
+def this_run(context: dg.OpExecutionContext) -> dict:
+    """The run merging, for the provenance: its id, start (UTC) and the runs it re-executes;
+    it finishes after the merge, so `merged` stands for its end as far as the tables go."""
+    record = context.instance.get_run_record_by_id(context.run_id)
+    started = record.start_time if record is not None else None
+    return {
+        "run_id": context.run_id,
+        "job": context.run.job_name,
+        "parent_run_id": context.run.parent_run_id,
+        "root_run_id": context.run.root_run_id,
+        "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds") if started else None,
+        "merged": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def batch_retries(context: dg.OpExecutionContext) -> dict[str, int]:
+    """Batch name -> how often its CellProfiler step was retried in this run."""
+    counts: dict[str, int] = {}
+    for entry in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY):
+        key = entry.step_key or ""
+        if ".run_cellprofiler[" in key:
+            batch = key.rsplit("[", 1)[1].rstrip("]")
+            counts[batch] = counts.get(batch, 0) + 1
+    return counts
 
 
 @dg.op
