@@ -136,13 +136,11 @@ def test_killed_batch_pod_is_retried_then_fails_the_analysis(lab, cluster, kills
     killed: list[str] = []
 
     def kill_batch_pods():
-        # Killed as soon as its container runs (not when CellProfiler's first line shows):
-        # on a loaded machine the batch could finish between two polls, and a kill that
-        # came too late is not counted.
         for job in step_jobs(k8s, "batch_0001"):
             name = job["metadata"]["name"]
-            if name not in killed and len(killed) < kills and k8s.kill(name, reason="OOMKilled"):
-                killed.append(name)  # as the kubelet would on a memory limit
+            if name not in killed and len(killed) < kills and "cellprofiler" in k8s.pod_log(name).lower():
+                k8s.kill(name, reason="OOMKilled")  # as the kubelet would on a memory limit
+                killed.append(name)
 
     launch(instance, key, job=request.job_name, tags=request.tags)
     run = wait_for_run(instance, key, on_poll=kill_batch_pods)
