@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import psutil
@@ -19,11 +20,13 @@ from cpp_dagster.local.environment import sqlalchemy_url
 from cpp_dagster.settings import PROJECT_ROOT
 
 
-def cellprofiler_processes(sub_id: int) -> list[psutil.Process]:
+def cellprofiler_processes(work_root: Path, sub_id: int) -> list[psutil.Process]:
+    """This test's CellProfiler: its work area is under this test's own work root (a test
+    on the other pytest worker may run a sub-analysis of the same id in its own database)."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "cellprofiler" in cmd and f"sub_{sub_id}/" in cmd:
+        if "cellprofiler" in cmd and f"{work_root}/" in cmd and f"sub_{sub_id}/" in cmd:
             found.append(p)
     return found
 
@@ -56,7 +59,7 @@ def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_pat
     sub_id = lab.db.submit_analysis(acq, "one-batch").sub_ids[0]
 
     with dagster_daemon(env, tmp_path / "daemon.log"), dg.DagsterInstance.get() as instance:
-        running = wait_until("CellProfiler to start", lambda: cellprofiler_processes(sub_id))
+        running = wait_until("CellProfiler to start", lambda: cellprofiler_processes(lab.settings.work_root, sub_id))
         (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
         cancel_from_another_process(run.run_id)
 

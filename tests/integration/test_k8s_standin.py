@@ -222,7 +222,10 @@ def test_delete_pod_fails_job(k8s, apis):
 def test_oom_kill(k8s, apis):
     batch, core = apis
     batch.create_namespaced_job(NS, job_body("oom", "import time; time.sleep(60)"))
-    k8s.kill("oom", reason="OOMKilled")
+    deadline = time.monotonic() + 20  # the Pod starts in the background: kill once it runs
+    while not k8s.kill("oom", reason="OOMKilled"):
+        assert time.monotonic() < deadline, "the oom Job's container never started"
+        time.sleep(0.05)
     assert k8s.wait_for("oom", timeout=10)["failed"] == 1
     term = only_pod(core, "oom").status.container_statuses[0].state.terminated
     assert (term.reason, term.exit_code) == ("OOMKilled", 137)

@@ -138,7 +138,7 @@ def launch(
     )
 
 
-def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.DagsterRun:
+def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None, poll_s: float = 1) -> dg.DagsterRun:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
@@ -146,7 +146,7 @@ def wait_for_run(instance, key: str, timeout: float = 600, on_poll=None) -> dg.D
             return runs[0]
         if on_poll:
             on_poll()
-        time.sleep(1)
+        time.sleep(poll_s)
     raise TimeoutError(f"run of {key} did not finish")
 
 
