@@ -49,12 +49,11 @@ dev: install
 
 # Every test, e2e included (real CellProfiler, the daemon, the webserver, `make demo`);
 # CI runs this (.ci/run). The 15 slowest tests are listed at the end, the longest first
-# (tests/conftest.py). Tests are dealt in chunks, so one worker runs the e2e tests one
-# after another while the other runs the rest (26 min on an idle machine). Dealt one at a
-# time (--maxschedchunk 1), two e2e tests run at once and two of them fail: the cancel
-# test finds CellProfiler by `sub_<id>` in its command line, which matches the other
-# worker's sub-analysis of the same id, and the k8s killed-twice test; see the issue 18 notes.
-PYTEST_WORKERS := -n 2 --dist load
+# (tests/conftest.py). Tests are dealt one at a time (--maxschedchunk 1), so both workers
+# run end-to-end tests side by side: dealt in chunks, one worker got every e2e test and ran
+# them one after another while the other sat idle after the fast rooms. Tests that run
+# side by side must find only what is theirs (their own work root, database and NAS).
+PYTEST_WORKERS := -n 2 --dist load --maxschedchunk 1
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
