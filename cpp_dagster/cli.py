@@ -68,12 +68,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _imagedb():
-    """imagedb at CPP_IMAGEDB_URL, else the local deployment's embedded one."""
+    """imagedb at CPP_IMAGEDB_URL, else an existing local deployment's (never a new one)."""
     from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
 
-    return ImageDB(imagedb_url(load_settings()))
+    return ImageDB(cli_url(load_settings(), "imagedb"))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -101,11 +101,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cpp_dagster.analysis import lab_overview
     from cpp_dagster.imagedb.rows import ImageDBError
     from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
 
     settings = load_settings()
-    rows = ImageDB(imagedb_url(settings)).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
+    rows = ImageDB(cli_url(settings, "imagedb")).lab_overview(plate_barcode=args.plate, all_analyses=args.all)
     if not rows and args.plate is not None:
         raise ImageDBError(f"no plate acquisition with barcode {args.plate!r}")
     lines = lab_overview.overview_lines(rows, url_template=settings.results_url_template, nas_root=settings.nas_root)
@@ -144,7 +144,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     CPP_WORK_RETENTION_DAYS or --retention-days is one line, exit 2."""
     from cpp_dagster.analysis import work_area
     from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.local.environment import imagedb_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
 
     try:
@@ -156,7 +156,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _echo(f"cpp-dagster gc: {e}")
         return 2
     outcomes = work_area.collect(
-        ImageDB(imagedb_url(settings)),
+        ImageDB(cli_url(settings, "imagedb")),
         settings.work_root,
         settings.nas_root,
         days,
@@ -172,15 +172,15 @@ def apply_schemas() -> list[str]:
     where each was applied (passwords redacted). The training store is included when
     CPP_TRAINING_DB_URL is set or the deployment is the local one (no CPP_IMAGEDB_URL)."""
     from cpp_dagster.imagedb.store import ImageDB
-    from cpp_dagster.local.environment import imagedb_url, training_db_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.setting_rules import redact_url
     from cpp_dagster.settings import load_settings
     from cpp_dagster.training.store import ConfigStore
 
     settings = load_settings()
-    stores = [("imagedb", ImageDB(imagedb_url(settings)))]
+    stores = [("imagedb", ImageDB(cli_url(settings, "imagedb")))]
     if settings.training.db_url or not settings.imagedb_url:
-        stores.append(("training configuration store", ConfigStore(training_db_url(settings))))
+        stores.append(("training configuration store", ConfigStore(cli_url(settings, "training"))))
     for _, store in stores:
         store.apply_schema()
     return [f"{name} schema applied at {redact_url(store.url)}" for name, store in stores]

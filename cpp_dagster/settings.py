@@ -143,7 +143,7 @@ class Training(Group):
         "CPP_TRAINING_DB_URL",
         "the training configuration store, a PostgreSQL URL",
         None,
-        shown="embedded server, database `training`",
+        shown="the local deployment's embedded server, database `training`; required elsewhere",
         secret="url",
     )
     compound_databases: tuple[tuple[str, str], ...] = setting(
@@ -315,7 +315,7 @@ class Settings(Group):
         "CPP_IMAGEDB_URL",
         "imagedb, a PostgreSQL URL (`postgresql://user:pw@host/db`)",
         None,
-        shown="embedded server in `.cpp/pgdata`",
+        shown="the local deployment's embedded server (`.cpp/pgdata`); required elsewhere",
         secret="url",
     )
     local_dir: Path = setting(

@@ -17,7 +17,7 @@ def _echo(line: str) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from cpp_dagster.local.environment import training_db_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
     from cpp_dagster.training.configuration import ConfigError, parse
     from cpp_dagster.training.store import ConfigStore
@@ -28,7 +28,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as error:
         _echo(f"cpp-dagster train add: {error}")
         return 2
-    store = ConfigStore(training_db_url(load_settings()))
+    store = ConfigStore(cli_url(load_settings(), "training"))
     store.apply_schema()
     added = store.add(config, added_by=args.added_by or getpass.getuser())
     print(
@@ -50,11 +50,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from cpp_dagster.local.environment import training_db_url
+    from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
     from cpp_dagster.training.store import ConfigStore
 
-    store = ConfigStore(training_db_url(load_settings()))
+    store = ConfigStore(cli_url(load_settings(), "training"))
     store.apply_schema()
     for v in store.versions(args.workflow):
         print(

@@ -4,7 +4,10 @@ the repository's dagster.yaml.
 
 The only place a missing database URL is filled in: `environment()` gives the Dagster
 processes (webserver, daemon, run and step workers) every URL, so the resources and the
-domain code below them never start a database of their own.
+domain code below them never start a database of their own. `make demo`, `make dev` and
+`cpp-dagster local env` create the local deployment; the CLI's other commands only attach
+to one that exists (`cli_url`): on any other machine (a pod, a lab workstation) a missing
+URL is one settings error, never a private database nobody else sees.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from cpp_dagster.local import postgres as local_postgres
+from cpp_dagster.setting_rules import SettingsError
 from cpp_dagster.settings import PROJECT_ROOT, Settings, compound_database_variable, load_settings
 
 COMPOUNDS = "compounds"  # the compound database with a local default: the public demo data set
@@ -41,6 +45,32 @@ def sqlalchemy_url(url: str) -> str:
 
 def _embedded(settings: Settings, name: str) -> str:
     return local_postgres.database_url(name, settings.local_dir / "pgdata")
+
+
+def has_local_deployment(settings: Settings) -> bool:
+    """True when `make demo`, `make dev` or `cpp-dagster local env` made the embedded
+    server's data folder here (PostgreSQL writes PG_VERSION when it initializes one)."""
+    return (settings.local_dir / "pgdata" / "PG_VERSION").is_file()
+
+
+def cli_url(settings: Settings, database: str) -> str:
+    """The URL a CLI command uses for `database` ("imagedb" or "training"): its setting,
+    else the existing local deployment's embedded database; else a SettingsError naming the
+    variable. Never creates a local deployment (that is `make demo`, `make dev` or
+    `cpp-dagster local env`)."""
+    variable, url = {
+        "imagedb": ("CPP_IMAGEDB_URL", settings.imagedb_url),
+        "training": ("CPP_TRAINING_DB_URL", settings.training.db_url),
+    }[database]
+    if url:
+        return url
+    if not has_local_deployment(settings):
+        raise SettingsError(
+            f"{variable} is not set, and this machine has no local deployment "
+            f"(no embedded database in {settings.local_dir}): set {variable} to the database's "
+            "PostgreSQL URL; `make demo`, `make dev` or `cpp-dagster local env` creates the local one"
+        )
+    return _embedded(settings, database)
 
 
 def imagedb_url(settings: Settings) -> str:
