@@ -10,61 +10,30 @@ import dagster as dg
 import kubernetes_validate
 import pyarrow.parquet as pq
 import pytest
-from dagster_helpers import events, tick
+from dagster_helpers import events
 from k8s_cluster import (
     DEFAULT_BATCH_RESOURCES,
     DEFAULT_IMAGE,
     IMAGE,
+    analysis_cluster,
     assert_least_privilege,
     launch,
     secrets_of,
-    standin_cluster,
+    sensor_run_config,
+    step_jobs,
+    submit_demo,
     wait_for_run,
 )
 from k8s_standin import SCHEMA_VERSION
 
-from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
-from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
+from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S
 from cpp_dagster.features.columns import BATCH_COLUMN
-from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
-from cpp_dagster.settings import load_settings
 
 
 @pytest.fixture
 def cluster(lab, pg_server, tmp_path, monkeypatch):
-    with standin_cluster(
-        pg_server,
-        tmp_path,
-        monkeypatch,
-        lab.settings.nas_root,
-        {
-            "imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
-            "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"},
-        },
-    ) as found:
+    with analysis_cluster(lab, pg_server, tmp_path, monkeypatch) as found:
         yield found
-
-
-def submit_demo(lab, instance, barcode: str) -> tuple[dg.RunRequest, int]:
-    acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=11)
-    lab.db.put_pipeline("k8s-demo", demo_pipeline_meta(batch_size=1))  # two batches of one image set
-    sub_id = lab.db.submit_analysis(acq, "k8s-demo").sub_ids[0]
-    (request,) = tick(instance).run_requests
-    return request, sub_id
-
-
-def sensor_run_config(lab, sub_id: int) -> dict:
-    """The run config the sensor gives a sub-analysis's run on Kubernetes."""
-    sub = lab.db.sub_analysis(sub_id)
-    return analysis_run_config(
-        PodSettings.load(load_settings().launch.k8s_config),
-        SubAnalysisOptions.from_meta(sub.meta),
-        AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id),
-    )
-
-
-def step_jobs(k8s, fragment: str) -> list[dict]:
-    return [j for j in k8s.jobs if fragment in j["metadata"]["labels"].get("dagster/op", "")]
 
 
 def test_every_batch_is_its_own_valid_job_with_the_analysis_pod_config(lab, cluster):

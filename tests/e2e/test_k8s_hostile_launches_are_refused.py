@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from k8s_cluster import standin_cluster
+from k8s_cluster import analysis_cluster
 from webserver import dagster_ui
 
 HOSTILE = {
@@ -66,16 +66,7 @@ HOSTILE = {
 
 @pytest.fixture
 def cluster(lab, pg_server, tmp_path, monkeypatch):
-    with standin_cluster(
-        pg_server,
-        tmp_path,
-        monkeypatch,
-        lab.settings.nas_root,
-        {
-            "imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
-            "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"},
-        },
-    ) as found:
+    with analysis_cluster(lab, pg_server, tmp_path, monkeypatch) as found:
         yield found
 
 

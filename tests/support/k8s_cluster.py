@@ -51,11 +51,12 @@ def standin_cluster(
     nas_root: Path,
     secrets: dict[str, dict[str, str]],
     launcher_secrets: tuple[str, ...] = (),
+    pod_settings: dict | None = None,
 ):
     """Stand-in API + a Dagster instance whose run launcher is K8sRunLauncher. The
     cluster holds `secrets` (name -> env); the run launcher passes `launcher_secrets` to
     every pod (none, as in the Helm values), and each step pod's own layer adds the
-    Secret it needs (the pod settings)."""
+    Secret it needs (the pod settings, with `pod_settings` set on top)."""
     pods = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s-pods.yaml").read_text())
     # A default CellProfiler and default batch resources that differ from the demo
     # analysis's, so a test sees which of the two a pod got.
@@ -63,6 +64,7 @@ def standin_cluster(
     pods["default_cp_version"] = DEFAULT_CP_VERSION
     pods["resources"]["default"] = DEFAULT_BATCH_RESOURCES
     pods["training"]["image"] = IMAGE
+    pods.update(pod_settings or {})
     pods_file = tmp_path / "k8s-pods.yaml"
     pods_file.write_text(yaml.safe_dump(pods))
     home = tmp_path / "dagster_home"
@@ -201,3 +203,51 @@ def assert_least_privilege(job: dict) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     for name in ("TMPDIR", "HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         assert env[name].startswith("/tmp"), name
+
+
+@contextmanager
+def analysis_cluster(lab, pg_server, tmp_path, monkeypatch, pod_settings: dict | None = None):
+    """The stand-in cluster of the analysis tests: imagedb's Secret for the analysis pods,
+    and a training Secret they must never get."""
+    secrets = {
+        "imagedb-credentials": {"CPP_IMAGEDB_URL": lab.db.url},
+        "training-credentials": {"CPP_TRAINING_DB_URL": "postgresql://must-not-reach@analysis-pods/x"},
+    }
+    with standin_cluster(
+        pg_server, tmp_path, monkeypatch, lab.settings.nas_root, secrets, pod_settings=pod_settings
+    ) as found:
+        yield found
+
+
+def submit_demo(lab, instance, barcode: str, **sub_analysis) -> tuple[dg.RunRequest, int]:
+    """The demo analysis (two batches of one image set; `sub_analysis` overrides its
+    options) on a new plate, and the sensor's run request for it."""
+    from dagster_helpers import tick
+
+    from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
+
+    acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=11)
+    meta = demo_pipeline_meta(batch_size=1)
+    meta["sub_analyses"][0].update(sub_analysis)
+    lab.db.put_pipeline("k8s-demo", meta)
+    sub_id = lab.db.submit_analysis(acq, "k8s-demo").sub_ids[0]
+    (request,) = tick(instance).run_requests
+    return request, sub_id
+
+
+def sensor_run_config(lab, sub_id: int) -> dict:
+    """The run config the sensor gives a sub-analysis's run on Kubernetes."""
+    from cpp_dagster.k8s.pod_config import PodSettings, analysis_run_config
+    from cpp_dagster.settings import load_settings
+
+    sub = lab.db.sub_analysis(sub_id)
+    return analysis_run_config(
+        PodSettings.load(load_settings().launch.k8s_config),
+        SubAnalysisOptions.from_meta(sub.meta),
+        AnalysisIds(sub.plate_acquisition_id, sub.analysis_id, sub.sub_id),
+    )
+
+
+def step_jobs(k8s, fragment: str) -> list[dict]:
+    """The Jobs of the steps whose op name contains `fragment`."""
+    return [j for j in k8s.jobs if fragment in j["metadata"]["labels"].get("dagster/op", "")]

@@ -11,10 +11,11 @@ pod (per-step pod settings are keyed by these op names).
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
-from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis import attempts, lifecycle
 from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
 from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
@@ -103,6 +104,27 @@ def run_cellprofiler(
 ) -> BatchOutcome:
     """Real CellProfiler, headless, on one batch. Its output is this step's stdout."""
     context.log.info(f"{batch.name}: {batch.image_sets} image sets, timeout {batch.job_timeout} s")
+    with attempts.attempt(Path(batch.batch_dir), context.retry_number) as previous:
+        return _run_batch(context, imagedb, deployment, batch, previous)
+
+
+def _run_batch(
+    context: dg.OpExecutionContext,
+    imagedb: ImageDBResource,
+    deployment: DeploymentResource,
+    batch: lifecycle.BatchSpec,
+    previous: attempts.Attempt | None,
+) -> BatchOutcome:
+    lived = attempts.ran_out_of_time(previous, batch.job_timeout)
+    if lived is not None and not deployment.settings.launch.retry_timeouts:
+        # killed with no word (on Kubernetes at the Job's deadline): as the batch's own timer
+        # would have, fail past the RetryPolicy instead of running CellProfiler again
+        raise dg.Failure(
+            description=f"{batch.name} ran out of time: its previous attempt was killed after {lived:.0f} s, "
+            f"and its job timeout is {batch.job_timeout} s (on Kubernetes the Job's deadline stops a pod "
+            "that outlives it); not retried, as it would take as long again",
+            allow_retries=False,
+        )
     try:
         outcome = lifecycle.run_batch(deployment.settings, batch)
     except BatchTimeout as timeout:
