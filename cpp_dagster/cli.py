@@ -324,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """A refusal (bad settings, an imagedb error) is a line per problem and exit code 2."""
     from cpp_dagster.imagedb.rows import ImageDBError
-    from cpp_dagster.settings import SettingsError
+    from cpp_dagster.setting_rules import SettingsError
 
     args = parser().parse_args(argv)
     try:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cpp_dagster import setting_reader
 from cpp_dagster.setting_rules import (
     Group,
-    SettingsError,
     Spec,
     boolean,
     command,
@@ -38,7 +37,6 @@ from cpp_dagster.setting_rules import (
     positive_int,
     positive_number,
     setting,
-    shown_value,
     spec_of,
     url_template,
     version_map,
@@ -370,11 +368,7 @@ class Settings(Group):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Every setting from `environ`, checked; SettingsError lists every bad value."""
-        reader = _Reader(environ)
-        built = _build(cls, reader)
-        if reader.errors:
-            raise SettingsError("\n".join(reader.errors))
-        return built
+        return setting_reader.build(cls, environ, specs(), special={COMPOUND_DATABASES: _compound_databases})
 
 
 GROUPS = (Settings, Launch, Training, Registry, Limits)
@@ -383,54 +377,6 @@ GROUPS = (Settings, Launch, Training, Registry, Limits)
 def specs() -> list[Spec]:
     """Every setting, in the order of the README's table."""
     return [spec_of(f) for cls in GROUPS for f in fields(cls) if spec_of(f)]
-
-
-class _Failed(Exception):
-    """A variable that did not parse (already reported)."""
-
-
-class _Reader:
-    """Parses each variable once, on demand, so a derived default can use another one."""
-
-    def __init__(self, environ: Mapping[str, str]):
-        self.environ = environ
-        self.by_variable = {spec.variable: spec for spec in specs()}
-        self.values: dict[str, Any] = {}
-        self.errors: list[str] = []
-
-    def get(self, variable: str) -> Any:
-        if variable not in self.values:
-            self.values[variable] = self._read(self.by_variable[variable])
-        if isinstance(self.values[variable], _Failed):
-            raise self.values[variable]
-        return self.values[variable]
-
-    def _read(self, spec: Spec) -> Any:
-        if spec.variable == COMPOUND_DATABASES:
-            return _compound_databases(self.environ)
-        raw = (self.environ.get(spec.variable) or "").strip()
-        if not raw:
-            return spec.derived(self.get) if spec.derived else spec.default
-        try:
-            return spec.parse(raw)
-        except ValueError as error:
-            shown = "***" if spec.secret else repr(raw)
-            self.errors.append(f"{spec.variable}={shown}: {error}")
-            return _Failed()
-
-
-def _build(cls: type, reader: _Reader):
-    values = {}
-    for f in fields(cls):
-        spec = spec_of(f)
-        if spec is None:
-            values[f.name] = _build(f.default_factory, reader)
-            continue
-        try:
-            values[f.name] = reader.get(spec.variable)
-        except _Failed:
-            continue
-    return cls(**values) if not reader.errors else None
 
 
 @lru_cache(maxsize=8)
@@ -445,30 +391,9 @@ def load_settings() -> Settings:
 
 def settings_table() -> str:
     """The README's configuration table (`cpp-dagster settings --markdown`)."""
-    rows = ["| variable | meaning | default |", "|---|---|---|"]
-    rows += [f"| `{s.variable}` | {s.meaning} | {s.shown_default} |" for s in specs()]
-    return "\n".join(rows)
+    return setting_reader.table(specs())
 
 
 def current_values(settings: Any) -> list[str]:
     """`VARIABLE=value` per setting in effect, secrets redacted (`cpp-dagster settings`)."""
-    lines = []
-    for f in fields(settings):
-        spec, value = spec_of(f), getattr(settings, f.name)
-        if spec is None:
-            lines += current_values(value)
-        elif spec.variable == COMPOUND_DATABASES:
-            lines += [f"{k}={v}" for k, v in shown_value(value, spec.secret)]
-        else:
-            lines.append(f"{spec.variable}={_as_text(shown_value(value, spec.secret))}")
-    return lines
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple) and all(isinstance(v, Path) for v in value):
-        return ":".join(map(str, value))
-    return shlex.join(value) if isinstance(value, tuple) else str(value)
+    return setting_reader.current_values(settings, families={COMPOUND_DATABASES})

@@ -18,7 +18,8 @@ from pydantic import PrivateAttr
 
 from cpp_dagster import paths
 from cpp_dagster.imagedb.store import ImageDB
-from cpp_dagster.settings import Settings, SettingsError, load_settings
+from cpp_dagster.setting_rules import SettingsError
+from cpp_dagster.settings import Settings, load_settings
 
 
 def required_url(url: str | None, variable: str) -> str:

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from cpp_dagster.settings import PROJECT_ROOT, Settings, SettingsError, specs
+from cpp_dagster.setting_rules import SettingsError
+from cpp_dagster.settings import PROJECT_ROOT, Settings, specs
 
 CLI = str(PROJECT_ROOT / ".venv" / "bin" / "cpp-dagster")
 

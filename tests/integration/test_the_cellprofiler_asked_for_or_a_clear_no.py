@@ -18,7 +18,8 @@ from submissions import submit
 
 from cpp_dagster.analysis import cellprofiler
 from cpp_dagster.demo.register import register_plate
-from cpp_dagster.settings import SettingsError, load_settings
+from cpp_dagster.setting_rules import SettingsError
+from cpp_dagster.settings import load_settings
 
 
 def test_a_cp_version_not_installed_fails_before_any_batch_naming_the_installed_ones(

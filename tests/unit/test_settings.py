@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from cpp_dagster.setting_rules import SettingsError
 from cpp_dagster.settings import (
     COMPOUND_DATABASE,
     PROJECT_ROOT,
     Settings,
-    SettingsError,
     load_settings,
     specs,
 )
