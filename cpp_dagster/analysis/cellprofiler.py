@@ -32,6 +32,7 @@ from cpp_dagster import paths
 from cpp_dagster.settings import Settings
 
 LOG_TAIL_LINES = 30
+ABANDONED_POLL_S = 1.0  # how often a running batch asks whether it was abandoned
 # What CellProfiler (and any plugin it loads) gets of the step's environment: an allow-list,
 # so imagedb's and Dagster's URLs, PG* variables and tokens never reach it.
 ENVIRONMENT_ALLOWED = (
@@ -60,6 +61,11 @@ ENVIRONMENT_ALLOWED = (
 
 class CellProfilerError(RuntimeError):
     """A batch failed: the message names the exit code and ends with the log's last lines."""
+
+
+class BatchAbandoned(CellProfilerError):
+    """The process that asked for the batch is gone (`abandoned()` said so): CellProfiler
+    was killed and nothing of this attempt became the batch's output."""
 
 
 class BatchTimeout(CellProfilerError):
@@ -204,10 +210,12 @@ def run_batch(
     expected_image_sets: int,
     timeout_s: float,
     echo: Callable[[str], None] | None = None,
+    abandoned: Callable[[], bool] | None = None,
 ) -> BatchOutcome:
     """Run CellProfiler on `batch_dir/loaddata.csv`; raise CellProfilerError on a non-zero
     exit or incomplete outputs, BatchTimeout (a CellProfilerError) on a timeout (a
-    timeout is a failure, never a success)."""
+    timeout is a failure, never a success). `abandoned`, asked every ABANDONED_POLL_S
+    while CellProfiler runs: once it says True, CellProfiler is killed (BatchAbandoned)."""
     echo = echo or (lambda line: print(line, end="", file=sys.stdout, flush=True))
     batch_dir = Path(batch_dir)
     staging, final = batch_dir / "output.partial", batch_dir / "output"
@@ -233,6 +241,17 @@ def run_batch(
 
         timer = threading.Timer(timeout_s, kill_on_timeout)
         timer.start()
+        gone, watch_done = threading.Event(), threading.Event()
+
+        def kill_when_abandoned() -> None:
+            while not watch_done.wait(ABANDONED_POLL_S):
+                if abandoned():
+                    gone.set()
+                    proc.kill()
+                    return
+
+        if abandoned is not None:
+            threading.Thread(target=kill_when_abandoned, name="abandoned-watch", daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -242,12 +261,15 @@ def run_batch(
             exit_code = proc.wait()
         finally:
             timer.cancel()
+            watch_done.set()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     seconds = time.monotonic() - started
     last_lines = "".join(tail).rstrip()
 
+    if gone.is_set():
+        raise BatchAbandoned(f"CellProfiler was stopped after {seconds:.0f} s: the run that started it is gone")
     if timed_out.is_set():
         raise BatchTimeout(
             f"CellProfiler did not finish within the job timeout of {timeout_s:.0f} s and was killed; "

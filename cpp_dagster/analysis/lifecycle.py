@@ -171,7 +171,12 @@ def check_pipeline(
     )
 
 
-def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] | None = None):
+def run_batch(
+    settings: Settings,
+    spec: BatchSpec,
+    echo: Callable[[str], None] | None = None,
+    abandoned: Callable[[], bool] | None = None,
+):
     """Run CellProfiler on one batch, unless a previous run of this sub-analysis already
     finished this very batch (same LoadData CSV, pipeline and CellProfiler), in this
     generation's folder or an earlier one's: a re-run then reuses its verified outputs
@@ -195,6 +200,7 @@ def run_batch(settings: Settings, spec: BatchSpec, echo: Callable[[str], None] |
         expected_image_sets=spec.image_sets,
         timeout_s=spec.job_timeout,
         echo=echo,
+        abandoned=abandoned,
     )
     batch_tables.convert_batch(batch_dir)
     _write_atomically(marker, json.dumps({"fingerprint": fingerprint, "outcome": dataclasses.asdict(outcome)}))

@@ -1,6 +1,7 @@
 """Sensors: keep the plate x pipeline partitions in step with imagedb, launch ready
 sub-analyses exactly once, submit automation rules, and record what hooks cannot see."""
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from cpp_dagster.defs.analysis.partitions import (
 )
 from cpp_dagster.defs.analysis.run_target import sub_analyses_of_run
 from cpp_dagster.defs.resources import ImageDBResource
+from cpp_dagster.ids import parse_id
 from cpp_dagster.imagedb.ready import Unlaunchable
 from cpp_dagster.imagedb.rows import ReadySubAnalysis
 
@@ -253,10 +255,61 @@ def _record(
             context.log.info(f"sub-analysis {sub.sub_id} marked failed: {message}")
 
 
+# Dagster's run tags of run retries (dagster.yaml run_retries): set on a failed run once
+# the instance has decided whether the daemon re-executes it, and on each retry
+WILL_RETRY_TAG, RETRY_NUMBER_TAG, FAILURE_REASON_TAG = (
+    "dagster/will_retry",
+    "dagster/retry_number",
+    "dagster/failure_reason",
+)
+# why a run failed without a step failing, in the lab's words
+FAILURE_REASONS = {
+    "UNEXPECTED_TERMINATION": "the run's worker process died (killed or out of memory)",
+    "RUN_WORKER_RESTART": "the run's worker was restarted (its pod evicted or its node drained)",
+    "START_TIMEOUT": "the run did not start in time (its worker never came up)",
+}
+# how Dagster words a run worker lost without a reason tag: the code server saw its
+# process exit (local), run monitoring saw its pod fail (Kubernetes)
+WORKER_LOST_MESSAGES = (
+    "This run has been marked as failed from outside the execution context",
+    "Detected run worker status",
+)
+
+
+def _will_retry(context: dg.RunFailureSensorContext, wait_s: float = 5.0) -> bool:
+    """True when the daemon re-executes this failed run (its retry then decides the
+    outcome). The instance tags a failed run right after storing its failure: wait briefly
+    for the tag if this tick came first."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+        decided = run.tags.get(WILL_RETRY_TAG)
+        if decided is not None or not context.instance.run_retries_enabled or time.monotonic() > deadline:
+            return decided == "true"
+        time.sleep(0.5)
+
+
+def run_failure_message(run: dg.DagsterRun, event_message: str) -> str:
+    """A failed run's message when no step failed: the reason in the lab's words, and how
+    often Dagster re-ran it before giving up."""
+    reason = FAILURE_REASONS.get(run.tags.get(FAILURE_REASON_TAG, ""))
+    if reason is None and event_message.startswith(WORKER_LOST_MESSAGES):
+        reason = FAILURE_REASONS["UNEXPECTED_TERMINATION"]
+    if reason is None:
+        return f"run {run.run_id} failed: {event_message}"
+    retries = parse_id(run.tags.get(RETRY_NUMBER_TAG)) or 0
+    again = f"retried {retries} time{'s' * (retries != 1)}" if retries else "not retried"
+    return f"run {run.run_id} failed: {reason}; {again}"
+
+
 @dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBResource):
     """A failed run whose failure no hook recorded (killed worker, start timeout, a step
-    that failed without running its hook): its sub-analyses fail with the steps' errors."""
+    that failed without running its hook): its sub-analyses fail with the steps' errors,
+    unless Dagster re-executes the run (run retries): then its retry decides."""
+    if _will_retry(context):
+        context.log.info(f"run {context.dagster_run.run_id} failed and is retried from failure: imagedb waits")
+        return
     steps = context.get_step_failure_events()
     if steps:
         message = "; ".join(
@@ -266,7 +319,8 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
             for e in steps
         )
     else:
-        message = f"run {context.dagster_run.run_id} failed: {context.dagster_event.message}"
+        run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+        message = run_failure_message(run, context.dagster_event.message or "")
     _record(context, imagedb, message)
 
 

@@ -10,13 +10,15 @@ pod (per-step pod settings are keyed by these op names).
 """
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import psutil
 
 from cpp_dagster.analysis import attempts, lifecycle
-from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
+from cpp_dagster.analysis.cellprofiler import BatchAbandoned, BatchOutcome, BatchTimeout
 from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
@@ -98,6 +100,34 @@ def plan_batches(context: dg.OpExecutionContext, imagedb: ImageDBResource, deplo
     yield dg.Output(prepared.sub, "sub")
 
 
+ORPHANED_EXIT_CODE = 75
+
+
+def _orphaned_watch() -> Callable[[], bool] | None:
+    """True once the run worker that started this step process is gone. Locally (the
+    multiprocess executor) each step is forked by its run worker's forkserver, which
+    outlives the run worker while any step holds its pipe, so the step watches the run
+    worker itself (psutil: by pid and start time, a zombie counts as gone). A step that
+    was not forked so (a pod on Kubernetes, the in-process executor) is not watched."""
+    try:
+        forkserver = psutil.Process(os.getppid())
+        if "multiprocessing.forkserver" not in " ".join(forkserver.cmdline()):
+            return None
+        worker = forkserver.parent()
+    except psutil.Error:
+        return None
+    if worker is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            return not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    return gone
+
+
 @dg.op(pool=CELLPROFILER_POOL)
 def run_cellprofiler(
     context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, batch: lifecycle.BatchSpec
@@ -126,7 +156,13 @@ def _run_batch(
             allow_retries=False,
         )
     try:
-        outcome = lifecycle.run_batch(deployment.settings, batch)
+        outcome = lifecycle.run_batch(deployment.settings, batch, abandoned=_orphaned_watch())
+    except BatchAbandoned as abandoned:
+        # The run worker died (killed, out of memory) and left this step process behind.
+        # Stop without a word to imagedb or the run (no failure hook): the run's retry runs
+        # this batch again, in this same folder.
+        context.log.warning(f"{batch.name}: {abandoned}; this step process exits")
+        os._exit(ORPHANED_EXIT_CODE)
     except BatchTimeout as timeout:
         if deployment.settings.launch.retry_timeouts:
             raise
