@@ -6,6 +6,7 @@ acting. imagedb never says failed in between. Through the real daemon and code s
 from __future__ import annotations
 
 import shutil
+import time
 
 import dagster as dg
 import psutil
@@ -59,11 +60,13 @@ def test_a_killed_run_worker_is_retried_from_failure_and_the_analysis_finishes(l
         assert "forkserver" in " ".join(forkserver.cmdline())  # the chain the executor makes
         (first,) = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
         run_worker.kill()
+        killed_at = time.monotonic()
 
         # the orphans stop by themselves, before their batch is done and before the retry
         # starts its own CellProfiler in the same folder
         wait_until("the orphaned CellProfiler to stop", lambda: not alive(running), 30)
         wait_until("the orphaned step to exit", lambda: not alive([step]), 30)
+        orphans_s = time.monotonic() - killed_at
 
         sub = wait_until(
             "the analysis to end",
@@ -83,6 +86,9 @@ def test_a_killed_run_worker_is_retried_from_failure_and_the_analysis_finishes(l
             120,
         )
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"imagedb/sub_id": str(sub_id)}))
+        print(
+            f"after the kill: orphans gone in {orphans_s:.1f} s, analysis finished in {time.monotonic() - killed_at:.1f} s"
+        )
         retried_steps = {
             e.step_key
             for e in instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.STEP_START)
