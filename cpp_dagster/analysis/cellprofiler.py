@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import functools
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -202,6 +204,19 @@ def cellprofiler_environment(environ: Mapping[str, str] = os.environ) -> dict[st
     return {**env, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
 
+# prctl(PR_SET_PDEATHSIG, SIGKILL), looked up once: the child calls only this between fork and exec
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In CellProfiler's process, before it starts: the kernel SIGKILLs it when the batch
+    step that started it dies (a killed step, a killed run worker's orphan), so no
+    CellProfiler outlives its step and writes into the folder the step's retry runs in."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_batch(
     *,
     cellprofiler: str,
@@ -231,7 +246,14 @@ def run_batch(
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(args) + "\n")
         try:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         except OSError as e:
             raise CellProfilerError(f"cannot start CellProfiler {cellprofiler!r}: {e}") from e
 
