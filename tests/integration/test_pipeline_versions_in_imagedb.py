@@ -188,6 +188,12 @@ def test_add_refuses_a_step_option_planning_would_refuse_before_any_inspection(l
     assert "step 1 of 2 (demo_features.cppipe) runs before another step" in err
     err = refused(capsys, "add", "lab-both", demo, "--step", demo)
     assert "not both" in err
+    err = refused(capsys, "add", "lab-map", demo, "--channel-map", str(2**63))
+    assert f"channel map {2**63} cannot exist: a channel map id is 0 to 2147483647" in err
+    err = refused(capsys, "add", "lab-map", demo, "--channel-map", "77")
+    assert "imagedb has no channel map 77" in err
+    err = refused(capsys, "add", "lab-text", demo, "--description", "x" * 100_000)
+    assert "the description is 100,000 characters; at most 1,000" in err
     nothing_registered(lab, before)
 
 
