@@ -134,7 +134,18 @@ def _holds(path: Path, pipeline: PipelineFile) -> bool:
 
 def store_pipeline_file(pipelines_dir: Path, pipeline: PipelineFile) -> tuple[Path, bool]:
     """Write `pipeline` into the store unless it is there already; returns its path and
-    whether it was written now."""
+    whether it was written now. A store that cannot be written is a PipelineFileError."""
+    try:
+        return _store(pipelines_dir, pipeline)
+    except (PipelineFileError, paths.UnsafePathError):
+        raise
+    except OSError as e:
+        raise PipelineFileError(
+            f"cannot write the pipeline store in {printable(pipelines_dir, 300)}: {e.strerror or e}"
+        ) from None
+
+
+def _store(pipelines_dir: Path, pipeline: PipelineFile) -> tuple[Path, bool]:
     target = stored_path(pipelines_dir, pipeline)
     if os.path.lexists(target) and _holds(target, pipeline):
         return target, False

@@ -68,6 +68,13 @@ def test_a_linked_store_folder_is_refused(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_pipelines_folder_that_cannot_be_written_is_one_readable_refusal(tmp_path):
+    not_a_folder = tmp_path / "pipelines"
+    not_a_folder.write_text("a file where the pipelines folder should be")
+    with pytest.raises(PipelineFileError, match="cannot write the pipeline store in .*pipelines: File exists"):
+        store_pipeline_file(not_a_folder, PipelineFile("a.cppipe", TEXT))
+
+
 def test_only_a_regular_file_of_bounded_size_is_read(tmp_path):
     good = tmp_path / "good.cppipe"
     good.write_bytes(TEXT)
