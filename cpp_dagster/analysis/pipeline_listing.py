@@ -55,6 +55,7 @@ def as_dicts(pipelines: Sequence[RegisteredPipeline]) -> list[dict[str, Any]]:
                 "current": current is not None and v.version == current.version,
                 "added": v.added.isoformat(timespec="seconds"),
                 "added_by": v.added_by,
+                "analyses": p.analyses.get(v.version, 0),  # submitted with this version
                 "description": (v.meta.get("analysis_meta") or {}).get("description")
                 if isinstance(v.meta, dict)
                 else None,
@@ -141,7 +142,10 @@ def show_text(pipeline: RegisteredPipeline) -> str:
             if v["added_by"] != ADDED_BY_OTHER_MEANS
             else "written in imagedb directly"
         )
-        lines.append(f"version {v['version']}{' (current)' if v['current'] else ''}: added {v['added']} by {by}")
+        submitted = f"; {v['analyses']} {'analysis' if v['analyses'] == 1 else 'analyses'} submitted with it"
+        lines.append(
+            f"version {v['version']}{' (current)' if v['current'] else ''}: added {v['added']} by {by}{submitted}"
+        )
         if v["description"]:
             lines.append(f"  {shown(v['description'], 500)}")
         for step in v["steps"]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.errors
 from psycopg2.extras import Json
 
+from cpp_dagster.ids import parse_id
 from cpp_dagster.imagedb.rows import ImageDBError
 from cpp_dagster.pg import Database
 
@@ -52,6 +53,7 @@ class RegisteredPipeline:
     name: str
     meta: Any
     versions: tuple[PipelineVersion, ...]
+    analyses: dict[int, int] = field(default_factory=dict)  # version -> analyses submitted with it
 
     @property
     def current(self) -> PipelineVersion | None:
@@ -147,4 +149,19 @@ class PipelineVersions(Database):
             versions: dict[str, list[PipelineVersion]] = {}
             for r in cur.fetchall():
                 versions.setdefault(r["name"], []).append(PipelineVersion(**r))
-        return [RegisteredPipeline(p["name"], p["meta"], tuple(versions.get(p["name"], ()))) for p in pipelines]
+            # a meta written by hand may be anything: only an object's whole-number version counts
+            cur.execute(
+                """SELECT pipeline_name AS name, meta->>'pipeline_version' AS version, count(*) AS analyses
+                   FROM image_analyses
+                   WHERE (%(name)s::text IS NULL OR pipeline_name = %(name)s) AND jsonb_typeof(meta) = 'object'
+                   GROUP BY 1, 2""",
+                {"name": name},
+            )
+            analyses: dict[str, dict[int, int]] = {}
+            for r in cur.fetchall():
+                if (number := parse_id(r["version"])) is not None:
+                    analyses.setdefault(r["name"], {})[number] = r["analyses"]
+        return [
+            RegisteredPipeline(p["name"], p["meta"], tuple(versions.get(p["name"], ())), analyses.get(p["name"], {}))
+            for p in pipelines
+        ]

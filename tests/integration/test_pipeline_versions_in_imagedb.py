@@ -64,6 +64,12 @@ def test_an_analysis_submitted_before_a_new_version_keeps_its_file_and_version(l
         [sub_id] = submitted.sub_ids
         assert lab.db.sub_analysis_to_run(sub_id).sub.meta["pipeline_file"] == file
         assert lab.db.analysis(submitted.analysis_id)["meta"]["pipeline_version"] == version
+    lab.db.submit_analysis(acq, "lab")
+    with lab.db._cursor() as cur:  # an analysis row written by hand, its meta no object: not counted
+        cur.execute(
+            "INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, meta) VALUES (%s, 'lab', '[1]')", (acq,)
+        )
+    assert lab.db.registered_pipelines("lab")[0].analyses == {1: 1, 2: 2}
 
 
 def test_two_adds_of_one_name_at_once_get_two_versions(db):

@@ -204,13 +204,14 @@ def version(number: int, source: str, digest: str, *, added_by="ada", steps=True
 
 def test_list_and_show_print_every_version_its_files_and_needs():
     first, second = version(1, "a.cppipe", "a" * 64), version(2, "b.cppipe", "b" * 64, added_by="bo")
-    lab = RegisteredPipeline("lab", second.meta, (first, second))
+    lab = RegisteredPipeline("lab", second.meta, (first, second), analyses={2: 1})
     listed = pipeline_listing.list_text([lab])
     assert listed.splitlines()[0] == "lab  version 2 of 2, added 2026-12-08 01:02:03 by bo"
     assert "step 1 features: from b.cppipe, sha256 bbbbbbbbbbbb" in listed
     assert "needs channels HOECHST, SYTO; exports all tables" in listed
     shown = pipeline_listing.show_text(lab)
-    assert "version 1: added 2026-12-08T01:02:03 by ada" in shown and "version 2 (current)" in shown
+    assert "version 1: added 2026-12-08T01:02:03 by ada; 0 analyses submitted with it" in shown
+    assert "version 2 (current): added 2026-12-08T01:02:03 by bo; 1 analysis submitted with it" in shown
     assert f"store/{'a' * 64}.cppipe, from a.cppipe, sha256 {'a' * 64}" in shown
     assert "images compared with channel map 1: HOECHST, SYTO" in shown
 
