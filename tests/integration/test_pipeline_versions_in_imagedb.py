@@ -206,3 +206,11 @@ def test_add_refuses_a_step_option_planning_would_refuse_before_any_inspection(l
 def test_show_of_an_unknown_pipeline_is_one_line(lab, capsys):
     err = refused(capsys, "show", "no-such\x1b[2J")
     assert "no analysis pipeline named 'no-such\\x1b[2J'" in err and "\x1b" not in err
+
+
+def test_add_without_a_cellprofiler_to_check_with_registers_nothing(lab, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CPP_CELLPROFILER", str(tmp_path / "no-cellprofiler" / "cellprofiler"))
+    before = lab.db.pipeline_names()
+    err = refused(capsys, "add", "lab-unchecked", str(lab.settings.pipelines_dir / DEMO_PIPELINE_FILE))
+    assert "no python next to the CellProfiler executable" in err
+    nothing_registered(lab, before)
