@@ -309,8 +309,10 @@ def parser() -> argparse.ArgumentParser:
     )
     settings.set_defaults(fn=cmd_settings)
 
+    from cpp_dagster.pipeline_cli import add_parser as add_pipeline_parser
     from cpp_dagster.train_cli import add_parser as add_train_parser
 
+    add_pipeline_parser(sub)
     add_train_parser(sub)
 
     loc = sub.add_parser("local", help="the embedded local deployment").add_subparsers(

@@ -87,7 +87,8 @@ class Launch(Group):
     )
     overview_interval_s: int = setting(
         "CPP_OVERVIEW_INTERVAL_S",
-        "seconds between refreshes of the lab overview in the UI (`imagedb/lab_overview`)",
+        "seconds between refreshes of the lab overview and the pipelines in the UI "
+        "(`imagedb/lab_overview`, `imagedb/analysis_pipelines`)",
         60,
         positive_int,
     )

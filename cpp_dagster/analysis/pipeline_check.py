@@ -108,7 +108,7 @@ def problems(
     needs: PipelineNeeds,
     *,
     pipeline_file: str,
-    dyes: Sequence[str],
+    dyes: Sequence[str] | None,
     illumination_images: Iterable[str],
     use_icf: bool,
     files_only_allowed: bool = False,
@@ -116,7 +116,8 @@ def problems(
     """Why `needs` cannot run on a LoadData CSV of `dyes` (plus `illumination_images`
     with `use_icf`); empty when it can. `files_only_allowed`: the sub-analysis is a step
     others depend on (illumination correction), which may write files (SaveImages) and
-    no table."""
+    no table. `dyes` None: no plate to compare the images with (`cpp-dagster pipeline
+    add` without a channel map), so only what holds for every plate is checked."""
     name = f"pipeline {pipeline_file!r}"
     if needs.load_error:
         return [f"{name} cannot be read by CellProfiler: {needs.load_error}"]
@@ -147,7 +148,7 @@ def problems(
                 f"{', '.join(e.module for e in needs.exports)} choose 'Export all measurement types' "
                 "or add Image to the data to export"
             )
-    if "LoadData" in needs.image_inputs:
+    if "LoadData" in needs.image_inputs and dyes is not None:
         found += _image_problems(needs, name, dyes, set(illumination_images), use_icf)
     return found
 

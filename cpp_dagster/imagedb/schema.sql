@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS analysis_pipelines (
     meta jsonb NOT NULL
 );
 
+-- Every version of a pipeline (`cpp-dagster pipeline add`); analysis_pipelines.meta is
+-- the latest one's meta, which is what a submission copies. `steps`: per sub-analysis
+-- its file's sha256, the name it was added from and what CellProfiler found it needs
+-- (NULL for a version that was written into analysis_pipelines by other means).
+CREATE TABLE IF NOT EXISTS analysis_pipeline_versions (
+    name     text    NOT NULL,
+    version  integer NOT NULL,
+    meta     jsonb   NOT NULL,
+    steps    jsonb,
+    added    timestamp NOT NULL DEFAULT now(),
+    added_by text,
+    PRIMARY KEY (name, version)
+);
+
 CREATE TABLE IF NOT EXISTS image_analyses (
     id                   serial PRIMARY KEY,
     plate_acquisition_id integer NOT NULL,

@@ -6,7 +6,6 @@ itself, pure Python: tests/unit/test_pipeline_check_compares_needs_with_the_plan
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_helpers import events, launch, tick
+from pipeline_variants import RUN_CELLPOSE, with_module_before, without_module
 
 from cpp_dagster.analysis import lifecycle, pipeline_check
 from cpp_dagster.analysis.pipeline_check import Export, PipelineCheckError, PipelineNeeds
@@ -22,30 +22,6 @@ from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, re
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 JUMP_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "Brightfield_L", "Brightfield_H")
-RUN_CELLPOSE = """RunCellpose:[module_num:3|svn_version:'Unknown'|variable_revision_number:4|show_window:False|\
-notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Select the input image:HOECHST
-    Expected object diameter:15
-    Detection mode:cyto2
-    Name the output object:CellposeNuclei
-
-"""
-
-
-def module_count(text: str, delta: int) -> str:
-    return re.sub(r"^ModuleCount:(\d+)$", lambda m: f"ModuleCount:{int(m.group(1)) + delta}", text, flags=re.M)
-
-
-def without_module(text: str, name: str) -> str:
-    """The pipeline text without the (last) block of module `name`."""
-    start = text.index(f"\n{name}:[") + 1
-    end = text.find("\n\n", start)
-    return module_count(text[:start] + (text[end + 2 :] if end != -1 else ""), -1)
-
-
-def with_module_before(text: str, block: str, before: str) -> str:
-    at = text.index(f"\n{before}:[") + 1
-    return module_count(text[:at] + block + text[at:], +1)
 
 
 def demo_text(lab) -> str:

@@ -16,6 +16,7 @@ COMMANDS = {
     "gc": ["gc", "--dry-run"],
     "db init": ["db", "init"],
     "train list": ["train", "list"],
+    "pipeline list": ["pipeline", "list"],
 }
 
 
