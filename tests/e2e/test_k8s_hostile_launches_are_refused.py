@@ -8,11 +8,14 @@ Dagster in process: tests/integration/test_a_run_cannot_change_the_deployment.py
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
+import dagster as dg
 import pytest
-from k8s_cluster import analysis_cluster
+from k8s_cluster import analysis_cluster, launch, submit_demo
 from webserver import dagster_ui
 
 HOSTILE = {
@@ -79,4 +82,26 @@ def test_hostile_run_config_through_the_webserver_is_refused_and_creates_no_pod(
             assert any(says in m for m in launched["messages"]), (what, launched)
         assert ui.runs() == []
     assert instance.get_runs() == []
+    assert k8s.jobs == [] and not any(method == "POST" for method, _ in k8s.requests)
+
+
+def test_a_run_tag_cannot_shape_the_run_worker_pod(lab, cluster):
+    """K8sRunLauncher applies a run's `dagster-k8s/config` tag to the run-worker pod; the
+    deployed launcher's allow-lists (helm-values.yaml) refuse every field of it, so the
+    launch fails with Dagster's message and no Job is created."""
+    k8s, instance = cluster
+    request, _ = submit_demo(lab, instance, "K8S-TAG")
+    hostile = {
+        "container_config": {
+            "security_context": {"privileged": True, "run_as_user": 0},
+            "env_from": [{"secret_ref": {"name": "training-credentials"}}],
+            "command": ["sh", "-c", "cat /var/run/secrets/*"],
+        },
+        "pod_spec_config": {"host_pid": True},
+    }
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        launch(instance, request.partition_key, job=request.job_name, tags={"dagster-k8s/config": json.dumps(hostile)})
+    assert "violated the allowed list" in refused.value.stderr
+    (run,) = instance.get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE
     assert k8s.jobs == [] and not any(method == "POST" for method, _ in k8s.requests)

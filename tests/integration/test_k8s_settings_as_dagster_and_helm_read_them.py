@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, options, step_job, step_layer
+from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, helm_run_launcher, options, step_job, step_layer
 
 from cpp_dagster.k8s.pod_config import PodSettings, analysis_run_config
 from cpp_dagster.settings import PROJECT_ROOT
@@ -84,3 +84,31 @@ def test_helm_values_pass_the_official_chart_schema():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: not-a-token}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_the_helm_run_launcher_is_a_k8s_run_launcher_dagster_accepts_with_its_allow_lists(tmp_path):
+    """The chart writes the CustomRunLauncher's config verbatim into the instance's
+    dagster.yaml: Dagster itself checks every key against dagster-k8s's schema and builds
+    the launcher (outside a cluster only the kubeconfig differs)."""
+    import dagster as dg
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    config = {**helm_run_launcher(), "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
+    overrides = {"run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        launcher = instance.run_launcher
+        assert type(launcher).__name__ == "K8sRunLauncher"
+        assert launcher.only_allow_user_defined_k8s_config_fields == {}
+        assert launcher.only_allow_user_defined_env_vars == []
+        assert launcher.env_secrets == [] and launcher.fail_pod_on_run_failure is True
+        assert launcher.instance_config_map == "cpp-dagster-instance" and launcher.job_namespace == "cpp"

@@ -26,6 +26,20 @@ from cpp_dagster.settings import PROJECT_ROOT
 
 # the pod settings the tests read, and a sub-analysis to build pod configs for
 EXAMPLE = PROJECT_ROOT / "deploy" / "k8s-pods.yaml"
+HELM_VALUES = PROJECT_ROOT / "helm-values.yaml"
+RUN_WORKER_ALLOW_LISTS = ("only_allow_user_defined_k8s_config_fields", "only_allow_user_defined_env_vars")
+
+
+def helm_run_launcher() -> dict:
+    """The run launcher's config in helm-values.yaml, as the chart writes it into the
+    instance's dagster.yaml (a CustomRunLauncher: dagster-k8s's K8sRunLauncher)."""
+    launcher = yaml.safe_load(HELM_VALUES.read_text())["runLauncher"]
+    assert launcher["type"] == "CustomRunLauncher"
+    custom = launcher["config"]["customRunLauncher"]
+    assert (custom["module"], custom["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    return custom["config"]
+
+
 IDS = AnalysisIds(plate_acquisition_id=3, analysis_id=5, sub_id=8)
 
 
@@ -99,6 +113,8 @@ def standin_cluster(
                             "kubeconfig_file": k8s.kubeconfig_path,
                             "env_secrets": [name for name in launcher_secrets if name in secrets],
                             "env_vars": [f"{k}={v}" for k, v in env_vars.items()],
+                            # as deployed: nothing of a run's tags reaches the run-worker pod
+                            **{key: helm_run_launcher()[key] for key in RUN_WORKER_ALLOW_LISTS},
                         },
                     },
                     "concurrency": {"pools": {"default_limit": 4}},

@@ -10,7 +10,16 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_cluster import EXAMPLE, IDS, assert_least_privilege, options, secrets_of, step_job, step_layer
+from k8s_cluster import (
+    EXAMPLE,
+    IDS,
+    assert_least_privilege,
+    helm_run_launcher,
+    options,
+    secrets_of,
+    step_job,
+    step_layer,
+)
 from k8s_standin import SCHEMA_VERSION
 
 from cpp_dagster.analysis.planning import DEFAULT_JOB_TIMEOUT_S, SubAnalysisOptions
@@ -216,29 +225,32 @@ def test_helm_values_wire_the_project_in():
     deployment = values["dagster-user-deployments"]["deployments"][0]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["CPP_EXECUTOR"] == "k8s" and env["CPP_K8S_CONFIG"].startswith("/etc/cpp-dagster/")
-    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert helm_run_launcher()["job_namespace"] == "cpp"
 
 
 def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contexts():
     values = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())
     deployment = values["dagster-user-deployments"]["deployments"][0]
-    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher = helm_run_launcher()
     # the code server's sensors read imagedb and the training store; none of it is copied into runs
     assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
     # the run worker gets no Secret (dagster-k8s would copy it into every step pod,
     # training ones included): each step pod gets its own from the pod settings
-    assert launcher["envSecrets"] == []
+    assert launcher["env_secrets"] == []
     assert "credentials" not in yaml.safe_dump(launcher)
     # runs get the code server's settings, not its Secrets
-    assert launcher["runK8sConfig"]["containerConfig"]["env"] == deployment["env"]
-    assert launcher["volumes"] == deployment["volumes"] and launcher["volumeMounts"] == deployment["volumeMounts"]
+    assert launcher["run_k8s_config"]["container_config"]["env"] == deployment["env"]
+    assert launcher["volumes"] == deployment["volumes"] and launcher["volume_mounts"] == deployment["volumeMounts"]
+    # nothing of a run's tags (or the code location) shapes the run-worker pod
+    assert launcher["only_allow_user_defined_k8s_config_fields"] == {}
+    assert launcher["only_allow_user_defined_env_vars"] == []
     for pod_security in (
         deployment["podSecurityContext"],
-        launcher["runK8sConfig"]["podSpecConfig"]["securityContext"],
+        launcher["run_k8s_config"]["pod_spec_config"]["securityContext"],
     ):
         assert pod_security["runAsNonRoot"] is True and pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container_security in (deployment["securityContext"], launcher["securityContext"]):
+    for container_security in (deployment["securityContext"], launcher["security_context"]):
         assert container_security["allowPrivilegeEscalation"] is False
         assert container_security["capabilities"] == {"drop": ["ALL"]}
     assert values["postgresql"]["enabled"] is False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_cluster import EXAMPLE, IDS, options, step_job, step_layer
+from k8s_cluster import EXAMPLE, IDS, helm_run_launcher, options, step_job, step_layer
 from k8s_standin import SCHEMA_VERSION
 from pod_security import restricted_violations
 
@@ -55,19 +55,19 @@ def test_the_run_worker_from_the_helm_values_is_admitted_under_restricted():
     from dagster_k8s.models import k8s_snake_case_dict
 
     values = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())
-    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher = helm_run_launcher()
     job = construct_dagster_k8s_job(
         job_config=DagsterK8sJobConfig(
             job_image="registry.example.org/cpp-dagster:0.1.0",
             dagster_home="/opt/dagster/dagster_home",
-            security_context=k8s_snake_case_dict(kubernetes.client.V1SecurityContext, launcher["securityContext"]),
+            security_context=k8s_snake_case_dict(kubernetes.client.V1SecurityContext, launcher["security_context"]),
         ),
         args=["dagster", "api", "execute_run"],
         job_name="dagster-run-x",
         user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
             {
-                "container_config": launcher["runK8sConfig"]["containerConfig"],
-                "pod_spec_config": launcher["runK8sConfig"]["podSpecConfig"],
+                "container_config": launcher["run_k8s_config"]["container_config"],
+                "pod_spec_config": launcher["run_k8s_config"]["pod_spec_config"],
             }
         ),
         component="run_worker",
