@@ -12,6 +12,7 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json
 
+from cpp_dagster.imagedb.notifications import FAILED, record_outcome
 from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis, priority_of
 
 
@@ -88,9 +89,11 @@ def submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) -
         cur.execute(
             """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
                VALUES (%s, %s, now(), now(), jsonb_build_object('state', 'failed', 'message', %s::text))
-               RETURNING id""",
+               RETURNING id, error""",
             (plate_acquisition_id, pipeline_name, message),
         )
-        return SubmittedAnalysis(cur.fetchone()["id"], [], error=message)
+        failed = cur.fetchone()
+        record_outcome(cur, failed["id"], FAILED, failed["error"], message)
+        return SubmittedAnalysis(failed["id"], [], error=message)
     cur.execute("RELEASE SAVEPOINT automation_rule")
     return submitted
