@@ -16,6 +16,7 @@ import dagster as dg
 
 from cpp_dagster.analysis import lifecycle
 from cpp_dagster.analysis.cellprofiler import BatchOutcome, BatchTimeout
+from cpp_dagster.analysis.quality import NO_OBJECT_TABLES
 from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
@@ -217,11 +218,6 @@ def write_single_cell_table(
         "columns": result.columns,
         "base_object": result.base,
     }
-
-
-# A pipeline that exports only an Image table (illumination correction, QC): no cells to
-# count per well, no object features, no single-cell table or well profiles.
-NO_OBJECT_TABLES = "no object tables (the pipeline exports only an Image table)"
 
 
 def result_links(sub: SubAnalysisRun, settings: Settings) -> dict:
