@@ -77,7 +77,7 @@ class PendingNotification:
 
 @dataclass(frozen=True)
 class NotificationRecord:
-    """A row of the outbox as it stands (for `cpp-dagster` and the tests)."""
+    """A row of the outbox as it stands (what an operator or a test reads back)."""
 
     id: int
     analysis_id: int

@@ -185,6 +185,19 @@ def test_slack_gets_one_escaped_line_and_a_retry_goes_only_where_it_failed(
     assert len(webhook["message"]) <= 4000
 
 
+@pytest.mark.parametrize("answer", [302, 307, 404])
+def test_a_redirect_or_an_error_answer_is_not_followed_and_is_tried_again_later(
+    lab, dagster_instance, receiver, answer
+):
+    acq, a = submitted(lab, "NOTIFY-REDIRECT")
+    finish(lab, acq, a)
+    receiver.answer = answer
+    tick(dagster_instance, SENSOR)
+    assert [r.path for r in receiver.received] == ["/hook"]  # never /elsewhere
+    [row] = lab.db.notifications_of(a.analysis_id)
+    assert row.done is None and row.last_error.endswith(f"answered HTTP {answer}")
+
+
 def test_two_drains_at_once_never_claim_the_same_outcome(lab):
     acq, a = submitted(lab, "NOTIFY-RACE")
     finish(lab, acq, a)

@@ -57,6 +57,8 @@ class Receiver:
                     return
                 receiver.received.append(Received(self.path, dict(self.headers), body))
                 self.send_response(int(answer))
+                if 300 <= int(answer) < 400:  # a redirect to another path of its own
+                    self.send_header("Location", receiver.url("/elsewhere"))
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
