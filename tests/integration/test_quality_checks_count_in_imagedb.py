@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from batch_outputs import make_batch
 
 from cpp_dagster.analysis import lifecycle, quality
@@ -21,14 +22,15 @@ from cpp_dagster.settings import load_settings
 CHECKS = ["image_rows_match_plan", "all_batches_present", "well_cell_counts", "nan_share", "column_drift"]
 
 
-def features_step_on_short_tables(lab, monkeypatch, **sub_meta):
+def features_step_on_short_tables(lab, monkeypatch, pipeline_meta=None, **sub_meta):
     """A features sub-analysis planned for 5 image sets whose two batches hold 4 image
     rows, run through merge, derived tables and completion; (sub-analysis id, analysis
     id, what `complete` raised or returned)."""
     monkeypatch.setenv("CPP_CELLPROFILER", str(lab.nas / "no-cellprofiler-here"))
     settings = load_settings()
     name = f"quality-{uuid.uuid4().hex[:6]}"
-    lab.db.put_pipeline(name, {"sub_analyses": [{"pipeline_file": DEMO_PIPELINE_FILE, **sub_meta}]})
+    meta = {**(pipeline_meta or {}), "sub_analyses": [{"pipeline_file": DEMO_PIPELINE_FILE, **sub_meta}]}
+    lab.db.put_pipeline(name, meta)
     acq = lab.db.add_plate_acquisition("QC-PLATE", channel_map_id=DEMO_CHANNEL_MAP, folder="/nas/images/QC-PLATE")
     submitted = lab.db.submit_analysis(acq, name)
     sub_id = submitted.sub_ids[0]
@@ -51,8 +53,13 @@ def features_step_on_short_tables(lab, monkeypatch, **sub_meta):
     return sub_id, submitted.analysis_id, outcome, merged
 
 
-def test_a_quality_block_analysis_with_a_failed_check_ends_failed_with_the_check_named(lab, monkeypatch):
-    sub_id, analysis_id, outcome, merged = features_step_on_short_tables(lab, monkeypatch, quality="block")
+@pytest.mark.parametrize(
+    "declared",
+    [{"pipeline_meta": {"quality": "block"}}, {"quality": "block"}],
+    ids=["in the pipeline's meta", "in its features stage"],
+)
+def test_a_quality_block_analysis_with_a_failed_check_ends_failed_with_the_check_named(lab, monkeypatch, declared):
+    sub_id, analysis_id, outcome, merged = features_step_on_short_tables(lab, monkeypatch, **declared)
     assert isinstance(outcome, quality.QualityBlocked)
     sub = lab.db.sub_analysis(sub_id)
     assert sub.error is not None and sub.finish is None and sub.result is None
@@ -82,8 +89,13 @@ def test_a_quality_block_analysis_with_a_failed_check_ends_failed_with_the_check
     assert told.state == "failed" and "quality check image_rows_match_plan failed" in told.message
 
 
-def test_the_same_analysis_without_quality_block_finishes_with_the_warning_in_imagedb(lab, monkeypatch):
-    sub_id, analysis_id, outcome, _ = features_step_on_short_tables(lab, monkeypatch)
+@pytest.mark.parametrize(
+    "declared",
+    [{}, {"quality": "warn"}, {"pipeline_meta": {"quality": "block"}, "quality": "warn"}],
+    ids=["unset", "warn", "the stage's warn over the pipeline's block"],
+)
+def test_the_same_analysis_without_quality_block_finishes_with_the_warning_in_imagedb(lab, monkeypatch, declared):
+    sub_id, analysis_id, outcome, _ = features_step_on_short_tables(lab, monkeypatch, **declared)
     assert outcome["job_folder"].startswith("results/QC-PLATE/")
     sub = lab.db.sub_analysis(sub_id)
     assert sub.finish is not None and sub.error is None and sub.status["state"] == "finished"
