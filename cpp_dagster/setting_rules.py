@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -33,6 +34,22 @@ def redact_url(text: str) -> str:
     replaced by *** (`postgresql://u:pw@h/db`, `...?password=pw`, `host=h password=pw`,
     `password='a b\\'c'`)."""
     return _KEY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def redact_endpoint(url: str) -> str:
+    """A URL whose path and query may be its secret (a Slack incoming webhook's token,
+    `https://user:pw@host/...`), fit for a log line: only `scheme://host[:port]/***`."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if _port(parts) else ""
+    return f"{parts.scheme}://{host}{port}/***"
+
+
+def _port(parts) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
 
 
 # --- parsers: raw text -> value, or ValueError saying what is expected -------------------
@@ -121,6 +138,32 @@ def url_template(raw: str) -> str:
     return raw
 
 
+def http_url(raw: str) -> str:
+    """An http(s) URL with a host: no other scheme (file:, ftp:), no space or control
+    character (it goes into a request line as it is)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host, e.g. https://hooks.lab/cpp")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in raw) or not raw.isascii():
+        raise ValueError("a URL may not hold spaces, control or non-ASCII characters (percent-encode them)")
+    if _port(parts) is None and parts.netloc.rsplit("]", 1)[-1].rsplit("@", 1)[-1].count(":"):
+        raise ValueError("the URL's port is not a number from 0 to 65535")
+    return raw
+
+
+def seconds_up_to(maximum: float) -> Callable[[str], float]:
+    """A number of seconds above 0 and at most `maximum`."""
+    expected = f"a number of seconds above 0 and at most {maximum:g}"
+
+    def parse(raw: str) -> float:
+        value = _number(float, False, expected)(raw)
+        if value > maximum:
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return parse
+
+
 # --- declaring a setting ----------------------------------------------------------------
 
 
@@ -128,7 +171,7 @@ def url_template(raw: str) -> str:
 class Spec:
     """How one field is read: its variable, what it means, its default as the README shows
     it, how its text is parsed, and whether it is a secret (`url`: redact the password;
-    `token`: never shown)."""
+    `endpoint`: show only scheme, host and port; `token`: never shown)."""
 
     variable: str
     meaning: str
@@ -174,6 +217,8 @@ def shown_value(value: Any, secret: str | None) -> Any:
         return value
     if secret == "url":
         return redact_url(value) if isinstance(value, str) else tuple((k, redact_url(v)) for k, v in value)
+    if secret == "endpoint":
+        return redact_endpoint(value)
     return "***"
 
 

@@ -32,10 +32,12 @@ from cpp_dagster.setting_rules import (
     duration,
     folder_list,
     group,
+    http_url,
     one_of,
     path,
     positive_int,
     positive_number,
+    seconds_up_to,
     setting,
     spec_of,
     url_template,
@@ -74,7 +76,7 @@ class Launch(Group):
     )
     sensor_interval_s: int = setting(
         "CPP_SENSOR_INTERVAL_S",
-        "seconds between ticks of the launch and training sensors",
+        "seconds between ticks of the launch, training and `notify_lab` sensors",
         30,
         positive_int,
         shown="30 (demo: 5)",
@@ -262,9 +264,49 @@ class Registry(Group):
 
 
 @group
+class Notify(Group):
+    """Telling the lab of each analysis outcome (the `notify_lab` sensor, docs/operations.md)."""
+
+    webhook_url: str | None = setting(
+        "CPP_NOTIFY_WEBHOOK_URL",
+        "where each analysis outcome (finished, failed, cancelled) is POSTed as JSON, once; "
+        "`https://user:password@host/...` sends HTTP basic auth",
+        None,
+        http_url,
+        secret="endpoint",
+    )
+    slack_url: str | None = setting(
+        "CPP_NOTIFY_SLACK_URL",
+        "a Slack incoming webhook that gets each outcome as one line",
+        None,
+        http_url,
+        secret="endpoint",
+    )
+    timeout_s: float = setting(
+        "CPP_NOTIFY_TIMEOUT_S",
+        "seconds one POST may take, connection to answer (at most 20); a slower receiver is tried again later",
+        10.0,
+        seconds_up_to(20),
+        shown="10",
+    )
+    retry_delay_s: float = setting(
+        "CPP_NOTIFY_RETRY_DELAY_S",
+        "seconds before a failed notification is tried again (doubling, at most an hour; for 3 days)",
+        30.0,
+        duration,
+        shown="30",
+    )
+
+    @property
+    def destinations(self) -> tuple[tuple[str, str], ...]:
+        """(name, URL) of each destination configured."""
+        return tuple((name, url) for name, url in (("webhook", self.webhook_url), ("slack", self.slack_url)) if url)
+
+
+@group
 class Settings(Group):
     """Where things are on the NAS, which CellProfiler runs, where imagedb is, and the
-    groups `launch`, `training`, `registry`. Built by hand, the groups are their defaults."""
+    groups `launch`, `training`, `registry`, `limits`, `notify`. Built by hand, the groups are their defaults."""
 
     nas_root: Path = setting(
         "CPP_NAS_ROOT",
@@ -352,6 +394,7 @@ class Settings(Group):
     training: Training = field(default_factory=Training)
     registry: Registry = field(default_factory=Registry)
     limits: Limits = field(default_factory=Limits)
+    notify: Notify = field(default_factory=Notify)
 
     @property
     def results_root(self) -> Path:
@@ -372,7 +415,7 @@ class Settings(Group):
         return setting_reader.build(cls, environ, specs(), special={COMPOUND_DATABASES: _compound_databases})
 
 
-GROUPS = (Settings, Launch, Training, Registry, Limits)
+GROUPS = (Settings, Launch, Training, Registry, Limits, Notify)
 
 
 def specs() -> list[Spec]:

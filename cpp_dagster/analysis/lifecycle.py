@@ -19,9 +19,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from cpp_dagster import paths
-from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning
+from cpp_dagster.analysis import cellprofiler, loaddata, pipeline_check, planning, quality
 from cpp_dagster.analysis.sub_analysis import SubAnalysisRun
 from cpp_dagster.features import batch_tables, profiles, provenance, results_folder, single_cell
+from cpp_dagster.features.checks import CheckOutcome
 from cpp_dagster.features.merge import MergeResult
 from cpp_dagster.features.profiles import ProfilesResult
 from cpp_dagster.features.single_cell import SingleCellResult
@@ -374,10 +375,21 @@ def _publish_derived(db: ImageDB, settings: Settings, sub: SubAnalysisRun, final
     return dataclasses.replace(result, path=final)
 
 
-def complete(db: ImageDB, settings: Settings, sub: SubAnalysisRun) -> dict:
+def complete(
+    db: ImageDB, settings: Settings, sub: SubAnalysisRun, found: dict[str, CheckOutcome] | None = None
+) -> dict:
     """Record success: `finish` and `result = {"job_folder", "file_list"}` with every
-    output the steps recorded. StaleRunError for a stale run (nothing recorded)."""
-    result = db.finish_with_outputs(sub.sub_id, str(sub.results_dir.relative_to(settings.nas_root)), sub.stamp)
+    output the steps recorded, and the quality checks `found` (the features step's) in
+    its status; under `quality: block` a failed ERROR check fails it instead, before it
+    is marked finished (quality.QualityBlocked, naming the check). StaleRunError for a
+    stale run (nothing recorded)."""
+    entries = None if found is None else quality.status_entries(found)
+    blocked = None if found is None else quality.blocking_message(found, sub.options.quality)
+    if blocked is not None:
+        db.mark_sub_failed(sub.sub_id, blocked, sub.stamp, checks=entries)
+        raise quality.QualityBlocked(blocked)
+    folder = str(sub.results_dir.relative_to(settings.nas_root))
+    result = db.finish_with_outputs(sub.sub_id, folder, sub.stamp, checks=entries)
     if result is None:
         raise StaleRunError(stale_message(sub.sub_id, sub.stamp))
     return result

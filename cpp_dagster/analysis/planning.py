@@ -22,6 +22,7 @@ DEFAULT_JOB_TIMEOUT_S = 10800
 MAX_JOB_TIMEOUT_S = 7 * 24 * 3600  # a batch that needs longer should be split (batch_size)
 SUB_ANALYSIS_TYPES = ("cellprofiler",)
 SUB_TYPES = ("qc", "icf", "features")  # resource sizing on Kubernetes; a pod label
+QUALITY_POLICIES = ("warn", "block")  # what a failed ERROR quality check does (analysis/quality.py)
 
 
 class PlanningError(ValueError):
@@ -70,6 +71,7 @@ class SubAnalysisOptions:
     priority: int | None = None
     sub_type: str | None = None
     icf_naming: IcfNaming = IcfNaming.PHARMBIO
+    quality: str = "warn"  # "block": a failed ERROR quality check fails the sub-analysis (analysis/quality.py)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> SubAnalysisOptions:
@@ -135,6 +137,7 @@ class SubAnalysisOptions:
             priority=priority,
             sub_type=_one_of(meta, "sub_type", SUB_TYPES),
             icf_naming=IcfNaming.parse(meta.get("icf_naming")),
+            quality=_one_of(meta, "quality", QUALITY_POLICIES) or "warn",
         )
 
 

@@ -22,6 +22,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from cpp_dagster.ids import parse_id
+from cpp_dagster.imagedb.notifications import FINISHED, finished_message, record_outcome, state_of_failure
 from cpp_dagster.imagedb.ready import dependency_failed_message
 from cpp_dagster.imagedb.rows import RERUNS, ImageDBError, RunStamp
 from cpp_dagster.pg import Database
@@ -109,26 +110,39 @@ def _locked_status(cur, sub_id: int, stamp: RunStamp | None, what: str) -> dict 
     return status
 
 
-def _finish(cur, sub_id: int, result: dict[str, Any], stamp: RunStamp | None) -> bool:
+def _checks(checks: list[dict] | None) -> Json:
+    """The quality checks' outcomes as a status fragment (`{"checks": [...]}`), or nothing."""
+    return Json({} if checks is None else {"checks": checks})
+
+
+def _finish(cur, sub_id: int, result: dict[str, Any], stamp: RunStamp | None, checks: list[dict] | None) -> bool:
     """`finish` and `result` on the sub-analysis (and on its analysis, with its last
-    one); False (nothing written) for a stale run."""
+    one, which then gets its notification); `checks` into its status. False (nothing
+    written) for a stale run."""
     cur.execute(
         sql.SQL("""UPDATE image_sub_analyses
            SET finish = now(), error = NULL, result = %(result)s,
-               status = COALESCE(status, '{{}}'::jsonb) || jsonb_build_object('state', 'finished')
+               status = COALESCE(status, '{{}}'::jsonb) || %(checks)s::jsonb
+                        || jsonb_build_object('state', 'finished')
            WHERE sub_id = %(sub_id)s AND {} RETURNING analysis_id""").format(_GUARD),
-        {"result": Json(result), "sub_id": sub_id, **_guard_params(stamp)},
+        {"result": Json(result), "sub_id": sub_id, "checks": _checks(checks), **_guard_params(stamp)},
     )
     row = cur.fetchone()
     if row is None:
         return _refused(cur, sub_id, stamp, "finish")
     revive_after_success(cur, sub_id, row["analysis_id"])
     cur.execute(
-        """UPDATE image_analyses a SET finish = now(), result = %s
+        # a second completion (a re-execution of a finished run) keeps the first `finish`:
+        # the same outcome, so no second notification
+        """UPDATE image_analyses a SET finish = COALESCE(a.finish, now()), result = %s
            WHERE a.id = %s AND a.error IS NULL AND NOT EXISTS (
-               SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)""",
+               SELECT 1 FROM image_sub_analyses s WHERE s.analysis_id = a.id AND s.finish IS NULL)
+           RETURNING a.id, a.finish""",
         (Json(result), row["analysis_id"]),
     )
+    finished = cur.fetchone()
+    if finished is not None:
+        record_outcome(cur, finished["id"], FINISHED, finished["finish"], finished_message(cur, finished["id"]))
     return True
 
 
@@ -238,46 +252,57 @@ class SubAnalysisOutcomes(Database):
         """Success: `finish` and `result`; the analysis finishes with its last sub-analysis.
         Refused (False) for a stale run."""
         with self._cursor() as cur:
-            return _finish(cur, sub_id, result, stamp)
+            return _finish(cur, sub_id, result, stamp, None)
 
-    def finish_with_outputs(self, sub_id: int, job_folder: str, stamp: RunStamp | None = None) -> dict | None:
+    def finish_with_outputs(
+        self, sub_id: int, job_folder: str, stamp: RunStamp | None = None, checks: list[dict] | None = None
+    ) -> dict | None:
         """Success, with `result = {"job_folder", "file_list"}`: the file list is every
-        output the steps recorded (`add_outputs`), read and written in one transaction.
-        None for a stale run (nothing recorded)."""
+        output the steps recorded (`add_outputs`), read and written in one transaction,
+        with the quality checks' outcomes (`status.checks`) when given. None for a stale
+        run (nothing recorded)."""
         with self._cursor() as cur:
             status = _locked_status(cur, sub_id, stamp, "finish")
             if status is None:
                 return None
             result = {"job_folder": job_folder, "file_list": sorted(status.get("outputs", []))}
-            return result if _finish(cur, sub_id, result, stamp) else None
+            return result if _finish(cur, sub_id, result, stamp, checks) else None
 
-    def mark_sub_failed(self, sub_id: int, message: str, stamp: RunStamp | None = None) -> bool:
-        """Failure: `error` and a readable message in `status`; the parent analysis fails too.
-        Only the first report of a failure is recorded (a hook and the run-status sensor may
-        both see it), and none from a stale run; returns whether this call recorded it."""
+    def mark_sub_failed(
+        self, sub_id: int, message: str, stamp: RunStamp | None = None, checks: list[dict] | None = None
+    ) -> bool:
+        """Failure: `error` and a readable message in `status` (with the quality checks'
+        outcomes, `status.checks`, when given); the parent analysis fails too, and gets
+        its notification. Only the first report of a failure is recorded (a hook and the
+        run-status sensor may both see it), and none from a stale run; returns whether
+        this call recorded it."""
         with self._cursor() as cur:
             cur.execute(
                 sql.SQL("""UPDATE image_sub_analyses
                    SET error = now(), start = COALESCE(start, now()),
-                       status = COALESCE(status, '{{}}'::jsonb)
+                       status = COALESCE(status, '{{}}'::jsonb) || %(checks)s::jsonb
                                 || jsonb_build_object('state', 'failed', 'message', %(message)s::text)
                    WHERE sub_id = %(sub_id)s AND error IS NULL AND finish IS NULL AND {}
                    RETURNING analysis_id""").format(_GUARD),
-                {"message": message, "sub_id": sub_id, **_guard_params(stamp)},
+                {"message": message, "sub_id": sub_id, "checks": _checks(checks), **_guard_params(stamp)},
             )
             row = cur.fetchone()
             if row is None:
                 if stamp is not None:
                     _refused(cur, sub_id, stamp, "failure", quiet_if_current=True)
                 return False
+            analysis_message = f"sub-analysis {sub_id} failed: {message}"
             cur.execute(
                 """UPDATE image_analyses
                    SET error = COALESCE(error, now()),
                        status = COALESCE(status, '{}'::jsonb)
                                 || jsonb_build_object('state', 'failed', 'message', %s::text)
-                   WHERE id = %s""",
-                (f"sub-analysis {sub_id} failed: {message}", row["analysis_id"]),
+                   WHERE id = %s RETURNING id, error""",
+                (analysis_message, row["analysis_id"]),
             )
+            failed = cur.fetchone()
+            if failed is not None:  # a second failure of the same analysis keeps its first `error`: no second row
+                record_outcome(cur, failed["id"], state_of_failure(message), failed["error"], analysis_message)
             # Dependents never start; they say why.
             cur.execute(
                 """WITH RECURSIVE dependents(sub_id) AS (

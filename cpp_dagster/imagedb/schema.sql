@@ -102,3 +102,25 @@ CREATE TABLE IF NOT EXISTS image_analyses_automation_submitted (
     plate_acq_id integer PRIMARY KEY,
     time         timestamp DEFAULT now()
 );
+
+-- The lab's notifications (cpp_dagster/imagedb/notifications.py): one row per analysis
+-- outcome (finished, failed, cancelled), written in the outcome's own transaction and
+-- drained by the notify_lab sensor. The unique key makes a second report of the same
+-- outcome (a hook and a run-status sensor, two sub-analyses failing) no second row.
+CREATE TABLE IF NOT EXISTS image_analyses_notifications (
+    id            bigserial PRIMARY KEY,
+    analysis_id   integer   NOT NULL,
+    state         text      NOT NULL,
+    outcome_at    timestamp NOT NULL,
+    message       text,
+    created       timestamp NOT NULL DEFAULT now(),
+    sent_to       text[]    NOT NULL DEFAULT '{}',
+    attempts      integer   NOT NULL DEFAULT 0,
+    next_attempt  timestamp NOT NULL DEFAULT now(),
+    claimed_until timestamp,
+    done          timestamp,
+    last_error    text,
+    UNIQUE (analysis_id, state, outcome_at)
+);
+CREATE INDEX IF NOT EXISTS image_analyses_notifications_due_idx
+    ON image_analyses_notifications (next_attempt, id) WHERE done IS NULL;

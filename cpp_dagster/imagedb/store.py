@@ -2,7 +2,7 @@
 or in the modules ImageDB inherits: `ready.py` (the launch side: ready, malformed,
 unresolvable dependencies), `outcome.py` (the write-back of a run's outcome),
 `overview.py` (the lab overview of `cpp-dagster status`), `work_area.py` (what
-`cpp-dagster gc` may clean) and `pipelines.py` (the versions of `cpp-dagster pipeline`); `submission.py` holds the rows a submission writes, shared
+`cpp-dagster gc` may clean), `pipelines.py` (the versions of `cpp-dagster pipeline`) and `notifications.py` (the outbox of the lab's notifications); `submission.py` holds the rows a submission writes, shared
 with run_claims.py (a run launched from the UI).
 
 Values always travel as query parameters; the few identifiers are composed with
@@ -21,6 +21,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from cpp_dagster.imagedb.lab_overview import OverviewQueries
+from cpp_dagster.imagedb.notifications import NotificationQueries
 from cpp_dagster.imagedb.outcome import (
     SubAnalysisOutcomes,
     revive_after_success,
@@ -57,10 +58,19 @@ SUB_ANALYSIS_FIELDS = (
 ACQUISITION_FIELDS = ("plate_barcode", "name", "project", "channel_map_id", "timepoint", "folder", "finished")
 
 
-class ImageDB(LaunchQueries, SubAnalysisOutcomes, OverviewQueries, RunClaims, WorkAreaQueries, PipelineVersions):
+class ImageDB(
+    LaunchQueries,
+    SubAnalysisOutcomes,
+    OverviewQueries,
+    RunClaims,
+    WorkAreaQueries,
+    PipelineVersions,
+    NotificationQueries,
+):
     """Every imagedb query: the launch side from ready.py, the write-back from outcome.py,
     the lab overview from overview.py, the UI's submissions from run_claims.py, the work
-    area's cleaning from work_area.py, the pipelines' versions from pipelines.py."""
+    area's cleaning from work_area.py, the pipelines' versions from pipelines.py, the lab's
+    notifications from notifications.py."""
 
     SCHEMA_PACKAGE = "cpp_dagster.imagedb"
 

@@ -12,7 +12,10 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json
 
+from cpp_dagster.imagedb.notifications import FAILED, record_outcome
 from cpp_dagster.imagedb.rows import ImageDBError, SubmittedAnalysis, priority_of
+
+PIPELINE_WIDE = ("quality",)  # `quality: block` (analysis/quality.py) at the top of a pipeline's meta
 
 
 def one_row(cur, missing: str) -> dict:
@@ -24,7 +27,8 @@ def one_row(cur, missing: str) -> dict:
 
 
 def _check_pipeline_shape(pipeline_name: str, meta: Any) -> None:
-    """analysis_pipelines.meta must be `{"analysis_meta": {...}, "sub_analyses": [{...}, ...]}`."""
+    """analysis_pipelines.meta must be `{"analysis_meta": {...}, "sub_analyses": [{...}, ...]}`
+    (and may hold the PIPELINE_WIDE keys)."""
     where = f"analysis pipeline {pipeline_name!r}"
     if not isinstance(meta, dict):
         raise ImageDBError(f"{where}: meta must be a JSON object with a list 'sub_analyses'")
@@ -60,8 +64,10 @@ def submit_rows(
     )
     analysis_id = cur.fetchone()["id"]
     sub_ids: list[int] = []
+    # keys a pipeline may declare for all its stages, which a stage's own entry overrides
+    shared = {k: meta[k] for k in PIPELINE_WIDE if k in meta}
     for sub_meta in meta.get("sub_analyses", []):
-        sub_meta = {**sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
+        sub_meta = {**shared, **sub_meta, **{k: v for k, v in overrides.items() if v is not None}}
         if priority is not None:
             sub_meta["priority"] = priority
         sub_priority = _priority(sub_meta.get("priority"), f"pipeline {pipeline_name!r}")
@@ -88,9 +94,11 @@ def submit_isolated(cur, plate_acquisition_id: int, pipeline_name: str | None) -
         cur.execute(
             """INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, submitted, error, status)
                VALUES (%s, %s, now(), now(), jsonb_build_object('state', 'failed', 'message', %s::text))
-               RETURNING id""",
+               RETURNING id, error""",
             (plate_acquisition_id, pipeline_name, message),
         )
-        return SubmittedAnalysis(cur.fetchone()["id"], [], error=message)
+        failed = cur.fetchone()
+        record_outcome(cur, failed["id"], FAILED, failed["error"], message)
+        return SubmittedAnalysis(failed["id"], [], error=message)
     cur.execute("RELEASE SAVEPOINT automation_rule")
     return submitted

@@ -1,6 +1,7 @@
 """End to end with real parts: a plate registered in imagedb is picked up by the sensor,
 run batch by batch by real CellProfiler (each batch its own process), merged into
-Parquet feature tables on the NAS, and the outcome is recorded in imagedb."""
+Parquet feature tables on the NAS, the outcome (quality checks included) is recorded in
+imagedb, and the lab is told."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster_helpers import events, launch, tick
+from http_receiver import Receiver, free_port
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.features.columns import BATCH_COLUMN, IMAGE_KEY_COLUMN
@@ -96,6 +98,14 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
         "column_drift": True,
     }
     assert mat.metadata["plate_map"].value.startswith("![")
+    # ... and imagedb has them, in the sub-analysis's status
+    assert [(c["name"], c["severity"], c["passed"]) for c in lab.db.sub_analysis(sub_id).status["checks"]] == [
+        ("image_rows_match_plan", "ERROR", True),
+        ("all_batches_present", "ERROR", True),
+        ("well_cell_counts", "WARN", True),
+        ("nan_share", "WARN", True),
+        ("column_drift", "WARN", True),
+    ]
 
     # The joined single-cell table: one row per cell; per-well profiles: one row per well.
     cells = pq.read_table(results / "Cells.parquet")
@@ -112,3 +122,15 @@ def test_submitted_analysis_becomes_feature_tables_and_an_imagedb_outcome(lab, d
 
     # A second tick finds nothing: the sub-analysis is never requested twice.
     assert tick(dagster_instance).run_requests == []
+
+    # The lab is told, once, by the notify_lab sensor.
+    receiver = Receiver(free_port()).start()
+    try:
+        monkeypatch.setenv("CPP_NOTIFY_WEBHOOK_URL", receiver.url())
+        tick(dagster_instance, "notify_lab")
+        tick(dagster_instance, "notify_lab")
+        [told] = receiver.bodies()
+    finally:
+        receiver.stop()
+    assert (told["analysis_id"], told["state"], told["plate_barcode"]) == (submitted.analysis_id, "finished", "E2E-1")
+    assert told["result_url"] == f"https://files.lab/{sub.result['job_folder']}"

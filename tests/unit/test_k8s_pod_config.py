@@ -232,8 +232,13 @@ def test_helm_values_keep_each_secret_where_it_is_needed_and_set_security_contex
     values = yaml.safe_load((PROJECT_ROOT / "helm-values.yaml").read_text())
     deployment = values["dagster-user-deployments"]["deployments"][0]
     launcher = helm_run_launcher()
-    # the code server's sensors read imagedb and the training store; none of it is copied into runs
-    assert deployment["envSecrets"] == [{"name": "imagedb-credentials"}, {"name": "training-credentials"}]
+    # the code server's sensors read imagedb and the training store, and notify_lab the lab's
+    # notification URLs (where that Secret exists); none of it is copied into runs
+    assert deployment["envSecrets"] == [
+        {"name": "imagedb-credentials"},
+        {"name": "training-credentials"},
+        {"name": "notify-credentials", "optional": True},
+    ]
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": False}
     # the run worker gets no Secret (dagster-k8s would copy it into every step pod,
     # training ones included): each step pod gets its own from the pod settings

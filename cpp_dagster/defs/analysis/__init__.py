@@ -1,6 +1,7 @@
 """The analysis workflow's Dagster wiring: plate x pipeline partitions, one asset per
 pipeline step, the launch and outcome sensors, the lab overview, the analysis pipelines,
-the work area's nightly cleaning. The work itself is in cpp_dagster.analysis and below."""
+the lab's notifications, the work area's nightly cleaning. The work itself is in
+cpp_dagster.analysis and below."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dagster as dg
 
 from cpp_dagster.defs.analysis.assets import build_step_assets, plate_acquisitions
 from cpp_dagster.defs.analysis.lab_overview import build_overview_sensor, lab_overview
+from cpp_dagster.defs.analysis.notify import build_notify_sensor
 from cpp_dagster.defs.analysis.pipelines import analysis_pipelines, build_pipelines_sensor
 from cpp_dagster.defs.analysis.sensors import (
     STAGE_JOBS,
@@ -34,6 +36,7 @@ def analysis_defs(
             build_automation_sensor(launching.interval_s),
             build_overview_sensor(overview_interval_s),
             build_pipelines_sensor(overview_interval_s),
+            build_notify_sensor(launching.interval_s),
             record_run_failure,
             record_run_cancellation,
             record_run_without_outcome,

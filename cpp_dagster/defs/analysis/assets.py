@@ -12,12 +12,12 @@ in any of its ops leaves all three failed for that partition, in Dagster as in i
 
 import dagster as dg
 
-from cpp_dagster.analysis import lifecycle
+from cpp_dagster.analysis import lifecycle, quality
+from cpp_dagster.analysis.quality import NO_OBJECT_TABLES
 from cpp_dagster.analysis.sub_analysis import Stage
 from cpp_dagster.defs.analysis.hooks import record_failure_in_imagedb
 from cpp_dagster.defs.analysis.partitions import analysis_partitions
 from cpp_dagster.defs.analysis.steps import (
-    NO_OBJECT_TABLES,
     STAGE_GRAPHS,
     complete_step,
     merge_tables,
@@ -27,7 +27,7 @@ from cpp_dagster.defs.analysis.steps import (
     write_single_cell_table,
 )
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
-from cpp_dagster.features import checks, plate_map
+from cpp_dagster.features import plate_map
 from cpp_dagster.settings import Settings
 
 plate_acquisitions = dg.AssetSpec(
@@ -49,24 +49,6 @@ CHECKS = {
     "nan_share": "Share of NaN per feature under the threshold (features over it listed)",
     "column_drift": "Columns identical across batches (drift reported)",
 }
-
-
-def feature_checks(merged: lifecycle.Merged) -> dict:
-    """The data-quality checks of the merged tables (pure results, features.checks)."""
-    results_dir, objects = merged.tables_dir, list(merged.object_tables)
-    return {
-        "image_rows_match_plan": checks.image_rows_match_plan(results_dir, merged.sub.status.image_sets or 0),
-        "all_batches_present": checks.all_batches_present(results_dir, list(merged.batches)),
-        "well_cell_counts": (
-            checks.well_counts_outliers(results_dir, objects=objects)
-            if objects
-            else checks.not_applicable(NO_OBJECT_TABLES)
-        ),
-        "nan_share": (
-            checks.nan_share(results_dir, tables=objects) if objects else checks.not_applicable(NO_OBJECT_TABLES)
-        ),
-        "column_drift": checks.column_drift({t.name: list(t.drift) for t in merged.merge.tables.values()}),
-    }
 
 
 def _metadata_value(value):
@@ -107,17 +89,21 @@ def feature_tables_metadata(merged: lifecycle.Merged, found: dict, settings: Set
 def write_well_profiles(
     context: dg.OpExecutionContext, imagedb: ImageDBResource, deployment: DeploymentResource, merged, single_cell: dict
 ):
-    """Per-well profiles, then the sub-analysis complete in imagedb; then the three assets
-    of the features step materialize together, with the checks of the feature tables."""
+    """Per-well profiles and the quality checks, then the sub-analysis complete in imagedb
+    (the checks in its status; a failed ERROR check fails it under `quality: block`); then
+    the three assets of the features step materialize together, with the checks."""
     if not isinstance(merged, lifecycle.Merged):  # nothing to do, and why
         for name in ("feature_tables", "single_cell_table", "well_profiles"):
             yield dg.Output(None, name, metadata={"reason": merged})
         return
     db, settings = imagedb.db(), deployment.settings
     profiles = lifecycle.write_well_profiles(db, settings, merged)
-    outcome = lifecycle.complete(db, settings, merged.sub)
+    found = quality.feature_checks(merged)
+    try:  # the checks go into imagedb with the outcome; under `quality: block` one may fail it
+        outcome = lifecycle.complete(db, settings, merged.sub, found)
+    except quality.QualityBlocked as blocked:
+        raise dg.Failure(description=str(blocked), allow_retries=False) from blocked
     context.log.info(f"sub-analysis {merged.sub.sub_id} finished: {len(outcome['file_list'])} result files")
-    found = feature_checks(merged)
     yield dg.Output(None, "feature_tables", metadata=feature_tables_metadata(merged, found, settings))
     yield dg.Output(None, "single_cell_table", metadata=single_cell)
     yield dg.Output(

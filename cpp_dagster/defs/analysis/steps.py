@@ -19,6 +19,7 @@ import psutil
 
 from cpp_dagster.analysis import attempts, lifecycle
 from cpp_dagster.analysis.cellprofiler import BatchAbandoned, BatchOutcome, BatchTimeout
+from cpp_dagster.analysis.quality import NO_OBJECT_TABLES
 from cpp_dagster.analysis.sub_analysis import Stage, SubAnalysisRun, resolve
 from cpp_dagster.defs.analysis import run_target
 from cpp_dagster.defs.analysis.partitions import GENERATION_TAG, PROGRESS_TAG, other_active_runs, run_stamp
@@ -275,11 +276,6 @@ def write_single_cell_table(
         "columns": result.columns,
         "base_object": result.base,
     }
-
-
-# A pipeline that exports only an Image table (illumination correction, QC): no cells to
-# count per well, no object features, no single-cell table or well profiles.
-NO_OBJECT_TABLES = "no object tables (the pipeline exports only an Image table)"
 
 
 def result_links(sub: SubAnalysisRun, settings: Settings) -> dict:
