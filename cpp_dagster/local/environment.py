@@ -20,8 +20,9 @@ from pathlib import Path
 import yaml
 
 from cpp_dagster.local import postgres as local_postgres
+from cpp_dagster.service_settings import compound_database_variable
 from cpp_dagster.setting_rules import SettingsError
-from cpp_dagster.settings import PROJECT_ROOT, Settings, compound_database_variable, load_settings
+from cpp_dagster.settings import PROJECT_ROOT, Settings, load_settings
 
 COMPOUNDS = "compounds"  # the compound database with a local default: the public demo data set
 COMPOUNDS_READER = "compounds_reader"  # the role training queries run as: SELECT on its tables, nothing else

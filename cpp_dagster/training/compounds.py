@@ -26,8 +26,8 @@ import psycopg2.errors
 import psycopg2.extras
 from psycopg2 import sql
 
+from cpp_dagster.service_settings import Training, TrainingQueryLimits, compound_database_variable
 from cpp_dagster.setting_rules import redact_url
-from cpp_dagster.settings import Training, TrainingQueryLimits, compound_database_variable
 from cpp_dagster.training import query as training_query
 
 if TYPE_CHECKING:  # pandas costs 2 s to import: only the training steps that use it load it

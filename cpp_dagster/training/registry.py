@@ -27,8 +27,8 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from cpp_dagster import paths
+from cpp_dagster.service_settings import Registry
 from cpp_dagster.setting_rules import redact_url
-from cpp_dagster.settings import Registry
 
 # 1-80 of these characters, never starting with a dot: the registry's own staging
 # folders (`.<version>.*`, `.upload-*`) start with one, and a version named like them

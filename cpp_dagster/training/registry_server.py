@@ -42,7 +42,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from cpp_dagster import paths
-from cpp_dagster.settings import Registry
+from cpp_dagster.service_settings import Registry
 from cpp_dagster.training.registry import FolderModelRegistry, RegistryError, check_name_and_version
 
 CHUNK = 1024 * 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpp_dagster import paths
-from cpp_dagster.settings import Training
+from cpp_dagster.service_settings import Training
 from cpp_dagster.training import compounds, molecules
 from cpp_dagster.training.configuration import TrainingConfig
 from cpp_dagster.training.engines.base import TrainingFiles, split_params

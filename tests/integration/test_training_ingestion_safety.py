@@ -10,7 +10,8 @@ import psycopg2.extras
 import pytest
 from pg_databases import compound_database, new_database
 
-from cpp_dagster.settings import TrainingQueryLimits, load_settings
+from cpp_dagster.service_settings import TrainingQueryLimits
+from cpp_dagster.settings import load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, run_query
 
 ROWS = 1282

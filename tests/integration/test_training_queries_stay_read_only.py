@@ -20,7 +20,8 @@ from dagster_helpers import tick
 from pg_databases import compound_database, new_database
 
 from cpp_dagster.imagedb.rows import Image
-from cpp_dagster.settings import PROJECT_ROOT, TrainingQueryLimits, load_settings
+from cpp_dagster.service_settings import TrainingQueryLimits
+from cpp_dagster.settings import PROJECT_ROOT, load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, run_query
 
 ROWS = 1282
@@ -98,7 +99,8 @@ def _peak_rss_growth_mb(query: str, limits: TrainingQueryLimits) -> tuple[float,
     MB; the refusal it printed)."""
     script = f"""
 import resource, sys
-from cpp_dagster.settings import TrainingQueryLimits, load_settings
+from cpp_dagster.service_settings import TrainingQueryLimits
+from cpp_dagster.settings import load_settings
 from cpp_dagster.training.compounds import CompoundDatabaseError, run_query
 training = load_settings().training
 run_query("compounds", "SELECT 'C' AS smiles, 1 AS label", training)

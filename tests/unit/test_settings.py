@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cpp_dagster.service_settings import COMPOUND_DATABASE
 from cpp_dagster.setting_rules import SettingsError
 from cpp_dagster.settings import (
-    COMPOUND_DATABASE,
     PROJECT_ROOT,
     Settings,
     load_settings,

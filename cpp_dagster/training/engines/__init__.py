@@ -3,7 +3,7 @@ by CPP_TRAINING_ENGINE: `embedded` (default; RDKit + crepes, no license) or `cps
 
 from __future__ import annotations
 
-from cpp_dagster.settings import Training
+from cpp_dagster.service_settings import Training
 from cpp_dagster.training.engines.base import TrainingEngine
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpp_dagster.settings import Training
+from cpp_dagster.service_settings import Training
 from cpp_dagster.training.configuration import ConfigError, TrainingConfig
 from cpp_dagster.training.engines.base import Evaluation, SplitParams, TrainingFiles
 
