@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpp_dagster.analysis.cellprofiler import CellProfilerError, cellprofiler_environment
+from cpp_dagster.analysis.cellprofiler import CellProfilerError, cellprofiler_environment, version
 from cpp_dagster.analysis.planning import PlanningError
 
 INSPECT_SCRIPT = Path(__file__).resolve().parent / "cellprofiler_env" / "inspect_pipeline.py"
@@ -186,11 +186,12 @@ def check(needs: PipelineNeeds, **kwargs) -> None:
         )
 
 
-def cache_key(pipeline: Path, cellprofiler: str) -> str:
-    """SHA-256 of the pipeline file's bytes, the CellProfiler executable's path and the
-    inspection script (a changed script never reads an old result)."""
+def cache_key(pipeline: Path, cellprofiler: str, version: str) -> str:
+    """SHA-256 of the pipeline file's bytes, the CellProfiler executable's path, the version
+    it reports (the same path in another cp_version's image, or a reinstall, is another
+    CellProfiler) and the inspection script (a changed script never reads an old result)."""
     digest = hashlib.sha256(Path(pipeline).read_bytes())
-    digest.update(b"\0" + cellprofiler.encode() + b"\0" + INSPECT_SCRIPT.read_bytes())
+    digest.update(b"\0" + cellprofiler.encode() + b"\0" + version.encode() + b"\0" + INSPECT_SCRIPT.read_bytes())
     return digest.hexdigest()
 
 
@@ -205,7 +206,7 @@ def _read_cached(cache: Path) -> PipelineNeeds | None:
 def inspect(pipeline: Path, *, cellprofiler: str, cache_dir: Path) -> PipelineNeeds:
     """What `pipeline` needs and exports: from the cache when this file (same bytes) was
     inspected with this CellProfiler before, otherwise from one CellProfiler process."""
-    cache = Path(cache_dir) / f"{cache_key(pipeline, cellprofiler)}.json"
+    cache = Path(cache_dir) / f"{cache_key(pipeline, cellprofiler, version(cellprofiler, cache_dir))}.json"
     cached = _read_cached(cache)
     if cached is not None:
         return cached

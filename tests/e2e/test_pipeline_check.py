@@ -15,7 +15,7 @@ import pytest
 from dagster_helpers import events, launch, tick
 from pipeline_variants import RUN_CELLPOSE, with_module_before, without_module
 
-from cpp_dagster.analysis import lifecycle, pipeline_check
+from cpp_dagster.analysis import cellprofiler, lifecycle, pipeline_check
 from cpp_dagster.analysis.pipeline_check import Export, PipelineCheckError, PipelineNeeds
 from cpp_dagster.analysis.sub_analysis import resolve, work_dir
 from cpp_dagster.demo.register import DEMO_PIPELINE_FILE, demo_pipeline_meta, register_plate
@@ -107,7 +107,8 @@ def test_demo_pipeline_passes_and_its_inspection_is_reused_without_a_second_proc
     first_s = time.monotonic() - started
     [cached] = list(cache_dir.glob("*.json"))  # versions/ holds what each executable reports
     pipeline = lab.settings.pipelines_dir / DEMO_PIPELINE_FILE
-    assert cached.name == pipeline_check.cache_key(pipeline, lab.settings.cellprofiler) + ".json"
+    ran = cellprofiler.version(lab.settings.cellprofiler, cache_dir)
+    assert cached.name == pipeline_check.cache_key(pipeline, lab.settings.cellprofiler, ran) + ".json"
     written = cached.stat()
 
     started = time.monotonic()

@@ -87,7 +87,17 @@ def test_the_cache_key_follows_the_file_content_and_the_cellprofiler_build(tmp_p
     a, b = tmp_path / "a.cppipe", tmp_path / "b.cppipe"
     a.write_text("same")
     shutil.copyfile(a, b)
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") == pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(a, "/cp2/bin/cellprofiler")
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler", "5.0.0") == pipeline_check.cache_key(
+        b, "/cp/bin/cellprofiler", "5.0.0"
+    )
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler", "5.0.0") != pipeline_check.cache_key(
+        a, "/cp2/bin/cellprofiler", "5.0.0"
+    )
     b.write_text("changed")
-    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler") != pipeline_check.cache_key(b, "/cp/bin/cellprofiler")
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler", "5.0.0") != pipeline_check.cache_key(
+        b, "/cp/bin/cellprofiler", "5.0.0"
+    )
+    # the same path in another cp_version's image (or a reinstall) is another CellProfiler
+    assert pipeline_check.cache_key(a, "/cp/bin/cellprofiler", "5.0.0") != pipeline_check.cache_key(
+        a, "/cp/bin/cellprofiler", "4.2.8"
+    )
