@@ -85,6 +85,9 @@ class Launch(Group):
         2000,
         positive_int,
     )
+    sensor_max_new_keys: int = setting(
+        "CPP_SENSOR_MAX_NEW_KEYS", "new partition keys the launch sensor adds per tick at most", 300, positive_int
+    )
     overview_interval_s: int = setting(
         "CPP_OVERVIEW_INTERVAL_S",
         "seconds between refreshes of the lab overview in the UI (`imagedb/lab_overview`)",

@@ -2,7 +2,8 @@
 generate_series), for the tests and benchmarks of what must stay bounded at lab scale.
 
 `fill_lab(url, acquisitions)`: that many plate acquisitions `SCALE-00001`...,
-every 25th still being imaged; one analysis of `pipeline` each, with 3 sub-analyses
+every 25th still being imaged; one analysis of `pipeline` each (unless
+`analyses=False`), with 3 sub-analyses
 (illumination, QC, features); of the sub-analyses about 70 % finished, 10 % waiting,
 10 % running and 10 % failed, each failed one with a message of its own.
 """
@@ -13,11 +14,13 @@ import psycopg2
 
 STEPS = ("illum", "qc", "features")
 
-_FILL = """
+_PLATES = """
 INSERT INTO plate_acquisition (plate_barcode, finished)
 SELECT 'SCALE-' || lpad(g::text, 5, '0'), CASE WHEN g %% 25 = 0 THEN NULL ELSE now() END
 FROM generate_series(1, %(n)s) g;
+"""
 
+_ANALYSES = """
 INSERT INTO image_analyses (plate_acquisition_id, pipeline_name, start, meta)
 SELECT id, %(pipeline)s, now(), '{}'::jsonb FROM plate_acquisition ORDER BY id;
 
@@ -38,11 +41,14 @@ ORDER BY a.id, step;
 """
 
 
-def fill_lab(url: str, acquisitions: int, pipeline: str = "scale-pipeline") -> None:
+def fill_lab(url: str, acquisitions: int, pipeline: str = "scale-pipeline", *, analyses: bool = True) -> None:
+    """`analyses=False`: only the plate acquisitions (a lab's plates before a first deployment)."""
     conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(_FILL, {"n": acquisitions, "pipeline": pipeline, "steps": list(STEPS)})
+            cur.execute(_PLATES, {"n": acquisitions})
+            if analyses:
+                cur.execute(_ANALYSES, {"pipeline": pipeline, "steps": list(STEPS)})
     finally:
         conn.close()
 
