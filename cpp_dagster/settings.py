@@ -344,9 +344,8 @@ class Settings(Group):
     )
     work_retention_days: float = setting(
         "CPP_WORK_RETENTION_DAYS",
-        "days a finished sub-analysis's work "
-        "folders (batch CSVs, converted tables) are kept before the nightly `clean_work_area` "
-        "job or `cpp-dagster gc` removes them (`--retention-days N` overrides)",
+        "days a finished sub-analysis's work folders, and an ended run's compute logs, pickles and training folders, "
+        "are kept before the nightly `clean_work_area` job or `cpp-dagster gc` removes them (`--retention-days N`)",
         7,
         days,
     )
