@@ -181,8 +181,15 @@ def _active_work():
 
     from cpp_dagster.defs.analysis.work_area import active_work
 
-    with dg.DagsterInstance.get() as instance:
-        return active_work(instance)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return active_work(instance)
+    except Exception as e:  # a broken dagster.yaml or an unreachable database: keep, and say why
+        _echo(
+            f"cpp-dagster gc: the Dagster instance of DAGSTER_HOME could not be read ({type(e).__name__}: {e}); "
+            "runs' compute logs, pickles and training folders are kept"
+        )
+        return None
 
 
 def apply_schemas() -> list[str]:

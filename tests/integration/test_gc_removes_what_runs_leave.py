@@ -150,3 +150,19 @@ def test_gc_without_a_dagster_instance_keeps_runs_leftovers_and_says_so(work, mo
     assert done.returncode == 0, done.stderr
     assert "DAGSTER_HOME is not set" in done.stderr
     assert logs.is_dir() and not unused.exists()
+
+
+def test_gc_with_an_unreadable_dagster_home_keeps_runs_leftovers_in_one_line(work, tmp_path):
+    import subprocess
+    import sys
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("storage: [this is: not, a valid: instance")
+    logs = old(folder_with_file(work / "compute-logs" / str(uuid.uuid4())))
+    cli = str(Path(sys.executable).with_name("cpp-dagster"))
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    done = subprocess.run([cli, "gc"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    [said] = [line for line in done.stderr.splitlines() if "DAGSTER_HOME could not be read" in line]
+    assert "Traceback" not in done.stderr and logs.is_dir()
