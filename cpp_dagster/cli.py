@@ -142,7 +142,7 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     """Clean the work area (`work_area.py`); prints what it freed per sub-analysis. A bad
     CPP_WORK_RETENTION_DAYS or --retention-days is one line, exit 2."""
-    from cpp_dagster.analysis import work_area
+    from cpp_dagster.analysis import work_area, work_leftovers
     from cpp_dagster.imagedb.store import ImageDB
     from cpp_dagster.local.environment import cli_url
     from cpp_dagster.settings import load_settings
@@ -164,7 +164,32 @@ def cmd_gc(args: argparse.Namespace) -> int:
         expire_failed=args.expire_failed,
     )
     print("\n".join(work_area.report_lines(outcomes, dry_run=args.dry_run)), flush=True)
+    leftovers = work_leftovers.collect_leftovers(
+        settings.work_root, settings.pipeline_check_cache, days, _active_work(), dry_run=args.dry_run
+    )
+    print("\n".join(work_leftovers.report_lines(leftovers, dry_run=args.dry_run)), flush=True)
     return 0
+
+
+def _active_work():
+    """The runs Dagster has not ended, from the instance DAGSTER_HOME names; None (and a
+    line saying so) without one: then runs' leftovers are left to the nightly job."""
+    if not os.environ.get("DAGSTER_HOME"):
+        _echo("cpp-dagster gc: DAGSTER_HOME is not set: runs' compute logs, pickles and training folders are kept")
+        return None
+    import dagster as dg
+
+    from cpp_dagster.defs.analysis.work_area import active_work
+
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return active_work(instance)
+    except Exception as e:  # a broken dagster.yaml or an unreachable database: keep, and say why
+        _echo(
+            f"cpp-dagster gc: the Dagster instance of DAGSTER_HOME could not be read ({type(e).__name__}: {e}); "
+            "runs' compute logs, pickles and training folders are kept"
+        )
+        return None
 
 
 def apply_schemas() -> list[str]:

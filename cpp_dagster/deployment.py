@@ -54,7 +54,11 @@ def launching(settings: Settings) -> Launching:
     run), and gives its run the per-step requests."""
     launch = settings.launch
     if launch.executor != "k8s":
-        return Launching(interval_s=launch.sensor_interval_s, max_requests=launch.sensor_max_requests)
+        return Launching(
+            interval_s=launch.sensor_interval_s,
+            max_requests=launch.sensor_max_requests,
+            max_new_keys=launch.sensor_max_new_keys,
+        )
     from cpp_dagster.k8s.pod_config import AnalysisIds, PodSettings, analysis_run_config
     from cpp_dagster.k8s.run_grant import grants
 
@@ -71,6 +75,7 @@ def launching(settings: Settings) -> Launching:
     return Launching(
         interval_s=launch.sensor_interval_s,
         max_requests=launch.sensor_max_requests,
+        max_new_keys=launch.sensor_max_new_keys,
         check=check,
         run_config=run_config,
     )

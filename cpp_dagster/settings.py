@@ -71,6 +71,9 @@ class Launch(Group):
         2000,
         positive_int,
     )
+    sensor_max_new_keys: int = setting(
+        "CPP_SENSOR_MAX_NEW_KEYS", "new partition keys the launch sensor adds per tick at most", 300, positive_int
+    )
     overview_interval_s: int = setting(
         "CPP_OVERVIEW_INTERVAL_S",
         "seconds between refreshes of the lab overview and the pipelines in the UI "
@@ -204,9 +207,8 @@ class Settings(Group):
     )
     work_retention_days: float = setting(
         "CPP_WORK_RETENTION_DAYS",
-        "days a finished sub-analysis's work "
-        "folders (batch CSVs, converted tables) are kept before the nightly `clean_work_area` "
-        "job or `cpp-dagster gc` removes them (`--retention-days N` overrides)",
+        "days a finished sub-analysis's work folders, and an ended run's compute logs, pickles and training folders, "
+        "are kept before the nightly `clean_work_area` job or `cpp-dagster gc` removes them (`--retention-days N`)",
         7,
         days,
     )

@@ -140,21 +140,29 @@ def _one_line(text: str, limit: int | None) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _cells(lines: Sequence[OverviewLine], limit: int | None) -> tuple[list[str], list[list[str]]]:
+def _cells(
+    lines: Sequence[OverviewLine], limit: int | None, cell_limit: int | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the table; the URL column only when some line has a URL; the
-    detail (which may be long) last."""
+    detail (which may be long, cut at `limit`) last; every other cell on one line, cut
+    at `cell_limit`."""
     with_url = any(line.result_url for line in lines)
     header = ["PLATE", "PIPELINE", "STAGE", "SUB", "STATE", "RESULT", *(["URL"] if with_url else []), "DETAIL"]
     cells = []
     for line in lines:
         cells.append(
             [
-                line.plate,
-                line.pipeline,
-                line.stage,
-                "" if line.sub_id is None else str(line.sub_id),
-                line.state,
-                line.result_folder,
+                *(
+                    _one_line(text, cell_limit)
+                    for text in (
+                        line.plate,
+                        line.pipeline,
+                        line.stage,
+                        "" if line.sub_id is None else str(line.sub_id),
+                        line.state,
+                        line.result_folder,
+                    )
+                ),
                 *([line.result_url] if with_url else []),
                 _one_line(line.detail, limit),
             ]
@@ -169,9 +177,11 @@ def text_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 120)
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *cells])
 
 
-def markdown_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 300) -> str:
+def markdown_table(
+    lines: Sequence[OverviewLine], *, detail_limit: int | None = 300, cell_limit: int | None = None
+) -> str:
     """The same table in markdown (`|` escaped, one line per cell, URLs as links)."""
-    header, cells = _cells(lines, detail_limit)
+    header, cells = _cells(lines, detail_limit, cell_limit)
     url = header.index("URL") if "URL" in header else None
 
     def cell(text: str) -> str:
@@ -183,4 +193,54 @@ def markdown_table(lines: Sequence[OverviewLine], *, detail_limit: int | None = 
         if url is not None and row[url]:
             shown[url] = f"[link]({row[url]})"
         out.append("| " + " | ".join(shown) + " |")
+    return "\n".join(out)
+
+
+# The UI's overview is bounded: the count per state and at most this many lines that need
+# a person, each cell cut, so one observation stays a few tens of KB at any lab size
+# (every line of the whole table: `cpp-dagster status`).
+ATTENTION_ROWS = 50
+ATTENTION_CELL_LIMIT = 80
+ATTENTION_DETAIL_LIMIT = 300
+STATES = ("not run", "waiting", "running", "finished", "failed")
+_ATTENTION_ORDER = {"failed": 0, "waiting": 1}
+
+
+@dataclass(frozen=True)
+class AttentionSummary:
+    """The count of lines per state and the first lines that need attention (failed, then
+    waiting, each with its reason), at most `ATTENTION_ROWS`; `left_out` more were not shown."""
+
+    counts: dict[str, int]
+    shown: tuple[OverviewLine, ...]
+    left_out: int
+
+
+def attention_summary(lines: Iterable[OverviewLine], *, rows: int = ATTENTION_ROWS) -> AttentionSummary:
+    counts = dict.fromkeys(STATES, 0)
+    attention = []
+    for line in lines:
+        counts[line.state] = counts.get(line.state, 0) + 1
+        if line.state in _ATTENTION_ORDER:
+            attention.append(line)
+    attention.sort(key=lambda line: _ATTENTION_ORDER[line.state])  # stable: overview order within a state
+    return AttentionSummary(counts, tuple(attention[:rows]), max(0, len(attention) - rows))
+
+
+def attention_markdown(summary: AttentionSummary) -> str:
+    """The summary as a short markdown text: the counts, then the lines that need attention
+    (cells cut), and how many were left out with the command that prints them all."""
+    total = sum(summary.counts.values())
+    counts = ", ".join(f"{n:,} {state}" for state, n in summary.counts.items())
+    out = [f"**{total:,} lines** (plate acquisition x pipeline x step): {counts}."]
+    if not summary.shown:
+        out.append("\nNothing needs attention: nothing failed or waits.")
+        return "\n".join(out)
+    out.append("\nNeeds attention (failed first, then waiting, with the reason):\n")
+    out.append(markdown_table(summary.shown, detail_limit=ATTENTION_DETAIL_LIMIT, cell_limit=ATTENTION_CELL_LIMIT))
+    if summary.left_out:
+        out.append(
+            f"\n{summary.left_out:,} more lines need attention and are not shown here: `cpp-dagster status` "
+            "prints every line (`--plate BARCODE` for one plate, `--json` for scripts)."
+        )
     return "\n".join(out)

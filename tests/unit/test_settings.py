@@ -45,6 +45,7 @@ def test_every_cpp_variable_the_code_names_is_a_setting():
         "CPP_MAX_CONCURRENT",
         "CPP_SENSOR_INTERVAL_S",
         "CPP_SENSOR_MAX_REQUESTS",
+        "CPP_SENSOR_MAX_NEW_KEYS",
         "CPP_OVERVIEW_INTERVAL_S",
         "CPP_BATCH_RETRIES",
         "CPP_BATCH_RETRY_DELAY_S",

@@ -1,19 +1,20 @@
 """The lab overview in the UI: the `imagedb/lab_overview` asset, observed by a sensor.
 
-Its latest observation's metadata is the table `cpp-dagster status` prints (plate,
-pipeline, step, state, progress or the reason it waits or failed, result folder and link;
-here a launched run still in Dagster's run queue is named as such),
-as markdown, plus the count per state. A lab member finds it from the asset graph
+Its latest observation's metadata is bounded at any lab size: the count per state and
+the lines of `cpp-dagster status` that need a person (failed, then waiting, with the
+reason; here a launched run still in Dagster's run queue is named as such), at most
+`ATTENTION_ROWS` of them, each cell cut, as a short markdown, and how many more there are
+(`cpp-dagster status` prints them all). A lab member finds it from the asset graph
 (group imagedb). imagedb stays the source of truth: the sensor only reads it, and
-records a new observation only when the table changed.
+records a new observation only when that summary changed (a running step's progress
+alone does not make one).
 """
 
 import hashlib
-from collections import Counter
 
 import dagster as dg
 
-from cpp_dagster.analysis.lab_overview import markdown_table, overview_lines
+from cpp_dagster.analysis.lab_overview import attention_markdown, attention_summary, overview_lines
 from cpp_dagster.defs.analysis.partitions import tagged_sub_id
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 
@@ -22,11 +23,9 @@ lab_overview = dg.AssetSpec(
     kinds={"postgres"},
     group_name="imagedb",
     description="Every plate acquisition x pipeline at a glance: waiting (and why), running (progress), "
-    "finished (result folder) or failed (why). Open the latest observation's metadata; "
-    "`cpp-dagster status` prints the same table.",
+    "finished (result folder) or failed (why). The latest observation's metadata has the count per state and "
+    "the lines that need attention (failed, waiting); `cpp-dagster status` prints every line.",
 )
-
-STATES = ("not run", "waiting", "running", "finished", "failed")
 
 
 def build_overview_sensor(interval_s: int) -> dg.SensorDefinition:
@@ -52,12 +51,16 @@ def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBRes
         nas_root=settings.nas_root,
         queued=queued_runs(context.instance),
     )
-    table = markdown_table(lines)
-    digest = hashlib.sha256(table.encode()).hexdigest()
+    summary = attention_summary(lines)
+    text = attention_markdown(summary)
+    digest = hashlib.sha256(text.encode()).hexdigest()
     if digest == context.cursor:
         return dg.SkipReason("the lab overview has not changed")
-    counts = Counter(line.state for line in lines)
-    metadata = {"overview": dg.MetadataValue.md(table), **{state: counts.get(state, 0) for state in STATES}}
+    metadata = {
+        "overview": dg.MetadataValue.md(text),
+        **summary.counts,
+        "attention_not_shown": summary.left_out,
+    }
     return dg.SensorResult(
         asset_events=[dg.AssetObservation(asset_key=lab_overview.key, metadata=metadata)], cursor=digest
     )

@@ -4,8 +4,9 @@ Every analysis asset is partitioned by two dynamic dimensions, `pipeline` (the i
 analysis pipeline's name) and `plate` (the plate acquisition: its barcode; a barcode
 imaged more than once has `<barcode>~<acquisition id>` for every acquisition after the
 first). Dagster orders the dimensions by name, so a key reads `demo_features|PLATE-0001`.
-The sensor adds a key as soon as the acquisition or pipeline is registered in imagedb, so
-the partition grid is the lab's plate x pipeline overview. A partition may see several
+The sensor adds a key as soon as the acquisition or pipeline is registered in imagedb (at
+most `CPP_SENSOR_MAX_NEW_KEYS` a tick: partition_growth.py), so the partition grid is
+the lab's plate x pipeline overview. A partition may see several
 analyses over time; the latest is its state, older ones stay in imagedb and in the run
 history. A sub-analysis keeps its own exactly-once run key (`sub<id>`).
 

@@ -12,6 +12,7 @@ from cpp_dagster.analysis.planning import SubAnalysisOptions
 from cpp_dagster.analysis.sub_analysis import Stage
 from cpp_dagster.defs.analysis.assets import FEATURE_TABLES, PROFILES, SINGLE_CELL, plate_acquisitions
 from cpp_dagster.defs.analysis.hooks import failure_message
+from cpp_dagster.defs.analysis.partition_growth import new_keys
 from cpp_dagster.defs.analysis.partitions import (
     ANALYSIS_ID_TAG,
     GENERATION_TAG,
@@ -20,11 +21,8 @@ from cpp_dagster.defs.analysis.partitions import (
     other_active_runs,
     partition_key,
     pipeline_key,
-    pipeline_partitions,
     plate_keys,
-    plate_partitions,
     run_stamp,
-    usable,
 )
 from cpp_dagster.defs.analysis.run_target import sub_analyses_of_run
 from cpp_dagster.defs.resources import ImageDBResource
@@ -69,6 +67,7 @@ class Launching:
 
     interval_s: int = 30
     max_requests: int = 2000
+    max_new_keys: int = 300
     check: Callable[[SubAnalysisOptions], None] = lambda options: None
     run_config: Callable[[ReadySubAnalysis, SubAnalysisOptions], dict] = lambda ready, options: {}
 
@@ -110,19 +109,6 @@ def judge(check: Callable[[SubAnalysisOptions], None], meta: dict) -> tuple[SubA
     return options, None
 
 
-def partition_requests(instance: dg.DagsterInstance, plates: dict[int, str], pipelines: list[str]) -> list:
-    """Add-requests for the plate and pipeline keys imagedb has and Dagster not yet."""
-    requests = []
-    for definition, keys in (
-        (plate_partitions, sorted(set(plates.values()))),
-        (pipeline_partitions, [p for p in pipelines if usable(p)]),
-    ):
-        new = sorted(set(keys) - set(instance.get_dynamic_partitions(definition.name)))
-        if new:
-            requests.append(definition.build_add_request(new))
-    return requests
-
-
 def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
     @dg.sensor(
         jobs=list(STAGE_JOBS.values()),
@@ -140,7 +126,6 @@ def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
         imagedb with the reason while every other row goes on."""
         db = imagedb.db()
         plates = plate_keys(db.plate_acquisitions_by_id())
-        partitions = partition_requests(context.instance, plates, db.pipeline_names())
         failed = [row for row in db.malformed_sub_analyses() if db.mark_sub_failed(row.sub_id, row.message)]
         failed += db.fail_unresolvable_dependencies()
         ready: list[ReadySubAnalysis] = []
@@ -160,6 +145,26 @@ def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
                 failed.append(Unlaunchable(r.sub_id, f"not launched: {why}"))
         for row in failed:
             context.log.warning(f"sub-analysis {row.sub_id} failed: {row.message}")
+        keys = new_keys(
+            context.instance,
+            plates,
+            db.pipeline_names(),
+            [(pipeline_key(r.pipeline_name, r.analysis_id), plates[r.plate_acquisition_id]) for r, _ in launchable],
+            launching.max_new_keys,
+        )
+        held = len(launchable)
+        launchable = [
+            (r, o)
+            for r, o in launchable
+            if keys.has(pipeline_key(r.pipeline_name, r.analysis_id), plates[r.plate_acquisition_id])
+        ]
+        if keys.left:
+            waiting = held - len(launchable)
+            context.log.info(
+                f"added {len(keys.pipelines) + len(keys.plates)} new partition keys (at most "
+                f"{launching.max_new_keys} a tick), {keys.left} left for the next ticks"
+                + (f"; {waiting} ready sub-analyses wait in imagedb for theirs" if waiting else "")
+            )
         reruns = db.rerun_generations([r.sub_id for r, _ in launchable])
         requests = [
             run_request(
@@ -167,13 +172,7 @@ def build_pending_sensor(launching: Launching) -> dg.SensorDefinition:
             )
             for r, options in launchable
         ]
-        pipelines = sorted(
-            {pipeline_key(r.pipeline_name, r.analysis_id) for r, _ in launchable}
-            - set(context.instance.get_dynamic_partitions(pipeline_partitions.name))
-            - {key for request in partitions for key in request.partition_keys}
-        )
-        if pipelines:  # an analysis with no usable pipeline name gets a key of its own
-            partitions.append(pipeline_partitions.build_add_request(pipelines))
+        partitions = keys.requests()
         ready_per_plate = Counter(r.plate_acquisition_id for r, _ in launchable)
         if not requests and not partitions:
             return dg.SkipReason(
