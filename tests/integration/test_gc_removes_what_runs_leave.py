@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cpp_dagster.analysis import pipeline_check
+from cpp_dagster.analysis import cellprofiler, pipeline_check
 from cpp_dagster.settings import load_settings
 
 DAY = 86400
@@ -95,7 +95,8 @@ def test_unused_pipeline_check_entries_go_a_used_one_is_refreshed(work, dagster_
     other = old_file(checks / "notes.txt")
     pipeline = tmp_path / "p.cppipe"
     pipeline.write_text("CellProfiler Pipeline\n")
-    used = checks / f"{pipeline_check.cache_key(pipeline, 'cp')}.json"
+    ran = cellprofiler.version("cp", checks)  # what the "executable" reports, as inspect keys it
+    used = checks / f"{pipeline_check.cache_key(pipeline, 'cp', ran)}.json"
     used.write_text('{"modules": [], "image_inputs": [], "needs_images": {}, "exports": []}')
     old(used)
     pipeline_check.inspect(pipeline, cellprofiler="cp", cache_dir=checks)  # a hit: last used now
