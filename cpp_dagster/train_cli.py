@@ -141,7 +141,7 @@ def add_parser(sub) -> None:
         "--timeout", type=float, default=30, help="seconds a request's line and headers may take in all (and a stall)"
     )
     reg.add_argument("--workers", type=int, default=8, help="requests served at once (a bounded thread pool)")
-    reg.add_argument("--per-client", type=int, default=2, help="connections at once from one client address")
+    reg.add_argument("--per-client", type=int, default=4, help="connections at once from one client address")
     reg.set_defaults(fn=cmd_registry)
     predict = cmds.add_parser("predict", help="predict SMILES with a published model (embedded engine)")
     predict.add_argument("--model", required=True, help="the workflow name")

@@ -284,7 +284,7 @@ def serve(
     max_upload_bytes: int = Registry().max_upload_bytes,  # the setting's default
     timeout_s: float = 30,
     workers: int = 8,
-    per_client: int = 2,
+    per_client: int = 4,
     on_ready=None,
 ) -> HTTPServer:
     """Serve the folder registry at `root` with `workers` threads, at most `per_client`

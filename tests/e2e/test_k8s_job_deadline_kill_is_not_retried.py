@@ -11,7 +11,10 @@ import pytest
 from dagster_helpers import events
 from k8s_cluster import analysis_cluster, launch, sensor_run_config, step_jobs, submit_demo, wait_for_run
 
-JOB_TIMEOUT_S = 15  # CellProfiler, started after the step's own start-up, needs longer
+JOB_TIMEOUT_S = 15  # the deadline falls after the step has started, while CellProfiler runs
+# one batch of 16 image sets: CellProfiler alone takes longer than the deadline (on an idle
+# machine a one-image-set batch finished within it)
+WELLS, SITES = ("B02", "B03", "C02", "C03"), (1, 2, 3, 4)
 
 
 @pytest.fixture
@@ -24,7 +27,9 @@ def cluster(lab, pg_server, tmp_path, monkeypatch):
 
 def test_a_batch_killed_at_its_job_deadline_fails_without_running_again(lab, cluster):
     k8s, instance = cluster
-    request, sub_id = submit_demo(lab, instance, "K8S-DEADLINE", job_timeout=JOB_TIMEOUT_S)
+    request, sub_id = submit_demo(
+        lab, instance, "K8S-DEADLINE", wells=WELLS, sites=SITES, batch_size=0, job_timeout=JOB_TIMEOUT_S
+    )
     key = request.partition_key
     launch(instance, key, job=request.job_name, run_config=sensor_run_config(lab, sub_id), tags=request.tags)
     run = wait_for_run(instance, key)

@@ -235,15 +235,17 @@ def analysis_cluster(lab, pg_server, tmp_path, monkeypatch, pod_settings: dict |
         yield found
 
 
-def submit_demo(lab, instance, barcode: str, **sub_analysis) -> tuple[dg.RunRequest, int]:
-    """The demo analysis (two batches of one image set; `sub_analysis` overrides its
-    options) on a new plate, and the sensor's run request for it."""
+def submit_demo(
+    lab, instance, barcode: str, wells=("B02", "C03"), sites=(1,), batch_size: int = 1, **sub_analysis
+) -> tuple[dg.RunRequest, int]:
+    """The demo analysis (by default two batches of one image set; `sub_analysis`
+    overrides its options) on a new plate, and the sensor's run request for it."""
     from dagster_helpers import tick
 
     from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 
-    acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=["B02", "C03"], sites=[1], seed=11)
-    meta = demo_pipeline_meta(batch_size=1)
+    acq = register_plate(lab.db, lab.settings, barcode=barcode, wells=list(wells), sites=list(sites), seed=11)
+    meta = demo_pipeline_meta(batch_size=batch_size)
     meta["sub_analyses"][0].update(sub_analysis)
     lab.db.put_pipeline("k8s-demo", meta)
     sub_id = lab.db.submit_analysis(acq, "k8s-demo").sub_ids[0]
