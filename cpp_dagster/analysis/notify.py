@@ -25,6 +25,7 @@ named and shown as `scheme://host:port/***`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -156,10 +157,8 @@ def _hang_up(conn: http.client.HTTPConnection) -> None:
     """Close the connection, also under a thread still reading from it (which then ends)."""
     sock = conn.sock
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # already closed by the other side
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
     conn.close()
 
 

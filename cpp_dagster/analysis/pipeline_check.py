@@ -17,6 +17,7 @@ acquisition's channel map is pure Python and runs every time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -209,10 +210,9 @@ def inspect(pipeline: Path, *, cellprofiler: str, cache_dir: Path) -> PipelineNe
     cache = Path(cache_dir) / f"{cache_key(pipeline, cellprofiler, version(cellprofiler, cache_dir))}.json"
     cached = _read_cached(cache)
     if cached is not None:
-        try:  # last used now: the work area's clean-up removes entries unused for the retention
+        # last used now: the work area's clean-up removes entries unused for the retention
+        with contextlib.suppress(OSError):  # a read-only cache still answers
             os.utime(cache)
-        except OSError:
-            pass
         return cached
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=cache.name, suffix=".tmp", dir=cache.parent)

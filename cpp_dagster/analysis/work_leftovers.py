@@ -21,6 +21,7 @@ active is the caller's knowledge (Dagster's), given as sets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -60,10 +61,8 @@ def newest_change(path: Path) -> float:
     newest = os.lstat(path).st_mtime
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
                 newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-            except FileNotFoundError:  # removed meanwhile
-                pass
     return newest
 
 

@@ -4,20 +4,16 @@ process stops, and imagedb says the sub-analysis was cancelled. Real dagster-dae
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
 import psutil
-from dagster_helpers import wait_until
-from pg_databases import new_database
+from dagster_helpers import daemon_environment, wait_until
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local.environment import sqlalchemy_url
-from cpp_dagster.settings import PROJECT_ROOT
 
 
 def cellprofiler_processes(work_root: Path, sub_id: int) -> list[psutil.Process]:
@@ -44,16 +40,7 @@ def cancel_from_another_process(run_id: str) -> None:
 
 
 def test_cancel_stops_cellprofiler_and_records_cancelled(lab, pg_server, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-        "CPP_SENSOR_INTERVAL_S": "2",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    env = daemon_environment(pg_server, tmp_path, monkeypatch)
     acq = register_plate(lab.db, lab.settings, barcode="CANCEL", wells=["B02", "B03"], sites=[1, 2, 3, 4], seed=8)
     lab.db.put_pipeline("one-batch", demo_pipeline_meta(batch_size=0))  # one long batch of 8 image sets
     sub_id = lab.db.submit_analysis(acq, "one-batch").sub_ids[0]

@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import dagster as dg
 import yaml
-from dagster_helpers import wait_until
-from pg_databases import new_database
+from dagster_helpers import daemon_environment, wait_until
 
 from cpp_dagster.demo.register import DEMO_PIPELINE, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local.environment import sqlalchemy_url
 from cpp_dagster.settings import PROJECT_ROOT
 
 
 def test_repeated_ticks_and_a_daemon_restart_request_one_run(lab, pg_server, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
     config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     config["concurrency"]["runs"]["max_concurrent_runs"] = 0  # runs stay queued: nothing starts
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-        "CPP_SENSOR_INTERVAL_S": "1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    env = daemon_environment(pg_server, tmp_path, monkeypatch, config, CPP_SENSOR_INTERVAL_S="1")
     acq = register_plate(lab.db, lab.settings, barcode="ONCE", wells=["B02"], sites=[1], seed=4)
     sub_id = lab.db.submit_analysis(acq, DEMO_PIPELINE).sub_ids[0]
 

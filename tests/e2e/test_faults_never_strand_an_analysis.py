@@ -5,7 +5,6 @@ nothing is left running. (A killed run worker: test_killed_run_worker_is_retried
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -14,13 +13,10 @@ import dagster as dg
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from dagster_helpers import wait_until
-from pg_databases import new_database
+from dagster_helpers import daemon_environment, wait_until
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon
-from cpp_dagster.local.environment import sqlalchemy_url
-from cpp_dagster.settings import PROJECT_ROOT
 
 OUTCOME_WITHIN_S = 300  # the bound each fault's analysis must end within (measured: printed)
 TABLES = ("Image", "Nuclei", "Cells", "Cytoplasm")
@@ -77,18 +73,7 @@ def assert_same_tables(lab, faulted, clean) -> None:
 
 @pytest.fixture
 def daemon_env(pg_server, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-        "CPP_SENSOR_INTERVAL_S": "2",
-        "CPP_BATCH_RETRY_DELAY_S": "1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    return daemon_environment(pg_server, tmp_path, monkeypatch, CPP_BATCH_RETRY_DELAY_S="1")
 
 
 def test_killed_cellprofiler_batch_step_and_code_server_never_strand_the_analysis(lab, daemon_env, tmp_path):

@@ -5,20 +5,16 @@ acting. imagedb never says failed in between. Through the real daemon and code s
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import dagster as dg
 import psutil
 import pyarrow.parquet as pq
-from dagster_helpers import wait_until
-from pg_databases import new_database
+from dagster_helpers import daemon_environment, wait_until
 
 from cpp_dagster.demo.register import demo_pipeline_meta, register_plate
 from cpp_dagster.demo.run import dagster_daemon
 from cpp_dagster.features.columns import BATCH_COLUMN
-from cpp_dagster.local.environment import sqlalchemy_url
-from cpp_dagster.settings import PROJECT_ROOT
 
 
 def cellprofilers(work_root) -> list[psutil.Process]:
@@ -37,16 +33,7 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def test_a_killed_run_worker_is_retried_from_failure_and_the_analysis_finishes(lab, pg_server, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")  # run_retries as deployed
-    env = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
-        "CPP_SENSOR_INTERVAL_S": "2",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    env = daemon_environment(pg_server, tmp_path, monkeypatch)  # run_retries as deployed
     # one batch of 8 image sets: CellProfiler runs long enough that only the kill stops it
     acq = register_plate(lab.db, lab.settings, barcode="KILLED", wells=["B02", "B03"], sites=[1, 2, 3, 4], seed=5)
     lab.db.put_pipeline("one-batch", demo_pipeline_meta(batch_size=0))

@@ -84,3 +84,33 @@ def wait_until(what: str, predicate, timeout: float = 300, every: float = 0.5):
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def daemon_environment(pg_server, tmp_path, monkeypatch, config: dict | None = None, **variables: str) -> dict:
+    """A DAGSTER_HOME of the test's own holding the project's dagster.yaml (or `config`, that
+    file as parsed and changed by the test), the instance in a new database of the session's
+    PostgreSQL, the sensors every 2 s unless `variables` say otherwise. Set in this process's
+    environment (the instance the test opens reads it) and returned for the daemon."""
+    import shutil
+
+    import yaml
+    from pg_databases import new_database
+
+    from cpp_dagster.local.environment import sqlalchemy_url
+    from cpp_dagster.settings import PROJECT_ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    if config is None:
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")  # run retries as deployed
+    else:
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_url(new_database(pg_server, "dagster")),
+        "CPP_SENSOR_INTERVAL_S": "2",
+        **variables,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -10,11 +10,10 @@ records a new observation only when that summary changed (a running step's progr
 alone does not make one).
 """
 
-import hashlib
-
 import dagster as dg
 
 from cpp_dagster.analysis.lab_overview import attention_markdown, attention_summary, overview_lines
+from cpp_dagster.defs.analysis.observations import observe_if_changed
 from cpp_dagster.defs.analysis.partitions import tagged_sub_id
 from cpp_dagster.defs.resources import DeploymentResource, ImageDBResource
 
@@ -53,14 +52,9 @@ def lab_overview_sensor(context: dg.SensorEvaluationContext, imagedb: ImageDBRes
     )
     summary = attention_summary(lines)
     text = attention_markdown(summary)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    if digest == context.cursor:
-        return dg.SkipReason("the lab overview has not changed")
     metadata = {
         "overview": dg.MetadataValue.md(text),
         **summary.counts,
         "attention_not_shown": summary.left_out,
     }
-    return dg.SensorResult(
-        asset_events=[dg.AssetObservation(asset_key=lab_overview.key, metadata=metadata)], cursor=digest
-    )
+    return observe_if_changed(context, lab_overview.key, text, metadata, "the lab overview has not changed")

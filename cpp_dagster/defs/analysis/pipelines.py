@@ -7,11 +7,10 @@ plus how many pipelines and versions there are. Registering stays in the CLI
 observation only when the table changed.
 """
 
-import hashlib
-
 import dagster as dg
 
 from cpp_dagster.analysis.pipeline_listing import markdown_table
+from cpp_dagster.defs.analysis.observations import observe_if_changed
 from cpp_dagster.defs.resources import ImageDBResource
 from cpp_dagster.imagedb.rows import ImageDBError
 
@@ -40,14 +39,11 @@ def analysis_pipelines_sensor(context: dg.SensorEvaluationContext, imagedb: Imag
     except ImageDBError as e:  # imagedb without the versions table: say so, every tick
         return dg.SkipReason(str(e))
     table = markdown_table(pipelines)
-    digest = hashlib.sha256(table.encode()).hexdigest()
-    if digest == context.cursor:
-        return dg.SkipReason("the analysis pipelines have not changed")
     metadata = {
         "pipelines": dg.MetadataValue.md(table),
         "pipeline_count": len(pipelines),
         "version_count": sum(len(p.versions) for p in pipelines),
     }
-    return dg.SensorResult(
-        asset_events=[dg.AssetObservation(asset_key=analysis_pipelines.key, metadata=metadata)], cursor=digest
+    return observe_if_changed(
+        context, analysis_pipelines.key, table, metadata, "the analysis pipelines have not changed"
     )

@@ -275,16 +275,16 @@ WORKER_LOST_MESSAGES = (
 )
 
 
-def _will_retry(context: dg.RunFailureSensorContext, wait_s: float = 5.0) -> bool:
-    """True when the daemon re-executes this failed run (its retry then decides the
-    outcome). The instance tags a failed run right after storing its failure: wait briefly
-    for the tag if this tick came first."""
+def _settled_run(context: dg.RunFailureSensorContext, wait_s: float = 5.0) -> dg.DagsterRun:
+    """The failed run as stored now, once the instance has decided whether the daemon
+    re-executes it (the `dagster/will_retry` tag, added right after the failure is stored:
+    waited for briefly if this tick came first)."""
     deadline = time.monotonic() + wait_s
     while True:
         run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-        decided = run.tags.get(WILL_RETRY_TAG)
-        if decided is not None or not context.instance.run_retries_enabled or time.monotonic() > deadline:
-            return decided == "true"
+        decided = WILL_RETRY_TAG in run.tags or not context.instance.run_retries_enabled
+        if decided or time.monotonic() > deadline:
+            return run
         time.sleep(0.5)
 
 
@@ -306,8 +306,9 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
     """A failed run whose failure no hook recorded (killed worker, start timeout, a step
     that failed without running its hook): its sub-analyses fail with the steps' errors,
     unless Dagster re-executes the run (run retries): then its retry decides."""
-    if _will_retry(context):
-        context.log.info(f"run {context.dagster_run.run_id} failed and is retried from failure: imagedb waits")
+    run = _settled_run(context)
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        context.log.info(f"run {run.run_id} failed and is retried from failure: imagedb waits")
         return
     steps = context.get_step_failure_events()
     if steps:
@@ -318,7 +319,6 @@ def record_run_failure(context: dg.RunFailureSensorContext, imagedb: ImageDBReso
             for e in steps
         )
     else:
-        run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
         message = run_failure_message(run, context.dagster_event.message or "")
     _record(context, imagedb, message)
 
